@@ -1,0 +1,121 @@
+"""Run configuration: one frozen dataclass, validated once at the edge.
+
+``asdict(config)`` becomes the train and eval runs' params, so every design
+choice that shapes a run is a field here and queryable in SQL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from clusterprobe.tracker.errors import UsageError
+
+
+def parse_factors(spec: str) -> tuple[int, ...]:
+    """``"1-5"`` -> (1, 2, 3, 4, 5); ``"1,3"`` -> (1, 3). Sorted, unique, >= 1."""
+    out: set[int] = set()
+    try:
+        for part in spec.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if lo > hi:
+                    raise ValueError
+                out.update(range(lo, hi + 1))
+            else:
+                out.add(int(part))
+    except ValueError:
+        raise UsageError(
+            f"--factors {spec!r} is not a factor list; use ints or ranges such as '1-5' or '1,3'"
+        ) from None
+    if not out or min(out) < 1:
+        raise UsageError(f"--factors {spec!r}: factors must be integers >= 1, e.g. '1-5'")
+    return tuple(sorted(out))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # --- data ---
+    dataset: str = "synthetic"
+    shuffle: bool = False  # the paper's shuffled variant: superclasses of unrelated subclasses
+    classes: int | None = None  # superclasses to keep (None: the dataset's own count)
+    subclasses: int | None = None  # subclasses per superclass (None: the dataset's own count)
+    train_per_subclass: int | None = None  # None: the dataset's default
+    eval_per_subclass: int | None = None
+    image_size: int | None = None  # None: the dataset's native size
+    data_seed: int = 0  # the built-in dataset's generator; fixed so seeds vary training only
+    data_dir: str | None = None  # root of on-disk datasets (ImageNet, CIFAR-100, folders)
+    # --- model ---
+    arch: str = "resnet18"  # any timm model name of a supported family
+    stem: str = "standard"  # "standard" | "cifar" (stride-1 3x3 stem: 5-10x slower on CPU)
+    taps: str = "blocks"  # "blocks" (every residual block) | "stages"
+    # --- training ---
+    labels: str = "superclass"  # train on "superclass" or "subclass" labels
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 0.1  # per 256 images, scaled linearly with batch_size
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    workers: int = 0  # DataLoader workers (0 keeps the 2-core CPU for compute)
+    # --- measurement ---
+    eval_epochs: tuple[int, ...] = ()  # also evaluate these intermediate checkpoints
+    factors: tuple[int, ...] = (1, 2, 3, 4, 5)
+    precision: str = "fp32"  # "fp32" | "bf16" for the embedding forward pass
+    probe_per_subclass: int = 100  # training images per subclass for the linear probe
+    save: tuple[str, ...] = ("checkpoint", "embeddings", "distances", "plots")
+    extra: dict = field(default_factory=dict)  # dataset-specific options (paths, splits)
+
+    def validate(self) -> RunConfig:
+        """Raise UsageError naming the first bad field; return self for chaining."""
+        if self.labels not in ("superclass", "subclass"):
+            raise UsageError(f"--labels {self.labels!r}: choose 'superclass' or 'subclass'")
+        if self.stem not in ("standard", "cifar"):
+            raise UsageError(f"--stem {self.stem!r}: choose 'standard' or 'cifar'")
+        if self.taps not in ("blocks", "stages"):
+            raise UsageError(f"--taps {self.taps!r}: choose 'blocks' or 'stages'")
+        if self.precision not in ("fp32", "bf16"):
+            raise UsageError(f"--precision {self.precision!r}: choose 'fp32' or 'bf16'")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
+        if self.lr <= 0:
+            raise UsageError(f"--lr {self.lr}: must be > 0")
+        bad = set(self.save) - set(SAVE_CHOICES)
+        if bad:
+            raise UsageError(f"--save {sorted(bad)}: choose from {', '.join(SAVE_CHOICES)}")
+        return self
+
+    def replace(self, **changes) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_params(self) -> dict[str, str]:
+        """Flat string params for MLflow: every field, tuples comma-joined, None as ''."""
+        out: dict[str, str] = {}
+        for key, value in dataclasses.asdict(self).items():
+            if key == "extra":
+                out.update({f"extra.{k}": _fmt(v) for k, v in value.items()})
+            else:
+                out[key] = _fmt(value)
+        out["shuffled"] = _fmt(self.shuffle)
+        return out
+
+
+SAVE_CHOICES = ("checkpoint", "embeddings", "distances", "plots")
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+# Presets are overrides, not code paths. QUICK: a demo/test run well under 60 s on 2 cores.
+PRESETS: dict[str, dict] = {
+    "quick": dict(epochs=3, train_per_subclass=60, eval_per_subclass=20, probe_per_subclass=30),
+}

@@ -1,0 +1,60 @@
+"""Dataset registry: name -> loader. Help, `datasets list` and validation read it.
+
+Each entry names a module with ``load(config) -> HierarchicalData`` and
+``describe() -> dict`` (sizes for `datasets list`); modules are imported only
+when their dataset is used, so no loader's dependencies leak into another's.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass
+
+from clusterprobe.tracker.errors import UsageError
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    module: str  # module with load(config) and describe()
+    summary: str  # one line for `datasets list`
+    overrides: tuple[tuple[str, object], ...] = ()  # config fields an alias fixes
+
+
+DATASETS: dict[str, DatasetEntry] = {
+    "synthetic": DatasetEntry(
+        "clusterprobe.runners.data.synthetic",
+        "procedural shapes x gratings, 8 superclasses x 4 subclasses, 32 px (offline)",
+    ),
+    "synthetic-shuffled": DatasetEntry(
+        "clusterprobe.runners.data.synthetic",
+        "alias: synthetic with --shuffle",
+        overrides=(("shuffle", True),),
+    ),
+}
+
+
+def resolve(name: str) -> DatasetEntry:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, DATASETS, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise UsageError(
+            f"--dataset {name!r} is not known{hint}; choose from {', '.join(sorted(DATASETS))}"
+        ) from None
+
+
+def canonical(config):
+    """Apply an alias's overrides: synthetic-shuffled -> synthetic + shuffle."""
+    entry = resolve(config.dataset)
+    if not entry.overrides:
+        return config
+    base = next(n for n, e in DATASETS.items() if e.module == entry.module and not e.overrides)
+    return config.replace(dataset=base, **dict(entry.overrides))
+
+
+def load_dataset(config):
+    """Build the HierarchicalData that ``config`` asks for."""
+    config = canonical(config)
+    return importlib.import_module(resolve(config.dataset).module).load(config)

@@ -1,0 +1,89 @@
+"""Names that the store, the runners and the SQL queries agree on.
+
+One place for every tag, metric and artifact name, so that `runners/` writes
+what `queries/*.sql` reads. Change a name here and grep the .sql files.
+
+Store folder (``--store DIR``, default ``./mlruns``)::
+
+    DIR/mlflow.db        MLflow tracking database (SQLite)
+    DIR/optuna.db        Optuna storage (SQLite), created by `clusterprobe study`
+    DIR/artifacts/       MLflow artifact root (one folder per experiment/run)
+    DIR/store.json       {"schema": STORE_SCHEMA, "root": <absolute path when last opened>}
+
+Runs (tag ``clusterprobe.kind``):
+
+* ``train``: one per trained model. Params = every design choice
+  (``asdict(RunConfig)`` flattened). Metrics per epoch, step = epoch:
+  ``train_loss``, ``train_acc``, ``lr``. Artifacts: ``checkpoint/model.safetensors``
+  + ``checkpoint/model_config.json``.
+* ``eval``: one per (checkpoint, evaluation set), nested under its train run
+  (``mlflow.parentRunId``), repeating the train run's params. Per-layer metrics
+  with step = layer index: ``ami_f{k}``, ``purity_f{k}`` (k = factor), ``probe_acc``.
+  Summaries: ``best_ami``, ``best_layer``, ``best_probe_acc``, ``pixel_ami_f1``.
+  Artifacts listed below.
+* ``study``: one per Optuna study; its trials' train runs nested under it.
+"""
+
+STORE_SCHEMA = 1  # bump when the layout of the store folder or these names change
+
+# --- tags -------------------------------------------------------------------
+TAG_KIND = "clusterprobe.kind"  # "train" | "eval" | "study"
+TAG_PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag (the UI draws the tree)
+TAG_HOST = "clusterprobe.host"  # owner process, so orphaned RUNNING runs can be failed
+TAG_PID = "clusterprobe.pid"
+TAG_ERROR = "clusterprobe.error"  # one line: exception type and message of a failed run
+TAG_SCHEMA = "clusterprobe.store_schema"
+TAG_GIT = "clusterprobe.git_commit"
+TAG_DEVICE = "clusterprobe.device"
+TAG_VERSIONS = "clusterprobe.versions"  # JSON {package: version}
+TAG_STUDY = "clusterprobe.study"  # study name, on study and trial runs
+TAG_TRIAL = "clusterprobe.trial"  # Optuna trial number, on trial train runs
+TAG_SOURCE_RUN = "clusterprobe.source_run"  # eval run re-scored from another eval run
+
+KINDS = ("train", "eval", "study")
+
+# --- params (besides the RunConfig fields) -----------------------------------
+PARAM_DATASET = "dataset"
+PARAM_SHUFFLED = "shuffled"
+PARAM_CHECKPOINT_EPOCH = "checkpoint_epoch"  # eval runs: which checkpoint was measured
+PARAM_EVAL_SET = "eval_set"  # eval runs: which evaluation set (dataset name + split)
+
+# --- metrics ----------------------------------------------------------------
+EPOCH_METRICS = ("train_loss", "train_acc", "lr")  # train run, step = epoch
+
+
+def ami_metric(factor: int) -> str:
+    return f"ami_f{factor}"
+
+
+def purity_metric(factor: int) -> str:
+    return f"purity_f{factor}"
+
+
+PROBE_METRIC = "probe_acc"  # eval run, step = layer index
+SUMMARY_METRICS = ("best_ami", "best_layer", "best_probe_acc", "pixel_ami_f1")
+
+# --- artifacts (paths inside the run's artifact folder) ---------------------
+ART_CHECKPOINT_DIR = "checkpoint"
+ART_WEIGHTS = "checkpoint/model.safetensors"
+ART_MODEL_CONFIG = "checkpoint/model_config.json"
+ART_LAYER_METRICS = "layer_metrics.parquet"
+ART_LAYERS = "layers.json"  # [{"index": i, "name": ..., "relative_depth": ...}, ...]
+ART_DATASET_RECORD = "dataset.json"  # which classes and how many images went in
+ART_EMBED_DIR = "embeddings"  # pooled_{i:02d}.npy per layer + labels.parquet
+ART_DIST_DIR = "distances"  # gram_{superclass:03d}.npy: float32 [L, n, n] + index.parquet
+ART_PLOT = "layer_profile.png"
+
+# Columns of layer_metrics.parquet, in order: one row per (layer, superclass,
+# factor, metric) for ami/purity (means are left to SQL); layer-level metrics such
+# as probe_acc have superclass NULL; factor is NULL where it does not apply.
+LAYER_METRICS_COLUMNS = (
+    "run_id",
+    "layer_index",
+    "layer_name",
+    "relative_depth",
+    "superclass",
+    "factor",
+    "metric",
+    "value",
+)
