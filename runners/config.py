@@ -50,6 +50,7 @@ class RunConfig:
     arch: str = "resnet18"  # any timm model name of a supported family
     stem: str = "standard"  # "standard" | "cifar" (stride-1 3x3 stem: 5-10x slower on CPU)
     taps: str = "blocks"  # "blocks" (every residual block) | "stages"
+    norm: str = "default"  # VGG only: "none" | "bn" | "ln" (LayerNorm2d); "default": as named
     # --- training ---
     labels: str = "superclass"  # train on "superclass" or "subclass" labels
     epochs: int = 15
@@ -77,6 +78,8 @@ class RunConfig:
             raise UsageError(f"--stem {self.stem!r}: choose 'standard' or 'cifar'")
         if self.taps not in ("blocks", "stages"):
             raise UsageError(f"--taps {self.taps!r}: choose 'blocks' or 'stages'")
+        if self.norm not in ("default", "none", "bn", "ln"):
+            raise UsageError(f"--norm {self.norm!r}: choose 'default', 'none', 'bn' or 'ln'")
         if self.precision not in ("fp32", "bf16"):
             raise UsageError(f"--precision {self.precision!r}: choose 'fp32' or 'bf16'")
         for name in ("epochs", "batch_size"):
