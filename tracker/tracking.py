@@ -1,0 +1,895 @@
+"""Record runs in MLflow: the only module of clusterprobe that imports mlflow.
+
+`Tracker` wraps one explicit `MlflowClient` (no fluent, process-global active run).
+Opening it prepares the store once, under a lock: creates or upgrades the database
+schema (parallel first use of a fresh SQLite database otherwise crashes MLflow),
+and rewrites the absolute artifact paths stored in the database when the store
+folder was moved or copied. `Tracker.start_run` returns a `RunContext`, a context
+manager that always ends its run: FINISHED, FAILED (exception, with a one-line
+``clusterprobe.error`` tag) or KILLED (KeyboardInterrupt; SIGTERM too inside
+`handle_sigterm()`). A run left RUNNING by a killed process is failed later by
+`Tracker.reap_orphans`, which only touches runs of this host whose process is gone.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import getpass
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+from clusterprobe.tracker.conventions import (
+    STORE_SCHEMA,
+    TAG_DEVICE,
+    TAG_ERROR,
+    TAG_GIT,
+    TAG_HOST,
+    TAG_KIND,
+    TAG_PARENT,
+    TAG_PID,
+    TAG_SCHEMA,
+    TAG_VERSIONS,
+)
+from clusterprobe.tracker.errors import UsageError
+from clusterprobe.tracker.store import (
+    ARTIFACTS_DIR,
+    Store,
+    store_lock,
+)
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import (
+    MAX_ENTITY_KEY_LENGTH,
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAM_VAL_LENGTH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+    MAX_TAG_VAL_LENGTH,
+)
+
+# Identity of the owner process beyond its pid: "<boot id>:<start time in clock ticks>"
+# (Linux /proc), so a recycled pid is not mistaken for the run's owner.
+TAG_PROCESS = "clusterprobe.process"
+DEFAULT_EXPERIMENT = "clusterprobe"
+ORPHAN_ERROR = "owner process gone"
+
+# Packages whose versions go into the provenance tag (read from metadata, not imported).
+PROVENANCE_PACKAGES = (
+    "clusterprobe",
+    "torch",
+    "torchvision",
+    "timm",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "mlflow",
+    "optuna",
+    "faiss-cpu",
+    "faiss-gpu",
+    "duckdb",
+    "pandas",
+    "pyarrow",
+)
+
+# (table, column) pairs that hold absolute artifact locations; rewritten on relocation.
+_LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+    ("workspaces", "default_artifact_root"),
+)
+_TERMINAL = ("FINISHED", "FAILED", "KILLED")
+_SQLITE_RETRIES = 8
+
+_log = logging.getLogger(__name__)
+
+
+# --- store preparation --------------------------------------------------------
+
+
+def _read_store_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        raise UsageError(
+            f"{path}: unreadable store description ({err}); delete it to rebuild"
+        ) from err
+
+
+def _write_store_json(path: Path, root: Path) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"schema": STORE_SCHEMA, "root": str(root)}, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _prefix_pairs(old: Path, new: Path) -> list[tuple[str, str]]:
+    """Old -> new prefixes, as file URIs and as plain paths (MLflow stores both forms)."""
+    return [
+        (old.as_uri() + "/", new.as_uri() + "/"),
+        ("file://" + str(old) + "/", "file://" + str(new) + "/"),
+        (str(old) + "/", str(new) + "/"),
+    ]
+
+
+def relocate_sqlite(db: Path, old_root: Path, new_root: Path) -> int:
+    """Rewrite artifact locations under ``old_root`` to ``new_root`` in one transaction.
+
+    Returns the number of rows changed. Only prefixes are replaced, so a value that
+    merely contains the old path somewhere else is left alone.
+    """
+    changed = 0
+    con = sqlite3.connect(db, timeout=60, isolation_level=None)
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        for table, column in _LOCATION_COLUMNS:
+            if table not in tables:
+                continue
+            if column not in {r[1] for r in con.execute(f"PRAGMA table_info({table})")}:
+                continue
+            for old, new in _prefix_pairs(old_root, new_root):
+                cur = con.execute(
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                    f"WHERE substr({column}, 1, ?) = ?",
+                    (new, len(old) + 1, len(old), old),
+                )
+                changed += cur.rowcount
+        con.execute("COMMIT")
+    except BaseException:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        raise
+    finally:
+        con.close()
+    return changed
+
+
+@contextlib.contextmanager
+def _quiet_mlflow_setup() -> Iterator[None]:
+    # Schema creation logs a page of INFO lines from mlflow and alembic; keep stderr clean.
+    loggers = [logging.getLogger(n) for n in ("mlflow.store.db.utils", "alembic")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _open_schema(uri: str, artifact_root: str | None, *, upgrade: bool) -> None:
+    """Create (or upgrade) MLflow's tables and the default experiment, then let go."""
+    from mlflow.store.db import utils as db_utils
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    with _quiet_mlflow_setup():
+        try:
+            sql_store = SqlAlchemyStore(uri, artifact_root or "./mlruns")
+        except MlflowException as err:
+            if "out-of-date database schema" not in str(err):
+                raise
+            if not upgrade:
+                raise UsageError(
+                    f"{uri}: database schema is older than mlflow "
+                    f"{metadata.version('mlflow')} expects; run `mlflow db upgrade {uri}`"
+                ) from err
+            engine = db_utils.create_sqlalchemy_engine_with_retry(uri)
+            try:
+                db_utils._upgrade_db(engine)
+            finally:
+                engine.dispose()
+            sql_store = SqlAlchemyStore(uri, artifact_root or "./mlruns")
+        sql_store.engine.dispose()
+
+
+def _prepare_sqlite(store: Store) -> None:
+    root, db, info = store.root, store.db_path, store.store_json
+    assert root is not None and db is not None and info is not None
+    if store.tracking_uri in _PREPARED and _read_store_json(info).get("root") == str(root):
+        return  # this process already prepared it, and it has not moved since
+    root.mkdir(parents=True, exist_ok=True)
+    (root / ARTIFACTS_DIR).mkdir(exist_ok=True)
+    with store_lock(store):
+        meta = _read_store_json(info)
+        if int(meta.get("schema", STORE_SCHEMA)) > STORE_SCHEMA:
+            raise UsageError(
+                f"{root}: store schema {meta['schema']} is newer than this clusterprobe "
+                f"understands ({STORE_SCHEMA}); upgrade clusterprobe"
+            )
+        existed = db.exists()
+        old_root = meta.get("root")
+        if existed and old_root and Path(old_root) != root:
+            n = relocate_sqlite(db, Path(old_root), root)
+            _log.info("store moved from %s to %s: rewrote %d artifact locations", old_root, root, n)
+        if not existed:
+            # WAL: readers never block the writer, and concurrent writers queue on the
+            # busy timeout instead of failing. Set once; SQLite keeps it in the file.
+            con = sqlite3.connect(db, timeout=60)
+            try:
+                con.execute("PRAGMA journal_mode=WAL")
+            finally:
+                con.close()
+        try:
+            _open_schema(store.tracking_uri, store.artifact_root, upgrade=False)
+        except UsageError:
+            if not existed:
+                raise
+            # An older MLflow made this database: keep a copy, then migrate it.
+            shutil.copy2(db, db.with_name(db.name + ".bak"))
+            _open_schema(store.tracking_uri, store.artifact_root, upgrade=True)
+        if meta != {"schema": STORE_SCHEMA, "root": str(root)}:
+            _write_store_json(info, root)
+
+
+def _prepare_database(store: Store) -> None:
+    import sqlalchemy
+
+    uri = store.tracking_uri
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":
+                # A session-level advisory lock serialises schema creation across machines.
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(727272)"))
+                conn.commit()
+            try:
+                _open_schema(uri, store.artifact_root, upgrade=False)
+            finally:
+                if engine.dialect.name == "postgresql":
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(727272)"))
+                    conn.commit()
+    except sqlalchemy.exc.OperationalError as err:
+        raise UsageError(f"{uri}: cannot connect ({str(err).splitlines()[0]})") from err
+    finally:
+        engine.dispose()
+
+
+_PREPARED: set[str] = set()
+
+
+def prepare_store(store: Store) -> None:
+    """Make the store ready for concurrent writers: schema, relocation, store.json."""
+    backend = store.backend
+    if backend == "sqlite":
+        _prepare_sqlite(store)
+    elif backend == "database" and store.tracking_uri not in _PREPARED:
+        _prepare_database(store)
+    _PREPARED.add(store.tracking_uri)
+
+
+# --- provenance and process identity ----------------------------------------
+
+
+def process_identity(pid: int) -> str | None:
+    """ "<boot id>:<start ticks>" of a live process, None when unknown or gone."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ")".
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return f"{boot}:{fields[19]}"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", commit) else None
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": sys.version.split()[0]}
+    for name in PROVENANCE_PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def _device() -> str:
+    # Never imports torch: a runner that uses a device passes tags={TAG_DEVICE: ...};
+    # otherwise report what an already-imported torch can see.
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_available():
+            return f"cuda:{torch.cuda.get_device_name(0)}"
+    except Exception:  # a broken CUDA setup must not stop the recording
+        pass
+    return "cpu"
+
+
+_PROVENANCE: dict[str, str] | None = None
+
+
+def provenance_tags() -> dict[str, str]:
+    """Tags recorded on every run: versions, git commit of the cwd, device, schema."""
+    global _PROVENANCE
+    if _PROVENANCE is None:
+        tags = {
+            TAG_VERSIONS: json.dumps(_versions(), sort_keys=True),
+            TAG_SCHEMA: str(STORE_SCHEMA),
+        }
+        commit = _git_commit()
+        if commit:
+            tags[TAG_GIT] = commit
+            tags["mlflow.source.git.commit"] = commit
+        _PROVENANCE = tags
+    return {**_PROVENANCE, TAG_DEVICE: _device()}
+
+
+def owner_tags() -> dict[str, str]:
+    pid = os.getpid()
+    tags = {TAG_HOST: socket.gethostname(), TAG_PID: str(pid)}
+    ident = process_identity(pid)
+    if ident:
+        tags[TAG_PROCESS] = ident
+    return tags
+
+
+# --- value checks -----------------------------------------------------------
+
+
+def param_value(value: Any) -> str:
+    """The string MLflow stores for a param: JSON for containers, str() otherwise."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, sort_keys=True, default=str)
+    return str(value)
+
+
+def _check_key(what: str, key: str) -> str:
+    key = str(key)
+    if not key or len(key) > MAX_ENTITY_KEY_LENGTH:
+        raise UsageError(f"{what} name {key[:60]!r} must be 1..{MAX_ENTITY_KEY_LENGTH} characters")
+    return key
+
+
+def _check_params(params: Mapping[str, Any]) -> dict[str, str]:
+    out = {}
+    for key, value in params.items():
+        key = _check_key("param", key)
+        text = param_value(value)
+        if len(text) > MAX_PARAM_VAL_LENGTH:
+            raise UsageError(
+                f"param {key!r} is {len(text)} characters long; MLflow keeps at most "
+                f"{MAX_PARAM_VAL_LENGTH} (log it as an artifact instead)"
+            )
+        out[key] = text
+    return out
+
+
+def _check_tags(tags: Mapping[str, Any]) -> dict[str, str]:
+    out = {}
+    for key, value in tags.items():
+        key = _check_key("tag", key)
+        text = value if isinstance(value, str) else param_value(value)
+        if len(text) > MAX_TAG_VAL_LENGTH:
+            raise UsageError(
+                f"tag {key!r} is {len(text)} characters long; MLflow keeps at most "
+                f"{MAX_TAG_VAL_LENGTH}"
+            )
+        out[key] = text
+    return out
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def error_line(exc: BaseException, limit: int = 1000) -> str:
+    """One line: "Type: message", newlines folded, cut to ``limit`` characters."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _local_path(uri: str) -> Path | None:
+    """Local filesystem path of a file URI or plain path; None for remote URIs."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(url2pathname(parsed.path))
+    if parsed.scheme == "" and uri.startswith("/"):
+        return Path(uri)
+    return None
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "experiment"
+
+
+# --- SIGTERM ------------------------------------------------------------------
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as a KeyboardInterrupt so that runs end KILLED."""
+
+
+@contextlib.contextmanager
+def handle_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into `Terminated` (a KeyboardInterrupt) while the block runs.
+
+    Signal handlers can only be installed from the main thread; elsewhere this is a
+    no-op. The previous handler is restored on the way out.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise Terminated(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# --- runs -------------------------------------------------------------------
+
+
+class RunContext:
+    """One MLflow run, already created; ends it when the ``with`` block exits.
+
+    FINISHED on success, FAILED on an exception (tag ``clusterprobe.error`` holds one
+    line: type and message), KILLED on KeyboardInterrupt (and SIGTERM inside
+    `handle_sigterm`). Usable without ``with``: call `end` yourself.
+    """
+
+    def __init__(self, tracker: Tracker, run: Run):
+        self.tracker = tracker
+        self.run_id: str = run.info.run_id
+        self.experiment_id: str = run.info.experiment_id
+        self.artifact_uri: str = run.info.artifact_uri
+        self.status: str = "RUNNING"
+
+    def __repr__(self) -> str:
+        return f"RunContext(run_id={self.run_id!r}, status={self.status!r})"
+
+    def __enter__(self) -> RunContext:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self.status != "RUNNING":
+            return False
+        if exc is None:
+            self.end("FINISHED")
+        elif isinstance(exc, KeyboardInterrupt):
+            self.end("KILLED", error=f"interrupted: {error_line(exc)}")
+        elif isinstance(exc, SystemExit) and exc.code in (None, 0):
+            self.end("FINISHED")
+        else:
+            self.end("FAILED", error=error_line(exc))
+        return False
+
+    def end(self, status: str = "FINISHED", error: str | None = None) -> None:
+        """Mark the run ended (once); ``error`` goes into the ``clusterprobe.error`` tag."""
+        if status not in _TERMINAL:
+            raise ValueError(f"status {status!r}: valid {_TERMINAL}")
+        if self.status != "RUNNING":
+            return
+        client = self.tracker.client
+        # Ending must survive a Ctrl-C arriving meanwhile, or the run stays RUNNING.
+        with _deferred_sigint():
+            if error:
+                self.tracker._retry(
+                    client.set_tag, self.run_id, TAG_ERROR, error[:MAX_TAG_VAL_LENGTH]
+                )
+            self.tracker._retry(client.set_terminated, self.run_id, status)
+        self.status = status
+
+    # logging -------------------------------------------------------------------
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        checked = _check_params(params)
+        items = [Param(k, v) for k, v in checked.items()]
+        for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
+            self.tracker._retry(self.tracker.client.log_batch, self.run_id, params=list(chunk))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        checked = _check_tags(tags)
+        items = [RunTag(k, v) for k, v in checked.items()]
+        for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
+            self.tracker._retry(self.tracker.client.log_batch, self.run_id, tags=list(chunk))
+
+    def _log_metric_objects(self, metrics: list[Metric]) -> None:
+        for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
+            self.tracker._retry(self.tracker.client.log_batch, self.run_id, metrics=list(chunk))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """All ``metrics`` at one ``step``, in one log_batch (chunked at MLflow's limit)."""
+        now = int(time.time() * 1000)
+        items = [
+            Metric(_check_key("metric", k), float(v), now, int(step)) for k, v in metrics.items()
+        ]
+        self._log_metric_objects(items)
+
+    def log_metric_steps(
+        self, key: str, values: Iterable[float], steps: Iterable[int] | None = None
+    ) -> None:
+        """One metric over many steps (default 0..n-1), e.g. a value per layer index."""
+        key = _check_key("metric", key)
+        values = [float(v) for v in values]
+        steps = list(range(len(values))) if steps is None else [int(s) for s in steps]
+        if len(steps) != len(values):
+            raise ValueError(f"{key}: {len(values)} values but {len(steps)} steps")
+        now = int(time.time() * 1000)
+        self._log_metric_objects(
+            [Metric(key, v, now, s) for v, s in zip(values, steps, strict=True)]
+        )
+
+    def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """Copy a file (or a folder's contents) into the run's artifacts, under ``artifact_path``."""
+        local_path = Path(local_path)
+        if local_path.is_dir():
+            self.tracker._retry(
+                self.tracker.client.log_artifacts, self.run_id, str(local_path), artifact_path
+            )
+        elif local_path.is_file():
+            self.tracker._retry(
+                self.tracker.client.log_artifact, self.run_id, str(local_path), artifact_path
+            )
+        else:
+            raise FileNotFoundError(f"artifact to log does not exist: {local_path}")
+
+    @contextlib.contextmanager
+    def _staged(self, artifact_file: str) -> Iterator[Path]:
+        # Write into a private temp folder under the artifact's own file name, then log it.
+        artifact_file = artifact_file.strip("/")
+        if not artifact_file or ".." in Path(artifact_file).parts:
+            raise ValueError(f"artifact_file {artifact_file!r} must be a relative file path")
+        parent, name = os.path.split(artifact_file)
+        with tempfile.TemporaryDirectory(prefix="clusterprobe-") as tmp:
+            path = Path(tmp) / name
+            yield path
+            self.log_artifact(path, parent or None)
+
+    def log_json(self, obj: Any, artifact_file: str) -> None:
+        with self._staged(artifact_file) as path:
+            path.write_text(json.dumps(obj, indent=1, sort_keys=False, default=_json_default))
+
+    def log_parquet(self, df, artifact_file: str) -> None:
+        with self._staged(artifact_file) as path:
+            df.to_parquet(path, index=False)
+
+    def log_numpy(self, array, artifact_file: str) -> None:
+        import numpy as np
+
+        with self._staged(artifact_file) as path, open(path, "wb") as fh:
+            # Through a handle, so np.save keeps the given name (no ".npy" appended).
+            np.save(fh, np.asarray(array), allow_pickle=False)
+
+    def log_figure(self, fig, artifact_file: str, **savefig_kwargs) -> None:
+        kwargs = {"dpi": 120, "bbox_inches": "tight", **savefig_kwargs}
+        with self._staged(artifact_file) as path:
+            fig.savefig(path, **kwargs)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        with self._staged(artifact_file) as path:
+            path.write_text(text)
+
+    def artifact_dir(self) -> Path | None:
+        """Local folder of this run's artifacts (None when they live remotely)."""
+        return _local_path(self.artifact_uri)
+
+
+def _json_default(obj: Any) -> Any:
+    # numpy scalars and arrays, paths: what our artifacts contain besides plain JSON.
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+@contextlib.contextmanager
+def _deferred_sigint() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending and callable(previous):
+        previous(signal.SIGINT, None)
+
+
+class Tracker:
+    """The store's runs through one explicit MlflowClient.
+
+    Opening prepares the store (schema once under a lock, relocation) so that any
+    number of processes may then write concurrently.
+    """
+
+    def __init__(self, store: Store):
+        self.store = store
+        prepare_store(store)
+        self.client = MlflowClient(tracking_uri=store.tracking_uri)
+        self._experiments: dict[str, str] = {}
+        self._download_dir: Path | None = None
+
+    def __repr__(self) -> str:
+        return f"Tracker({self.store.tracking_uri!r})"
+
+    def _retry(self, fn, *args, **kwargs):
+        """Call ``fn``, retrying when SQLite says the database is locked (busy writers)."""
+        delay = 0.2
+        for attempt in range(_SQLITE_RETRIES):
+            try:
+                return fn(*args, **kwargs)
+            except MlflowException as err:
+                if "database is locked" not in str(err) or attempt == _SQLITE_RETRIES - 1:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
+
+    # experiments ---------------------------------------------------------------
+
+    def experiment_id(self, name: str = DEFAULT_EXPERIMENT) -> str:
+        """Id of experiment ``name``, created (with an explicit artifact location) if new."""
+        if name in self._experiments:
+            return self._experiments[name]
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            location = None
+            if self.store.artifact_root:
+                location = self.store.artifact_root.rstrip("/") + "/" + _slug(name)
+            try:
+                exp_id = self.client.create_experiment(name, artifact_location=location)
+            except MlflowException as err:
+                # Another process created it between our look-up and create.
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
+                    raise err
+                exp_id = exp.experiment_id
+        else:
+            if exp.lifecycle_stage == "deleted":
+                raise UsageError(
+                    f"experiment {name!r} is deleted in {self.store.tracking_uri}; "
+                    f"restore it (mlflow experiments restore) or choose another name"
+                )
+            exp_id = exp.experiment_id
+        self._experiments[name] = exp_id
+        return exp_id
+
+    # runs ----------------------------------------------------------------------
+
+    def start_run(
+        self,
+        kind: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        run_name: str | None = None,
+        experiment: str = DEFAULT_EXPERIMENT,
+    ) -> RunContext:
+        """Create a RUNNING run now and return its context manager.
+
+        Params and tags are validated before anything is written, so a bad value
+        leaves no half-made run behind.
+        """
+        if not kind or not isinstance(kind, str):
+            raise ValueError(f"run kind must be a non-empty string, got {kind!r}")
+        checked_params = _check_params(params or {})
+        all_tags = {
+            "mlflow.user": _user(),
+            "mlflow.source.name": _source_name(),
+            "mlflow.source.type": "LOCAL",
+            **provenance_tags(),
+            **owner_tags(),
+            TAG_KIND: kind,
+        }
+        if parent_run_id:
+            all_tags[TAG_PARENT] = parent_run_id
+        all_tags.update(tags or {})
+        checked_tags = _check_tags(all_tags)
+        experiment_id = self.experiment_id(experiment)
+        if parent_run_id:
+            self.get_run(parent_run_id)  # fail early (MlflowException) on an unknown parent
+        run = self._retry(
+            self.client.create_run, experiment_id, tags=checked_tags, run_name=run_name
+        )
+        ctx = RunContext(self, run)
+        try:
+            if checked_params:
+                ctx.log_params(checked_params)
+        except BaseException as exc:
+            ctx.end("FAILED", error=error_line(exc))
+            raise
+        return ctx
+
+    def get_run(self, run_id: str) -> Run:
+        return self.client.get_run(run_id)
+
+    def _all_experiment_ids(self) -> list[str]:
+        ids, token = [], None
+        while True:
+            page = self.client.search_experiments(
+                view_type=ViewType.ALL, max_results=1000, page_token=token
+            )
+            ids += [e.experiment_id for e in page]
+            token = page.token
+            if not token:
+                return ids
+
+    def search_runs(
+        self,
+        kind: str | None = None,
+        parent_run_id: str | None = None,
+        status: str | None = None,
+        *,
+        experiment: str | None = None,
+        filter_string: str = "",
+        tags: Mapping[str, str] | None = None,
+        order_by: list[str] | None = None,
+    ) -> list[Run]:
+        """Runs matching every given condition, from one experiment or all of them."""
+        clauses = [filter_string] if filter_string else []
+        wanted = dict(tags or {})
+        if kind is not None:
+            wanted[TAG_KIND] = kind
+        if parent_run_id is not None:
+            wanted[TAG_PARENT] = parent_run_id
+        for key, value in wanted.items():
+            clauses.append(f"tags.`{key}` = '{_quote(value)}'")
+        if status is not None:
+            if status not in ("RUNNING", "SCHEDULED", *_TERMINAL):
+                raise UsageError(f"run status {status!r}: valid RUNNING, {', '.join(_TERMINAL)}")
+            clauses.append(f"attributes.status = '{status}'")
+        if experiment is not None:
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                return []
+            experiment_ids = [exp.experiment_id]
+        else:
+            experiment_ids = self._all_experiment_ids()
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(
+                experiment_ids,
+                filter_string=" and ".join(clauses),
+                run_view_type=ViewType.ACTIVE_ONLY,
+                max_results=10000,
+                order_by=order_by or ["attributes.start_time ASC"],
+                page_token=token,
+            )
+            runs += list(page)
+            token = page.token
+            if not token:
+                return runs
+
+    # artifacts -----------------------------------------------------------------
+
+    def artifact_path(self, run_id: str, path: str = "") -> Path:
+        """Local file path of a run's artifact (downloaded first for remote artifact stores)."""
+        run = self.get_run(run_id)
+        local = _local_path(run.info.artifact_uri)
+        if local is not None:
+            target = local / path if path else local
+            if not target.exists():
+                raise FileNotFoundError(f"run {run_id} has no artifact {path!r} ({target})")
+            return target
+        if self._download_dir is None:
+            self._download_dir = Path(tempfile.mkdtemp(prefix="clusterprobe-artifacts-"))
+            atexit.register(shutil.rmtree, self._download_dir, ignore_errors=True)
+        dst = self._download_dir / run_id
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, path, dst_path=str(dst)))
+
+    # orphans -------------------------------------------------------------------
+
+    def reap_orphans(self) -> list[str]:
+        """Fail RUNNING runs whose owner process on this host is gone; return their ids.
+
+        A run is an orphan when its host tag is this host and its pid is not alive, or
+        the pid now belongs to another process (start time differs). Runs of other
+        hosts, runs without owner tags and live owners are never touched.
+        """
+        host = socket.gethostname()
+        reaped = []
+        for run in self.search_runs(status="RUNNING", tags={TAG_HOST: host}):
+            tags = run.data.tags
+            try:
+                pid = int(tags.get(TAG_PID, ""))
+            except ValueError:
+                continue
+            if not _owner_gone(pid, tags.get(TAG_PROCESS)):
+                continue
+            # Re-read right before writing: the owner may have ended the run meanwhile.
+            if self.get_run(run.info.run_id).info.status != "RUNNING":
+                continue
+            self._retry(self.client.set_tag, run.info.run_id, TAG_ERROR, ORPHAN_ERROR)
+            self._retry(self.client.set_terminated, run.info.run_id, "FAILED")
+            reaped.append(run.info.run_id)
+        return reaped
+
+
+def _owner_gone(pid: int, identity: str | None) -> bool:
+    if pid == os.getpid():
+        return False
+    if not pid_alive(pid):
+        return True
+    if identity:
+        now = process_identity(pid)
+        # A different boot or start time: the pid was recycled by another process.
+        return now is not None and now != identity
+    return False
+
+
+def _quote(value: str) -> str:
+    return str(value).replace("'", "\\'")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (containers)
+        return str(os.getuid())
+
+
+def _source_name() -> str:
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "python"
+    return os.path.basename(argv0)
+
+
+__all__ = [
+    "RunContext",
+    "RunStatus",
+    "Terminated",
+    "Tracker",
+    "handle_sigterm",
+    "prepare_store",
+    "provenance_tags",
+    "relocate_sqlite",
+]
