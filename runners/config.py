@@ -46,6 +46,9 @@ class RunConfig:
     image_size: int | None = None  # None: the dataset's native size
     data_seed: int = 0  # the built-in dataset's generator; fixed so seeds vary training only
     data_dir: str | None = None  # root of on-disk datasets (ImageNet, CIFAR-100, folders)
+    split: str = "none"  # BREEDS source/target split: none | rand | good | bad (runs use source)
+    breeds_info: str | None = None  # folder of the BREEDS hierarchy files (else cache/download)
+    download: bool = False  # allow downloading a dataset (CIFAR-100) into data_dir
     # --- model ---
     arch: str = "resnet18"  # any timm model name of a supported family
     stem: str = "standard"  # "standard" | "cifar" (stride-1 3x3 stem: 5-10x slower on CPU)
