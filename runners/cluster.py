@@ -1,13 +1,39 @@
 """Per-superclass Ward clustering from Gram matrices: the paper's protocol.
 
-(Interface fixed by the lead; the engine helper fills in the bodies.)
+For every superclass s and layer l the input is ``G = X X^T`` for the
+superclass's L2-normalised, flattened activations X (rows of zeros allowed:
+a zero activation stays a zero vector, as ``sklearn.preprocessing.normalize``
+leaves it). Squared Euclidean distances follow without the features,
+``d_ij^2 = G_ii + G_jj - 2 G_ij`` (not ``2 - 2 G_ij``, so zero rows keep their
+distance 1 to unit rows and 0 to each other), clipped at 0 against rounding.
+
+Ward's tree is built ONCE per (superclass, layer) by ``scipy.cluster.hierarchy
+.linkage`` on the condensed distances, exactly what
+``sklearn.cluster.AgglomerativeClustering(linkage="ward")`` runs on the
+features (it calls ``scipy.cluster.hierarchy.ward`` after ``pdist``), and cut
+at every factor by merge order (sklearn's ``_hc_cut``): n_clusters =
+#subclasses of that superclass x factor, clamped to the superclass's size.
+Each cut is scored by AMI and purity against the subclass labels
+(:mod:`clusterprobe.runners.metrics`). Nguyen & Kornblith (arXiv 2311.07864).
+
+numpy + scipy only; importing this module never imports torch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import warnings
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
+from clusterprobe.runners import metrics
+from clusterprobe.tracker.errors import UsageError
+from scipy.cluster.hierarchy import linkage
+
+
+class DeadLayerWarning(UserWarning):
+    """A layer whose features are constant within a superclass (all zero or all equal)."""
 
 
 @dataclass
@@ -17,3 +43,322 @@ class ProtocolResult:
     ami: np.ndarray  # float64 [L, S, F]
     purity: np.ndarray  # float64 [L, S, F]
     assignments: dict[tuple[int, int], np.ndarray]  # (layer, superclass) -> int [F, n]
+    params: dict[str, str] = field(default_factory=dict)  # how it was computed
+    dead: dict[int, list[int]] = field(default_factory=dict)  # layer -> constant superclasses
+    n_clusters: np.ndarray | None = None  # int [S, F]: clusters asked for after clamping
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.ami.shape[0])
+
+    def mean_ami(self) -> np.ndarray:
+        """[L, F]: AMI averaged over superclasses (unweighted, as in the paper)."""
+        return self.ami.mean(axis=1)
+
+    def mean_purity(self) -> np.ndarray:
+        """[L, F]: purity averaged over superclasses."""
+        return self.purity.mean(axis=1)
+
+    def rows(self) -> list[dict]:
+        """Tidy rows: one per (layer_index, superclass, factor, metric) with its value."""
+        out: list[dict] = []
+        for metric, values in (("ami", self.ami), ("purity", self.purity)):
+            for li in range(values.shape[0]):
+                for si, s in enumerate(self.superclasses):
+                    for fi, f in enumerate(self.factors):
+                        out.append(
+                            {
+                                "layer_index": li,
+                                "superclass": int(s),
+                                "factor": int(f),
+                                "metric": metric,
+                                "value": float(values[li, si, fi]),
+                            }
+                        )
+        return out
+
+
+# --- the core: one (superclass, layer) ------------------------------------------------
+
+
+def gram_distances(gram: np.ndarray) -> np.ndarray:
+    """Condensed Euclidean distances (scipy's ``pdist`` order) from a Gram matrix, float64."""
+    g = np.asarray(gram, dtype=np.float64)
+    n = g.shape[0]
+    diag = np.diagonal(g)
+    iu, ju = _triu(n)
+    d2 = diag[iu] + diag[ju] - 2.0 * g[iu, ju]
+    np.maximum(d2, 0.0, out=d2)
+    return np.sqrt(d2, out=d2)
+
+
+_TRIU_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _triu(n: int) -> tuple[np.ndarray, np.ndarray]:
+    if n not in _TRIU_CACHE:
+        if len(_TRIU_CACHE) > 16:
+            _TRIU_CACHE.clear()
+        _TRIU_CACHE[n] = np.triu_indices(n, 1)
+    return _TRIU_CACHE[n]
+
+
+def cut_tree(merges: np.ndarray, n: int, n_clusters: int) -> np.ndarray:
+    """Labels 0..k-1 of the k clusters left after the first n-k merges of a linkage.
+
+    Cutting by merge order rather than by height reproduces sklearn's ``_hc_cut``
+    also when merge heights tie. Each leaf climbs to its highest ancestor created
+    within the first n-k merges, by pointer doubling (O(n log n), no Python loop
+    over points).
+    """
+    k = int(n_clusters)
+    if k >= n:
+        return np.arange(n, dtype=np.int64)
+    if n == 1:
+        return np.zeros(1, dtype=np.int64)
+    kept = n - k  # merges that happen; node n+i exists iff i < kept
+    parent = np.arange(2 * n - 1)
+    children = merges[:kept, :2].astype(np.int64)
+    parent[children[:, 0]] = n + np.arange(kept)
+    parent[children[:, 1]] = n + np.arange(kept)
+    up = parent
+    while True:
+        nxt = up[up]
+        if np.array_equal(nxt, up):
+            break
+        up = nxt
+    _, labels = np.unique(up[:n], return_inverse=True)
+    return labels.astype(np.int64)
+
+
+def _dead_tolerance(dtype) -> float:
+    # Distances of identical float32 unit vectors computed from a Gram carry ~1e-7 noise.
+    return 64.0 * float(np.finfo(np.float32 if dtype == np.float32 else np.float64).eps)
+
+
+def _score_one(gram: np.ndarray, true_idx: np.ndarray, n_sub: int, factors: tuple[int, ...]):
+    """Ward tree of one Gram, cut at every factor: (ami [F], purity [F], labels [F, n], ks, dead)."""
+    n = gram.shape[0]
+    F = len(factors)
+    ks = [min(n_sub * f, n) for f in factors]
+    amis = np.empty(F)
+    purs = np.empty(F)
+    labels = np.empty((F, n), dtype=np.int64)
+    diag = np.diagonal(gram).astype(np.float64)
+    if n < 2:
+        labels[:] = 0
+        for fi in range(F):
+            table = np.ones((1, 1), dtype=np.int64)
+            amis[fi] = metrics.ami_from_table(table)
+            purs[fi] = metrics.purity_from_table(table)
+        return amis, purs, labels, ks, bool(diag.max(initial=0.0) == 0.0)
+    y = gram_distances(gram)
+    dead = bool(y.max() ** 2 <= _dead_tolerance(gram.dtype) * max(1.0, float(diag.max())))
+    merges = linkage(y, method="ward")
+    r = int(true_idx.max()) + 1
+    for fi, k in enumerate(ks):
+        pred = cut_tree(merges, n, k)
+        labels[fi] = pred
+        kk = int(pred.max()) + 1
+        table = np.bincount(true_idx * kk + pred, minlength=r * kk).reshape(r, kk)
+        table = table[table.sum(axis=1) > 0]
+        amis[fi] = metrics.ami_from_table(table)
+        purs[fi] = metrics.purity_from_table(table)
+    return amis, purs, labels, ks, dead
+
+
+def _score_task(task):
+    """One superclass, a block of its layers (a unit of parallel work)."""
+    s, grams, true_idx, n_sub, factors, layers = task
+    return s, layers, [_score_one(grams[li], true_idx, n_sub, factors) for li in layers]
+
+
+# --- the protocol ----------------------------------------------------------------------
+
+
+def _check_inputs(grams: dict, subclass: dict) -> dict[int, np.ndarray]:
+    if not grams:
+        raise UsageError("no superclasses given: grams is empty")
+    if set(grams) != set(subclass):
+        raise UsageError(
+            f"grams and subclass cover different superclasses: {sorted(grams)} vs {sorted(subclass)}"
+        )
+    out: dict[int, np.ndarray] = {}
+    num_layers = None
+    for s in sorted(grams):
+        g = np.asarray(grams[s])
+        if g.ndim == 2:
+            g = g[None]
+        if g.ndim != 3 or g.shape[1] != g.shape[2]:
+            raise UsageError(
+                f"superclass {s}: Gram must be [L, n, n] or [n, n], got shape {tuple(g.shape)}"
+            )
+        if not np.issubdtype(g.dtype, np.floating):
+            g = g.astype(np.float64)
+        labels = np.asarray(subclass[s]).ravel()
+        if labels.shape[0] != g.shape[1]:
+            raise UsageError(
+                f"superclass {s}: {labels.shape[0]} subclass labels for a {g.shape[1]} x {g.shape[1]} Gram"
+            )
+        if g.shape[1] == 0:
+            raise UsageError(f"superclass {s} has no images")
+        if num_layers is None:
+            num_layers = g.shape[0]
+        elif g.shape[0] != num_layers:
+            raise UsageError(f"superclass {s}: {g.shape[0]} layers, others have {num_layers}")
+        finite = np.isfinite(g)
+        if not finite.all():
+            li = int(np.argwhere(~finite.reshape(g.shape[0], -1).all(axis=1))[0, 0])
+            bad = int((~finite).sum())
+            raise UsageError(
+                f"superclass {s}, layer {li}: the Gram matrix holds {bad} NaN/Inf values; "
+                "features must be finite"
+            )
+        out[s] = g
+    return out
+
+
+def cluster_protocol(
+    grams: dict[int, np.ndarray],
+    subclass: dict[int, np.ndarray],
+    factors=(1, 2, 3, 4, 5),
+    *,
+    n_jobs: int | None = None,
+    backend: str = "thread",
+) -> ProtocolResult:
+    """Ward inside each superclass at every layer and factor; AMI and purity per superclass.
+
+    grams[s]: [L, n_s, n_s] (or [n_s, n_s] for one layer), the Gram matrix of unit
+    vectors (zero rows allowed) of superclass s. subclass[s]: [n_s] subclass labels
+    (any integers). n_clusters = #distinct subclasses in s x factor, clamped to n_s.
+
+    n_jobs: parallel workers over (superclass, layer blocks); None = all cores
+    (capped by the work), 1 = serial. backend: "thread" or "process" (fork).
+    A constant layer (every vector zero or all equal) warns
+    (:class:`DeadLayerWarning`), is listed in ``.dead`` and is still scored:
+    Ward on all-zero distances merges arbitrarily, so its AMI is ~0.
+    """
+    factors = tuple(int(f) for f in factors)
+    if not factors or min(factors) < 1:
+        raise UsageError(f"factors {factors!r}: give integers >= 1, e.g. (1, 2, 3, 4, 5)")
+    if backend not in ("thread", "process"):
+        raise UsageError(f"backend {backend!r}: choose 'thread' or 'process'")
+    checked = _check_inputs(grams, subclass)
+    sups = sorted(checked)
+    L = next(iter(checked.values())).shape[0]
+    S, F = len(sups), len(factors)
+
+    tasks = []
+    n_sub = {}
+    workers = _workers(n_jobs, S * L)
+    # Split each superclass's layers into blocks so that there are ~4 tasks per worker.
+    per_task = max(1, (S * L) // max(1, 4 * workers)) if workers > 1 else L
+    for s in sups:
+        _, true_idx = np.unique(np.asarray(subclass[s]).ravel(), return_inverse=True)
+        n_sub[s] = int(true_idx.max()) + 1
+        for start in range(0, L, per_task):
+            layers = list(range(start, min(L, start + per_task)))
+            tasks.append((s, checked[s], true_idx, n_sub[s], factors, layers))
+
+    if workers <= 1:
+        results = map(_score_task, tasks)
+        pool = None
+    elif backend == "thread":
+        pool = ThreadPoolExecutor(workers)
+        results = pool.map(_score_task, tasks)
+    else:
+        import multiprocessing as mp
+
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"))
+        results = pool.map(_score_task, tasks)
+
+    ami = np.empty((L, S, F))
+    pur = np.empty((L, S, F))
+    n_clusters = np.empty((S, F), dtype=np.int64)
+    assignments: dict[tuple[int, int], np.ndarray] = {}
+    dead: dict[int, list[int]] = {}
+    index = {s: i for i, s in enumerate(sups)}
+    try:
+        for s, layers, outs in results:
+            si = index[s]
+            for li, (a, p, lab, ks, is_dead) in zip(layers, outs, strict=True):
+                ami[li, si] = a
+                pur[li, si] = p
+                assignments[(li, s)] = lab
+                n_clusters[si] = ks
+                if is_dead:
+                    dead.setdefault(li, []).append(s)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    for li in sorted(dead):
+        dead[li].sort()
+        warnings.warn(
+            f"layer {li}: features are constant (all zero or all identical) in superclass(es) "
+            f"{dead[li]}; Ward on all-zero distances is arbitrary there, AMI ~0",
+            DeadLayerWarning,
+            stacklevel=2,
+        )
+    params = {
+        "algorithm": "ward",
+        "ward_impl": "scipy.cluster.hierarchy.linkage",
+        "distance": "euclidean from gram: sqrt(max(G_ii+G_jj-2G_ij, 0)), float64",
+        "cut": "merge order (= sklearn _hc_cut)",
+        "n_clusters": "subclasses_in_superclass*factor, clamped to n",
+        "ami": "adjusted_mutual_info_score, arithmetic",
+        "purity": "sum of majority counts / n",
+        "factors": ",".join(str(f) for f in factors),
+        "gram_dtype": str(next(iter(checked.values())).dtype),
+        "n_jobs": str(workers),
+        "backend": backend if workers > 1 else "serial",
+    }
+    return ProtocolResult(
+        factors=factors,
+        superclasses=[int(s) for s in sups],
+        ami=ami,
+        purity=pur,
+        assignments=assignments,
+        params=params,
+        dead=dead,
+        n_clusters=n_clusters,
+    )
+
+
+def _workers(n_jobs: int | None, n_tasks: int) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if n_jobs is None:
+        n_jobs = cores or 1
+    elif n_jobs < 0:  # joblib style: -1 = all cores
+        n_jobs = max(1, (cores or 1) + 1 + n_jobs)
+    return max(1, min(int(n_jobs), n_tasks))
+
+
+# --- stability ---------------------------------------------------------------------------
+
+
+def ari_matrix(assign_a: dict, assign_b: dict, factor_index: int = 0) -> np.ndarray:
+    """[La, Lb] ARI between the clusterings of two results, averaged over superclasses.
+
+    ``assign_a``/``assign_b`` are :attr:`ProtocolResult.assignments` (``(layer,
+    superclass) -> [F, n]``) of the same images: pass one result twice for the
+    paper's layer x layer matrix, or two seeds / checkpoints for their
+    stability. Only superclasses present in both are used; rows must align.
+    """
+    layers_a = sorted({li for li, _ in assign_a})
+    layers_b = sorted({li for li, _ in assign_b})
+    sups = sorted({s for _, s in assign_a} & {s for _, s in assign_b})
+    if not sups:
+        raise UsageError("the two assignment sets share no superclass")
+    out = np.zeros((len(layers_a), len(layers_b)))
+    for s in sups:
+        for i, la in enumerate(layers_a):
+            xa = assign_a[(la, s)][factor_index]
+            for j, lb in enumerate(layers_b):
+                xb = assign_b[(lb, s)][factor_index]
+                if xa.shape != xb.shape:
+                    raise UsageError(
+                        f"superclass {s}: {xa.shape[0]} vs {xb.shape[0]} assignments; "
+                        "compare clusterings of the same images"
+                    )
+                out[i, j] += metrics.ari(xa, xb)
+    return out / len(sups)
