@@ -411,3 +411,141 @@ def _split_superclass(
     if len(src) != half or len(tgt) != half or set(src) & set(tgt):
         raise ValueError(f"{superclass}: {split} split did not yield two disjoint halves of {half}")
     return src, tgt
+
+
+# --- images ------------------------------------------------------------------------
+
+IMAGE_SIZE = 224
+EVAL_PER_SUBCLASS = 50  # ImageNet val images per class: the paper clusters all of them
+SHOWN = 5  # missing wnids listed in an error
+
+
+def imagenet_root(data_dir: str | None, dataset: str) -> Path:
+    """The ImageNet folder (with ``train/<wnid>/`` and ``val/<wnid>/``), checked."""
+    layout = "an ImageNet folder with train/<wnid>/ and val/<wnid>/ sub-folders"
+    if not data_dir:
+        raise UsageError(f"--dataset {dataset} needs --imagenet-root DIR ({layout})")
+    root = Path(data_dir).expanduser()
+    missing = [s for s in ("train", "val") if not (root / s).is_dir()]
+    if missing:
+        raise UsageError(
+            f"--imagenet-root {data_dir}: no {' or '.join(missing)}/ folder; expected {layout}"
+        )
+    return root
+
+
+def check_wnids(root: Path, wnids: list[str], dataset: str) -> None:
+    """UsageError listing the class folders of ``wnids`` that ``root`` lacks."""
+    missing = [
+        f"{split}/{w}"
+        for w in wnids
+        for split in ("train", "val")
+        if not (root / split / w).is_dir()
+    ]
+    if missing:
+        shown = ", ".join(missing[:SHOWN]) + (", ..." if len(missing) > SHOWN else "")
+        lacking = len({m.split("/")[1] for m in missing})
+        raise UsageError(
+            f"ImageNet root {root} lacks {lacking} of the {len(wnids)} classes {dataset} needs "
+            f"({len(missing)} folders missing: {shown}); point --imagenet-root at a full "
+            f"ImageNet with train/<wnid>/ and val/<wnid>/, or ask for fewer classes "
+            f"(--classes/--subclasses)"
+        )
+
+
+def load(config):
+    """The BREEDS dataset ``config.dataset`` (variant and split from ``config``).
+
+    Trains on ImageNet train images of the chosen subclasses, evaluates on their
+    val images. With ``split`` rand/good/bad the run uses the source domain's
+    subclasses (BREEDS trains on the source); the target lists go to the record.
+    """
+    from clusterprobe.runners.data import transforms
+    from clusterprobe.runners.data.base import HierarchicalData, Labels
+    from clusterprobe.runners.data.groups import superclass_of
+    from clusterprobe.runners.data.images import ImageFiles, gather
+
+    name = config.dataset
+    if name not in BREEDS:
+        raise UsageError(
+            f"--dataset {name!r} is not a BREEDS dataset; choose from {', '.join(BREEDS)}"
+        )
+    info_dir = find_info_dir(config.breeds_info)
+    cls = breeds_classes(
+        load_hierarchy(info_dir),
+        name,
+        split=config.split or "none",
+        classes=config.classes,
+        subclasses=config.subclasses,
+        shuffle=config.shuffle,
+    )
+    root = imagenet_root(config.data_dir, name)
+    wnids = [w for g in cls.source for w in g]
+    check_wnids(root, wnids, name)
+
+    ids = iter(range(len(wnids)))
+    sup_of = superclass_of([[next(ids) for _ in g] for g in cls.source], len(wnids))
+    tr_paths, tr_sup, tr_sub = gather(
+        [root / "train" / w for w in wnids], sup_of, config.train_per_subclass, config.data_seed
+    )
+    ev_paths, ev_sup, ev_sub = gather(
+        [root / "val" / w for w in wnids], sup_of, config.eval_per_subclass, config.data_seed
+    )
+    empty = [
+        f"{split}/{wnids[k]}"
+        for split, sub in (("train", tr_sub), ("val", ev_sub))
+        for k in sorted(set(range(len(wnids))) - set(sub.tolist()))
+    ]
+    if empty:
+        raise UsageError(
+            f"ImageNet root {root}: {len(empty)} class folders hold no images "
+            f"({', '.join(empty[:SHOWN])}{', ...' if len(empty) > SHOWN else ''})"
+        )
+
+    size = config.image_size or IMAGE_SIZE
+    mean, std = transforms.normalisation(config.arch)
+    train_tf = transforms.train_transform(size, mean, std)
+    eval_tf = transforms.eval_transform(size, mean, std)
+    train_plain = ImageFiles(tr_paths, tr_sup, tr_sub, eval_tf)
+    hierarchy = load_hierarchy(info_dir)
+    return HierarchicalData(
+        name=name,
+        shuffled=bool(config.shuffle),
+        train=train_plain.with_transform(train_tf),
+        eval=ImageFiles(ev_paths, ev_sup, ev_sub, eval_tf),
+        train_plain=train_plain,
+        train_labels=Labels(tr_sup, tr_sub),
+        eval_labels=Labels(ev_sup, ev_sub),
+        superclass_names=cls.superclass_names,
+        subclass_names=wnids,
+        image_size=size,
+        record={
+            "source": "BREEDS (arXiv 2008.04859) over ImageNet",
+            "split": cls.split,
+            "classes": cls.num_classes,
+            "subclasses": cls.num_subclasses,
+            "superclass_wnids": cls.superclasses,
+            "groups": cls.source,
+            "target_groups": cls.target,
+            "subclass_labels": {w: hierarchy.name(w) for w in wnids},
+            "train_per_subclass": config.train_per_subclass,
+            "eval_per_subclass": config.eval_per_subclass,
+            "data_seed": config.data_seed,
+            "imagenet_root": str(root),
+            "breeds_info": str(info_dir),
+            "transforms": transforms.describe(size, mean, std),
+        },
+    )
+
+
+def describe(name: str | None = None) -> dict:
+    spec = BREEDS[name or "living17"]
+    return {
+        "superclasses": spec.superclasses,
+        "subclasses_per_superclass": spec.subclasses,
+        "train_per_subclass": "~1300 (all ImageNet train images)",
+        "eval_per_subclass": EVAL_PER_SUBCLASS,
+        "image_size": IMAGE_SIZE,
+        "offline": False,
+        "needs": "--imagenet-root DIR; hierarchy files via --breeds-info DIR or one download",
+    }
