@@ -1,0 +1,473 @@
+"""Whole-dataset clustering: Ward (or k-means) on all N points at once, no superclass.
+
+``score_whole(features, subclass, factors)`` clusters the rows of ``features``
+into ``n_subclasses * factor`` clusters for every factor and scores each
+partition against ``subclass`` (AMI, purity). Hierarchical methods build one
+tree and cut it at every factor (never refit per factor). Methods (``METHODS``):
+
+- ``exact``: Ward's method on all points. Euclidean distances come from a matrix
+  product (BLAS, float64, blockwise into scipy's condensed vector) rather than
+  scipy's ``pdist``, then ``scipy.cluster.hierarchy.linkage(method="ward")``.
+  Same tree as ``sklearn.cluster.AgglomerativeClustering(linkage="ward")``, ~2x
+  faster; memory ~16 N^2/2 bytes (condensed float64 + scipy's working copy):
+  3.2 GB at N = 20,000.
+- ``knn-ward``: sklearn's Ward restricted to a symmetrised k-NN graph
+  (``neighbors.knn``). A graph with several connected components is never
+  handed to sklearn (which would warn and patch it at extra cost): each
+  component gets its own tree, and the components are then joined by exact
+  size-weighted Ward on their centroids.
+- ``two-stage``: k-means to ``micro_clusters`` centroids (default
+  ``max(1000, 4 * largest cluster count)``, at most N), then exact size-weighted
+  Ward on the centroids (``weighted_ward``), points labelled through their
+  micro-cluster. Memory O(N d + m^2); the default at N >= 50,000.
+- ``kmeans``: k-means straight into each factor's cluster count (one fit per
+  factor, not hierarchical).
+- ``auto``: ``exact`` while its distance matrices fit ``memory_budget_gb``
+  (default 2 GB: N <~ 15,800), else ``two-stage``.
+
+``WholeResult.params`` records how every number was made (algorithm, k, index,
+backend, precision, micro-clusters, ...).
+
+GPU use (e.g. 1,000,000 x 512 points on one H100, torch without faiss):
+``score_whole(x, labels, method="two-stage")`` runs the k-means on CUDA through
+torch automatically when faiss is absent and CUDA is present (or pass
+``backend="torch"``); the Ward on the centroids runs on the host. For an exact
+k-NN graph on the GPU call ``neighbors.knn(x, k, backend="torch")``
+(``precision="tf32"`` trades exactness for ~4x speed) and
+``neighbors.kmeans(x, 2000, backend="torch")`` for the k-means alone.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from clusterprobe.tracker.errors import UsageError
+
+METHODS = ("auto", "exact", "knn-ward", "two-stage", "kmeans")
+DEFAULT_MEMORY_BUDGET_GB = 2.0
+
+
+@dataclass
+class WholeResult:
+    ami: dict[int, float]  # factor -> AMI(subclass, labels)
+    purity: dict[int, float]  # factor -> purity
+    labels: dict[int, np.ndarray]  # factor -> int64 [N] cluster of every point
+    params: dict[str, str]  # how it was computed: algorithm, k, index, backend, precision, ...
+    n_clusters: dict[int, int] = field(default_factory=dict)  # factor -> clusters asked
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+
+
+# ----------------------------------------------------------------------------- trees
+
+
+def cut_tree(children: np.ndarray, n: int, n_clusters: int) -> np.ndarray:
+    """Labels 0..c-1 of the ``n`` leaves after applying the first ``n - n_clusters``
+    merges of ``children`` (``[n_merges, 2]``, merge ``m`` creating node ``n + m``,
+    in merge order), as sklearn's ``_hc_cut`` does for a tree in the same order.
+
+    A forest (fewer than n - 1 merges) cannot go below ``n - n_merges`` clusters:
+    it stops there. Vectorised by pointer jumping (log2(depth) passes of O(n)).
+    """
+    children = np.asarray(children, dtype=np.int64).reshape(-1, 2)
+    n_merges = children.shape[0]
+    applied = min(max(n - int(n_clusters), 0), n_merges)
+    n_nodes = n + n_merges
+    parent = np.full(n_nodes, -1, dtype=np.int64)
+    made = n + np.arange(n_merges, dtype=np.int64)
+    parent[children[:, 0]] = made
+    parent[children[:, 1]] = made
+    node = np.arange(n_nodes, dtype=np.int64)
+    below = node < n + applied  # leaves and the merges applied
+    # A node points to its parent while that parent is below the cut; cluster roots
+    # (and nodes above the cut, never reached from a leaf) point to themselves.
+    up = below & (parent >= 0) & (parent < n + applied)
+    ptr = np.where(up, parent, node)
+    while True:
+        nxt = ptr[ptr]
+        if np.array_equal(nxt, ptr):
+            break
+        ptr = nxt
+    _, labels = np.unique(ptr[:n], return_inverse=True)
+    return labels.astype(np.int64)
+
+
+def weighted_ward(centroids: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Ward's method on weighted points: cluster ``i`` starts as ``sizes[i]`` points
+    at ``centroids[i]``. Returns a scipy-format linkage matrix ``Z`` ``[m-1, 4]``.
+
+    Merge cost is the Ward distance between clusters A, B,
+    ``sqrt(2 |A| |B| / (|A| + |B|)) * ||c_A - c_B||`` (scipy's convention: the
+    Euclidean distance for two single points), updated by the Lance-Williams
+    formula, which holds for any starting sizes:
+    ``D(k, A+B)^2 = ((n_k + n_A) D(k,A)^2 + (n_k + n_B) D(k,B)^2 - n_k D(A,B)^2)
+    / (n_k + n_A + n_B)``. Nearest-neighbour chain (Ward is reducible): O(m^2)
+    time in O(m) numpy steps, O(m^2) memory (32 MB at m = 2,000). With unit sizes
+    it equals ``scipy.cluster.hierarchy.linkage(x, "ward")``.
+    """
+    c = np.asarray(centroids, dtype=np.float64)
+    w = np.asarray(sizes, dtype=np.float64).ravel().copy()
+    m = c.shape[0]
+    if m != w.shape[0]:
+        raise ValueError(f"{m} centroids but {w.shape[0]} sizes")
+    if m < 2:
+        return np.zeros((0, 4))
+    sq = np.einsum("ij,ij->i", c, c)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * (c @ c.T)
+    np.maximum(d2, 0.0, out=d2)
+    d2 *= 2.0 * (w[:, None] * w[None, :]) / (w[:, None] + w[None, :])  # squared Ward cost
+    np.fill_diagonal(d2, np.inf)
+    active = np.ones(m, dtype=bool)
+    rows = np.empty((m - 1, 4))
+    chain: list[int] = []
+    for step in range(m - 1):
+        while True:
+            if not chain:
+                chain.append(int(np.flatnonzero(active)[0]))
+            a = chain[-1]
+            row = d2[a]
+            b = int(np.argmin(row))
+            if len(chain) > 1 and row[chain[-2]] <= row[b]:
+                b = chain[-2]  # prefer the chain's previous node on ties: no cycles
+            if len(chain) > 1 and b == chain[-2]:
+                chain.pop()
+                chain.pop()
+                break
+            chain.append(b)
+        dab = d2[a, b]
+        na, nb = w[a], w[b]
+        keep, drop = (a, b) if a < b else (b, a)
+        upd = ((w + na) * d2[a] + (w + nb) * d2[b] - w * dab) / (w + na + nb)
+        np.maximum(upd, 0.0, out=upd)
+        upd[~active] = np.inf
+        d2[keep] = upd
+        d2[:, keep] = upd
+        d2[drop] = np.inf
+        d2[:, drop] = np.inf
+        d2[keep, keep] = np.inf
+        active[drop] = False
+        w[keep] = na + nb
+        rows[step] = (a, b, np.sqrt(dab), na + nb)
+    return _relabel(rows, m)
+
+
+def _relabel(rows: np.ndarray, m: int) -> np.ndarray:
+    """NN-chain rows (slot ids, height, size) -> scipy's Z: sorted by height
+    (stable: a merge never precedes one it depends on, Ward being monotone), node
+    ids renumbered m, m+1, ... by union-find over the slots."""
+    rows = rows[np.argsort(rows[:, 2], kind="stable")]
+    parent = list(range(2 * m - 1))
+
+    def find(i: int) -> int:
+        root = i
+        while parent[root] != root:
+            root = parent[root]
+        while parent[i] != root:
+            parent[i], i = root, parent[i]
+        return root
+
+    z = rows.copy()
+    for j in range(rows.shape[0]):
+        x, y = find(int(rows[j, 0])), find(int(rows[j, 1]))
+        z[j, 0], z[j, 1] = min(x, y), max(x, y)
+        parent[x] = parent[y] = m + j
+    return z
+
+
+def condensed_distances(x: np.ndarray, *, block_bytes: int = 256 << 20) -> np.ndarray:
+    """scipy's condensed Euclidean distance vector of the rows of ``x`` (float64),
+    built blockwise from ``|a|^2 + |b|^2 - 2 a.b`` (one BLAS matrix product per
+    block of rows against the rows after it) instead of ``pdist``'s scalar loop."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[0]
+    out = np.empty(n * (n - 1) // 2, dtype=np.float64)
+    sq = np.einsum("ij,ij->i", x, x)
+    rows = int(max(1, block_bytes // (8 * max(n, 1))))
+    pos = 0
+    for s in range(0, n - 1, rows):
+        e = min(n - 1, s + rows)
+        blk = x[s:e] @ x[s:].T  # [e-s, n-s]
+        blk *= -2.0
+        blk += sq[s:e, None]
+        blk += sq[None, s:]
+        np.maximum(blk, 0.0, out=blk)
+        np.sqrt(blk, out=blk)
+        for r in range(e - s):
+            seg = blk[r, r + 1 :]
+            out[pos : pos + seg.size] = seg
+            pos += seg.size
+    return out
+
+
+def exact_bytes(n: int) -> int:
+    """Peak bytes of ``exact``'s distances: condensed float64 plus scipy's copy."""
+    return 2 * 8 * (n * (n - 1) // 2)
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def _log(quiet: bool, msg: str) -> None:
+    if not quiet:
+        print(f"[whole] {msg}", file=sys.stderr, flush=True)
+
+
+def _exact_children(x: np.ndarray, quiet: bool, timings: dict) -> np.ndarray:
+    from scipy.cluster.hierarchy import linkage
+
+    t0 = time.perf_counter()
+    y = condensed_distances(x)
+    timings["distances"] = time.perf_counter() - t0
+    _log(quiet, f"distances of {x.shape[0]} points: {timings['distances']:.1f}s; Ward linkage")
+    t0 = time.perf_counter()
+    z = linkage(y, method="ward")
+    del y
+    timings["ward"] = time.perf_counter() - t0
+    return z[:, :2].astype(np.int64)
+
+
+def _knn_ward_children(x, k, backend, index, precision, quiet, timings, params) -> np.ndarray:
+    """Merge order of Ward under a symmetrised k-NN connectivity, components explicit."""
+    from clusterprobe.runners import neighbors
+    from scipy import sparse
+    from scipy.sparse.csgraph import connected_components
+    from sklearn.cluster import ward_tree
+
+    n = x.shape[0]
+    t0 = time.perf_counter()
+    _, idx = neighbors.knn(x, k, backend=backend, index=index, precision=precision)
+    timings["knn"] = time.perf_counter() - t0
+    params["backend"] = neighbors.resolve_backend(backend, work=float(n) * n * x.shape[1])
+    _log(quiet, f"{k}-NN graph of {n} points ({params['backend']}): {timings['knn']:.1f}s")
+    graph = sparse.csr_matrix(
+        (np.ones(idx.size, dtype=np.int8), (np.repeat(np.arange(n), idx.shape[1]), idx.ravel())),
+        shape=(n, n),
+    )
+    graph = ((graph + graph.T) > 0).astype(np.int8).tocsr()
+    n_comp, comp = connected_components(graph, directed=False)
+    params["graph_components"] = str(n_comp)
+    t0 = time.perf_counter()
+    pieces = []  # per component: (global point ids, children local, distances)
+    for c in range(n_comp):
+        ids = np.flatnonzero(comp == c)
+        if ids.size == 1:
+            pieces.append((ids, np.zeros((0, 2), np.int64), np.zeros(0)))
+            continue
+        sub = graph[ids][:, ids]
+        ch, _, _, _, dist = ward_tree(x[ids], connectivity=sub, return_distance=True)
+        pieces.append((ids, np.asarray(ch, np.int64), np.asarray(dist, np.float64)))
+    timings["ward"] = time.perf_counter() - t0
+    if n_comp > 1:
+        _log(quiet, f"k-NN graph has {n_comp} components: joined by weighted Ward on centroids")
+    return _join_components(x, pieces, n)
+
+
+def _join_components(x, pieces, n) -> np.ndarray:
+    """One merge order for a forest of per-component trees: every within-component
+    merge (interleaved across components by height, each component's own order
+    kept), then the components joined by size-weighted Ward on their centroids."""
+    keys, owner, local = [], [], []
+    for c, (_, ch, dist) in enumerate(pieces):
+        keys.append(np.maximum.accumulate(dist) if dist.size else dist)
+        owner.append(np.full(ch.shape[0], c))
+        local.append(np.arange(ch.shape[0]))
+    keys_a, owner_a, local_a = (np.concatenate(v) for v in (keys, owner, local))
+    order = np.argsort(keys_a, kind="stable")
+    children = np.empty((n - 1, 2), dtype=np.int64)
+    # node id of every component's local node, filled as merges are placed
+    maps = []
+    for ids, ch, _ in pieces:
+        mp = np.empty(ids.size + ch.shape[0], dtype=np.int64)
+        mp[: ids.size] = ids
+        maps.append(mp)
+    for g, j in enumerate(order):
+        c, m = int(owner_a[j]), int(local_a[j])
+        ids, ch, _ = pieces[c]
+        children[g] = maps[c][ch[m]]
+        maps[c][ids.size + m] = n + g
+    placed = order.size
+    if len(pieces) > 1:
+        roots = np.array([mp[-1] for mp in maps], dtype=np.int64)
+        cent = np.stack([x[ids].mean(0) for ids, _, _ in pieces])
+        size = np.array([ids.size for ids, _, _ in pieces], dtype=np.float64)
+        z = weighted_ward(cent, size)
+        top = np.concatenate([roots, np.empty(len(pieces) - 1, dtype=np.int64)])
+        for j in range(z.shape[0]):
+            children[placed + j] = top[z[j, :2].astype(np.int64)]
+            top[len(pieces) + j] = n + placed + j
+    return children
+
+
+def _two_stage(x, ks, m, seed, niter, backend, quiet, timings, params) -> dict[int, np.ndarray]:
+    from clusterprobe.runners import neighbors
+
+    t0 = time.perf_counter()
+    km = neighbors.kmeans(x, m, seed=seed, niter=niter, backend=backend)
+    timings["kmeans"] = time.perf_counter() - t0
+    params["backend"] = km.backend
+    _log(quiet, f"k-means to {m} micro-clusters ({km.backend}): {timings['kmeans']:.1f}s")
+    sizes = np.bincount(km.labels, minlength=m).astype(np.float64)
+    used = np.flatnonzero(sizes > 0)  # an empty micro-cluster would be a phantom leaf
+    # Exact centroids of the final assignment (k-means' own may lag one update).
+    cent = np.zeros((m, x.shape[1]), dtype=np.float64)
+    _sum_rows(cent, km.labels, x)
+    cent = cent[used] / sizes[used, None]
+    remap = np.full(m, -1, dtype=np.int64)
+    remap[used] = np.arange(used.size)
+    point_leaf = remap[km.labels]
+    params["micro_clusters_used"] = str(used.size)
+    t0 = time.perf_counter()
+    z = weighted_ward(cent, sizes[used])
+    timings["ward"] = time.perf_counter() - t0
+    children = z[:, :2].astype(np.int64)
+    return {kc: cut_tree(children, used.size, kc)[point_leaf] for kc in ks}
+
+
+def _sum_rows(out: np.ndarray, labels: np.ndarray, x: np.ndarray) -> None:
+    """out[labels[i]] += x[i], by sorting (``np.add.at`` is slow for large N)."""
+    order = np.argsort(labels, kind="stable")
+    lab = labels[order]
+    starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
+    out[lab[starts]] += np.add.reduceat(x[order].astype(np.float64), starts, axis=0)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def _scorers():
+    try:
+        from clusterprobe.runners.metrics import ami, purity
+
+        return ami, purity
+    except ImportError:  # metrics module not installed yet: sklearn's AMI, own purity
+        from sklearn.metrics import adjusted_mutual_info_score
+
+        def purity(t, p):
+            _, ti = np.unique(t, return_inverse=True)
+            _, pi = np.unique(p, return_inverse=True)
+            table = np.zeros((ti.max() + 1, pi.max() + 1), np.int64)
+            np.add.at(table, (ti, pi), 1)
+            return float(table.max(0).sum() / len(t))
+
+        return adjusted_mutual_info_score, purity
+
+
+def _validate(features, subclass, factors, method, k):
+    if method not in METHODS:
+        raise UsageError(f"--method {method!r} is not known; use one of {', '.join(METHODS)}")
+    x = np.asarray(features)
+    if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 1:
+        raise UsageError(f"features must be a 2-D array [N >= 2, d >= 1]; got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.number):
+        raise UsageError(f"features must be numeric; got dtype {x.dtype}")
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).any(axis=1).sum())
+        raise UsageError(
+            f"features contain NaN or Inf in {bad} of {x.shape[0]} rows; clean them first"
+        )
+    y = np.asarray(subclass).ravel()
+    if y.shape[0] != x.shape[0]:
+        raise UsageError(f"subclass has {y.shape[0]} labels but features have {x.shape[0]} rows")
+    facs = tuple(int(f) for f in factors)
+    if not facs or min(facs) < 1:
+        raise UsageError(f"factors {factors!r} must be integers >= 1, e.g. (1, 2, 3, 4, 5)")
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise UsageError(f"k={k!r} neighbours is invalid; use an integer >= 1")
+    return x, y, tuple(sorted(set(facs)))
+
+
+def score_whole(
+    features: np.ndarray,
+    subclass: np.ndarray,
+    factors=(1, 2, 3, 4, 5),
+    *,
+    method: str = "auto",
+    k: int = 10,
+    seed: int = 0,
+    quiet: bool = True,
+    memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
+    micro_clusters: int | None = None,
+    backend: str = "auto",
+    index: str = "flat",
+    precision: str = "fp32",
+    niter: int = 20,
+) -> WholeResult:
+    """Cluster all rows of ``features`` into ``#subclasses * factor`` clusters per
+    factor and score each partition against ``subclass`` (AMI, purity).
+
+    ``features`` should be L2-normalised by the caller (as ``score`` does); no
+    method here relies on unit norm. ``k``, ``index``, ``precision``: the k-NN
+    graph of ``knn-ward``. ``micro_clusters``, ``niter``: ``two-stage``'s k-means.
+    ``backend``: "auto" | "faiss" | "torch" for k-NN and k-means. A cluster count
+    above N is capped at N (recorded in ``n_clusters``).
+    """
+    x, y, facs = _validate(features, subclass, factors, method, k)
+    n = x.shape[0]
+    n_sub = int(np.unique(y).size)
+    ks = {f: min(n, n_sub * f) for f in facs}
+    params: dict[str, str] = {"method": method, "n_points": str(n), "dim": str(x.shape[1])}
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    algo = method
+    if method == "auto":
+        fits = exact_bytes(n) <= memory_budget_gb * 1e9
+        algo = "exact" if fits else "two-stage"
+        params["memory_budget_gb"] = str(memory_budget_gb)
+    m = None
+    if algo == "two-stage":
+        m = int(micro_clusters) if micro_clusters else max(1000, 4 * max(ks.values()))
+        if m < max(ks.values()):
+            raise UsageError(
+                f"micro_clusters={m} is fewer than the {max(ks.values())} clusters asked; "
+                f"use at least {max(ks.values())} (default: 4x that)"
+            )
+        if m >= n:  # every point its own micro-cluster: that is exact Ward
+            params["two_stage_note"] = f"micro_clusters {m} >= N {n}: exact Ward on the points"
+            algo = "exact"
+    params["algorithm"] = algo
+    labels: dict[int, np.ndarray]
+    if algo == "exact":
+        params.update(distances="matmul-float64", linkage="scipy-ward", precision="fp64")
+        children = _exact_children(x, quiet, timings)
+        labels = {f: cut_tree(children, n, ks[f]) for f in facs}
+    elif algo == "knn-ward":
+        if k >= n:
+            raise UsageError(f"k={k} neighbours needs more than {k} points; got {n}")
+        params.update(
+            k=str(k), index=index, precision=precision, linkage="sklearn-ward-connectivity"
+        )
+        xf = np.ascontiguousarray(x, dtype=np.float32)
+        children = _knn_ward_children(xf, k, backend, index, precision, quiet, timings, params)
+        labels = {f: cut_tree(children, n, ks[f]) for f in facs}
+    elif algo == "two-stage":
+        params.update(micro_clusters=str(m), niter=str(niter), seed=str(seed), precision="fp32")
+        params["linkage"] = "weighted-ward-centroids"
+        xf = np.ascontiguousarray(x, dtype=np.float32)
+        by_k = _two_stage(
+            xf, sorted(set(ks.values())), m, seed, niter, backend, quiet, timings, params
+        )
+        labels = {f: by_k[ks[f]] for f in facs}
+    else:  # kmeans
+        from clusterprobe.runners import neighbors
+
+        params.update(niter=str(niter), seed=str(seed), precision="fp32")
+        xf = np.ascontiguousarray(x, dtype=np.float32)
+        labels = {}
+        t0 = time.perf_counter()
+        for f in facs:
+            km = neighbors.kmeans(xf, ks[f], seed=seed, niter=niter, backend=backend)
+            labels[f] = km.labels
+            params["backend"] = km.backend
+        timings["kmeans"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ami_fn, purity_fn = _scorers()
+    ami = {f: float(ami_fn(y, labels[f])) for f in facs}
+    purity = {f: float(purity_fn(y, labels[f])) for f in facs}
+    timings["scores"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_all
+    _log(quiet, f"{algo}: AMI " + ", ".join(f"f{f}={ami[f]:.3f}" for f in facs))
+    return WholeResult(
+        ami=ami, purity=purity, labels=labels, params=params, n_clusters=ks, timings=timings
+    )
