@@ -31,6 +31,31 @@ DATASETS: dict[str, DatasetEntry] = {
         "alias: synthetic with --shuffle",
         overrides=(("shuffle", True),),
     ),
+    # Real datasets (need files on disk; see `clusterprobe datasets show NAME`).
+    "entity13": DatasetEntry(
+        "clusterprobe.runners.data.breeds",
+        "BREEDS ENTITY-13 from ImageNet: 13 superclasses x 20 subclasses, 224 px",
+    ),
+    "entity30": DatasetEntry(
+        "clusterprobe.runners.data.breeds",
+        "BREEDS ENTITY-30 from ImageNet: 30 superclasses x 8 subclasses, 224 px",
+    ),
+    "living17": DatasetEntry(
+        "clusterprobe.runners.data.breeds",
+        "BREEDS LIVING-17 from ImageNet: 17 superclasses x 4 subclasses, 224 px",
+    ),
+    "nonliving26": DatasetEntry(
+        "clusterprobe.runners.data.breeds",
+        "BREEDS NON-LIVING-26 from ImageNet: 26 superclasses x 4 subclasses, 224 px",
+    ),
+    "cifar100": DatasetEntry(
+        "clusterprobe.runners.data.cifar100",
+        "CIFAR-100: 20 coarse superclasses x 5 fine subclasses, 32 px",
+    ),
+    "folder": DatasetEntry(
+        "clusterprobe.runners.data.folder",
+        "your images: DIR/<superclass>/<subclass>/*.jpg (optional DIR/train, DIR/val)",
+    ),
 }
 
 
