@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import importlib.util
 import os
 import sys
 from collections.abc import Iterator
@@ -177,11 +178,27 @@ def resolve_store(
             artifact_root=str(root / ARTIFACTS_DIR),
             optuna_url=sqlite_url(root / OPTUNA_DB_NAME),
         )
+    if scheme in ("postgresql", "postgres"):
+        uri = _postgres_driver(uri)
     art = _normalise_artifact_root(artifact_root or os.environ.get(ENV_ARTIFACT_ROOT))
     if art is None and kind == "database":
         # A bare database has no server to hold artifacts: keep them in the local folder.
         art = str(Path(os.path.abspath(store or DEFAULT_STORE)) / ARTIFACTS_DIR)
     return Store(tracking_uri=uri, root=None, artifact_root=art, optuna_url=None)
+
+
+def _postgres_driver(uri: str) -> str:
+    """Name the installed driver: SQLAlchemy 2.1 means psycopg 3 by ``postgresql://``.
+
+    The project installs psycopg2-binary; a bare ``postgresql://`` (or ``postgres://``,
+    which SQLAlchemy refuses) would otherwise fail with "No module named 'psycopg'".
+    """
+    head, rest = uri.split("://", 1)
+    if "+" in head:
+        return uri
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
+        return f"postgresql+psycopg2://{rest}"
+    return f"postgresql://{rest}"
 
 
 def add_store_arguments(parser: argparse.ArgumentParser) -> None:

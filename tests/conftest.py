@@ -1,0 +1,151 @@
+"""Shared fixtures: fresh stores, and fresh PostgreSQL databases when a server answers.
+
+* ``store``: a fresh, empty local `Store` in ``tmp_path / "mlruns"``. The MLflow schema
+  (a few seconds of migrations) is built once per session in a template folder and
+  copied; the first Tracker on the copy relocates it, which the relocation tests cover.
+* ``postgres_url``: ``postgresql+psycopg2://postgres@127.0.0.1:5432/<fresh db>``, created
+  for the test and dropped after it. Server: ``$CLUSTERPROBE_POSTGRES_URL`` (an admin URL,
+  default ``postgresql://postgres@127.0.0.1:5432/postgres``). Skips with the reason
+  when no server answers, and FAILS instead when ``CLUSTERPROBE_REQUIRE_POSTGRES=1``
+  (CI machines that have PostgreSQL set it so the backend cannot silently go untested).
+* ``postgres_database``: session-scoped factory behind ``postgres_url``; call it for a
+  database that lives longer than one test (e.g. in a class-scoped fixture).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from urllib.parse import urlparse
+
+import pytest
+from clusterprobe.tracker.store import Store, resolve_store
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "CLUSTERPROBE_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REQUIRE_POSTGRES = os.environ.get("CLUSTERPROBE_REQUIRE_POSTGRES") == "1"
+
+
+def _admin_connection():
+    import psycopg2
+
+    u = urlparse(POSTGRES_ADMIN_URL)
+    con = psycopg2.connect(
+        host=u.hostname or "127.0.0.1",
+        port=u.port or 5432,
+        user=u.username or "postgres",
+        password=u.password,
+        dbname=(u.path or "/postgres").lstrip("/") or "postgres",
+        connect_timeout=3,
+    )
+    con.autocommit = True  # CREATE/DROP DATABASE cannot run inside a transaction
+    return con
+
+
+def _database_url(name: str) -> str:
+    u = urlparse(POSTGRES_ADMIN_URL)
+    auth = u.username or "postgres"
+    if u.password:
+        auth += f":{u.password}"
+    return f"postgresql+psycopg2://{auth}@{u.hostname or '127.0.0.1'}:{u.port or 5432}/{name}"
+
+
+@pytest.fixture(scope="session")
+def postgres_database():
+    """Factory: ``postgres_database() -> URL`` of a fresh database, dropped at session end."""
+    try:
+        admin = _admin_connection()
+    except Exception as err:
+        reason = f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {str(err).strip()}"
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"CLUSTERPROBE_REQUIRE_POSTGRES=1 but {reason}")
+        pytest.skip(reason)
+    created: list[str] = []
+
+    def make() -> str:
+        name = f"clusterprobe_test_{uuid.uuid4().hex[:12]}"
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return _database_url(name)
+
+    make.drop = lambda url: _drop(admin, url.rsplit("/", 1)[1], created)
+    yield make
+    for name in list(created):
+        _drop(admin, name, created)
+    admin.close()
+
+
+def _drop(admin, name: str, created: list[str]) -> None:
+    if name not in created:
+        return
+    with admin.cursor() as cur:
+        # WITH (FORCE) (PostgreSQL >= 13) ends connections a pool may still hold.
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    created.remove(name)
+
+
+@pytest.fixture
+def postgres_url(postgres_database) -> str:
+    """A fresh PostgreSQL database for this test (dropped after it)."""
+    url = postgres_database()
+    yield url
+    postgres_database.drop(url)
+
+
+@pytest.fixture(scope="session")
+def _template_store(tmp_path_factory) -> Store:
+    from clusterprobe.tracker.tracking import prepare_store
+
+    template = resolve_store(tmp_path_factory.mktemp("template") / "mlruns")
+    prepare_store(template)
+    return template
+
+
+@pytest.fixture
+def store(_template_store, tmp_path, monkeypatch) -> Store:
+    """A fresh, empty local store in ``tmp_path / "mlruns"`` (schema copied, not rebuilt)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    target = tmp_path / "mlruns"
+    shutil.copytree(_template_store.root, target)
+    return resolve_store(target)
+
+
+# --- pipeline: one tiny end-to-end run shared by test_pipeline/test_run_cli/test_rescore ---
+# 4 superclasses x 2 subclasses, 12 train / 8 eval images each, 16 px, resnet18, 2 epochs
+# (epoch 1 evaluated too, so intermediate checkpoints are covered): a few seconds on 2 cores.
+TINY_RUN = dict(
+    classes=4,
+    subclasses=2,
+    train_per_subclass=12,
+    eval_per_subclass=8,
+    image_size=16,
+    epochs=2,
+    eval_epochs=(1,),
+    batch_size=32,
+    probe_per_subclass=6,
+    device="cpu",
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """The tiny RunConfig; ``.replace(...)`` it for variants."""
+    from clusterprobe.runners.config import RunConfig
+
+    return RunConfig(**TINY_RUN)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(_template_store, tmp_path_factory, tiny_config):
+    """``(store, config, RunResult)`` of one tiny `pipeline.run` in its own session store."""
+    from clusterprobe.runners import pipeline
+    from clusterprobe.tracker.store import local_store
+
+    target = tmp_path_factory.mktemp("pipeline") / "mlruns"
+    shutil.copytree(_template_store.root, target)
+    store = local_store(target)  # not resolve_store: ignore any MLFLOW_TRACKING_URI
+    result = pipeline.run(tiny_config, store, quiet=True)
+    return store, tiny_config, result
