@@ -1,0 +1,114 @@
+"""The data flags of `clusterprobe run` (and `study`), mapped to RunConfig fields.
+
+Usage from a command module::
+
+    from clusterprobe.runners.data.cli_args import add_data_arguments, data_config_kwargs
+
+    def add_arguments(parser):
+        add_data_arguments(parser)            # --dataset, --shuffle, --split, --data-dir, ...
+
+    def main(args):
+        config = RunConfig(**{**preset, **data_config_kwargs(args), ...}).validate()
+
+Every flag defaults to None, and :func:`data_config_kwargs` returns only the
+fields given on the command line, so a preset (``--quick``) fills the rest and
+explicit flags override it. Bad values raise UsageError (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from clusterprobe.tracker.errors import UsageError
+
+SPLITS = ("none", "rand", "good", "bad")
+# flag dest -> RunConfig field (same names; listed so nothing else leaks into the config)
+FIELDS = (
+    "dataset",
+    "shuffle",
+    "classes",
+    "subclasses",
+    "split",
+    "data_dir",
+    "breeds_info",
+    "download",
+    "train_per_subclass",
+    "eval_per_subclass",
+    "image_size",
+    "data_seed",
+)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the data flags (an argument group "data") to ``parser``."""
+    g = parser.add_argument_group("data")
+    g.add_argument(
+        "--dataset",
+        default=None,
+        help="dataset name (default: synthetic); `clusterprobe datasets list` shows all",
+    )
+    g.add_argument(
+        "--shuffle",
+        action="store_true",
+        default=None,
+        help="the paper's shuffled variant: superclasses of unrelated subclasses",
+    )
+    g.add_argument("--classes", type=int, default=None, metavar="C", help="superclasses to draw")
+    g.add_argument(
+        "--subclasses", type=int, default=None, metavar="K", help="subclasses per superclass"
+    )
+    g.add_argument(
+        "--split",
+        default=None,
+        choices=SPLITS,
+        help="BREEDS source/target split (default none); a run uses the source subclasses",
+    )
+    g.add_argument(
+        "--data-dir",
+        "--imagenet-root",
+        dest="data_dir",
+        default=None,
+        metavar="DIR",
+        help="dataset root: ImageNet (train/<wnid>/, val/<wnid>/), CIFAR-100, or your folders",
+    )
+    g.add_argument(
+        "--breeds-info",
+        default=None,
+        metavar="DIR",
+        help="folder with the BREEDS hierarchy files (default: cache, downloaded once)",
+    )
+    g.add_argument(
+        "--download",
+        action="store_true",
+        default=None,
+        help="download the dataset into --data-dir if absent (CIFAR-100)",
+    )
+    g.add_argument("--train-per-subclass", type=int, default=None, metavar="N")
+    g.add_argument("--eval-per-subclass", type=int, default=None, metavar="N")
+    g.add_argument("--image-size", type=int, default=None, metavar="PX")
+    g.add_argument("--data-seed", type=int, default=None, help="seed of image sampling")
+
+
+def data_config_kwargs(args: argparse.Namespace) -> dict:
+    """RunConfig fields given on the command line (None = not given), checked."""
+    out = {k: getattr(args, k) for k in FIELDS if getattr(args, k, None) is not None}
+    if "dataset" in out:
+        from clusterprobe.runners.data.registry import resolve
+
+        resolve(out["dataset"])  # UsageError with close matches
+    for name in ("classes", "subclasses", "train_per_subclass", "eval_per_subclass", "image_size"):
+        if name in out and out[name] < 1:
+            raise UsageError(f"--{name.replace('_', '-')} {out[name]}: must be >= 1")
+    split = out.get("split", "none")
+    if split != "none":
+        given = [
+            f"--{k}"
+            for k in ("classes", "subclasses", "shuffle")
+            if out.get(k) not in (None, False)
+        ]
+        if given:
+            raise UsageError(
+                f"--split {split} cannot be combined with {', '.join(given)}: the BREEDS recipe "
+                f"defines source/target splits only for the standard class lists"
+            )
+    return out
