@@ -1,13 +1,41 @@
 """Stream images through a model and reduce each tapped layer to Gram matrices.
 
-(Interface fixed by the lead; the engine helper fills in the bodies.)
+The paper clusters flattened activations (up to 802,816 values per image for
+ResNet-50 block 1 at 224 px) inside each superclass. Ward needs only pairwise
+distances, and distances of unit vectors follow from their Gram matrix, so per
+superclass and layer we keep just ``G = X X^T`` (n x n) of the flattened,
+L2-normalised activations X. Everything up to G happens on the compute device;
+only the n x n matrices (and small pooled vectors) reach the host.
+
+Memory bound: a superclass's normalised features of several layers are held on
+the device only while they fit ``memory_budget``; layers are grouped into forward
+passes that fit, and a layer too wide even alone is done in row blocks, re-running
+the forward for the blocks it pairs with (G[p, q] = X_p X_q^T). So a superclass
+of 1,000 images at 224 px fits a 24 GB card at the cost of extra forward passes.
+
+Same code path on CPU and CUDA. ``precision="bf16"`` runs the forward under
+bf16 autocast (CPU too); on CUDA it also stores features in bf16 and forms
+Grams with fp32 accumulation and output. ``"fp32"`` keeps fp32 throughout
+(TF32 off while embedding).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+from clusterprobe.tracker.errors import UsageError
+
+PRECISIONS = ("fp32", "bf16")
+
+
+class DeadLayerWarning(UserWarning):
+    """A tapped layer whose activations are constant (zero or identical) in a superclass."""
 
 
 @dataclass
@@ -23,3 +51,523 @@ class Embedding:
     pixel_grams: dict[int, np.ndarray]  # superclass -> float32 [n, n], raw pixels
     pooled: list[np.ndarray]  # per layer float32 [N_eval, C_l] (GAP / token mean), eval order
     dead: dict[int, list[int]] = field(default_factory=dict)  # layer -> superclasses with zero rows
+    params: dict[str, str] = field(
+        default_factory=dict
+    )  # precision, budget, passes: how it was made
+
+
+# --- small tensor helpers ----------------------------------------------------------------
+
+
+def flatten(t: torch.Tensor) -> torch.Tensor:
+    """[B, ...] -> [B, D] without a copy where possible.
+
+    A channels_last activation is flattened in memory order (H, W, C): the Gram
+    matrix is invariant to the order of features, so no transpose copy is needed.
+    """
+    if (
+        t.dim() == 4
+        and not t.is_contiguous()
+        and t.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return t.permute(0, 2, 3, 1).reshape(t.shape[0], -1)
+    return t.reshape(t.shape[0], -1)
+
+
+def unit_rows(f: torch.Tensor) -> torch.Tensor:
+    """L2-normalise rows in fp32; an all-zero row stays zero (sklearn ``normalize``)."""
+    f = f.float()
+    norms = torch.linalg.vector_norm(f, dim=1, keepdim=True)
+    return f / torch.where(norms == 0, torch.ones_like(norms), norms)
+
+
+def pool(t: torch.Tensor) -> torch.Tensor:
+    """Global average pool: [B,C,H,W] -> mean over H,W; [B,T,C] -> mean over tokens; fp32."""
+    t = t.float()
+    if t.dim() == 4:
+        return t.mean(dim=(2, 3))
+    if t.dim() == 3:
+        return t.mean(dim=1)
+    return t.reshape(t.shape[0], -1)
+
+
+def gram_block(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b.T`` in fp32 (bf16 inputs accumulate and return in fp32)."""
+    if a.dtype == torch.bfloat16 and a.is_cuda:
+        try:
+            return torch.mm(a, b.T, out_dtype=torch.float32)
+        except (TypeError, RuntimeError):  # older torch: no mm(out_dtype=)
+            pass
+    return a.float() @ b.float().T
+
+
+def _tensor_of(x):
+    """The first tensor in a hook payload (modules may return tuples)."""
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, (tuple, list)) and x and isinstance(x[0], torch.Tensor):
+        return x[0]
+    raise UsageError(
+        f"a tapped module produced {type(x).__name__}, not a tensor; tap another layer"
+    )
+
+
+class _Stop(Exception):
+    """Raised by the last hook of a pass: the rest of the forward is not needed."""
+
+
+class _Taps:
+    """Forward hooks on the taps of one pass; each calls ``consume(pos, activation)``."""
+
+    def __init__(self, taps, positions, consume, stop_early=True):
+        self.taps = taps
+        self.positions = list(positions)
+        self.consume = consume
+        self.stop_early = stop_early
+        self.handles = []
+        self.seen: set[int] = set()
+
+    def __enter__(self):
+        for pos in self.positions:
+            tap = self.taps[pos]
+            if getattr(tap, "capture", "output") == "input":
+                h = tap.module.register_forward_pre_hook(self._pre(pos))
+            else:
+                h = tap.module.register_forward_hook(self._post(pos))
+            self.handles.append(h)
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        return False
+
+    def _got(self, pos, x):
+        self.consume(pos, _tensor_of(x).detach())
+        self.seen.add(pos)
+        if self.stop_early and len(self.seen) == len(self.positions):
+            raise _Stop
+
+    def _pre(self, pos):
+        def hook(module, args):
+            self._got(pos, args)
+
+        return hook
+
+    def _post(self, pos):
+        def hook(module, args, output):
+            self._got(pos, output)
+
+        return hook
+
+    def run(self, model, x, precision):
+        self.seen = set()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.no_grad())
+            if precision == "bf16":
+                stack.enter_context(torch.autocast(device_type=x.device.type, dtype=torch.bfloat16))
+            try:
+                model(x)
+            except _Stop:
+                pass
+        missing = set(self.positions) - self.seen
+        if missing:
+            names = [self.taps[p].name for p in sorted(missing)]
+            raise UsageError(f"taps {names} never ran in the forward pass; are they in this model?")
+
+
+@contextlib.contextmanager
+def _eval_mode(model, precision, device):
+    """model.eval() and a pinned matmul precision for the duration; both restored after."""
+    was_training = model.training
+    model.eval()
+    old_tf32 = torch.backends.cuda.matmul.allow_tf32 if device.type == "cuda" else None
+    if device.type == "cuda":
+        # fp32 means fp32 Grams; bf16 forward noise dwarfs TF32's, so allow it there.
+        torch.backends.cuda.matmul.allow_tf32 = precision == "bf16"
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        if old_tf32 is not None:
+            torch.backends.cuda.matmul.allow_tf32 = old_tf32
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision {precision!r}: choose {' or '.join(PRECISIONS)}")
+
+
+# --- streaming images ---------------------------------------------------------------------
+
+
+def _images(dataset):
+    """A tensor of all images when the dataset is one (fast path), else None."""
+    if isinstance(dataset, torch.Tensor):
+        return dataset
+    if isinstance(dataset, torch.utils.data.TensorDataset):
+        return dataset.tensors[0]
+    return None
+
+
+def _batches(dataset, rows: np.ndarray, batch_size: int, device, workers: int = 0):
+    """Yield image batches (on ``device``) of ``dataset[rows]`` in order."""
+    images = _images(dataset)
+    if images is not None:
+        for start in range(0, len(rows), batch_size):
+            idx = torch.as_tensor(rows[start : start + batch_size], device=images.device)
+            yield images.index_select(0, idx).to(device, non_blocking=True)
+        return
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, [int(r) for r in rows]),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+    for item in loader:
+        x = item[0] if isinstance(item, (tuple, list)) else item
+        yield x.to(device, non_blocking=True)
+
+
+def _first_image(dataset, index: int) -> torch.Tensor:
+    images = _images(dataset)
+    if images is not None:
+        return images[index : index + 1]
+    item = dataset[int(index)]
+    x = item[0] if isinstance(item, (tuple, list)) else item
+    return x.unsqueeze(0)
+
+
+def _probe_shapes(model, taps, dataset, index, device, precision) -> list[tuple[int, int]]:
+    """(flattened width D, pooled width C) of every tap, from a one-image forward."""
+    out: dict[int, tuple[int, int]] = {}
+
+    def consume(pos, t):
+        out[pos] = (int(flatten(t).shape[1]), int(pool(t).shape[1]))
+
+    x = _first_image(dataset, index).to(device)
+    with _Taps(taps, range(len(taps)), consume) as hooks:
+        hooks.run(model, x, precision)
+    return [out[i] for i in range(len(taps))]
+
+
+def default_budget(device) -> int:
+    """Bytes of normalised features to hold at once: half of free device memory (CPU: 1/4 RAM, <= 8 GiB)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.5)
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 8 << 30
+    return int(min(ram // 4, 8 << 30))
+
+
+def _plan(widths: list[int], n: int, itemsize: int, budget: int) -> list[list[int]]:
+    """Group layer positions (forward order) into passes whose n x D features fit the budget."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    used = 0
+    for pos, d in enumerate(widths):
+        need = n * d * itemsize
+        if current and used + need > budget:
+            groups.append(current)
+            current, used = [], 0
+        current.append(pos)
+        used += need
+    if current:
+        groups.append(current)
+    return groups
+
+
+# --- the evaluation pass -------------------------------------------------------------------
+
+
+class _Superclass:
+    """Accumulates Grams and pooled vectors of one superclass, one pass at a time."""
+
+    def __init__(self, n, device, store_dtype):
+        self.n = n
+        self.device = device
+        self.store_dtype = store_dtype
+
+    def full_pass(
+        self, model, taps, positions, dataset, rows, batch_size, precision, widths, workers
+    ):
+        """One forward over all n rows holding the features of ``positions``: exact Grams."""
+        feats = {
+            p: torch.empty((self.n, widths[p]), dtype=self.store_dtype, device=self.device)
+            for p in positions
+        }
+        pooled: dict[int, list[torch.Tensor]] = {p: [] for p in positions if p >= 0}
+        cursor = [0]
+
+        def consume(pos, t):
+            b = t.shape[0]
+            feats[pos][cursor[0] : cursor[0] + b] = unit_rows(flatten(t)).to(self.store_dtype)
+            if pos >= 0:
+                pooled[pos].append(pool(t))
+
+        tap_positions = [p for p in positions if p >= 0]
+        hooks = _Taps(taps, tap_positions, consume)
+        for x in _batches(dataset, rows, batch_size, self.device, workers):
+            if -1 in feats:  # raw pixels, as the model sees them
+                consume(-1, x)
+            if tap_positions:
+                with hooks:
+                    hooks.run(model, x, precision)
+            cursor[0] += x.shape[0]
+        grams = {p: gram_block(f, f) for p, f in feats.items()}
+        return grams, {p: torch.cat(v) for p, v in pooled.items()}
+
+    def blocked_pass(
+        self, model, taps, pos, dataset, rows, batch_size, precision, width, budget, workers
+    ):
+        """One layer too wide for n rows: row blocks X_p held in turn, G[p, q] = X_p X_q^T."""
+        itemsize = torch.empty((), dtype=self.store_dtype).element_size()
+        bs = max(1, min(batch_size, budget // (2 * width * itemsize)))
+        m = max(1, budget // (width * itemsize) - bs)  # rows held, leaving room for one batch
+        gram = torch.zeros((self.n, self.n), dtype=torch.float32, device=self.device)
+        pooled: list[torch.Tensor] = []
+        starts = list(range(0, self.n, m))
+        for bi, p0 in enumerate(starts):
+            p1 = min(self.n, p0 + m)
+            held = torch.empty((p1 - p0, width), dtype=self.store_dtype, device=self.device)
+
+            def keep(r0, f, t, _held=held):
+                _held[r0 : r0 + f.shape[0]] = f
+                pooled.append(pool(t))
+
+            self._stream(model, taps, pos, dataset, rows[p0:p1], bs, precision, workers, keep)
+            gram[p0:p1, p0:p1] = gram_block(held, held)
+            for q0 in starts[bi + 1 :]:
+                q1 = min(self.n, q0 + m)
+
+                def cross(r0, f, t, _held=held, _q0=q0, _p0=p0, _p1=p1):
+                    block = gram_block(_held, f)
+                    gram[_p0:_p1, _q0 + r0 : _q0 + r0 + f.shape[0]] = block
+                    gram[_q0 + r0 : _q0 + r0 + f.shape[0], _p0:_p1] = block.T
+
+                self._stream(model, taps, pos, dataset, rows[q0:q1], bs, precision, workers, cross)
+            del held
+        return gram, (torch.cat(pooled) if pooled and pos >= 0 else None)
+
+    def _stream(self, model, taps, pos, dataset, rows, bs, precision, workers, sink):
+        """Forward ``rows`` in batches; ``sink(row offset, unit features, activation)`` per batch."""
+        offset = [0]
+        box: dict[str, torch.Tensor] = {}
+
+        def consume(p, t):
+            box["t"] = t
+
+        hooks = _Taps(taps, [pos], consume) if pos >= 0 else None
+        for x in _batches(dataset, rows, bs, self.device, workers):
+            if hooks is None:
+                t = x
+            else:
+                with hooks:
+                    hooks.run(model, x, precision)
+                t = box.pop("t")
+            sink(offset[0], unit_rows(flatten(t)).to(self.store_dtype), t)
+            offset[0] += x.shape[0]
+
+
+def _host(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).numpy()
+
+
+def _is_constant(g: np.ndarray) -> bool:
+    """All rows zero or all rows identical: every pairwise distance ~0."""
+    if g.shape[0] == 0:
+        return True
+    diag = np.diagonal(g).astype(np.float64)
+    if diag.max() == 0.0:
+        return True
+    d2 = diag[:, None] + diag[None, :] - 2.0 * g.astype(np.float64)
+    return bool(d2.max() <= 64 * np.finfo(np.float32).eps * max(1.0, diag.max()))
+
+
+def embed_eval(
+    model,
+    taps,
+    dataset,
+    labels,
+    *,
+    device,
+    precision: str = "fp32",
+    batch_size: int = 256,
+    quiet: bool = False,
+    memory_budget: int | None = None,
+    workers: int = 0,
+    pixels: bool = True,
+) -> Embedding:
+    """Per superclass: forward its eval images, Gram of every tap (and raw pixels) on ``device``.
+
+    model: a torch module already on ``device``. taps: list of Tap (index order =
+    forward order; ``capture`` "output" hooks the module's output, "input" its
+    first input). dataset: the eval split (items ``(image, superclass, subclass)``),
+    or a tensor of images; labels: its :class:`Labels`. Returns an
+    :class:`Embedding`; constant layers are listed in ``.dead`` with a warning.
+    """
+    _check_precision(precision)
+    device = torch.device(device)
+    if not taps:
+        raise UsageError("no layers to tap: the taps list is empty")
+    sup = np.asarray(labels.superclass)
+    n_eval = sup.shape[0]
+    if n_eval == 0:
+        raise UsageError("the evaluation set is empty")
+    budget = int(memory_budget) if memory_budget is not None else default_budget(device)
+    store_dtype = (
+        torch.bfloat16 if (precision == "bf16" and device.type == "cuda") else torch.float32
+    )
+    itemsize = torch.empty((), dtype=store_dtype).element_size()
+    L = len(taps)
+    grams: dict[int, np.ndarray] = {}
+    pixel_grams: dict[int, np.ndarray] = {}
+    eval_index: dict[int, np.ndarray] = {}
+    dead: dict[int, list[int]] = {}
+    passes = 0
+    with _eval_mode(model, precision, device):
+        shapes = _probe_shapes(model, taps, dataset, 0, device, precision)
+        pooled = [np.zeros((n_eval, c), dtype=np.float32) for _, c in shapes]
+        pix_width = int(_first_image(dataset, 0)[0].numel())
+        sups = sorted(int(s) for s in np.unique(sup))
+        progress = _progress(len(sups), quiet)
+        for s in sups:
+            rows = np.flatnonzero(sup == s).astype(np.int64)
+            n = rows.shape[0]
+            acc = _Superclass(n, device, store_dtype)
+            widths = {p: d for p, (d, _) in enumerate(shapes)}
+            widths[-1] = pix_width
+            order = ([-1] if pixels else []) + list(range(L))
+            groups = _plan([widths[p] for p in order], n, itemsize, budget)
+            out: dict[int, torch.Tensor] = {}
+            for group in groups:
+                positions = [order[i] for i in group]
+                fits = n * sum(widths[p] for p in positions) * itemsize <= budget
+                if fits:
+                    g, pl = acc.full_pass(
+                        model,
+                        taps,
+                        positions,
+                        dataset,
+                        rows,
+                        batch_size,
+                        precision,
+                        widths,
+                        workers,
+                    )
+                    passes += 1
+                    out.update(g)
+                    for p, v in pl.items():
+                        pooled[p][rows] = _host(v)
+                else:  # a single layer wider than the budget allows for n rows
+                    (pos,) = positions
+                    g, pl = acc.blocked_pass(
+                        model,
+                        taps,
+                        pos,
+                        dataset,
+                        rows,
+                        batch_size,
+                        precision,
+                        widths[pos],
+                        budget,
+                        workers,
+                    )
+                    passes += 1
+                    out[pos] = g
+                    if pl is not None and pos >= 0:
+                        pooled[pos][rows] = _host(pl)
+            stack = np.stack([_host(out[p]) for p in range(L)])
+            if not np.isfinite(stack).all():
+                li = int(np.argwhere(~np.isfinite(stack).reshape(L, -1).all(axis=1))[0, 0])
+                raise UsageError(
+                    f"layer {li} ({taps[li].name}): activations hold NaN/Inf for superclass {s} "
+                    "(a diverged model, or an fp16/bf16 overflow?)"
+                )
+            grams[s] = stack
+            if pixels:
+                pixel_grams[s] = _host(out[-1])
+            eval_index[s] = rows
+            for li in range(L):
+                if _is_constant(stack[li]):
+                    dead.setdefault(li, []).append(s)
+            progress.update(1)
+        progress.close()
+    for li in sorted(dead):
+        warnings.warn(
+            f"layer {li} ({taps[li].name}) is dead: constant activations (all zero or all "
+            f"identical) in superclass(es) {dead[li]}",
+            DeadLayerWarning,
+            stacklevel=2,
+        )
+    params = {
+        "precision": precision,
+        "feature_store": str(store_dtype).replace("torch.", ""),
+        "gram": "tf32" if (precision == "bf16" and device.type == "cuda") else "fp32",
+        "device": str(device),
+        "memory_budget_bytes": str(budget),
+        "forward_passes": str(passes),
+        "normalisation": "l2 per example, zero rows stay zero",
+    }
+    return Embedding(
+        layer_names=[t.name for t in taps],
+        grams=grams,
+        eval_index=eval_index,
+        pixel_grams=pixel_grams,
+        pooled=pooled,
+        dead=dead,
+        params=params,
+    )
+
+
+def pooled_features(
+    model,
+    taps,
+    dataset,
+    indices=None,
+    *,
+    device,
+    precision: str = "fp32",
+    batch_size: int = 256,
+    workers: int = 0,
+) -> list[np.ndarray]:
+    """Per layer float32 [n, C_l]: global-average-pooled activations of ``dataset[indices]``."""
+    _check_precision(precision)
+    device = torch.device(device)
+    rows = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
+    chunks: list[list[torch.Tensor]] = [[] for _ in taps]
+
+    def consume(pos, t):
+        chunks[pos].append(pool(t).cpu())
+
+    hooks = _Taps(taps, range(len(taps)), consume)
+    with _eval_mode(model, precision, device):
+        for x in _batches(dataset, rows, batch_size, device, workers):
+            with hooks:
+                hooks.run(model, x, precision)
+    if len(rows) == 0:
+        return [np.zeros((0, 0), dtype=np.float32) for _ in taps]
+    return [torch.cat(c).numpy().astype(np.float32, copy=False) for c in chunks]
+
+
+class _NoProgress:
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, quiet: bool):
+    if quiet:
+        return _NoProgress()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return _NoProgress()
+    return tqdm(total=total, desc="embed", unit="superclass", file=sys.stderr, leave=False)
