@@ -51,14 +51,20 @@ def layer_profile(
             label="linear probe acc",
         )
     if pixel_ami is not None and np.isfinite(pixel_ami):
-        ax.axhline(pixel_ami, ls=":", lw=1.4, color="grey", label="pixels AMI f1")
+        ax.axhline(pixel_ami, ls=":", lw=1.4, color="grey", label="raw pixels AMI f1")
     ax.set_xticks(x)
-    ax.set_xticklabels(
-        [f"{i}\n{name}" for i, name in zip(x, layer_names, strict=True)],
-        fontsize=7,
-        rotation=0 if n_layers <= 10 else 60,
-        ha="center" if n_layers <= 10 else "right",
-    )
+    if n_layers <= 10:
+        ax.set_xticklabels(
+            [f"{i}\n{name}" for i, name in zip(x, layer_names, strict=True)], fontsize=7
+        )
+    else:  # many layers: one rotated "index name" label each
+        ax.set_xticklabels(
+            [f"{i} {name}" for i, name in zip(x, layer_names, strict=True)],
+            fontsize=7,
+            rotation=60,
+            ha="right",
+            rotation_mode="anchor",
+        )
     ax.set_xlabel("layer (index, name), input to output")
     ax.set_ylabel("score")
     top = max(1.0, float(np.nanmax(ami)) if ami.size else 1.0)

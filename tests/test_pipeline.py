@@ -43,7 +43,7 @@ def test_runs_kinds_nesting_and_status(recorded):
     assert train.data.tags[cv.TAG_KIND] == "train"
     assert train.info.status == "FINISHED"
     assert sorted(evals) == [1, config.epochs]  # the intermediate checkpoint and the final one
-    for epoch, run in evals.items():
+    for run in evals.values():
         assert run.data.tags[cv.TAG_KIND] == "eval"
         assert run.data.tags[cv.TAG_PARENT] == result.train_run_id
         assert run.info.status == "FINISHED"
@@ -188,8 +188,8 @@ def test_checkpoints_reload_and_reproduce_logits(recorded):
     L = len(result.layers)
     for epoch, path in ((config.epochs, cv.ART_CHECKPOINT_DIR), (1, "checkpoints/epoch_001")):
         model = load_checkpoint(_artifact(tracker, result.train_run_id, path))
-        feats = {}
-        handle = model.layer4.register_forward_hook(lambda m, i, o: feats.update(x=o))
+        feats: dict = {}
+        handle = model.layer4.register_forward_hook(lambda m, i, o, out=feats: out.update(x=o))
         with torch.no_grad():
             logits = model(images)
         handle.remove()

@@ -12,6 +12,7 @@ import shlex
 import sys
 
 from clusterprobe.runners.config import PRESETS, SAVE_CHOICES, RunConfig, parse_factors
+from clusterprobe.runners.data.cli_args import add_data_arguments, data_config_kwargs
 from clusterprobe.tracker.errors import UsageError
 
 EXIT_CRASH = 1
@@ -50,55 +51,10 @@ def parse_save(spec: str) -> tuple[str, ...]:
     return items
 
 
-def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    try:
-        from clusterprobe.runners.data.cli_args import add_data_arguments
-    except ImportError:  # the dataset flags module is optional; keep the basics available
-        add_data_arguments = _fallback_data_arguments
-    add_data_arguments(parser)
-
-
-def _fallback_data_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("data")
-    g.add_argument("--dataset", default=None, help="dataset name (default: synthetic)")
-    g.add_argument(
-        "--shuffle",
-        action="store_true",
-        default=None,
-        help="the paper's shuffled variant: superclasses of unrelated subclasses",
-    )
-    g.add_argument("--classes", type=int, default=None, help="superclasses to keep")
-    g.add_argument("--subclasses", type=int, default=None, help="subclasses per superclass")
-    g.add_argument("--train-per-subclass", type=int, default=None)
-    g.add_argument("--eval-per-subclass", type=int, default=None)
-    g.add_argument("--image-size", type=int, default=None)
-    g.add_argument("--data-seed", type=int, default=None)
-    g.add_argument("--data-dir", default=None, help="root of on-disk datasets")
-
-
-def _data_config_kwargs(args: argparse.Namespace) -> dict:
-    try:
-        from clusterprobe.runners.data.cli_args import data_config_kwargs
-    except ImportError:
-        keys = (
-            "dataset",
-            "shuffle",
-            "classes",
-            "subclasses",
-            "train_per_subclass",
-            "eval_per_subclass",
-            "image_size",
-            "data_seed",
-            "data_dir",
-        )
-        return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
-    return data_config_kwargs(args)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from clusterprobe.tracker.store import add_store_arguments
 
-    _add_data_arguments(parser)
+    add_data_arguments(parser)
     m = parser.add_argument_group("model and training")
     m.add_argument("--arch", default=None, help="timm model name (default: resnet18)")
     m.add_argument(
@@ -169,7 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """RunConfig: defaults < --quick preset < explicit flags; validated."""
     kwargs: dict = dict(PRESETS["quick"]) if args.quick else {}
-    kwargs.update(_data_config_kwargs(args))
+    kwargs.update(data_config_kwargs(args))
     for name in (
         "arch",
         "stem",
