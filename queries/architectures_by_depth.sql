@@ -1,0 +1,36 @@
+-- architectures_by_depth: finding 3 - ViTs cluster subclasses worse than ResNets; ResNet,
+-- VGG and ViT profiles lined up on relative depth (layer_index / (n_layers - 1)). Each
+-- run's layers are binned by relative depth (bin k holds depths in [k/bins, (k+1)/bins),
+-- the last bin includes 1), averaged within the run, then mean, std and n over runs per
+-- arch x dataset x shuffled x factor x bin. Runs: FINISHED final-checkpoint in-domain
+-- eval runs.
+-- Reads: layer_scores, evals.
+-- Columns: arch_family, arch, dataset, shuffled, factor, depth_bin, depth_lo, depth_hi,
+--   mean, std, n
+-- param dataset VARCHAR : training dataset (default: all)
+-- param shuffled BOOLEAN : natural (false) or shuffled (true) hierarchy (default: both)
+-- param labels VARCHAR : trained on superclass or subclass labels (default: both)
+-- param metric VARCHAR = ami : ami, purity, probe_acc, knn_acc
+-- param factor INTEGER = 1 : clusters per subclass (NULL: all)
+-- param bins INTEGER = 10 : number of relative-depth bins
+WITH per_run AS (
+  SELECT e.run_id, e.arch_family, e.arch, e.dataset, e.shuffled, s.factor,
+         CAST(least(floor(s.relative_depth * coalesce(getvariable('bins'), 10)),
+                    coalesce(getvariable('bins'), 10) - 1) AS INTEGER) AS depth_bin,
+         avg(s.value) AS value
+  FROM layer_scores s JOIN evals e USING (run_id)
+  WHERE e.status = 'FINISHED' AND e.is_final AND NOT e.is_transfer
+    AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
+    AND (getvariable('shuffled') IS NULL OR e.shuffled = getvariable('shuffled'))
+    AND (getvariable('labels') IS NULL OR e.labels = getvariable('labels'))
+    AND s.metric = coalesce(getvariable('metric'), 'ami')
+    AND (getvariable('factor') IS NULL OR s.factor = getvariable('factor'))
+  GROUP BY ALL
+)
+SELECT arch_family, arch, dataset, shuffled, factor, depth_bin,
+       depth_bin / coalesce(getvariable('bins'), 10)::DOUBLE AS depth_lo,
+       (depth_bin + 1) / coalesce(getvariable('bins'), 10)::DOUBLE AS depth_hi,
+       avg(value) AS mean, stddev_samp(value) AS std, count(*) AS n
+FROM per_run
+GROUP BY ALL
+ORDER BY arch_family, arch, dataset, shuffled, factor, depth_bin;

@@ -1,0 +1,34 @@
+-- best_layers: which layer clusters the subclasses best, and how well (the peak of the
+-- layer profile). Each eval run's best layer (ties: the shallower one), then per design
+-- group x factor the mean, std and n of its index, relative depth and value. Runs:
+-- FINISHED eval runs of the final checkpoint on the training dataset's own evaluation set.
+-- Reads: layer_scores, evals.
+-- Columns: dataset, shuffled, arch, taps, labels, metric, factor, best_layer_mean,
+--   best_layer_std, best_depth_mean, best_depth_std, best_value_mean, best_value_std, n
+-- param dataset VARCHAR : training dataset (default: all)
+-- param arch VARCHAR : timm model name (default: all)
+-- param shuffled BOOLEAN : natural (false) or shuffled (true) hierarchy (default: both)
+-- param labels VARCHAR : trained on superclass or subclass labels (default: both)
+-- param metric VARCHAR = ami : ami, purity, probe_acc, knn_acc
+-- param factor INTEGER : clusters per subclass (default: all)
+WITH ranked AS (
+  SELECT e.run_id, e.dataset, e.shuffled, e.arch, e.taps, e.labels, s.metric, s.factor,
+         s.layer_index, s.relative_depth, s.value,
+         row_number() OVER (PARTITION BY s.run_id, s.metric, s.factor
+                            ORDER BY s.value DESC, s.layer_index) AS rank
+  FROM layer_scores s JOIN evals e USING (run_id)
+  WHERE e.status = 'FINISHED' AND e.is_final AND NOT e.is_transfer
+    AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
+    AND (getvariable('arch') IS NULL OR e.arch = getvariable('arch'))
+    AND (getvariable('shuffled') IS NULL OR e.shuffled = getvariable('shuffled'))
+    AND (getvariable('labels') IS NULL OR e.labels = getvariable('labels'))
+    AND (getvariable('metric') IS NULL OR s.metric = getvariable('metric'))
+    AND (getvariable('factor') IS NULL OR s.factor = getvariable('factor'))
+)
+SELECT dataset, shuffled, arch, taps, labels, metric, factor,
+       avg(layer_index) AS best_layer_mean, stddev_samp(layer_index) AS best_layer_std,
+       avg(relative_depth) AS best_depth_mean, stddev_samp(relative_depth) AS best_depth_std,
+       avg(value) AS best_value_mean, stddev_samp(value) AS best_value_std, count(*) AS n
+FROM ranked WHERE rank = 1
+GROUP BY ALL
+ORDER BY dataset, shuffled, arch, taps, labels, metric, factor NULLS FIRST;

@@ -1,0 +1,61 @@
+-- clusterability_vs_probe: finding 6 - clusterability does not track linear-probe
+-- accuracy. Pearson and Spearman (average ranks for ties) correlation between the
+-- clustering metric and probe_acc:
+--   scope 'layers': within each run over its layers, then mean, std and n over runs per
+--     dataset x arch;
+--   scope 'runs': over runs per dataset (arch NULL), between each run's best clustering
+--     value and its best probe accuracy (max over layers); std NULL, n = runs.
+-- Runs with fewer than 3 layers (or runs) holding both metrics, and constant series (no
+-- correlation defined), are left out. Runs: FINISHED final-checkpoint in-domain eval runs.
+-- Reads: layer_scores, evals.
+-- Columns: scope, dataset, arch, method, mean, std, n
+-- param dataset VARCHAR : training dataset (default: all)
+-- param arch VARCHAR : timm model name (default: all)
+-- param metric VARCHAR = ami : ami or purity
+-- param factor INTEGER = 1 : clusters per subclass
+WITH pairs AS (
+  SELECT s.run_id, e.dataset, e.arch, s.layer_index,
+         max(s.value) FILTER (WHERE s.metric = coalesce(getvariable('metric'), 'ami')
+                              AND s.factor = coalesce(getvariable('factor'), 1)) AS x,
+         max(s.value) FILTER (WHERE s.metric = 'probe_acc') AS y
+  FROM layer_scores s JOIN evals e USING (run_id)
+  WHERE e.status = 'FINISHED' AND e.is_final AND NOT e.is_transfer
+    AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
+    AND (getvariable('arch') IS NULL OR e.arch = getvariable('arch'))
+  GROUP BY ALL
+), layer_ranked AS (
+  SELECT *,
+         rank() OVER (PARTITION BY run_id ORDER BY x)
+           + (count(*) OVER (PARTITION BY run_id, x) - 1) / 2.0 AS rx,
+         rank() OVER (PARTITION BY run_id ORDER BY y)
+           + (count(*) OVER (PARTITION BY run_id, y) - 1) / 2.0 AS ry
+  FROM pairs WHERE x IS NOT NULL AND y IS NOT NULL
+), per_run AS (
+  SELECT run_id, dataset, arch, corr(x, y) AS pearson, corr(rx, ry) AS spearman
+  FROM layer_ranked GROUP BY ALL HAVING count(*) >= 3
+), over_layers AS (
+  SELECT 'layers' AS scope, dataset, arch, method, avg(r) AS mean, stddev_samp(r) AS std,
+         count(*) AS n
+  FROM per_run UNPIVOT (r FOR method IN (pearson, spearman))
+  WHERE NOT isnan(r)
+  GROUP BY ALL
+), run_best AS (
+  SELECT run_id, dataset, max(x) AS x, max(y) AS y
+  FROM pairs GROUP BY ALL HAVING max(x) IS NOT NULL AND max(y) IS NOT NULL
+), run_ranked AS (
+  SELECT *,
+         rank() OVER (PARTITION BY dataset ORDER BY x)
+           + (count(*) OVER (PARTITION BY dataset, x) - 1) / 2.0 AS rx,
+         rank() OVER (PARTITION BY dataset ORDER BY y)
+           + (count(*) OVER (PARTITION BY dataset, y) - 1) / 2.0 AS ry
+  FROM run_best
+), over_runs AS (
+  SELECT 'runs' AS scope, dataset, NULL::VARCHAR AS arch, method, r AS mean,
+         NULL::DOUBLE AS std, n
+  FROM (SELECT dataset, corr(x, y) AS pearson, corr(rx, ry) AS spearman, count(*) AS n
+        FROM run_ranked GROUP BY ALL HAVING count(*) >= 3)
+       UNPIVOT (r FOR method IN (pearson, spearman))
+  WHERE NOT isnan(r)
+)
+SELECT * FROM over_layers UNION ALL SELECT * FROM over_runs
+ORDER BY scope, dataset, arch NULLS FIRST, method;

@@ -1,0 +1,31 @@
+-- layer_profile: how subclass clusterability changes with depth (the paper's per-layer
+-- AMI/purity curves; finding 1 and every layer plot). One row per design group x layer x
+-- metric x factor with mean, std and n over the group's runs. Runs: FINISHED eval runs
+-- of the final checkpoint on the training dataset's own evaluation set; with run_id set,
+-- that one run (any checkpoint or set: n = 1, std NULL).
+-- Reads: layer_scores, evals.
+-- Columns: dataset, shuffled, arch, taps, labels, layer_index, relative_depth, metric,
+--   factor, mean, std, n
+-- param run_id VARCHAR : one eval run (default: all runs)
+-- param dataset VARCHAR : training dataset (default: all)
+-- param arch VARCHAR : timm model name (default: all)
+-- param shuffled BOOLEAN : natural (false) or shuffled (true) hierarchy (default: both)
+-- param labels VARCHAR : trained on superclass or subclass labels (default: both)
+-- param metric VARCHAR : ami, purity, probe_acc, knn_acc (default: all)
+-- param factor INTEGER : clusters per subclass (default: all)
+SELECT e.dataset, e.shuffled, e.arch, e.taps, e.labels, s.layer_index,
+       avg(s.relative_depth) AS relative_depth, s.metric, s.factor,
+       avg(s.value) AS mean, stddev_samp(s.value) AS std, count(*) AS n
+FROM layer_scores s JOIN evals e USING (run_id)
+WHERE e.status = 'FINISHED'
+  AND CASE WHEN getvariable('run_id') IS NULL THEN e.is_final AND NOT e.is_transfer
+           ELSE e.run_id = getvariable('run_id') END
+  AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
+  AND (getvariable('arch') IS NULL OR e.arch = getvariable('arch'))
+  AND (getvariable('shuffled') IS NULL OR e.shuffled = getvariable('shuffled'))
+  AND (getvariable('labels') IS NULL OR e.labels = getvariable('labels'))
+  AND (getvariable('metric') IS NULL OR s.metric = getvariable('metric'))
+  AND (getvariable('factor') IS NULL OR s.factor = getvariable('factor'))
+GROUP BY ALL
+ORDER BY e.dataset, e.shuffled, e.arch, e.taps, e.labels, s.metric, s.factor NULLS FIRST,
+         s.layer_index;

@@ -1,0 +1,44 @@
+-- norm_peak_shift: finding 4 - normalisation (VGG-16: none / BatchNorm / LayerNorm) moves
+-- the layer where clusterability peaks without changing the best value much. Each run's
+-- peak layer (ties: the shallower one); per dataset x base architecture x norm x factor
+-- the mean, std and n of the peak's index, relative depth and value, and the shift of the
+-- mean peak depth and value against the same architecture without normalisation (NULL
+-- where there is no 'none' group). norm: the run's `norm` param, else read from the timm
+-- name (vgg16_bn -> batchnorm, vgg16 -> none); other families: 'default'.
+-- Runs: FINISHED final-checkpoint in-domain eval runs.
+-- Reads: layer_scores, evals.
+-- Columns: dataset, arch_base, norm, factor, peak_layer_mean, peak_layer_std,
+--   peak_depth_mean, peak_depth_std, peak_value_mean, peak_value_std, n,
+--   depth_shift_vs_none, value_change_vs_none
+-- param dataset VARCHAR : training dataset (default: all)
+-- param family VARCHAR : architecture family, e.g. vgg (default: all)
+-- param shuffled BOOLEAN : natural (false) or shuffled (true) hierarchy (default: both)
+-- param metric VARCHAR = ami : ami or purity
+-- param factor INTEGER = 1 : clusters per subclass (NULL: all)
+WITH ranked AS (
+  SELECT e.run_id, e.dataset, regexp_replace(e.arch, '_(bn|ln|gn)$', '') AS arch_base,
+         coalesce(e.norm, 'default') AS norm, s.factor, s.layer_index, s.relative_depth,
+         s.value,
+         row_number() OVER (PARTITION BY s.run_id, s.factor
+                            ORDER BY s.value DESC, s.layer_index) AS rank
+  FROM layer_scores s JOIN evals e USING (run_id)
+  WHERE e.status = 'FINISHED' AND e.is_final AND NOT e.is_transfer
+    AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
+    AND (getvariable('family') IS NULL OR e.arch_family = getvariable('family'))
+    AND (getvariable('shuffled') IS NULL OR e.shuffled = getvariable('shuffled'))
+    AND s.metric = coalesce(getvariable('metric'), 'ami')
+    AND (getvariable('factor') IS NULL OR s.factor = getvariable('factor'))
+), g AS (
+  SELECT dataset, arch_base, norm, factor,
+         avg(layer_index) AS peak_layer_mean, stddev_samp(layer_index) AS peak_layer_std,
+         avg(relative_depth) AS peak_depth_mean, stddev_samp(relative_depth) AS peak_depth_std,
+         avg(value) AS peak_value_mean, stddev_samp(value) AS peak_value_std, count(*) AS n
+  FROM ranked WHERE rank = 1 GROUP BY ALL
+)
+SELECT *,
+       peak_depth_mean - max(peak_depth_mean) FILTER (WHERE norm = 'none')
+         OVER (PARTITION BY dataset, arch_base, factor) AS depth_shift_vs_none,
+       peak_value_mean - max(peak_value_mean) FILTER (WHERE norm = 'none')
+         OVER (PARTITION BY dataset, arch_base, factor) AS value_change_vs_none
+FROM g
+ORDER BY dataset, arch_base, factor, norm;

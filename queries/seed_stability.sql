@@ -1,0 +1,25 @@
+-- seed_stability: how stable the clusterings are (ARI between the cluster assignments of
+-- two seeds at the same layer: kind 'seed'; of two layers of one run: kind 'layer', the
+-- layer x layer heatmap; of two checkpoints: kind 'checkpoint'). Reads the `ari` view:
+-- the runs' ari.parquet artifacts (run_id, other_run_id, kind, layer_a, layer_b, factor,
+-- value = ARI averaged over superclasses). Zero rows until runs log them. Per dataset x
+-- arch x shuffled x kind x layer pair x factor: mean, std and n over pairs of runs.
+-- Runs: FINISHED eval runs (the run that holds the artifact).
+-- Reads: ari, evals.
+-- Columns: dataset, arch, shuffled, kind, layer_a, layer_b, factor, mean, std, n
+-- param dataset VARCHAR : training dataset (default: all)
+-- param arch VARCHAR : timm model name (default: all)
+-- param shuffled BOOLEAN : natural (false) or shuffled (true) hierarchy (default: both)
+-- param kind VARCHAR = seed : seed, layer or checkpoint
+-- param factor INTEGER = 1 : clusters per subclass (NULL: all)
+SELECT e.dataset, e.arch, e.shuffled, a.kind, a.layer_a, a.layer_b, a.factor,
+       avg(a.value) AS mean, stddev_samp(a.value) AS std, count(*) AS n
+FROM ari a JOIN evals e USING (run_id)
+WHERE e.status = 'FINISHED'
+  AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
+  AND (getvariable('arch') IS NULL OR e.arch = getvariable('arch'))
+  AND (getvariable('shuffled') IS NULL OR e.shuffled = getvariable('shuffled'))
+  AND (getvariable('kind') IS NULL OR a.kind = getvariable('kind'))
+  AND (getvariable('factor') IS NULL OR a.factor = getvariable('factor'))
+GROUP BY ALL
+ORDER BY e.dataset, e.arch, e.shuffled, a.kind, a.factor, a.layer_a, a.layer_b;
