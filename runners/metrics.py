@@ -12,10 +12,21 @@ numpy + scipy only: no torch, no sklearn import on this path.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from scipy.special import gammaln
 
 _EPS = np.finfo(np.float64).eps
+_LOG_FACT = np.zeros(1)  # _LOG_FACT[k] = log(k!), grown on demand
+
+
+def _log_factorials(n: int) -> np.ndarray:
+    """log(k!) for k = 0..n from libm's lgamma (exact to ~1 ulp; no scipy.special import)."""
+    global _LOG_FACT
+    if _LOG_FACT.shape[0] <= n:
+        size = max(n + 1, 2 * _LOG_FACT.shape[0])
+        _LOG_FACT = np.array([math.lgamma(k + 1.0) for k in range(size)])
+    return _LOG_FACT
 
 
 def contingency(labels_true, labels_pred) -> np.ndarray:
@@ -67,14 +78,14 @@ def expected_mutual_info(table: np.ndarray) -> float:
 
     Vinh, Epps & Bailey (JMLR 2010), eq. (24a): a hypergeometric sum over every
     cell value n_ij in [max(1, a_i + b_j - N), min(a_i, b_j)]. Vectorised over
-    (i, j, n_ij) in log-space (``gammaln``) instead of sklearn's Cython triple loop.
+    (i, j, n_ij) in log-space (``math.lgamma``) instead of sklearn's Cython triple loop.
     """
     a = table.sum(axis=1).astype(np.int64)
     b = table.sum(axis=0).astype(np.int64)
     if a.size == 1 or b.size == 1:
         return 0.0
     n = int(a.sum())
-    lg = gammaln(np.arange(n + 2, dtype=np.float64))  # lg[k] = log((k-1)!)
+    lf = _log_factorials(n)  # lf[k] = log(k!)
     ai = np.repeat(a, b.size)
     bj = np.tile(b, a.size)
     start = np.maximum(1, ai + bj - n)
@@ -88,15 +99,15 @@ def expected_mutual_info(table: np.ndarray) -> float:
     ai2, bj2 = ai[:, None], bj[:, None]
     log_term = np.log(n) + np.log(nij) - np.log(ai2) - np.log(bj2)
     gln = (
-        lg[ai2 + 1]
-        + lg[bj2 + 1]
-        + lg[n - ai2 + 1]
-        + lg[n - bj2 + 1]
-        - lg[nij + 1]
-        - lg[n + 1]
-        - lg[np.where(valid, ai2 - nij, 0) + 1]
-        - lg[np.where(valid, bj2 - nij, 0) + 1]
-        - lg[np.where(valid, n - ai2 - bj2 + nij, 0) + 1]
+        lf[ai2]
+        + lf[bj2]
+        + lf[n - ai2]
+        + lf[n - bj2]
+        - lf[nij]
+        - lf[n]
+        - lf[np.where(valid, ai2 - nij, 0)]
+        - lf[np.where(valid, bj2 - nij, 0)]
+        - lf[np.where(valid, n - ai2 - bj2 + nij, 0)]
     )
     gln = np.where(valid, gln, -np.inf)  # padding cells contribute exp(-inf) = 0
     terms = (nij / n) * log_term * np.exp(gln)

@@ -1,0 +1,100 @@
+"""`clusterprobe score EMB.npz`: cluster your own embeddings with the paper's protocol.
+
+The .npz holds ``features`` (N x ... floats; flattened and L2-normalised here),
+``superclass`` (N ints) and ``subclass`` (N ints). Inside each superclass, Ward
+into #subclasses x factor clusters; AMI and purity per superclass and averaged.
+``--whole`` clusters all N points at once (no superclass needed) with
+``runners.whole``. stdout carries only the JSON; progress and the summary go
+to stderr. No torch or mlflow import on this path.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from clusterprobe.runners.config import parse_factors
+from clusterprobe.tracker.errors import UsageError
+
+WHOLE_METHODS = ("auto", "exact", "knn-ward", "two-stage", "kmeans")  # = runners.whole.METHODS
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("npz", metavar="EMB.npz", help="features, superclass, subclass arrays")
+    parser.add_argument(
+        "--factors", default="1-5", metavar="SPEC", help="overclustering factors, e.g. 1-5 or 1,3"
+    )
+    parser.add_argument("--json", metavar="OUT", help="also write the JSON result to this file")
+    parser.add_argument(
+        "--whole",
+        action="store_true",
+        help="cluster the whole file at once (no superclass), #subclasses x factor clusters",
+    )
+    parser.add_argument(
+        "--method",
+        default="auto",
+        choices=WHOLE_METHODS,
+        help="whole-dataset algorithm (with --whole; default auto)",
+    )
+    parser.add_argument("--jobs", type=int, default=None, help="parallel workers (default: cores)")
+    parser.add_argument("--quiet", action="store_true", help="no progress or summary on stderr")
+
+
+def main(args) -> int:
+    factors = parse_factors(args.factors)
+    if args.method != "auto" and not args.whole:
+        raise UsageError(f"--method {args.method!r} applies to --whole only; add --whole")
+    if args.json:
+        out_dir = Path(args.json).resolve().parent
+        if not out_dir.is_dir():
+            raise UsageError(f"--json {args.json}: folder {out_dir} does not exist")
+    from clusterprobe.runners import score
+
+    t0 = time.perf_counter()
+    features, superclass, subclass = score.load_npz(args.npz, need_superclass=not args.whole)
+    _log(args, f"loaded {features.shape[0]} x {features.shape[1]} features from {args.npz}")
+    if args.whole:
+        result = _whole(features, subclass, factors, args)
+    else:
+        result = score.score_features(features, superclass, subclass, factors, n_jobs=args.jobs)
+    text = json.dumps(result, indent=2)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    sys.stdout.write(text + "\n")
+    _summary(args, result, time.perf_counter() - t0)
+    return 0
+
+
+def _whole(features, subclass, factors, args) -> dict:
+    try:
+        from clusterprobe.runners.whole import score_whole
+    except ImportError as err:  # pragma: no cover - whole.py ships with the package
+        raise UsageError(f"--whole is not available in this install ({err})") from None
+    from clusterprobe.runners.score import unit_rows
+
+    x = unit_rows(features)
+    res = score_whole(x, subclass, factors, method=args.method, quiet=args.quiet)
+    return {
+        "ami": {str(f): float(res.ami[f]) for f in sorted(res.ami)},
+        "purity": {str(f): float(res.purity[f]) for f in sorted(res.purity)},
+        "per_superclass": [],
+        "params": {str(k): str(v) for k, v in res.params.items()},
+    }
+
+
+def _log(args, msg: str) -> None:
+    if not args.quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _summary(args, result: dict, seconds: float) -> None:
+    if args.quiet:
+        return
+    lines = ["factor    AMI   purity"]
+    for f, a in result["ami"].items():
+        lines.append(f"{f:>6}  {a:6.4f}  {result['purity'][f]:6.4f}")
+    where = f" (also in {args.json})" if args.json else ""
+    lines.append(f"scored in {seconds:.2f} s{where}")
+    print("\n".join(lines), file=sys.stderr, flush=True)

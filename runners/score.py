@@ -1,0 +1,179 @@
+"""Score bring-your-own embeddings with the paper's protocol (``clusterprobe score``).
+
+numpy + scipy only: this path never imports torch, sklearn or mlflow, so the
+command starts in well under a second. Features are flattened and L2-normalised
+per example (an all-zero row stays zero); per superclass their Gram matrix is
+formed in float64, in column chunks so that wide features (hundreds of
+thousands of values per example) never need a float64 copy, and handed to the
+same :func:`clusterprobe.runners.cluster.cluster_protocol` that ``run`` uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from clusterprobe.runners.cluster import ProtocolResult, cluster_protocol
+from clusterprobe.tracker.errors import UsageError
+
+NPZ_KEYS = ("features", "superclass", "subclass")
+CHUNK_BYTES = 64 << 20  # float64 working set per column chunk
+
+
+def check_arrays(features, superclass, subclass, *, need_superclass: bool = True) -> tuple:
+    """Validate the three arrays (UsageError naming the problem); return them cleaned.
+
+    features: [N, ...] real numbers, finite. superclass, subclass: [N] integers.
+    Returns (features [N, D] (a view where possible), superclass int64, subclass int64).
+    """
+    features = np.asarray(features)
+    if features.ndim < 2:
+        raise UsageError(
+            f"features has shape {features.shape}; expected [N, ...] with one row per example"
+        )
+    if features.shape[0] == 0:
+        raise UsageError("features has no rows (N = 0)")
+    if not (
+        np.issubdtype(features.dtype, np.floating) or np.issubdtype(features.dtype, np.integer)
+    ):
+        raise UsageError(f"features has dtype {features.dtype}; expected floats")
+    features = features.reshape(features.shape[0], -1)
+    if features.shape[1] == 0:
+        raise UsageError(f"features has shape {features.shape}: zero values per example")
+    n = features.shape[0]
+    out = []
+    for name, arr in (("superclass", superclass), ("subclass", subclass)):
+        if arr is None:
+            if name == "superclass" and not need_superclass:
+                out.append(np.zeros(n, dtype=np.int64))
+                continue
+            raise UsageError(f"missing array {name!r}")
+        arr = np.asarray(arr)
+        if arr.ndim != 1 or arr.shape[0] != n:
+            raise UsageError(
+                f"{name} has shape {arr.shape}; expected ({n},), one label per row of features"
+            )
+        if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+            raise UsageError(f"{name} has dtype {arr.dtype}; labels must be integers")
+        out.append(arr.astype(np.int64))
+    if np.issubdtype(features.dtype, np.floating):
+        bad = _first_nonfinite_row(features)
+        if bad is not None:
+            raise UsageError(f"features row {bad} holds NaN or Inf; every value must be finite")
+    return features, out[0], out[1]
+
+
+def _first_nonfinite_row(features: np.ndarray) -> int | None:
+    step = max(1, CHUNK_BYTES // max(1, features.shape[1] * features.itemsize))
+    for start in range(0, features.shape[0], step):
+        ok = np.isfinite(features[start : start + step]).all(axis=1)
+        if not ok.all():
+            return start + int(np.argmin(ok))
+    return None
+
+
+def row_norms(features: np.ndarray) -> np.ndarray:
+    """float64 L2 norms of the rows, computed in chunks of columns."""
+    n, d = features.shape
+    sq = np.zeros(n)
+    step = max(1, CHUNK_BYTES // (8 * n))
+    for c0 in range(0, d, step):
+        block = features[:, c0 : c0 + step].astype(np.float64)
+        sq += np.einsum("ij,ij->i", block, block)
+    return np.sqrt(sq)
+
+
+def unit_gram(features: np.ndarray) -> np.ndarray:
+    """Gram matrix (float64) of the L2-normalised rows; zero rows stay zero."""
+    n, d = features.shape
+    norms = row_norms(features)
+    inv = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0)
+    gram = np.zeros((n, n))
+    step = max(1, CHUNK_BYTES // (8 * n))
+    for c0 in range(0, d, step):
+        block = features[:, c0 : c0 + step].astype(np.float64) * inv[:, None]
+        gram += block @ block.T
+    return gram
+
+
+def unit_rows(features: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """L2-normalised rows (zero rows stay zero), as ``dtype``."""
+    norms = row_norms(features)
+    inv = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0)
+    return (features * inv[:, None]).astype(dtype, copy=False)
+
+
+def protocol(
+    features, superclass, subclass, factors=(1, 2, 3, 4, 5), *, n_jobs=None
+) -> ProtocolResult:
+    """The per-superclass protocol on one feature matrix (one "layer")."""
+    features, superclass, subclass = check_arrays(features, superclass, subclass)
+    grams, subs = {}, {}
+    for s in np.unique(superclass):
+        rows = np.flatnonzero(superclass == s)
+        grams[int(s)] = unit_gram(features[rows])
+        subs[int(s)] = subclass[rows]
+    return cluster_protocol(grams, subs, factors, n_jobs=n_jobs)
+
+
+def score_features(features, superclass, subclass, factors=(1, 2, 3, 4, 5), *, n_jobs=None) -> dict:
+    """JSON-ready result: mean AMI and purity per factor, plus one entry per superclass.
+
+    ``{"ami": {"1": a, ...}, "purity": {"1": p, ...}, "per_superclass": [{"superclass":
+    s, "factor": f, "ami": a, "purity": p}, ...], "params": {...}}``. Means are
+    unweighted over superclasses, as in the paper.
+    """
+    result = protocol(features, superclass, subclass, factors, n_jobs=n_jobs)
+    return result_json(result)
+
+
+def result_json(result: ProtocolResult, layer: int = 0) -> dict:
+    mean_ami = result.mean_ami()[layer]
+    mean_pur = result.mean_purity()[layer]
+    per = [
+        {
+            "superclass": int(s),
+            "factor": int(f),
+            "ami": float(result.ami[layer, si, fi]),
+            "purity": float(result.purity[layer, si, fi]),
+        }
+        for si, s in enumerate(result.superclasses)
+        for fi, f in enumerate(result.factors)
+    ]
+    return {
+        "ami": {str(f): float(mean_ami[fi]) for fi, f in enumerate(result.factors)},
+        "purity": {str(f): float(mean_pur[fi]) for fi, f in enumerate(result.factors)},
+        "per_superclass": per,
+        "params": dict(result.params),
+    }
+
+
+def load_npz(path, *, need_superclass: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read and check ``features``, ``superclass``, ``subclass`` from an .npz (no pickles)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file; give an .npz with features, superclass, subclass")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except Exception as err:  # numpy raises several types for non-npz bytes
+        raise UsageError(f"{path}: not a readable .npz file ({type(err).__name__})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise UsageError(f"{path}: a bare .npy array, not an .npz with keys {', '.join(NPZ_KEYS)}")
+    with npz:
+        keys = set(npz.files)
+        required = [k for k in NPZ_KEYS if need_superclass or k != "superclass"]
+        missing = [k for k in required if k not in keys]
+        if missing:
+            raise UsageError(
+                f"{path}: missing array(s) {', '.join(missing)}; found {', '.join(sorted(keys)) or 'none'}"
+            )
+        try:
+            arrays = {k: npz[k] for k in NPZ_KEYS if k in keys}
+        except ValueError as err:  # object arrays need pickles, which we refuse
+            raise UsageError(f"{path}: cannot read arrays without pickle ({err})") from None
+    return check_arrays(
+        arrays["features"],
+        arrays.get("superclass"),
+        arrays["subclass"],
+        need_superclass=need_superclass,
+    )
