@@ -1,0 +1,85 @@
+"""`clusterprobe query NAME`: run one canned SQL query (queries/NAME.sql) over the store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from clusterprobe.queries import output
+from clusterprobe.queries.connect import connect, load_query, parse_params, query_names
+from clusterprobe.tracker.errors import UsageError
+
+
+def add_database_arguments(parser: argparse.ArgumentParser) -> None:
+    """--store / --tracking-uri / --storage and the output options (query, sql, plot)."""
+    group = parser.add_argument_group("store")
+    group.add_argument(
+        "--store",
+        metavar="DIR",
+        default=None,
+        help="store folder holding mlflow.db, optuna.db and artifacts/ (default: ./mlruns)",
+    )
+    group.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        default=None,
+        help="MLflow database instead of --store: sqlite:///... or postgresql://... "
+        "(default: $MLFLOW_TRACKING_URI)",
+    )
+    group.add_argument(
+        "--storage",
+        metavar="URL",
+        default=None,
+        help="Optuna RDB storage (default: the store folder's optuna.db)",
+    )
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=output.FORMATS, default="table")
+    parser.add_argument("--out", metavar="FILE", default=None, help="write here, not stdout")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", nargs="?", help=f"one of: {', '.join(query_names())}")
+    parser.add_argument(
+        "--param",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        help="set a query parameter (repeatable; NAME= clears a default); see --list",
+    )
+    parser.add_argument("--list", action="store_true", help="list the queries and their parameters")
+    parser.add_argument("--show", action="store_true", help="print the query's SQL and exit")
+    add_database_arguments(parser)
+    add_output_arguments(parser)
+
+
+def _listing() -> str:
+    lines = []
+    for name in query_names():
+        query = load_query(name)
+        first = query.description.splitlines()[0] if query.description else name
+        lines.append(first)
+        for p in query.params:
+            default = "" if p.default is None else f" = {p.default}"
+            lines.append(f"    --param {p.name}={p.type.lower()}{default}  {p.help}")
+    return "\n".join(lines) + "\n"
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.list:
+        sys.stdout.write(_listing())
+        return 0
+    if not args.name or args.name not in query_names():
+        raise UsageError(f"unknown query {args.name!r}; choose one of: {', '.join(query_names())}")
+    query = load_query(args.name)
+    if args.show:
+        sys.stdout.write(query.sql)
+        return 0
+    params = parse_params(query, args.param)
+    with connect(args.store, args.tracking_uri, args.storage) as analysis:
+        for line in analysis.sources.notes:
+            print(f"clusterprobe query: note: {line}", file=sys.stderr)
+        relation = analysis.sql(query.sql, params)
+        output.write(relation, args.format, args.out)
+    return 0

@@ -1,0 +1,68 @@
+"""`clusterprobe sql "SELECT ..."`: ad-hoc, read-only SQL over the store's views."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import duckdb
+from clusterprobe.queries import output
+from clusterprobe.queries.cli_query import add_database_arguments, add_output_arguments
+from clusterprobe.queries.connect import VIEW_COLUMNS, connect
+from clusterprobe.tracker.errors import UsageError
+
+# Statement types that only read. Everything else (INSERT, CREATE, COPY, ATTACH, ...)
+# is refused before it runs; the databases are attached READ_ONLY besides.
+READ_ONLY_TYPES = ("SELECT", "EXPLAIN", "SET", "VARIABLE_SET")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "query",
+        nargs="?",
+        help="SQL over the views: " + ", ".join(VIEW_COLUMNS) + " (read '-' from stdin)",
+    )
+    parser.add_argument(
+        "--setup",
+        action="store_true",
+        help="print the SQL that attaches the stores and defines the views, and exit",
+    )
+    add_database_arguments(parser)
+    add_output_arguments(parser)
+
+
+def check_read_only(text: str) -> None:
+    """Raise UsageError naming the first statement that would write."""
+    try:
+        statements = duckdb.extract_statements(text)
+    except duckdb.Error as err:
+        raise UsageError(f"SQL does not parse: {str(err).splitlines()[0]}") from err
+    if not statements:
+        raise UsageError("no SQL statement given")
+    for statement in statements:
+        kind = statement.type.name
+        if kind not in READ_ONLY_TYPES:
+            raise UsageError(
+                f"clusterprobe sql is read-only: {kind} statements are refused "
+                "(use SELECT over the views; the stores are never changed)"
+            )
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.setup:
+        with connect(args.store, args.tracking_uri, args.storage) as analysis:
+            sys.stdout.write(";\n\n".join(analysis.setup) + ";\n")
+        return 0
+    text = sys.stdin.read() if args.query == "-" else args.query
+    if not text:
+        raise UsageError('give a query: clusterprobe sql "SELECT * FROM runs"')
+    check_read_only(text)
+    with connect(args.store, args.tracking_uri, args.storage) as analysis:
+        try:
+            relation = analysis.con.sql(text)
+        except duckdb.Error as err:
+            raise UsageError(str(err).splitlines()[0]) from err
+        if relation is None:
+            return 0  # e.g. SET VARIABLE alone
+        output.write(relation, args.format, args.out)
+    return 0

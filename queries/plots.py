@@ -1,0 +1,172 @@
+"""Figures of the canned queries: DataFrame in, matplotlib Figure out.
+
+Each plot draws the rows of one canned query (`PLOTS` maps plot name -> query,
+default parameters and drawing function), so a figure shows exactly what
+`clusterprobe query NAME` prints. Error bars and bands are one standard deviation
+over runs; single-run groups have none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def _label(row: pd.Series, keys: list[str]) -> str:
+    parts = []
+    for key in keys:
+        value = row[key]
+        if key == "shuffled":
+            parts.append("shuffled" if value else "natural")
+        elif value is not None and not (isinstance(value, float) and np.isnan(value)):
+            parts.append(str(value))
+    return " ".join(parts) or "all"
+
+
+def _empty(ax, what: str) -> None:
+    ax.text(0.5, 0.5, f"no {what} in this store yet", ha="center", va="center")
+    ax.set_axis_off()
+
+
+def _lines(ax, df: pd.DataFrame, keys: list[str], x: str, y: str = "mean") -> None:
+    for _, group in df.groupby(keys, dropna=False, sort=True):
+        group = group.sort_values(x)
+        label = _label(group.iloc[0], keys)
+        (line,) = ax.plot(group[x], group[y], marker="o", ms=3, label=label)
+        std = group["std"].astype(float).fillna(0.0).to_numpy()
+        if np.any(std > 0):
+            mean = group[y].astype(float).to_numpy()
+            ax.fill_between(group[x], mean - std, mean + std, color=line.get_color(), alpha=0.15)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+
+
+def layer_profile(df: pd.DataFrame, ax) -> None:
+    """Clustering metric over relative depth, one line per design group."""
+    if df.empty:
+        return _empty(ax, "eval runs")
+    keys = ["dataset", "arch", "shuffled", "labels", "metric", "factor"]
+    keys = [k for k in keys if df[k].nunique(dropna=False) > 1] or ["arch"]
+    _lines(ax, df, keys, "relative_depth")
+    metric = "/".join(sorted(df["metric"].dropna().unique()))
+    ax.set(xlabel="relative depth (layer / last layer)", ylabel=f"{metric} (mean over runs)")
+
+
+def natural_vs_shuffled(df: pd.DataFrame, ax) -> None:
+    df = df[df["layer_index"].notna()]
+    if df.empty:
+        return _empty(ax, "eval runs")
+    _lines(ax, df, ["dataset", "arch", "shuffled"], "relative_depth")
+    ax.set(xlabel="relative depth", ylabel="AMI (mean over runs)", title="natural vs shuffled")
+
+
+def architectures_by_depth(df: pd.DataFrame, ax) -> None:
+    if df.empty:
+        return _empty(ax, "eval runs")
+    df = df.assign(depth=(df["depth_lo"] + df["depth_hi"]) / 2)
+    keys = ["arch", "dataset", "shuffled"]
+    keys = [k for k in keys if df[k].nunique(dropna=False) > 1] or ["arch"]
+    _lines(ax, df, keys, "depth")
+    ax.set(xlabel="relative depth (bin centre)", ylabel="AMI (mean over runs)")
+
+
+def norm_peak_shift(df: pd.DataFrame, ax) -> None:
+    if df.empty:
+        return _empty(ax, "eval runs")
+    labels = [f"{r.arch_base} {r.norm}" for r in df.itertuples()]
+    x = np.arange(len(df))
+    ax.bar(x, df["peak_depth_mean"], yerr=df["peak_depth_std"].fillna(0.0), capsize=3)
+    for xi, value, n in zip(x, df["peak_value_mean"], df["n"], strict=True):
+        ax.annotate(f"AMI {value:.2f}\nn={n}", (xi, 0.02), ha="center", fontsize=7)
+    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="peak layer (relative depth)", ylim=(0, 1.05), title="peak-layer shift")
+
+
+def clusterability_vs_probe(df: pd.DataFrame, ax) -> None:
+    """Scatter of per-layer AMI against probe accuracy (rows from the `pairs` SQL)."""
+    if df.empty:
+        return _empty(ax, "layers with both AMI and probe accuracy")
+    for arch, group in df.groupby("arch", dropna=False):
+        ax.scatter(group["probe_acc"], group["ami"], s=10, alpha=0.6, label=str(arch))
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    ax.set(xlabel="linear-probe accuracy", ylabel="AMI", title="clusterability vs probe")
+
+
+def seed_stability(df: pd.DataFrame, ax) -> None:
+    """Layer x layer ARI heatmap of the first (dataset, arch, shuffled) group."""
+    if df.empty:
+        return _empty(ax, "ARI tables (ari.parquet)")
+    first = df.iloc[0]
+    mask = (
+        (df["dataset"] == first["dataset"])
+        & (df["arch"] == first["arch"])
+        & (df["shuffled"] == first["shuffled"])
+    )
+    df = df[mask]
+    n = int(max(df["layer_a"].max(), df["layer_b"].max())) + 1
+    grid = np.full((n, n), np.nan)
+    for r in df.itertuples():
+        grid[int(r.layer_a), int(r.layer_b)] = r.mean
+        if np.isnan(grid[int(r.layer_b), int(r.layer_a)]):
+            grid[int(r.layer_b), int(r.layer_a)] = r.mean
+    image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", origin="lower")
+    ax.figure.colorbar(image, ax=ax, label="ARI (mean)")
+    ax.set(
+        xlabel="layer",
+        ylabel="layer",
+        title=f"ARI {first['kind']}: {first['dataset']} {first['arch']}"
+        f" {'shuffled' if first['shuffled'] else 'natural'}",
+    )
+
+
+def training_dynamics(df: pd.DataFrame, ax) -> None:
+    df = df[df["layer_index"].isna()]  # each run's best layer
+    if df.empty:
+        return _empty(ax, "eval runs with checkpoint_epoch")
+    _lines(ax, df, ["dataset", "arch", "shuffled", "labels"], "checkpoint_epoch")
+    ax.set(xlabel="checkpoint epoch", ylabel="best-layer AMI (mean over runs)")
+
+
+# Scatter points for clusterability_vs_probe: one row per (run, layer).
+PAIRS_SQL = """
+SELECT s.run_id, e.dataset, e.arch, s.layer_index,
+       max(s.value) FILTER (WHERE s.metric = 'ami' AND s.factor = 1) AS ami,
+       max(s.value) FILTER (WHERE s.metric = 'probe_acc') AS probe_acc
+FROM layer_scores s JOIN evals e USING (run_id)
+WHERE e.status = 'FINISHED' AND e.is_final AND NOT e.is_transfer
+GROUP BY ALL HAVING ami IS NOT NULL AND probe_acc IS NOT NULL
+"""
+
+
+@dataclass(frozen=True)
+class Plot:
+    query: str | None  # canned query whose rows are drawn (None: `sql` below)
+    draw: Callable[[pd.DataFrame, object], None]
+    params: dict = field(default_factory=dict)  # defaults for the query's parameters
+    sql: str | None = None
+
+
+PLOTS: dict[str, Plot] = {
+    "layer_profile": Plot("layer_profile", layer_profile, {"metric": "ami", "factor": 1}),
+    "natural_vs_shuffled": Plot("natural_vs_shuffled", natural_vs_shuffled),
+    "architectures_by_depth": Plot("architectures_by_depth", architectures_by_depth),
+    "norm_peak_shift": Plot("norm_peak_shift", norm_peak_shift),
+    "clusterability_vs_probe": Plot(None, clusterability_vs_probe, sql=PAIRS_SQL),
+    "seed_stability": Plot("seed_stability", seed_stability, {"kind": "layer"}),
+    "training_dynamics": Plot("training_dynamics", training_dynamics),
+}
+
+
+def figure(name: str, df: pd.DataFrame):
+    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    PLOTS[name].draw(df, ax)
+    return fig
