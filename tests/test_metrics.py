@@ -1,0 +1,111 @@
+"""Clustering metrics: a property table plus parity with scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from clusterprobe.runners import metrics
+from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
+
+
+def sk_purity(t, p):
+    """Independent purity: majority class per cluster, summed, over N."""
+    t, p = np.asarray(t), np.asarray(p)
+    return sum(
+        np.bincount(np.unique(t, return_inverse=True)[1][p == c]).max() for c in np.unique(p)
+    ) / len(t)
+
+
+METRICS = {"ami": metrics.ami, "ari": metrics.ari, "purity": metrics.purity}
+REFERENCE = {"ami": adjusted_mutual_info_score, "ari": adjusted_rand_score, "purity": sk_purity}
+SYMMETRIC = {"ami", "ari"}
+ADJUSTED_FOR_CHANCE = {"ami", "ari"}  # ~0 for independent labellings
+# Every metric must be classified above; this guard fails if one is added without a row.
+assert set(METRICS) == set(REFERENCE)
+
+
+def _pairs(seed, count=12):
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        n = int(rng.integers(2, 300))
+        t = rng.integers(0, int(rng.integers(1, 8)), n)
+        p = rng.integers(0, int(rng.integers(1, 40)), n)
+        yield t, p
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_matches_reference(name):
+    for t, p in _pairs(0):
+        assert METRICS[name](t, p) == pytest.approx(REFERENCE[name](t, p), abs=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_perfect_match_is_one(name):
+    t = np.repeat(np.arange(5), 7)
+    assert METRICS[name](t, t) == pytest.approx(1.0, abs=1e-12)
+    assert METRICS[name](t, (t * 7 + 3) % 11) == pytest.approx(1.0, abs=1e-12)  # renamed labels
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_permutation_invariant(name):
+    rng = np.random.default_rng(1)
+    for t, p in _pairs(1, 5):
+        perm = rng.permutation(np.unique(p).max() + 1) + 100
+        assert METRICS[name](t, perm[p]) == pytest.approx(METRICS[name](t, p), abs=1e-12)
+        order = rng.permutation(len(t))  # the order of points does not matter either
+        assert METRICS[name](t[order], p[order]) == pytest.approx(METRICS[name](t, p), abs=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(SYMMETRIC))
+def test_symmetric(name):
+    for t, p in _pairs(2, 6):
+        assert METRICS[name](t, p) == pytest.approx(METRICS[name](p, t), abs=1e-12)
+
+
+def test_purity_not_symmetric_and_bounded():
+    t, p = [0, 0, 1, 1], [0, 0, 0, 1]
+    assert metrics.purity(t, p) == 0.75
+    assert metrics.purity(p, t) == 0.75  # coincidence here; next case differs
+    t, p = [0, 0, 0, 1, 1, 2], [0, 1, 2, 3, 4, 5]
+    assert metrics.purity(t, p) == 1.0  # singletons are trivially pure
+    assert metrics.purity(p, t) == pytest.approx(3 / 6)
+    for t, p in _pairs(3, 5):
+        assert 0.0 < metrics.purity(t, p) <= 1.0
+
+
+@pytest.mark.parametrize("name", sorted(ADJUSTED_FOR_CHANCE))
+def test_chance_level_near_zero(name):
+    rng = np.random.default_rng(4)
+    values = [METRICS[name](rng.integers(0, 4, 400), rng.integers(0, 8, 400)) for _ in range(20)]
+    assert abs(np.mean(values)) < 0.01
+    assert min(values) < 0.0 or max(values) < 0.02  # can be negative
+
+
+@pytest.mark.parametrize(
+    "t, p, expected",
+    [
+        ([0, 0, 0], [1, 1, 1], 1.0),  # both one cluster: a perfect match
+        ([0, 0, 1, 1], [0, 0, 0, 0], 0.0),  # one side one cluster
+        ([0, 0, 0, 0], [0, 1, 2, 3], 0.0),
+        ([0, 1, 2, 3], [0, 1, 2, 3], 1.0),
+        ([], [], 1.0),
+    ],
+)
+def test_ami_degenerate_cases_as_sklearn(t, p, expected):
+    assert metrics.ami(t, p) == expected
+    if t:
+        assert adjusted_mutual_info_score(t, p) == pytest.approx(expected, abs=1e-12)
+
+
+def test_ami_large_tables_match_sklearn():
+    rng = np.random.default_rng(5)
+    t = rng.integers(0, 20, 3000)
+    p = np.where(
+        rng.random(3000) < 0.7, t * 5 + rng.integers(0, 5, 3000), rng.integers(0, 100, 3000)
+    )
+    assert metrics.ami(t, p) == pytest.approx(adjusted_mutual_info_score(t, p), abs=1e-9)
+
+
+def test_length_mismatch_raises():
+    with pytest.raises(ValueError, match="length"):
+        metrics.ami([0, 1], [0, 1, 2])
