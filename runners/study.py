@@ -1,0 +1,1139 @@
+"""Optuna studies over design choices: every trial is one recorded `run`.
+
+The search space is data (a TOML file, see ``default_space.toml``); the objective is
+define-by-run: it walks the space in file order calling ``trial.suggest_*``, with
+conditional parameters inside an ``if``, builds a `RunConfig` and hands it to
+`pipeline.run`. Each trial's train run is nested under one ``study`` run and linked
+both ways: the run carries the study name and trial number as tags, the trial carries
+the run id as the user attribute ``mlflow_run_id``.
+
+``--trials N`` counts COMPLETE trials, across workers and across ``--resume``. Workers
+take a *slot* under a lock (a file lock next to a file storage, a PostgreSQL advisory
+lock otherwise) and start a trial only while ``complete + running < N``, so N workers
+finish with exactly N complete trials; a trial that fails frees its slot.
+
+A worker that dies leaves a RUNNING trial. It is failed by (a) Optuna's heartbeat on
+RDB storages (SQLite, PostgreSQL: any host), and (b) a host/pid check on this host for
+every storage (the journal file has no heartbeat). Its RUNNING MLflow runs are failed
+by `Tracker.reap_orphans`. Both run before any new trial starts, so ``--resume`` never
+leaves orphans and never repeats a trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import difflib
+import fcntl
+import fnmatch
+import hashlib
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import typing
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clusterprobe.runners.config import PRESETS, RunConfig, parse_factors
+from clusterprobe.tracker.conventions import SUMMARY_METRICS, TAG_ERROR, TAG_STUDY, TAG_TRIAL
+from clusterprobe.tracker.errors import UsageError
+from clusterprobe.tracker.store import Store
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+DEFAULT_SPACE = Path(__file__).with_name("default_space.toml")
+ATTR_SETTINGS = "clusterprobe"  # study user attr: JSON-able StudySettings
+ATTR_RUN_ID = "mlflow_run_id"  # trial user attr: its train run
+ATTR_EVAL_RUN_IDS = "mlflow_eval_run_ids"
+ATTR_HOST = "clusterprobe.host"  # trial user attrs: the worker that owns a RUNNING trial
+ATTR_PID = "clusterprobe.pid"
+ATTR_FAILED_BY = "clusterprobe.failed_by"
+STALE_ERROR = "trial heartbeat stopped: its worker died"
+PRUNERS = ("none", "median")
+DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
+MAX_CONSECUTIVE_FAILURES = 5  # a worker gives up after this many failed trials in a row
+SEARCHABLE_EXCLUDED = ("extra",)  # dict field: set it in [fixed], not searchable
+
+
+class StudyFailed(RuntimeError):
+    """The study cannot go on (every trial fails); the command prints it and exits 1."""
+
+
+# --------------------------------------------------------------------------- space
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched RunConfig field."""
+
+    name: str
+    kind: str  # "categorical" | "int" | "float"
+    choices: tuple = ()
+    low: float | int | None = None
+    high: float | int | None = None
+    step: float | int | None = None
+    log: bool = False
+    when: tuple[tuple[str, tuple], ...] = ()  # (earlier param, accepted values/patterns)
+
+    def active(self, values: dict[str, Any]) -> bool:
+        """True when every condition holds for the values suggested so far."""
+        return all(
+            name in values and any(_matches(values[name], want) for want in accepted)
+            for name, accepted in self.when
+        )
+
+    def suggest(self, trial) -> Any:
+        if self.kind == "categorical":
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(
+                self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log
+            )
+        return trial.suggest_float(
+            self.name, float(self.low), float(self.high), step=self.step, log=self.log
+        )
+
+
+@dataclass(frozen=True)
+class Space:
+    params: tuple[Param, ...]
+    fixed: dict = field(default_factory=dict)  # RunConfig overrides for every trial
+    text: str = ""  # the TOML source, stored with the study so --resume reuses it
+    source: str = "<space>"
+
+    def suggest(self, trial) -> dict[str, Any]:
+        """Define-by-run: suggest each active parameter in file order."""
+        values: dict[str, Any] = {}
+        for param in self.params:
+            if param.active(values):
+                values[param.name] = param.suggest(trial)
+        return values
+
+
+def _matches(value: Any, want: Any) -> bool:
+    if isinstance(want, str) and isinstance(value, str):
+        return fnmatch.fnmatchcase(value, want)
+    return value == want and type(value) is type(want)
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(RunConfig)
+
+
+def _unknown_field(name: str, where: str) -> UsageError:
+    valid = [f for f in _field_types() if f not in SEARCHABLE_EXCLUDED]
+    close = difflib.get_close_matches(name, valid, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return UsageError(f"{where}: unknown field {name!r}{hint}; valid fields: {', '.join(valid)}")
+
+
+def coerce(name: str, value: Any, where: str = "space") -> Any:
+    """Convert a TOML / Optuna value to the type of RunConfig field ``name``."""
+    types = _field_types()
+    if name not in types:
+        raise _unknown_field(name, where)
+    return _coerce(name, types[name], value, where)
+
+
+def _coerce(name: str, hint: Any, value: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if (
+        origin in (typing.Union, getattr(__import__("types"), "UnionType", None))
+        and type(None) in args
+    ):
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none")):
+            return None
+        inner = next(a for a in args if a is not type(None))
+        return _coerce(name, inner, value, where)
+    bad = UsageError(f"{where}: {name} = {value!r} is not a valid {_type_name(hint)}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise bad
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if origin is tuple:
+        if name == "factors" and isinstance(value, (str, int)):
+            return parse_factors(str(value))
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        item = args[0] if args else str
+        out = []
+        for v in value:
+            if item is int and isinstance(v, str):
+                try:
+                    v = int(v)
+                except ValueError:
+                    raise bad from None
+            out.append(_coerce(name, item, v, where))
+        return tuple(out)
+    if origin is dict or hint is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise bad
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+_PARAM_KEYS = {"type", "choices", "low", "high", "step", "log", "when", "help"}
+
+
+def parse_space(text: str, source: str = "<space>") -> Space:
+    """Parse and validate a search-space TOML text. Raises UsageError naming the problem."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise UsageError(f"--space {source}: not valid TOML: {err}") from None
+    unknown = set(doc) - {"fixed", "params"}
+    if unknown:
+        raise UsageError(
+            f"--space {source}: unknown top-level key(s) {sorted(unknown)}; "
+            "use [fixed] and [params.FIELD]"
+        )
+    fixed_raw = doc.get("fixed", {})
+    params_raw = doc.get("params", {})
+    if not isinstance(fixed_raw, dict) or not isinstance(params_raw, dict):
+        raise UsageError(f"--space {source}: [fixed] and [params] must be tables")
+    fixed = {k: coerce(k, v, f"--space {source} [fixed]") for k, v in fixed_raw.items()}
+    params: list[Param] = []
+    for name, spec in params_raw.items():
+        params.append(_parse_param(name, spec, params, f"--space {source} [params.{name}]"))
+    space = Space(params=tuple(params), fixed=fixed, text=text, source=source)
+    _check_configs(space)
+    return space
+
+
+def load_space(path: str | os.PathLike | None = None) -> Space:
+    path = Path(path) if path is not None else DEFAULT_SPACE
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise UsageError(f"--space {str(path)!r}: cannot read ({err.strerror})") from None
+    return parse_space(text, str(path))
+
+
+def _parse_param(name: str, spec: Any, earlier: list[Param], where: str) -> Param:
+    types = _field_types()
+    if name not in types or name in SEARCHABLE_EXCLUDED:
+        raise _unknown_field(name, where.rsplit(" ", 1)[0])
+    if not isinstance(spec, dict):
+        raise UsageError(f"{where}: must be a table with choices, or type/low/high")
+    extra = set(spec) - _PARAM_KEYS
+    if extra:
+        raise UsageError(f"{where}: unknown key(s) {sorted(extra)}; valid: {sorted(_PARAM_KEYS)}")
+    kind = spec.get("type", "categorical" if "choices" in spec else None)
+    if kind not in ("categorical", "int", "float"):
+        raise UsageError(
+            f"{where}: type {kind!r}; use choices = [...] or type = 'int' | 'float' with low/high"
+        )
+    when = _parse_when(spec.get("when", {}), earlier, where)
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise UsageError(f"{where}: choices must be a non-empty list")
+        for c in choices:
+            if not isinstance(c, (str, int, float, bool)):
+                raise UsageError(
+                    f"{where}: choice {c!r} must be a string, number or boolean "
+                    "(write tuples as 'a,b')"
+                )
+            coerce(name, c, where)
+        if len(set(map(repr, choices))) != len(choices):
+            raise UsageError(f"{where}: duplicate choices in {choices}")
+        return Param(name, kind, choices=tuple(choices), when=when)
+    field_type = types[name]
+    inner = [a for a in typing.get_args(field_type) if a is not type(None)] or [field_type]
+    if inner[0] not in (int, float):
+        raise UsageError(
+            f"{where}: field {name} is {_type_name(field_type)}; use choices = [...] instead"
+        )
+    if kind == "float" and inner[0] is int:
+        raise UsageError(f"{where}: field {name} is an int; use type = 'int'")
+    low, high, step, log = spec.get("low"), spec.get("high"), spec.get("step"), spec.get("log")
+    num = (int,) if kind == "int" else (int, float)
+    for key, value in (("low", low), ("high", high)):
+        if not isinstance(value, num) or isinstance(value, bool):
+            raise UsageError(
+                f"{where}: {key} = {value!r} must be a{'n int' if kind == 'int' else ' number'}"
+            )
+    if step is not None and (not isinstance(step, num) or isinstance(step, bool) or step <= 0):
+        raise UsageError(f"{where}: step = {step!r} must be a positive number")
+    if log is not None and not isinstance(log, bool):
+        raise UsageError(f"{where}: log = {log!r} must be true or false")
+    log = bool(log)
+    if low > high:
+        raise UsageError(f"{where}: low = {low} > high = {high}")
+    if log and low <= 0:
+        raise UsageError(f"{where}: log = true needs low > 0 (got low = {low})")
+    if log and kind == "int" and low < 1:
+        raise UsageError(f"{where}: an int log range needs low >= 1 (got low = {low})")
+    if log and step not in (None, 1 if kind == "int" else None):
+        raise UsageError(f"{where}: step and log = true cannot be combined")
+    if kind == "int" and step is not None and (high - low) % step:
+        raise UsageError(f"{where}: high - low = {high - low} is not a multiple of step = {step}")
+    return Param(name, kind, low=low, high=high, step=step, log=log, when=when)
+
+
+def _parse_when(raw: Any, earlier: list[Param], where: str) -> tuple[tuple[str, tuple], ...]:
+    if not isinstance(raw, dict):
+        raise UsageError(f"{where}: when must be a table such as when = {{arch = ['vgg11']}}")
+    by_name = {p.name: p for p in earlier}
+    out = []
+    for name, accepted in raw.items():
+        if name not in by_name:
+            raise UsageError(
+                f"{where}: when names {name!r}, which is not an earlier parameter; "
+                f"earlier: {', '.join(by_name) or '(none)'}"
+            )
+        accepted = tuple(accepted) if isinstance(accepted, list) else (accepted,)
+        if not accepted:
+            raise UsageError(f"{where}: when {name} = [] can never hold")
+        parent = by_name[name]
+        if parent.kind == "categorical":
+            for want in accepted:
+                if not any(_matches(c, want) for c in parent.choices):
+                    raise UsageError(
+                        f"{where}: when {name} = {want!r} matches none of its choices "
+                        f"{list(parent.choices)}"
+                    )
+        out.append((name, accepted))
+    return tuple(out)
+
+
+def _check_configs(space: Space) -> None:
+    """Each categorical choice and each range end must make a valid RunConfig."""
+    base = RunConfig().replace(**space.fixed).validate()
+    for p in space.params:
+        ends = p.choices if p.kind == "categorical" else (p.low, p.high)
+        for value in ends:
+            try:
+                base.replace(**{p.name: coerce(p.name, value)}).validate()
+            except UsageError as err:
+                raise UsageError(f"--space {space.source} [params.{p.name}]: {err}") from None
+
+
+def build_config(space: Space, values: dict[str, Any], *, quick: bool = False) -> RunConfig:
+    """RunConfig defaults < --quick preset < [fixed] < suggested values."""
+    changes: dict[str, Any] = dict(PRESETS["quick"]) if quick else {}
+    changes.update(space.fixed)
+    changes.update({k: coerce(k, v) for k, v in values.items()})
+    return RunConfig().replace(**changes).validate()
+
+
+# ----------------------------------------------------------------------- objectives
+
+
+def parse_objectives(specs: list[str] | tuple[str, ...] | None) -> list[tuple[str, str]]:
+    """``["best_ami:max", "best_probe_acc"]`` -> [(name, "maximize"), ...]; default best_ami:max."""
+    out: list[tuple[str, str]] = []
+    for spec in specs or ["best_ami:max"]:
+        name, _, direction = spec.partition(":")
+        direction = direction or "max"
+        if direction.lower() not in DIRECTIONS:
+            raise UsageError(f"--objective {spec!r}: direction must be max or min")
+        if name not in SUMMARY_METRICS:
+            close = difflib.get_close_matches(name, SUMMARY_METRICS, n=2)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise UsageError(
+                f"--objective {spec!r}: unknown metric {name!r}{hint}; "
+                f"choose from {', '.join(SUMMARY_METRICS)}"
+            )
+        if any(name == n for n, _ in out):
+            raise UsageError(f"--objective {name} given twice")
+        out.append((name, DIRECTIONS[direction.lower()]))
+    return out
+
+
+# -------------------------------------------------------------------------- storage
+
+
+def storage_kind(spec: str) -> str:
+    """ "sqlite" | "postgresql" | "journal" for a resolved storage spec."""
+    if "://" not in spec:
+        return "journal"
+    scheme = spec.split("://", 1)[0].split("+", 1)[0].lower()
+    return {"postgres": "postgresql"}.get(scheme, scheme)
+
+
+def resolve_storage(storage: str | None, store: Store) -> str:
+    """``--storage`` (journal path or URL) or the store's ``optuna.db`` -> a storage spec."""
+    if storage is None:
+        if store.optuna_url is None:
+            raise UsageError(
+                f"--tracking-uri {store.tracking_uri!r} has no local folder for optuna.db; "
+                "give --storage postgresql://... or a journal file path"
+            )
+        return store.optuna_url
+    if "://" in storage:
+        kind = storage_kind(storage)
+        if kind not in ("sqlite", "postgresql"):
+            raise UsageError(
+                f"--storage {redact(storage)!r}: unsupported scheme {kind!r}; use a journal "
+                "file path, sqlite:///FILE or postgresql://USER@HOST:PORT/DB"
+            )
+        if kind == "sqlite":
+            path = storage.split(":///", 1)[-1]
+            return "sqlite:///" + os.path.abspath(path)
+        return storage
+    path = Path(os.path.abspath(os.path.expanduser(storage)))
+    if path.is_dir():
+        raise UsageError(f"--storage {storage!r} is a folder; give a journal file path")
+    if path.exists():
+        with open(path, "rb") as fh:
+            if fh.read(16) == b"SQLite format 3\x00":
+                raise UsageError(
+                    f"--storage {storage!r} is a SQLite database; write sqlite:///{path}"
+                )
+    return str(path)
+
+
+def redact(url: str) -> str:
+    """Hide a password in a URL before it is printed or logged."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+def open_storage(spec: str, *, heartbeat: int | None = None, on_stale: Callable | None = None):
+    """Optuna storage for a spec; RDB storages get heartbeats when ``heartbeat`` is set."""
+    import optuna
+
+    kind = storage_kind(spec)
+    if kind == "journal":
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        Path(spec).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(spec))
+    engine_kwargs = {"connect_args": {"timeout": 60}} if kind == "sqlite" else {}
+    if kind == "sqlite":
+        Path(spec.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            spec,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat,
+            grace_period=None if heartbeat is None else 3 * heartbeat,
+            heartbeat_stale_trial_callback=on_stale if heartbeat is not None else None,
+        )
+
+
+class SlotLock:
+    """Cross-process mutex for one study: fcntl file lock or PostgreSQL advisory lock.
+
+    ``release`` is idempotent, so the objective can release the lock as soon as its
+    trial exists while the caller still releases it in a ``finally``. Both kinds are
+    dropped by the OS / server when the holder dies, so a SIGKILL never wedges a study.
+    """
+
+    def __init__(self, spec: str, study_name: str):
+        self._held = False
+        self._fh = None
+        self._conn = None
+        kind = storage_kind(spec)
+        if kind == "postgresql":
+            import sqlalchemy
+            from sqlalchemy.pool import NullPool
+
+            digest = hashlib.sha1(f"clusterprobe-study:{study_name}".encode()).digest()
+            self._key = int.from_bytes(digest[:8], "big", signed=True)
+            self._engine = sqlalchemy.create_engine(spec, poolclass=NullPool)
+            self._path = None
+        else:
+            path = spec.split(":///", 1)[1] if kind == "sqlite" else spec
+            self._path = Path(f"{path}.lock")
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+
+    def acquire(self) -> None:
+        if self._path is not None:
+            self._fh = open(self._path, "a+")
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX)
+        else:
+            import sqlalchemy
+
+            self._conn = self._engine.connect()
+            self._conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
+            self._conn.commit()
+        self._held = True
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        if self._fh is not None:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+        if self._conn is not None:
+            import sqlalchemy
+
+            try:
+                self._conn.execute(
+                    sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key}
+                )
+                self._conn.commit()
+            finally:
+                self._conn.close()
+                self._conn = None
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+
+# ------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """What a study was created with; stored as a study user attr, read by workers."""
+
+    name: str
+    trials: int
+    space_text: str
+    space_source: str
+    objectives: tuple[tuple[str, str], ...]
+    quick: bool = False
+    pruner: str = "none"
+    seed: int | None = None
+    study_run_id: str | None = None
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> StudySettings:
+        data = dict(data)
+        data["objectives"] = tuple(tuple(o) for o in data["objectives"])
+        return cls(**data)
+
+    def space(self) -> Space:
+        return parse_space(self.space_text, self.space_source)
+
+
+def read_settings(study) -> StudySettings:
+    raw = study.user_attrs.get(ATTR_SETTINGS)
+    if raw is None:
+        raise UsageError(
+            f"study {study.study_name!r} was not created by clusterprobe study; nothing to resume"
+        )
+    return StudySettings.from_json(raw)
+
+
+def list_study_names(storage) -> list[str]:
+    import optuna
+
+    return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child not yet waited for is a zombie: dead for our purposes
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def fail_orphan_trials(study) -> list[int]:
+    """FAIL RUNNING trials whose worker is gone; returns their numbers.
+
+    Heartbeats (RDB storages) catch dead workers on any host after the grace period;
+    the host/pid check catches dead workers on this host at once, on every storage.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    storage, host, failed = study._storage, socket.gethostname(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get(ATTR_PID)
+        if t.user_attrs.get(ATTR_HOST) != host or pid is None or pid == os.getpid():
+            continue
+        if _process_alive(int(pid)):
+            continue
+        try:
+            storage.set_trial_user_attr(t._trial_id, ATTR_FAILED_BY, "owner process gone")
+            if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                failed.append(t.number)
+        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+            pass  # another worker failed or finished it first
+    return failed
+
+
+@dataclass
+class _Objective:
+    """The define-by-run objective: one trial = one `pipeline.run`."""
+
+    settings: StudySettings
+    space: Space
+    store: Store
+    slot: SlotLock
+    quiet: bool
+    last_number: int | None = None
+    usage_error: UsageError | None = None
+
+    def __call__(self, trial) -> float | list[float]:
+        import optuna
+
+        self.last_number = trial.number
+        trial.set_user_attr(ATTR_HOST, socket.gethostname())
+        trial.set_user_attr(ATTR_PID, os.getpid())
+        self.slot.release()  # the trial holds its slot now (RUNNING)
+        values = self.space.suggest(trial)
+        names = [n for n, _ in self.settings.objectives]
+        on_eval = None
+        if self.settings.pruner != "none":
+
+            def on_eval(epoch: int, summary: dict) -> None:
+                trial.report(float(summary[names[0]]), epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+        from clusterprobe.runners import pipeline
+
+        tags = {TAG_STUDY: self.settings.name, TAG_TRIAL: str(trial.number)}
+        try:
+            config = build_config(self.space, values, quick=self.settings.quick)
+            result = pipeline.run(
+                config,
+                self.store,
+                parent_run_id=self.settings.study_run_id,
+                tags=tags,
+                on_eval=on_eval,
+                quiet=self.quiet,
+            )
+        except UsageError as err:  # the space makes an invalid run: stop, do not repeat it
+            self.usage_error = err
+            raise
+        except BaseException:
+            self._link_failed(trial)
+            raise
+        trial.set_user_attr(ATTR_RUN_ID, result.train_run_id)
+        trial.set_user_attr(ATTR_EVAL_RUN_IDS, list(result.eval_run_ids))
+        missing = [n for n in names if n not in result.summary]
+        if missing:
+            raise KeyError(f"objective {missing} not in the run's summary {sorted(result.summary)}")
+        out = [float(result.summary[n]) for n in names]
+        return out[0] if len(out) == 1 else out
+
+    def _link_failed(self, trial) -> None:
+        """Link a failed trial to its (FAILED) train run, found by its tags."""
+        with contextlib.suppress(Exception):
+            from clusterprobe.tracker.tracking import Tracker
+
+            runs = trial_runs(Tracker(self.store), self.settings.name, trial.number)
+            if runs:
+                trial.set_user_attr(ATTR_RUN_ID, runs[0].info.run_id)
+
+
+def trial_runs(tracker, study_name: str, number: int, status: str | None = None) -> list:
+    """The train runs of trial ``number`` (normally one), found by their tags."""
+    return tracker.search_runs(
+        kind="train", status=status, tags={TAG_STUDY: study_name, TAG_TRIAL: str(number)}
+    )
+
+
+def _sampler(settings: StudySettings, worker_index: int, n_existing: int):
+    import optuna
+
+    seed = settings.seed
+    if seed is not None:  # distinct streams per worker and per resume: no repeated proposals
+        seed = (seed * 1_000_003 + worker_index * 10_007 + n_existing) % (2**31)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            multivariate=True, group=True, constant_liar=True, seed=seed
+        )
+
+
+def _pruner(name: str):
+    import optuna
+
+    return optuna.pruners.MedianPruner() if name == "median" else optuna.pruners.NopPruner()
+
+
+def _log(quiet: bool, message: str) -> None:
+    if not quiet:
+        print(f"clusterprobe study: {message}", file=sys.stderr, flush=True)
+
+
+def run_worker(
+    storage_spec: str,
+    name: str,
+    store: Store,
+    *,
+    worker_index: int = 0,
+    heartbeat: int | None = 60,
+    quiet: bool = False,
+    poll: float = 1.0,
+) -> int:
+    """Run trials of study ``name`` until it has its number of COMPLETE trials.
+
+    Returns how many trials this worker completed. Raises UsageError when the space
+    itself makes invalid configs.
+    """
+    import optuna
+    from clusterprobe.tracker.tracking import Tracker
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR if quiet else optuna.logging.WARNING)
+    tracker = Tracker(store)
+    storage = open_storage(storage_spec, heartbeat=heartbeat, on_stale=_on_stale(tracker))
+    study = optuna.load_study(study_name=name, storage=storage)
+    settings = read_settings(study)
+    study.sampler = _sampler(settings, worker_index, len(study.get_trials(deepcopy=False)))
+    study.pruner = _pruner(settings.pruner)
+    slot = SlotLock(storage_spec, name)
+    objective = _Objective(settings, settings.space(), store, slot, quiet)
+    done, failures, last_progress = 0, 0, None
+
+    def after(study_, trial) -> None:
+        nonlocal done, failures
+        values = ", ".join(
+            f"{n}={v:.4f}"
+            for (n, _), v in zip(settings.objectives, trial.values or [], strict=False)
+        )
+        run_id = trial.user_attrs.get(ATTR_RUN_ID, "-")
+        _log(quiet, f"trial {trial.number} {trial.state.name} {values} run {run_id}")
+        if trial.state == TrialState.COMPLETE:
+            done += 1
+        failures = failures + 1 if trial.state == TrialState.FAIL else 0
+
+    while True:
+        for number in fail_orphan_trials(study):
+            _log(quiet, f"trial {number} FAIL: its worker process is gone")
+        with contextlib.suppress(Exception):
+            tracker.reap_orphans()
+        settings = read_settings(study)  # --resume may have raised --trials
+        slot.acquire()
+        try:
+            trials = study.get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)
+            )
+            complete = sum(t.state == TrialState.COMPLETE for t in trials)
+            running = len(trials) - complete
+            if complete >= settings.trials:
+                break
+            if complete + running >= settings.trials:  # every slot is taken: wait
+                progress = (complete, running)
+                if progress != last_progress:
+                    _log(quiet, f"{complete} complete, {running} running: waiting")
+                    last_progress = progress
+                slot.release()
+                time.sleep(poll)
+                continue
+            objective.usage_error = None
+            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[after])
+        finally:
+            slot.release()
+        if objective.usage_error is not None:
+            raise objective.usage_error
+        if failures >= MAX_CONSECUTIVE_FAILURES:
+            raise StudyFailed(
+                f"{failures} trials in a row failed in this worker; see the FAILED runs' "
+                "clusterprobe.error tags"
+            )
+    return done
+
+
+def _on_stale(tracker) -> Callable:
+    """Heartbeat callback: the stale trial's RUNNING train run and its evals become FAILED.
+
+    `Tracker.reap_orphans` does this at once for workers of this host; this callback
+    covers workers of other hosts, whose pids cannot be checked from here.
+    """
+
+    def callback(study, trial) -> None:
+        with contextlib.suppress(Exception):
+            name = read_settings(study).name
+            for run in trial_runs(tracker, name, trial.number, status="RUNNING"):
+                evals = tracker.search_runs(parent_run_id=run.info.run_id, status="RUNNING")
+                for r in [*evals, run]:
+                    tracker.client.set_tag(r.info.run_id, TAG_ERROR, STALE_ERROR)
+                    tracker.client.set_terminated(r.info.run_id, "FAILED")
+
+    return callback
+
+
+# ---------------------------------------------------------------------------- study
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """The `clusterprobe study` flags, parsed."""
+
+    name: str | None = None
+    resume: str | None = None
+    trials: int | None = None
+    space: str | None = None
+    storage: str | None = None
+    workers: int = 1
+    quick: bool = False
+    objectives: tuple[str, ...] = ()
+    pruner: str | None = None
+    seed: int | None = None
+    heartbeat: int = 60
+    quiet: bool = False
+
+
+@dataclass
+class StudyOutcome:
+    name: str
+    storage: str
+    study_run_id: str | None
+    trials: int
+    complete: int
+    failed: int
+    pruned: int
+    best: list[dict]  # per best trial: number, values, params, mlflow_run_id
+
+
+def _validate_options(opts: StudyOptions) -> None:
+    if opts.workers < 1:
+        raise UsageError(f"--workers {opts.workers}: must be >= 1")
+    if opts.trials is not None and opts.trials < 1:
+        raise UsageError(f"--trials {opts.trials}: must be >= 1")
+    if opts.heartbeat < 1:
+        raise UsageError(f"--heartbeat {opts.heartbeat}: must be >= 1 second")
+    if opts.pruner is not None and opts.pruner not in PRUNERS:
+        raise UsageError(f"--pruner {opts.pruner!r}: choose from {', '.join(PRUNERS)}")
+    if opts.resume is not None:
+        given = [
+            flag
+            for flag, value in (
+                ("--space", opts.space),
+                ("--objective", opts.objectives),
+                ("--pruner", opts.pruner),
+                ("--quick", opts.quick),
+                ("--name", opts.name if opts.name != opts.resume else None),
+            )
+            if value
+        ]
+        if given:
+            raise UsageError(
+                f"--resume {opts.resume}: {', '.join(given)} cannot change a study; it keeps "
+                "the settings it was created with (only --trials, --workers, --seed may change)"
+            )
+
+
+def _new_settings(opts: StudyOptions, name: str) -> StudySettings:
+    space = load_space(opts.space)
+    objectives = parse_objectives(list(opts.objectives))
+    pruner = opts.pruner or "none"
+    if pruner != "none":
+        if len(objectives) > 1:
+            raise UsageError(f"--pruner {pruner}: pruning needs a single --objective")
+        config = build_config(space, {}, quick=opts.quick)
+        if not config.eval_epochs and not any(p.name == "eval_epochs" for p in space.params):
+            raise UsageError(
+                f"--pruner {pruner} needs intermediate checkpoints: set eval_epochs "
+                "(e.g. eval_epochs = [1, 2]) in the space's [fixed] table"
+            )
+    return StudySettings(
+        name=name,
+        trials=opts.trials or 20,
+        space_text=space.text,
+        space_source=str(Path(opts.space).name if opts.space else DEFAULT_SPACE.name),
+        objectives=tuple(objectives),
+        quick=opts.quick,
+        pruner=pruner,
+        seed=opts.seed,
+    )
+
+
+def _create_lock(spec: str) -> contextlib.AbstractContextManager:
+    if storage_kind(spec) == "postgresql":
+        return SlotLock(spec, "__create__").held()
+    return SlotLock(spec, "").held()
+
+
+def run_study(opts: StudyOptions, store: Store) -> StudyOutcome:
+    """Create (or resume) a study and run its workers until it has N complete trials."""
+    import optuna
+    from clusterprobe.tracker.tracking import Tracker
+
+    _validate_options(opts)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = resolve_storage(opts.storage, store)
+    kind = storage_kind(spec)
+    if opts.workers > 1 and kind == "sqlite":
+        raise UsageError(
+            f"--workers {opts.workers} with SQLite storage: SQLite does not take parallel "
+            "writers reliably; give --storage DIR/optuna.journal (journal file, one machine) "
+            "or --storage postgresql://USER@HOST:5432/DB"
+        )
+    tracker = Tracker(store)  # creates/upgrades the MLflow schema once, before any worker
+    with _create_lock(spec):  # the storage schema and the study are created exactly once
+        storage = open_storage(spec)
+        names = list_study_names(storage)
+        if opts.resume is not None:
+            name = opts.resume
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=3)
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                raise UsageError(
+                    f"--resume {name!r}: no such study in {redact(spec)}{hint}; "
+                    f"studies there: {', '.join(names) or '(none)'}"
+                )
+            study = optuna.load_study(study_name=name, storage=storage)
+            settings = read_settings(study)
+            changes = {}
+            if opts.trials is not None:
+                changes["trials"] = opts.trials
+            if opts.seed is not None:
+                changes["seed"] = opts.seed
+            settings = dataclasses.replace(settings, **changes)
+        else:
+            name = opts.name or "study-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            if name in names:
+                raise UsageError(
+                    f"--name {name!r}: a study of that name exists in {redact(spec)}; "
+                    f"continue it with --resume {name} or pick another --name"
+                )
+            settings = _new_settings(opts, name)
+            study = optuna.create_study(
+                study_name=name,
+                storage=storage,
+                directions=[d for _, d in settings.objectives],
+            )
+            study.set_user_attr(ATTR_SETTINGS, settings.to_json())
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([m for m, _ in settings.objectives])
+
+    with _study_run(tracker, settings, spec, opts) as run_id:
+        settings = dataclasses.replace(settings, study_run_id=run_id)
+        study.set_user_attr(ATTR_SETTINGS, settings.to_json())
+        _run_workers(opts, spec, name, store)
+        outcome = summarize(study, spec)
+        outcome.study_run_id = run_id
+        _log_study_summary(tracker, run_id, outcome)
+    return outcome
+
+
+@contextlib.contextmanager
+def _study_run(tracker, settings: StudySettings, spec: str, opts: StudyOptions) -> Iterator[str]:
+    """The study's MLflow run: created once, reused (re-opened) on --resume."""
+    params = {
+        "study_name": settings.name,
+        "trials": settings.trials,
+        "objectives": ",".join(f"{n}:{d}" for n, d in settings.objectives),
+        "space": settings.space_source,
+        "quick": settings.quick,
+        "pruner": settings.pruner,
+        "seed": "" if settings.seed is None else settings.seed,
+        "storage": redact(spec),
+        "sampler": "TPESampler(multivariate=True, group=True, constant_liar=True)",
+    }
+    existing = settings.study_run_id or _find_study_run(tracker, settings.name)
+    if existing is not None:
+        with _reopen_run(tracker, existing) as run:
+            yield run.run_id
+        return
+    with tracker.start_run(
+        "study", params=params, tags={TAG_STUDY: settings.name}, run_name=settings.name
+    ) as run:
+        with contextlib.suppress(Exception):
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "space.toml"
+                path.write_text(settings.space_text)
+                run.log_artifact(path)
+        yield run.run_id
+
+
+def _reopen_run(tracker, run_id: str):
+    """Set a finished run RUNNING again, owned by this process, and return its context."""
+    from clusterprobe.tracker.tracking import RunContext, owner_tags
+
+    run = tracker.get_run(run_id)
+    for key, value in owner_tags().items():
+        tracker.client.set_tag(run_id, key, value)
+    tracker.client.update_run(run_id, status="RUNNING")
+    return RunContext(tracker, run)
+
+
+def _find_study_run(tracker, name: str) -> str | None:
+    runs = tracker.search_runs(kind="study", tags={TAG_STUDY: name})
+    return runs[0].info.run_id if runs else None
+
+
+def _log_study_summary(tracker, run_id: str, outcome: StudyOutcome) -> None:
+    with contextlib.suppress(Exception):
+        client = getattr(tracker, "client", None)
+        if client is None:
+            return
+        metrics = {
+            "complete_trials": outcome.complete,
+            "failed_trials": outcome.failed,
+            "pruned_trials": outcome.pruned,
+        }
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, float(value))
+
+
+def _run_workers(opts: StudyOptions, spec: str, name: str, store: Store) -> None:
+    if opts.workers == 1:
+        run_worker(spec, name, store, heartbeat=opts.heartbeat, quiet=opts.quiet)
+        return
+    procs = []
+    for i in range(opts.workers):
+        cmd = [
+            sys.executable,
+            "-m",
+            "clusterprobe.runners.cli",
+            "study",
+            "--worker",
+            str(i),
+            "--resume",
+            name,
+            "--storage",
+            spec,
+            "--tracking-uri",
+            store.tracking_uri,
+            "--heartbeat",
+            str(opts.heartbeat),
+        ]
+        if store.artifact_root:
+            cmd += ["--artifact-root", store.artifact_root]
+        if opts.quiet:
+            cmd.append("--quiet")
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL))
+    try:
+        codes = [p.wait() for p in procs]
+    except BaseException:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            p.wait()
+        raise
+    bad = [(i, c) for i, c in enumerate(codes) if c != 0]
+    if bad:
+        raise StudyFailed(
+            "worker process(es) exited with errors ("
+            + ", ".join(f"#{i}: exit {c}" for i, c in bad)
+            + "); see their messages above"
+        )
+
+
+def summarize(study, spec: str) -> StudyOutcome:
+    from optuna.trial import TrialState
+
+    settings = read_settings(study)
+    trials = study.get_trials(deepcopy=False)
+    count = {s: sum(t.state == s for t in trials) for s in TrialState}
+    best: list[dict] = []
+    if count[TrialState.COMPLETE]:
+        chosen = study.best_trials if len(settings.objectives) > 1 else [study.best_trial]
+        for t in sorted(chosen, key=lambda t: t.number):
+            best.append(
+                {
+                    "number": t.number,
+                    "values": dict(zip([n for n, _ in settings.objectives], t.values, strict=True)),
+                    "params": dict(t.params),
+                    "mlflow_run_id": t.user_attrs.get(ATTR_RUN_ID),
+                }
+            )
+    return StudyOutcome(
+        name=study.study_name,
+        storage=spec,
+        study_run_id=settings.study_run_id,
+        trials=settings.trials,
+        complete=count[TrialState.COMPLETE],
+        failed=count[TrialState.FAIL],
+        pruned=count[TrialState.PRUNED],
+        best=best,
+    )
+
+
+def dashboard_command(spec: str, store: Store) -> str:
+    """The command that opens optuna-dashboard on this study's storage."""
+    if store.optuna_url == spec and store.root is not None:
+        return f"clusterprobe dashboard --store {store.root}"
+    return f"clusterprobe dashboard --storage {redact(spec)}"
+
+
+def format_outcome(outcome: StudyOutcome, store: Store) -> str:
+    lines = [
+        f"study {outcome.name}: {outcome.complete}/{outcome.trials} complete trials "
+        f"({outcome.failed} failed, {outcome.pruned} pruned); study run {outcome.study_run_id}"
+    ]
+    label = "best trial" if len(outcome.best) <= 1 else f"Pareto front ({len(outcome.best)})"
+    for b in outcome.best:
+        values = ", ".join(f"{k}={_num(v)}" for k, v in b["values"].items())
+        params = ", ".join(f"{k}={_num(v)}" for k, v in b["params"].items())
+        lines.append(f"{label} {b['number']}: {values}  [{params}]  train run {b['mlflow_run_id']}")
+    lines.append(f"dashboard: {dashboard_command(outcome.storage, store)}")
+    return "\n".join(lines)
+
+
+def _num(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) and math.isfinite(v) else str(v)
+
+
+__all__ = [
+    "Param",
+    "Space",
+    "StudyOptions",
+    "StudyOutcome",
+    "StudySettings",
+    "build_config",
+    "fail_orphan_trials",
+    "load_space",
+    "open_storage",
+    "parse_objectives",
+    "parse_space",
+    "resolve_storage",
+    "run_study",
+    "run_worker",
+    "summarize",
+]

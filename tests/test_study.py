@@ -1,0 +1,372 @@
+"""`clusterprobe study`: Optuna studies whose trials are real, recorded runs.
+
+Every study here runs real `pipeline.run` trials on a tiny synthetic problem
+(4 superclasses x 2 subclasses, 10 train / 8 eval images each, 16 px, 1 epoch of
+resnet10t, nothing saved but metrics), against real Optuna storages (SQLite,
+PostgreSQL, journal file) and a real MLflow SQLite store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from clusterprobe.runners import study as st
+from clusterprobe.runners.cli import main as cli_main
+from clusterprobe.runners.config import PRESETS
+from clusterprobe.tracker.conventions import TAG_KIND, TAG_PARENT, TAG_STUDY, TAG_TRIAL
+from clusterprobe.tracker.errors import UsageError
+from clusterprobe.tracker.store import local_store
+from clusterprobe.tracker.tracking import Tracker
+from optuna.trial import FixedTrial, TrialState
+
+TINY_SPACE = """
+[fixed]
+arch = "resnet10t"
+classes = 4
+subclasses = 2
+train_per_subclass = 10
+eval_per_subclass = 8
+image_size = 16
+epochs = 1
+batch_size = 40
+probe_per_subclass = 4
+device = "cpu"
+save = []
+
+[params.lr]
+type = "float"
+low = 0.01
+high = 0.3
+log = true
+
+[params.taps]
+choices = ["blocks", "stages"]
+
+[params.weight_decay]  # conditional: only searched for block taps
+type = "float"
+low = 1e-5
+high = 1e-3
+log = true
+when = { taps = "blocks" }
+"""
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+ENV.pop("MLFLOW_TRACKING_URI", None)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "clusterprobe.runners.cli", *args]
+
+
+@pytest.fixture
+def space_file(tmp_path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_SPACE)
+    return path
+
+
+def _study_runs(tracker: Tracker, name: str):
+    runs = tracker.search_runs(kind="study", tags={TAG_STUDY: name})
+    assert len(runs) == 1, f"expected one study run for {name}, got {len(runs)}"
+    return runs[0]
+
+
+def _check_linkage(tracker: Tracker, study, study_run_id: str) -> list:
+    """Every COMPLETE trial <-> one FINISHED train run under the study run, one eval run each."""
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    train_runs = tracker.search_runs(kind="train", parent_run_id=study_run_id)
+    by_id = {r.info.run_id: r for r in train_runs}
+    for trial in complete:
+        run = by_id[trial.user_attrs[st.ATTR_RUN_ID]]  # trial -> run
+        assert run.info.status == "FINISHED"
+        assert run.data.tags[TAG_TRIAL] == str(trial.number)  # run -> trial
+        assert run.data.tags[TAG_STUDY] == study.study_name
+        assert run.data.tags[TAG_PARENT] == study_run_id
+        for key, value in trial.params.items():
+            assert run.data.params[key] == str(value)
+        evals = tracker.search_runs(kind="eval", parent_run_id=run.info.run_id)
+        assert [e.info.run_id for e in evals] == trial.user_attrs[st.ATTR_EVAL_RUN_IDS]
+        assert len(evals) == 1 and evals[0].info.status == "FINISHED"
+        assert trial.values[0] == pytest.approx(evals[0].data.metrics["best_ami"])
+    return train_runs
+
+
+# --- the search space -------------------------------------------------------------------
+
+
+def test_default_space_parses_and_is_conditional():
+    space = st.load_space()
+    names = [p.name for p in space.params]
+    assert names[:3] == ["arch", "norm", "taps"]
+    vgg = FixedTrial(
+        {
+            "arch": "vgg11",
+            "norm": "ln",
+            "labels": "superclass",
+            "lr": 0.1,
+            "weight_decay": 1e-4,
+            "batch_size": 64,
+            "epochs": 10,
+        }
+    )
+    values = space.suggest(vgg)
+    assert values["norm"] == "ln" and "taps" not in values
+    res = FixedTrial(
+        {
+            "arch": "resnet18",
+            "taps": "stages",
+            "labels": "subclass",
+            "lr": 0.1,
+            "weight_decay": 1e-4,
+            "batch_size": 64,
+            "epochs": 10,
+        }
+    )
+    values = space.suggest(res)
+    assert values["taps"] == "stages" and "norm" not in values
+    config = st.build_config(space, values, quick=True)
+    # defaults < --quick preset < [fixed] < suggested
+    assert (
+        config.epochs == 10 and config.train_per_subclass == PRESETS["quick"]["train_per_subclass"]
+    )
+    assert config.labels == "subclass" and config.norm == "default"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[params.lrr]\ntype='float'\nlow=0.1\nhigh=1.0", "unknown field 'lrr' (did you mean lr?)"),
+        ("[fixed]\nepoch = 3", "unknown field 'epoch'"),
+        ("[params.lr]\ntype='float'\nlow=0.5\nhigh=0.1", "low = 0.5 > high = 0.1"),
+        ("[params.lr]\ntype='float'\nlow=0.0\nhigh=0.1\nlog=true", "log = true needs low > 0"),
+        ("[params.arch]\nchoices=[]", "choices must be a non-empty list"),
+        ("[params.epochs]\ntype='float'\nlow=1\nhigh=3", "field epochs is an int"),
+        ("[params.labels]\nchoices=['superclass', 'both']", "--labels 'both'"),
+        ("[params.norm]\nchoices=['bn']\nwhen={arch='vgg*'}", "not an earlier parameter"),
+        (
+            "[params.arch]\nchoices=['resnet18']\n[params.norm]\nchoices=['bn']\nwhen={arch='vgg*'}",
+            "matches none of its choices",
+        ),
+        ("[params.lr]\ntype='float'\nlow=0.1\nhigh=1.0\nhigh_=2", "unknown key(s) ['high_']"),
+        ("[space]\nx=1", "unknown top-level key(s) ['space']"),
+    ],
+)
+def test_bad_space_is_a_usage_error(text, message):
+    with pytest.raises(UsageError) as err:
+        st.parse_space(text, "bad.toml")
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_field_lists_the_valid_fields():
+    with pytest.raises(UsageError, match="valid fields: dataset, shuffle"):
+        st.parse_space("[params.nrom]\nchoices=['bn']")
+
+
+def test_objectives_parse():
+    assert st.parse_objectives(None) == [("best_ami", "maximize")]
+    assert st.parse_objectives(["best_ami:max", "best_probe_acc:min"]) == [
+        ("best_ami", "maximize"),
+        ("best_probe_acc", "minimize"),
+    ]
+    with pytest.raises(UsageError, match="did you mean best_ami"):
+        st.parse_objectives(["best_amii"])
+
+
+def test_bad_flags_exit_2_before_any_work(tmp_path, capsys, space_file):
+    store = str(tmp_path / "mlruns")
+    code = cli_main(["study", "--store", store, "--workers", "2", "--space", str(space_file)])
+    err = capsys.readouterr().err
+    assert code == 2 and "journal" in err and "postgresql://" in err
+    code = cli_main(["study", "--store", store, "--resume", "nope"])
+    assert code == 2 and "no such study" in capsys.readouterr().err
+    code = cli_main(["study", "--store", store, "--pruner", "median", "--space", str(space_file)])
+    assert code == 2 and "eval_epochs" in capsys.readouterr().err
+    sqlite_file = tmp_path / "x.db"
+    optuna.create_study(storage=f"sqlite:///{sqlite_file}")
+    with pytest.raises(UsageError, match="is a SQLite database"):
+        st.resolve_storage(str(sqlite_file), local_store(store))
+
+
+def test_dead_owner_trial_is_failed(tmp_path):
+    """A RUNNING trial whose worker pid on this host is gone is FAILed (journal: no heartbeat)."""
+    storage = st.open_storage(str(tmp_path / "optuna.journal"))
+    study = optuna.create_study(study_name="s", storage=storage)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan, live = study.ask(), study.ask()
+    orphan.set_user_attr(st.ATTR_HOST, socket.gethostname())
+    orphan.set_user_attr(st.ATTR_PID, dead.pid)
+    live.set_user_attr(st.ATTR_HOST, socket.gethostname())
+    live.set_user_attr(st.ATTR_PID, os.getppid())
+    assert st.fail_orphan_trials(study) == [orphan.number]
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states == {orphan.number: TrialState.FAIL, live.number: TrialState.RUNNING}
+
+
+# --- whole studies ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sqlite_study(_template_store, tmp_path_factory):
+    """A 4-trial --quick study on the default SQLite storage, run in-process."""
+    root = tmp_path_factory.mktemp("study") / "mlruns"
+    shutil.copytree(_template_store.root, root)
+    store = local_store(root)
+    space = root.parent / "tiny.toml"
+    space.write_text(TINY_SPACE)
+    opts = st.StudyOptions(name="s4", trials=4, space=str(space), quick=True, seed=3, quiet=True)
+    outcome = st.run_study(opts, store)
+    return store, outcome
+
+
+def test_sqlite_study_links_trials_and_runs(sqlite_study):
+    store, outcome = sqlite_study
+    assert (outcome.complete, outcome.failed, outcome.trials) == (4, 0, 4)
+    tracker = Tracker(store)
+    study_run = _study_runs(tracker, "s4")
+    assert study_run.data.tags[TAG_KIND] == "study" and study_run.info.status == "FINISHED"
+    assert outcome.study_run_id == study_run.info.run_id
+    study = optuna.load_study(study_name="s4", storage=store.optuna_url)
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    train_runs = _check_linkage(tracker, study, study_run.info.run_id)
+    assert len(train_runs) == 4
+    # the best trial's params are its run's params, and --quick sits under [fixed]
+    best = study.best_trial
+    run = tracker.get_run(best.user_attrs[st.ATTR_RUN_ID])
+    assert {k: run.data.params[k] for k in best.params} == {
+        k: str(v) for k, v in best.params.items()
+    }
+    assert run.data.params["epochs"] == "1"  # [fixed] beats the quick preset's 3
+    assert run.data.params["train_per_subclass"] == "10"
+    assert outcome.best[0]["number"] == best.number
+    assert outcome.best[0]["mlflow_run_id"] == run.info.run_id
+    # conditional parameter: weight_decay only where taps == blocks
+    for t in study.trials:
+        assert ("weight_decay" in t.params) == (t.params["taps"] == "blocks")
+
+
+def test_dashboard_lists_the_study(sqlite_study):
+    store, _ = sqlite_study
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        _cli("dashboard", "--store", str(store.root), "--port", str(port)),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline, body = time.time() + 60, None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    body = json.load(r)
+                break
+            except OSError:
+                time.sleep(0.3)
+        assert body is not None, proc.stderr.read().decode() if proc.poll() is not None else ""
+        names = [s["study_name"] for s in body["study_summaries"]]
+        assert names == ["s4"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_three_workers_on_postgresql(postgres_url, store, space_file):
+    """3 worker processes x 3 trials: exactly 9 complete trials, each with its runs."""
+    opts = st.StudyOptions(
+        name="pg9",
+        trials=9,
+        space=str(space_file),
+        storage=postgres_url,
+        workers=3,
+        seed=1,
+        heartbeat=2,
+        quiet=True,
+    )
+    outcome = st.run_study(opts, store)
+    assert (outcome.complete, outcome.failed) == (9, 0)
+    study = optuna.load_study(study_name="pg9", storage=postgres_url)
+    trials = study.get_trials()
+    assert sorted(t.number for t in trials) == list(range(9))  # no lost, no extra trials
+    assert {t.state for t in trials} == {TrialState.COMPLETE}
+    assert len({t.user_attrs["clusterprobe.pid"] for t in trials}) == 3  # all 3 worked
+    tracker = Tracker(store)
+    study_run = _study_runs(tracker, "pg9")
+    train_runs = _check_linkage(tracker, study, study_run.info.run_id)
+    assert len(train_runs) == 9
+    assert sorted(int(r.data.tags[TAG_TRIAL]) for r in train_runs) == list(range(9))
+    run_ids = [t.user_attrs[st.ATTR_RUN_ID] for t in trials]
+    assert len(set(run_ids)) == 9  # no duplicate runs
+
+
+def test_sigkill_mid_trial_then_resume(store, space_file):
+    """SIGKILL a worker mid-trial: heartbeat FAILs the trial, the reaper FAILs its runs,
+    and --resume completes the study with no orphans and no duplicates."""
+    base = ["--store", str(store.root), "--heartbeat", "1", "--quiet"]
+    proc = subprocess.Popen(
+        _cli(
+            "study",
+            "--name",
+            "k",
+            "--trials",
+            "2",
+            "--space",
+            str(space_file),
+            "--seed",
+            "0",
+            *base,
+        ),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    tracker = Tracker(store)
+    deadline, running = time.time() + 150, []
+    while time.time() < deadline and proc.poll() is None and not running:
+        time.sleep(0.5)
+        running = tracker.search_runs(kind="train", status="RUNNING", tags={TAG_STUDY: "k"})
+    assert running, f"no trial started: {proc.stderr.read().decode() if proc.poll() else ''}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_run = running[0]
+    number = int(killed_run.data.tags[TAG_TRIAL])
+
+    # Optuna's heartbeat: the trial stops beating and is failed after the grace period (3 s).
+    storage = st.open_storage(store.optuna_url, heartbeat=1)
+    study = optuna.load_study(study_name="k", storage=storage)
+    assert study.trials[number].state == TrialState.RUNNING
+    time.sleep(4)
+    optuna.storages.fail_stale_trials(study)
+    assert study.trials[number].state == TrialState.FAIL
+    # MLflow: the owner pid is gone, so the reaper fails the train run it left RUNNING
+    assert killed_run.info.run_id in tracker.reap_orphans()
+    assert tracker.get_run(killed_run.info.run_id).info.status == "FAILED"
+
+    done = subprocess.run(
+        _cli("study", "--resume", "k", *base), env=ENV, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "2/2 complete trials (1 failed" in done.stdout
+    study = optuna.load_study(study_name="k", storage=store.optuna_url)
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) == 2 and states.count(TrialState.FAIL) == 1
+    assert TrialState.RUNNING not in states
+    study_run = _study_runs(tracker, "k")
+    assert study_run.info.status == "FINISHED"
+    assert not tracker.search_runs(status="RUNNING")
+    train_runs = _check_linkage(tracker, study, study_run.info.run_id)
+    assert sorted(r.info.status for r in train_runs) == ["FAILED", "FINISHED", "FINISHED"]
