@@ -471,8 +471,9 @@ def load(config):
             f"--dataset {name!r} is not a BREEDS dataset; choose from {', '.join(BREEDS)}"
         )
     info_dir = find_info_dir(config.breeds_info)
+    hierarchy = load_hierarchy(info_dir)
     cls = breeds_classes(
-        load_hierarchy(info_dir),
+        hierarchy,
         name,
         split=config.split or "none",
         classes=config.classes,
@@ -507,7 +508,6 @@ def load(config):
     train_tf = transforms.train_transform(size, mean, std)
     eval_tf = transforms.eval_transform(size, mean, std)
     train_plain = ImageFiles(tr_paths, tr_sup, tr_sub, eval_tf)
-    hierarchy = load_hierarchy(info_dir)
     return HierarchicalData(
         name=name,
         shuffled=bool(config.shuffle),
