@@ -58,7 +58,7 @@ def postgres_database():
     try:
         admin = _admin_connection()
     except Exception as err:
-        reason = f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {str(err).strip()}"
+        reason = f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {' '.join(str(err).split())}"
         if REQUIRE_POSTGRES:
             pytest.fail(f"CLUSTERPROBE_REQUIRE_POSTGRES=1 but {reason}")
         pytest.skip(reason)

@@ -498,14 +498,19 @@ class RunContext:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self.status != "RUNNING":
             return False
+        status, error = _outcome(exc)
         if exc is None:
-            self.end("FINISHED")
-        elif isinstance(exc, KeyboardInterrupt):
-            self.end("KILLED", error=f"interrupted: {error_line(exc)}")
-        elif isinstance(exc, SystemExit) and exc.code in (None, 0):
-            self.end("FINISHED")
-        else:
-            self.end("FAILED", error=error_line(exc))
+            self.end(status, error)
+            return False
+        try:
+            self.end(status, error)
+        except Exception as end_err:
+            # Keep the original exception; the run stays RUNNING until reap_orphans.
+            print(
+                f"clusterprobe: warning: could not mark run {self.run_id} {status}: "
+                f"{error_line(end_err)}",
+                file=sys.stderr,
+            )
         return False
 
     def end(self, status: str = "FINISHED", error: str | None = None) -> None:
@@ -515,8 +520,8 @@ class RunContext:
         if self.status != "RUNNING":
             return
         client = self.tracker.client
-        # Ending must survive a Ctrl-C arriving meanwhile, or the run stays RUNNING.
-        with _deferred_sigint():
+        # Ending must survive a Ctrl-C or SIGTERM arriving meanwhile, or the run stays RUNNING.
+        with _deferred_signals():
             if error:
                 self.tracker._retry(
                     client.set_tag, self.run_id, TAG_ERROR, error[:MAX_TAG_VAL_LENGTH]
@@ -628,19 +633,32 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def _outcome(exc: BaseException | None) -> tuple[str, str | None]:
+    """Final status and error line for a run whose block ended with ``exc``."""
+    if exc is None:
+        return "FINISHED", None
+    if isinstance(exc, KeyboardInterrupt):
+        return "KILLED", f"interrupted: {error_line(exc)}"
+    if isinstance(exc, SystemExit) and exc.code in (None, 0):
+        return "FINISHED", None
+    return "FAILED", error_line(exc)
+
+
 @contextlib.contextmanager
-def _deferred_sigint() -> Iterator[None]:
+def _deferred_signals(signums=(signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """Hold SIGINT/SIGTERM during a short critical section, then deliver them."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     pending: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in signums}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if pending and callable(previous):
-        previous(signal.SIGINT, None)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    for signum in dict.fromkeys(pending):
+        signal.raise_signal(signum)  # now the restored handler (or the default) acts
 
 
 class Tracker:
@@ -745,7 +763,7 @@ class Tracker:
             if checked_params:
                 ctx.log_params(checked_params)
         except BaseException as exc:
-            ctx.end("FAILED", error=error_line(exc))
+            ctx.__exit__(type(exc), exc, exc.__traceback__)
             raise
         return ctx
 
