@@ -1,0 +1,249 @@
+"""Embedding pass: Grams from hooks equal Grams of the flattened activations, on CPU."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import timm
+import torch
+from clusterprobe.runners.cluster import DeadLayerWarning as ClusterDeadWarning
+from clusterprobe.runners.cluster import cluster_protocol
+from clusterprobe.runners.data.base import Labels
+from clusterprobe.runners.embed import DeadLayerWarning, embed_eval, pooled_features
+from clusterprobe.runners.models import Tap
+from clusterprobe.tracker.errors import UsageError
+from sklearn.cluster import AgglomerativeClustering
+from sklearn.metrics import adjusted_mutual_info_score
+from sklearn.preprocessing import normalize
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 4, 3, stride=2, padding=1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 8 * 8, 10),
+    )
+
+
+def tiny_taps(model):
+    return [
+        Tap(0, "0", model[0], "conv"),
+        Tap(1, "2", model[2], "conv"),
+        Tap(2, "4.in", model[4], "fc", capture="input"),  # forward pre-hook: the fc's input
+        Tap(3, "4", model[4], "fc"),
+    ]
+
+
+def resnet_and_taps():
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=4)
+    taps = []
+    for stage in ("layer1", "layer2", "layer3", "layer4"):
+        for i, block in enumerate(getattr(model, stage)):
+            taps.append(Tap(len(taps), f"{stage}.{i}", block, "block"))
+    return model, taps
+
+
+class ListDataset(torch.utils.data.Dataset):
+    """A plain map-style dataset (goes through DataLoader, not the tensor fast path)."""
+
+    def __init__(self, x, sup, sub):
+        self.x, self.sup, self.sub = x, sup, sub
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.sup[i]), int(self.sub[i])
+
+
+def reference_activations(model, taps, x):
+    acts = {}
+    handles = []
+    for tap in taps:
+        if tap.capture == "input":
+            handles.append(
+                tap.module.register_forward_pre_hook(
+                    lambda m, a, i=tap.index: acts.__setitem__(i, a[0])
+                )
+            )
+        else:
+            handles.append(
+                tap.module.register_forward_hook(
+                    lambda m, a, o, i=tap.index: acts.__setitem__(i, o)
+                )
+            )
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return acts
+
+
+def unit_gram(a: torch.Tensor) -> np.ndarray:
+    f = normalize(a.reshape(a.shape[0], -1).double().numpy())
+    return f @ f.T
+
+
+def structured_images(n_sup=3, n_sub=4, per=8, size=16, seed=0):
+    """Coloured gratings: superclass = orientation, subclass = colour (+ noise)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    xs, sups, subs = [], [], []
+    for s in range(n_sup):
+        angle = np.pi * s / n_sup
+        wave = np.sin(2 * np.pi * 3 * (np.cos(angle) * xx + np.sin(angle) * yy))
+        for c in range(n_sub):
+            colour = np.array([np.cos(c), np.sin(c), 0.5 * c / n_sub])[:, None, None]
+            for _ in range(per):
+                img = colour * wave[None] + 0.3 * rng.normal(size=(3, size, size))
+                xs.append(img)
+                sups.append(s)
+                subs.append(s * n_sub + c)
+    x = torch.tensor(np.stack(xs), dtype=torch.float32)
+    return x, np.array(sups), np.array(subs)
+
+
+@pytest.mark.parametrize(
+    "kind, budget",
+    [
+        ("tensor", None),  # everything fits: one forward per superclass
+        ("tensordataset", None),
+        ("dataset", None),
+        ("tensor", 100_000),  # layers grouped into several passes
+        ("dataset", 60_000),  # block 0 alone is too wide: row blocks, re-run forwards
+    ],
+)
+def test_grams_pooled_and_pixels_match_direct(budget, kind):
+    model = tiny_model()
+    taps = tiny_taps(model)
+    x, sup, sub = structured_images(n_sup=3, n_sub=2, per=6)
+    data = {
+        "tensor": x,
+        "tensordataset": torch.utils.data.TensorDataset(x, torch.as_tensor(sup)),
+        "dataset": ListDataset(x, sup, sub),
+    }[kind]
+    emb = embed_eval(
+        model,
+        taps,
+        data,
+        Labels(sup, sub),
+        device="cpu",
+        batch_size=5,
+        quiet=True,
+        memory_budget=budget,
+    )
+    acts = reference_activations(model, taps, x)
+    assert emb.layer_names == ["0", "2", "4.in", "4"]
+    for s in range(3):
+        rows = np.flatnonzero(sup == s)
+        np.testing.assert_array_equal(emb.eval_index[s], rows)
+        assert emb.grams[s].shape == (4, len(rows), len(rows)) and emb.grams[s].dtype == np.float32
+        for li in range(4):
+            np.testing.assert_allclose(emb.grams[s][li], unit_gram(acts[li][rows]), atol=2e-6)
+        np.testing.assert_allclose(emb.pixel_grams[s], unit_gram(x[rows]), atol=2e-6)
+    np.testing.assert_allclose(emb.pooled[0], acts[0].mean(dim=(2, 3)).numpy(), atol=1e-6)
+    np.testing.assert_allclose(emb.pooled[2], acts[2].numpy(), atol=1e-6)
+    if budget is not None:
+        assert int(emb.params["forward_passes"]) > 3  # extra passes: memory-bounded
+
+
+def test_pooled_features_subset_and_model_mode_restored():
+    model = tiny_model()
+    model.train()
+    taps = tiny_taps(model)
+    x, sup, sub = structured_images(n_sup=2, n_sub=2, per=4)
+    pooled = pooled_features(model, taps, ListDataset(x, sup, sub), [5, 1, 3], device="cpu")
+    assert model.training  # restored after the eval pass
+    acts = reference_activations(model, taps, x[[5, 1, 3]])
+    assert [p.shape for p in pooled] == [(3, 8), (3, 4), (3, 256), (3, 10)]
+    np.testing.assert_allclose(pooled[1], acts[1].mean(dim=(2, 3)).numpy(), atol=1e-6)
+
+
+def test_resnet_end_to_end_equals_sklearn_protocol():
+    """embed + cluster_protocol == flatten, normalise, sklearn Ward + AMI on the same activations."""
+    model, taps = resnet_and_taps()
+    x, sup, sub = structured_images(n_sup=2, n_sub=4, per=6, size=32)
+    emb = embed_eval(model, taps, x, Labels(sup, sub), device="cpu", quiet=True)
+    subs = {s: sub[emb.eval_index[s]] for s in emb.grams}
+    result = cluster_protocol(emb.grams, subs, (1, 3), n_jobs=1)
+    acts = reference_activations(model, taps, x)
+    for li in (0, 3, 7):
+        for si, s in enumerate(result.superclasses):
+            rows = emb.eval_index[s]
+            feats = normalize(acts[li][rows].reshape(len(rows), -1).double().numpy())
+            for fi, f in enumerate((1, 3)):
+                k = min(4 * f, len(rows))
+                pred = AgglomerativeClustering(n_clusters=k, linkage="ward").fit_predict(feats)
+                ref = adjusted_mutual_info_score(sub[rows], pred)
+                assert result.ami[li, si, fi] == pytest.approx(ref, abs=1e-9), (li, s, f)
+
+
+def test_bf16_close_to_fp32():
+    model, taps = resnet_and_taps()
+    x, sup, sub = structured_images(n_sup=2, n_sub=4, per=6, size=32, seed=1)
+    labels = Labels(sup, sub)
+    res = {}
+    for precision in ("fp32", "bf16"):
+        emb = embed_eval(model, taps, x, labels, device="cpu", precision=precision, quiet=True)
+        subs = {s: sub[emb.eval_index[s]] for s in emb.grams}
+        res[precision] = cluster_protocol(emb.grams, subs, (1, 2), n_jobs=1)
+        assert emb.params["precision"] == precision
+    diff = np.abs(res["bf16"].ami - res["fp32"].ami)
+    # bf16 keeps ~3 significant digits; occasional near-tied merges flip, so compare means.
+    assert diff.mean() < 0.05
+    assert np.abs(res["bf16"].mean_ami() - res["fp32"].mean_ami()).max() < 0.1
+
+
+def test_dead_layer_warns_and_is_recorded():
+    torch.manual_seed(0)
+    dead = torch.nn.Conv2d(3, 4, 1)
+    with torch.no_grad():
+        dead.weight.mul_(1e-3)
+        dead.bias.fill_(-1.0)  # the ReLU after it outputs zeros only
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 3, 3, padding=1),
+        dead,
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 64, 3),
+    )
+    taps = [
+        Tap(0, "0", model[0], "conv"),
+        Tap(1, "2", model[2], "conv"),
+        Tap(2, "4", model[4], "fc"),
+    ]
+    x, sup, sub = structured_images(n_sup=2, n_sub=2, per=5, size=8)
+    with pytest.warns(DeadLayerWarning, match=r"layer 1 \(2\) is dead"):
+        emb = embed_eval(model, taps, x, Labels(sup, sub), device="cpu", quiet=True)
+    assert emb.dead == {1: [0, 1], 2: [0, 1]}  # the fc sees only zeros too: output = bias
+    assert np.all(emb.grams[0][1] == 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ClusterDeadWarning)
+        result = cluster_protocol(emb.grams, {s: sub[emb.eval_index[s]] for s in emb.grams})
+    assert np.isfinite(result.ami).all()
+
+
+def test_nan_activations_are_a_usage_error():
+    model = tiny_model()
+    with torch.no_grad():
+        model[2].weight[0, 0, 0, 0] = float("nan")
+    x, sup, sub = structured_images(n_sup=1, n_sub=2, per=3)
+    with pytest.raises(UsageError, match=r"layer 1 \(2\).*NaN/Inf"):
+        embed_eval(model, tiny_taps(model), x, Labels(sup, sub), device="cpu", quiet=True)
+
+
+def test_bad_precision_and_missing_tap():
+    model = tiny_model()
+    x, sup, sub = structured_images(n_sup=1, n_sub=2, per=2)
+    with pytest.raises(UsageError, match="precision"):
+        embed_eval(model, tiny_taps(model), x, Labels(sup, sub), device="cpu", precision="fp16")
+    stray = Tap(0, "stray", torch.nn.Linear(2, 2), "fc")
+    with pytest.raises(UsageError, match="never ran"):
+        embed_eval(model, [stray], x, Labels(sup, sub), device="cpu", quiet=True)
