@@ -335,6 +335,7 @@ def record_measurement(
     """Log one Measurement into the open eval run ``ctx``; returns its summary."""
     emb = meas.embedding
     params = {f"cluster.{k}": str(v) for k, v in meas.cluster_params.items()}
+    params.update({f"embed.{k}": str(v) for k, v in (getattr(emb, "params", {}) or {}).items()})
     params["eval_factors"] = ",".join(map(str, meas.factors))
     params[PARAM_PROTOCOL] = "per_superclass"
     if probe_index is not None:
@@ -559,7 +560,6 @@ def run(
                 cv.ART_CHECKPOINT_DIR,
             )
         evaluate(model, config.epochs)
-        train_ctx.log_metrics({k: v for k, v in final["summary"].items()}, step=config.epochs)
 
     return RunResult(
         train_run_id=train_ctx.run_id,
