@@ -302,6 +302,8 @@ class KMeansResult:
     labels: np.ndarray  # int64 [N], index of the nearest centroid
     inertia: float  # sum of squared distances to the assigned centroid
     backend: str  # "faiss-cpu" | "faiss-gpu" | "torch-cpu" | "torch-cuda"
+    sizes: np.ndarray  # int64 [k], points per label (0 for an empty cluster)
+    means: np.ndarray  # float64 [k, d], mean of the points per label (0 where empty)
 
 
 def kmeans(
@@ -368,12 +370,29 @@ def _kmeans_faiss(x, k, seed, niter, use_gpu) -> KMeansResult:
     )
     km.train(x)
     dist, idx = km.index.search(x, 1)
+    labels = idx[:, 0].astype(np.int64)
+    sizes, means = _member_means(x, labels, k)
     return KMeansResult(
         centroids=np.asarray(km.centroids, dtype=np.float32).reshape(k, d),
-        labels=idx[:, 0].astype(np.int64),
+        labels=labels,
         inertia=float(np.maximum(dist[:, 0], 0).sum(dtype=np.float64)),
         backend="faiss-gpu" if use_gpu else "faiss-cpu",
+        sizes=sizes,
+        means=means,
     )
+
+
+def _member_means(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points per label and their float64 means, by one sort (``np.add.at`` is slow)."""
+    sizes = np.bincount(labels, minlength=k).astype(np.int64)
+    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
+    order = np.argsort(labels, kind="stable")
+    lab = labels[order]
+    starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
+    sums[lab[starts]] = np.add.reduceat(x[order], starts, axis=0, dtype=np.float64)
+    nz = sizes > 0
+    sums[nz] /= sizes[nz, None]
+    return sizes, sums
 
 
 def _assign_torch(xt, c, rows):
@@ -416,9 +435,17 @@ def _kmeans_torch(x, k, seed, niter, device) -> KMeansResult:
                 counts = torch.where(empty, torch.ones_like(counts), counts)
             c = sums / counts[:, None].to(torch.float32)
         lab, dmin = _assign_torch(xt, c, rows)
+        # member means of the final labels, on the device (float64 accumulation)
+        counts = torch.bincount(lab, minlength=k)
+        sums = torch.zeros((k, d), dtype=torch.float64, device=dev)
+        for s in range(0, n, rows):
+            sums.index_add_(0, lab[s : s + rows], xt[s : s + rows].double())
+        means = sums / torch.clamp(counts, min=1)[:, None].double()
     return KMeansResult(
         centroids=c.cpu().numpy().astype(np.float32),
         labels=lab.cpu().numpy().astype(np.int64),
         inertia=float(dmin.double().sum()),
         backend=f"torch-{dev.type}",
+        sizes=counts.cpu().numpy().astype(np.int64),
+        means=means.cpu().numpy(),
     )

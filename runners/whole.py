@@ -308,12 +308,11 @@ def _two_stage(x, ks, m, seed, niter, backend, quiet, timings, params) -> dict[i
     timings["kmeans"] = time.perf_counter() - t0
     params["backend"] = km.backend
     _log(quiet, f"k-means to {m} micro-clusters ({km.backend}): {timings['kmeans']:.1f}s")
-    sizes = np.bincount(km.labels, minlength=m).astype(np.float64)
+    sizes = km.sizes.astype(np.float64)
     used = np.flatnonzero(sizes > 0)  # an empty micro-cluster would be a phantom leaf
-    # Exact centroids of the final assignment (k-means' own may lag one update).
-    cent = np.zeros((m, x.shape[1]), dtype=np.float64)
-    _sum_rows(cent, km.labels, x)
-    cent = cent[used] / sizes[used, None]
+    # Ward needs the member means of the final assignment (k-means' own centroids
+    # may lag it by one update).
+    cent = km.means[used]
     remap = np.full(m, -1, dtype=np.int64)
     remap[used] = np.arange(used.size)
     point_leaf = remap[km.labels]
@@ -323,14 +322,6 @@ def _two_stage(x, ks, m, seed, niter, backend, quiet, timings, params) -> dict[i
     timings["ward"] = time.perf_counter() - t0
     children = z[:, :2].astype(np.int64)
     return {kc: cut_tree(children, used.size, kc)[point_leaf] for kc in ks}
-
-
-def _sum_rows(out: np.ndarray, labels: np.ndarray, x: np.ndarray) -> None:
-    """out[labels[i]] += x[i], by sorting (``np.add.at`` is slow for large N)."""
-    order = np.argsort(labels, kind="stable")
-    lab = labels[order]
-    starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
-    out[lab[starts]] += np.add.reduceat(x[order].astype(np.float64), starts, axis=0)
 
 
 # ----------------------------------------------------------------------------- scoring

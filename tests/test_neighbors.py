@@ -82,6 +82,12 @@ def test_kmeans_deterministic_with_seed(backend):
     d2 = cdist(x, a.centroids, "sqeuclidean")
     np.testing.assert_array_equal(a.labels, d2.argmin(1))
     assert a.inertia == pytest.approx(d2.min(1).sum(), rel=1e-4)
+    # sizes and member means describe the returned labels exactly
+    np.testing.assert_array_equal(a.sizes, np.bincount(a.labels, minlength=6))
+    for j in range(6):
+        np.testing.assert_allclose(
+            a.means[j], x[a.labels == j].mean(0, dtype=np.float64), atol=1e-5
+        )
 
 
 def test_resolve_backend_auto_picks_an_installed_engine():
