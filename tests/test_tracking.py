@@ -19,6 +19,7 @@ from clusterprobe.tracker.conventions import (
     STORE_SCHEMA,
     TAG_DEVICE,
     TAG_ERROR,
+    TAG_GIT,
     TAG_HOST,
     TAG_KIND,
     TAG_PARENT,
@@ -96,6 +97,9 @@ class TestContract:
         assert tags[TAG_HOST] == socket.gethostname() and tags[TAG_PID] == str(os.getpid())
         assert tags[TAG_SCHEMA] == str(STORE_SCHEMA) and tags[TAG_DEVICE]
         assert json.loads(tags[TAG_VERSIONS])["mlflow"] == "3.17.2"
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+        if head.returncode == 0:  # the cwd is a git checkout
+            assert tags[TAG_GIT] == head.stdout.strip()
         found = tracker.search_runs(kind="eval", parent_run_id=parent.run_id)
         assert [r.info.run_id for r in found] == [child.run_id]
         assert child.run_id not in {r.info.run_id for r in tracker.search_runs(kind="train")}
@@ -149,6 +153,10 @@ class TestContract:
         assert path(run.run_id, "checkpoint/model_config.json").read_text() == "{}"
         with pytest.raises(FileNotFoundError):
             path(run.run_id, "missing.txt")
+        assert path(run.run_id) == tracker.artifact_dir(run.run_id)
+        with tracker.start_run("eval") as empty:
+            pass  # no artifacts: the folder is still named, for sizes and listings
+        assert tracker.artifact_path(empty.run_id) == tracker.artifact_dir(empty.run_id)
 
     def test_bad_params_store_nothing(self, tracker):
         before = len(tracker.search_runs())
@@ -296,6 +304,12 @@ def test_moved_and_copied_store_keep_their_artifacts(store, tmp_path):
     dump = "\n".join(con.iterdump())
     con.close()
     assert str(moved) not in dump
+
+
+def test_unreachable_server_is_a_usage_error():
+    store = resolve_store(tracking_uri="http://127.0.0.1:9")  # discard port: nobody listens
+    with pytest.raises(UsageError, match="does not answer"):
+        Tracker(store)
 
 
 def test_ui_command_opens_the_store(store, capsys):

@@ -267,6 +267,23 @@ def _prepare_database(store: Store) -> None:
         engine.dispose()
 
 
+def _check_server(store: Store) -> None:
+    # MLflow's HTTP client retries with back-off for minutes; say at once when nobody answers.
+    import urllib.error
+    import urllib.request
+
+    url = store.tracking_uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            response.read(100)
+    except urllib.error.HTTPError:
+        return  # something answers (perhaps behind a proxy without /health)
+    except (OSError, ValueError) as err:
+        raise UsageError(
+            f"tracking server {store.tracking_uri} does not answer ({error_line(err, 200)})"
+        ) from err
+
+
 _PREPARED: set[str] = set()
 
 
@@ -277,6 +294,8 @@ def prepare_store(store: Store) -> None:
         _prepare_sqlite(store)
     elif backend == "database" and store.tracking_uri not in _PREPARED:
         _prepare_database(store)
+    elif backend == "server" and store.tracking_uri not in _PREPARED:
+        _check_server(store)
     _PREPARED.add(store.tracking_uri)
 
 
@@ -829,12 +848,21 @@ class Tracker:
 
     # artifacts -----------------------------------------------------------------
 
+    def artifact_dir(self, run_id: str) -> Path | None:
+        """Local folder of a run's artifacts, None when they live in a remote store."""
+        return _local_path(self.get_run(run_id).info.artifact_uri)
+
     def artifact_path(self, run_id: str, path: str = "") -> Path:
-        """Local file path of a run's artifact (downloaded first for remote artifact stores)."""
-        run = self.get_run(run_id)
-        local = _local_path(run.info.artifact_uri)
+        """Local file path of a run's artifact (downloaded first for remote artifact stores).
+
+        ``path=""`` is the run's artifact folder (for local stores it may not exist yet,
+        when nothing was logged). FileNotFoundError for a missing artifact.
+        """
+        local = self.artifact_dir(run_id)
         if local is not None:
-            target = local / path if path else local
+            if not path:
+                return local
+            target = local / path
             if not target.exists():
                 raise FileNotFoundError(f"run {run_id} has no artifact {path!r} ({target})")
             return target
@@ -843,7 +871,10 @@ class Tracker:
             atexit.register(shutil.rmtree, self._download_dir, ignore_errors=True)
         dst = self._download_dir / run_id
         dst.mkdir(parents=True, exist_ok=True)
-        return Path(self.client.download_artifacts(run_id, path, dst_path=str(dst)))
+        try:
+            return Path(self.client.download_artifacts(run_id, path, dst_path=str(dst)))
+        except MlflowException as err:
+            raise FileNotFoundError(f"run {run_id} has no artifact {path!r}: {err}") from err
 
     # orphans -------------------------------------------------------------------
 
