@@ -1,5 +1,5 @@
 -- architectures_by_depth: finding 3 - ViTs cluster subclasses worse than ResNets; ResNet,
--- VGG and ViT profiles lined up on relative depth (layer_index / (n_layers - 1)). Each
+-- VGG and ViT profiles lined up on relative depth ((layer_index + 1) / n_layers). Each
 -- run's layers are binned by relative depth (bin k holds depths in [k/bins, (k+1)/bins),
 -- the last bin includes 1), averaged within the run, then mean, std and n over runs per
 -- arch x dataset x shuffled x factor x bin. Runs: FINISHED final-checkpoint in-domain
@@ -19,7 +19,7 @@ WITH per_run AS (
                     coalesce(getvariable('bins'), 10) - 1) AS INTEGER) AS depth_bin,
          avg(s.value) AS value
   FROM layer_scores s JOIN evals e USING (run_id)
-  WHERE e.status = 'FINISHED' AND e.is_final AND NOT e.is_transfer
+  WHERE e.status = 'FINISHED' AND e.is_final AND NOT e.is_transfer AND NOT e.rescored
     AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
     AND (getvariable('shuffled') IS NULL OR e.shuffled = getvariable('shuffled'))
     AND (getvariable('labels') IS NULL OR e.labels = getvariable('labels'))

@@ -17,7 +17,7 @@ WITH ranked AS (
          row_number() OVER (PARTITION BY s.run_id, s.metric, s.factor
                             ORDER BY s.value DESC, s.layer_index) AS rank
   FROM layer_scores s JOIN evals e USING (run_id)
-  WHERE e.status = 'FINISHED' AND e.is_final AND NOT e.is_transfer
+  WHERE e.status = 'FINISHED' AND e.is_final AND NOT e.is_transfer AND NOT e.rescored
     AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
     AND (getvariable('arch') IS NULL OR e.arch = getvariable('arch'))
     AND (getvariable('shuffled') IS NULL OR e.shuffled = getvariable('shuffled'))

@@ -19,7 +19,7 @@ WITH pairs AS (
                               AND s.factor = coalesce(getvariable('factor'), 1)) AS x,
          max(s.value) FILTER (WHERE s.metric = 'probe_acc') AS y
   FROM layer_scores s JOIN evals e USING (run_id)
-  WHERE e.status = 'FINISHED' AND e.is_final AND NOT e.is_transfer
+  WHERE e.status = 'FINISHED' AND e.is_final AND NOT e.is_transfer AND NOT e.rescored
     AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
     AND (getvariable('arch') IS NULL OR e.arch = getvariable('arch'))
   GROUP BY ALL

@@ -21,10 +21,12 @@ Views (stable names; `VIEW_COLUMNS` lists the columns):
   (per run, key and step the latest timestamp wins; NaN kept as NaN).
 * ``layer_scores``: per-layer metrics of eval runs (step = layer index) split into
   metric ('ami', 'purity', 'probe_acc', ...) and factor, with n_layers and
-  relative_depth = layer_index / (n_layers - 1); NaN values are left out.
+  relative_depth = (layer_index + 1) / n_layers (as the pipeline's layers.json);
+  NaN values are left out.
 * ``evals``: one row per eval run with the design columns the canned queries group
-  by, is_final (last checkpoint) and is_transfer (evaluation set != training set).
-* ``epoch_metrics``: train runs' per-epoch metrics (step = epoch).
+  by, is_final (last checkpoint), is_transfer (evaluation set != training set) and
+  rescored (made by `rescore` from another eval run: left out of the canned queries).
+* ``epoch_metrics``: train runs' per-epoch metrics (step = epoch; summaries left out).
 * ``layer_metrics``: the runs' ``layer_metrics.parquet`` artifacts (per superclass),
   read lazily from the files at query time.
 * ``ari``: the runs' ``ari.parquet`` artifacts (layer x layer, seed and checkpoint ARI).
@@ -93,6 +95,7 @@ PARAM_TYPES: dict[str, str] = {
     "save": "VARCHAR",
     cv.PARAM_CHECKPOINT_EPOCH: "INTEGER",
     cv.PARAM_EVAL_SET: "VARCHAR",
+    "protocol": "VARCHAR",  # eval runs: per_superclass (the paper's) | whole (rescore)
 }
 
 # Columns of every view, in order (the empty views of an empty store have them too).
@@ -141,8 +144,10 @@ VIEW_COLUMNS: dict[str, tuple[str, ...]] = {
         "epochs",
         "checkpoint_epoch",
         "eval_set",
+        "protocol",
         "is_final",
         "is_transfer",
+        "rescored",
     ),
     "epoch_metrics": ("run_id", "epoch", "metric", "value", "timestamp"),
     "layer_metrics": cv.LAYER_METRICS_COLUMNS,
@@ -591,6 +596,7 @@ JOIN snap.runs r USING (run_id) LEFT JOIN snap.run_tags t USING (run_id)""",
 
 
 def _define_layer_views(con: duckdb.DuckDBPyConnection, setup: list[str]) -> None:
+    summaries = ", ".join(_quote(k) for k in cv.SUMMARY_METRICS)
     _run(
         con,
         setup,
@@ -606,7 +612,7 @@ WITH s AS (
 )
 SELECT run_id, layer_index,
        CAST(max(layer_index) OVER (PARTITION BY run_id) + 1 AS INTEGER) AS n_layers,
-       layer_index / greatest(max(layer_index) OVER (PARTITION BY run_id), 1)::DOUBLE
+       (layer_index + 1) / (max(layer_index) OVER (PARTITION BY run_id) + 1)::DOUBLE
          AS relative_depth,
        metric, factor, value
 FROM s""",
@@ -617,8 +623,9 @@ FROM s""",
         "CREATE VIEW layer_scores AS SELECT run_id, layer_index, n_layers, relative_depth, "
         "metric, factor, value FROM snap.layer_scores",
     )
-    # One row per eval run: what the canned queries group by. The normalisation of
-    # a VGG comes from a `norm` param when the run has one, else from the timm name.
+    # One row per eval run: what the canned queries group by. norm (VGG only, as
+    # runners/models.py resolves it): the `norm` param when it names one (none, bn,
+    # ln), else from the timm name (vgg16_bn -> bn); NULL for other families.
     _run(
         con,
         setup,
@@ -627,15 +634,17 @@ SELECT p.run_id, t.parent_run_id AS train_run_id, r.status, p.dataset,
        coalesce(p.shuffled, p.shuffle, false) AS shuffled, p.arch,
        coalesce(regexp_extract(p.arch, '^(resnet|resnext|vgg|vit|deit|convnext|efficientnet|mobilenet)', 1),
                 p.arch) AS arch_family,
-       coalesce(p.norm, CASE WHEN p.arch LIKE '%\\_bn%' ESCAPE '\\' THEN 'batchnorm'
-                             WHEN p.arch LIKE '%\\_ln%' ESCAPE '\\' THEN 'layernorm'
-                             WHEN p.arch LIKE 'vgg%' THEN 'none' END) AS norm,
+       CASE WHEN p.norm IN ('none', 'bn', 'ln') THEN p.norm
+            WHEN p.arch LIKE 'vgg%\\_bn' ESCAPE '\\' THEN 'bn'
+            WHEN p.arch LIKE 'vgg%' THEN 'none' END AS norm,
        p.taps, p.labels, p.seed, p.epochs, p.{cv.PARAM_CHECKPOINT_EPOCH},
        p.{cv.PARAM_EVAL_SET},
+       coalesce(p.protocol, 'per_superclass') AS protocol,
        (p.{cv.PARAM_CHECKPOINT_EPOCH} IS NULL OR p.epochs IS NULL
         OR p.{cv.PARAM_CHECKPOINT_EPOCH} >= p.epochs) AS is_final,
        coalesce(NOT starts_with(lower(p.{cv.PARAM_EVAL_SET}), lower(p.dataset)), false)
-         AS is_transfer
+         AS is_transfer,
+       t.source_run IS NOT NULL AS rescored
 FROM snap.run_params p JOIN snap.runs r USING (run_id) JOIN snap.run_tags t USING (run_id)
 WHERE t.kind = 'eval'""",
     )
@@ -644,7 +653,8 @@ WHERE t.kind = 'eval'""",
         setup,
         f"""CREATE VIEW epoch_metrics AS
 SELECT m.run_id, CAST(m.step AS INTEGER) AS epoch, m.metric, m.value, m.timestamp
-FROM snap.metrics m JOIN snap.run_tags t USING (run_id) WHERE t.kind = {_quote("train")}""",
+FROM snap.metrics m JOIN snap.run_tags t USING (run_id)
+WHERE t.kind = {_quote("train")} AND m.metric NOT IN ({summaries})""",
     )
 
 

@@ -18,7 +18,7 @@ SELECT e.dataset, e.shuffled, e.arch, e.taps, e.labels, s.layer_index,
        avg(s.value) AS mean, stddev_samp(s.value) AS std, count(*) AS n
 FROM layer_scores s JOIN evals e USING (run_id)
 WHERE e.status = 'FINISHED'
-  AND CASE WHEN getvariable('run_id') IS NULL THEN e.is_final AND NOT e.is_transfer
+  AND CASE WHEN getvariable('run_id') IS NULL THEN e.is_final AND NOT e.is_transfer AND NOT e.rescored
            ELSE e.run_id = getvariable('run_id') END
   AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
   AND (getvariable('arch') IS NULL OR e.arch = getvariable('arch'))

@@ -15,7 +15,7 @@ WITH s AS (
   SELECT e.run_id, e.dataset, e.arch, e.shuffled, s.factor, s.layer_index,
          s.relative_depth, s.value
   FROM layer_scores s JOIN evals e USING (run_id)
-  WHERE e.status = 'FINISHED' AND e.is_final AND NOT e.is_transfer
+  WHERE e.status = 'FINISHED' AND e.is_final AND NOT e.is_transfer AND NOT e.rescored
     AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
     AND (getvariable('arch') IS NULL OR e.arch = getvariable('arch'))
     AND (getvariable('labels') IS NULL OR e.labels = getvariable('labels'))

@@ -3,8 +3,8 @@
 -- peak layer (ties: the shallower one); per dataset x base architecture x norm x factor
 -- the mean, std and n of the peak's index, relative depth and value, and the shift of the
 -- mean peak depth and value against the same architecture without normalisation (NULL
--- where there is no 'none' group). norm: the run's `norm` param, else read from the timm
--- name (vgg16_bn -> batchnorm, vgg16 -> none); other families: 'default'.
+-- where there is no 'none' group). norm: the run's `norm` param (none, bn, ln), else read
+-- from the timm name (vgg16_bn -> bn, vgg16 -> none); other families: 'default'.
 -- Runs: FINISHED final-checkpoint in-domain eval runs.
 -- Reads: layer_scores, evals.
 -- Columns: dataset, arch_base, norm, factor, peak_layer_mean, peak_layer_std,
@@ -22,7 +22,7 @@ WITH ranked AS (
          row_number() OVER (PARTITION BY s.run_id, s.factor
                             ORDER BY s.value DESC, s.layer_index) AS rank
   FROM layer_scores s JOIN evals e USING (run_id)
-  WHERE e.status = 'FINISHED' AND e.is_final AND NOT e.is_transfer
+  WHERE e.status = 'FINISHED' AND e.is_final AND NOT e.is_transfer AND NOT e.rescored
     AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
     AND (getvariable('family') IS NULL OR e.arch_family = getvariable('family'))
     AND (getvariable('shuffled') IS NULL OR e.shuffled = getvariable('shuffled'))

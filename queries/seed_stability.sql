@@ -15,7 +15,7 @@
 SELECT e.dataset, e.arch, e.shuffled, a.kind, a.layer_a, a.layer_b, a.factor,
        avg(a.value) AS mean, stddev_samp(a.value) AS std, count(*) AS n
 FROM ari a JOIN evals e USING (run_id)
-WHERE e.status = 'FINISHED'
+WHERE e.status = 'FINISHED' AND NOT e.rescored
   AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
   AND (getvariable('arch') IS NULL OR e.arch = getvariable('arch'))
   AND (getvariable('shuffled') IS NULL OR e.shuffled = getvariable('shuffled'))

@@ -15,7 +15,7 @@ WITH final_eval AS (
   SELECT coalesce(train_run_id, run_id) AS owner, run_id AS eval_run_id,
          row_number() OVER (PARTITION BY coalesce(train_run_id, run_id)
                             ORDER BY checkpoint_epoch DESC NULLS FIRST, run_id) AS rank
-  FROM evals WHERE NOT is_transfer
+  FROM evals WHERE NOT is_transfer AND NOT rescored
 ), ami AS (
   SELECT run_id, value AS best_ami, layer_index AS best_layer,
          row_number() OVER (PARTITION BY run_id ORDER BY value DESC, layer_index) AS rank

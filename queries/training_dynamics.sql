@@ -17,6 +17,7 @@ WITH s AS (
          s.layer_index, s.relative_depth, s.value
   FROM layer_scores s JOIN evals e USING (run_id)
   WHERE e.status = 'FINISHED' AND e.checkpoint_epoch IS NOT NULL AND NOT e.is_transfer
+    AND NOT e.rescored
     AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
     AND (getvariable('arch') IS NULL OR e.arch = getvariable('arch'))
     AND (getvariable('shuffled') IS NULL OR e.shuffled = getvariable('shuffled'))

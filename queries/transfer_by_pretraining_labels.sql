@@ -18,7 +18,7 @@ WITH last AS (
          row_number() OVER (PARTITION BY s.run_id, s.factor ORDER BY s.layer_index DESC)
            AS rank
   FROM layer_scores s JOIN evals e USING (run_id)
-  WHERE e.status = 'FINISHED' AND e.is_final AND e.is_transfer
+  WHERE e.status = 'FINISHED' AND e.is_final AND e.is_transfer AND NOT e.rescored
     AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
     AND (getvariable('eval_set') IS NULL OR e.eval_set = getvariable('eval_set'))
     AND (getvariable('arch') IS NULL OR e.arch = getvariable('arch'))

@@ -1,0 +1,432 @@
+"""The DuckDB views and every canned query, checked against pandas on the logged numbers.
+
+The store is written through the real Tracker/MLflow/Optuna (tests/querystore.py);
+the expected answers are computed here from the values that were logged, never
+from the views.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+import querystore
+from clusterprobe.queries.connect import VIEW_COLUMNS, connect, query_df, query_names
+from clusterprobe.tracker.store import local_store
+from scipy import stats
+
+
+@pytest.fixture(scope="module")
+def qs(_template_store, tmp_path_factory):
+    target = tmp_path_factory.mktemp("queries") / "mlruns"
+    shutil.copytree(_template_store.root, target)
+    return querystore.build(local_store(target))
+
+
+@pytest.fixture(scope="module")
+def db(qs):
+    with connect(qs.store.root) as analysis:
+        yield analysis
+
+
+def _scored(qs) -> pd.DataFrame:
+    """Logged per-layer values with the eval run's design, as the queries see them."""
+    df = qs.truth.merge(qs.evals.drop(columns="n_layers"), on="run_id")
+    df["relative_depth"] = (df["layer_index"] + 1) / df["n_layers"]
+    return df
+
+
+def _main(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["is_final"] & ~df["is_transfer"]]
+
+
+def _agg(df: pd.DataFrame, keys: list[str], col: str = "value") -> pd.DataFrame:
+    out = df.groupby(keys, dropna=False)[col].agg(["mean", "std", "count"]).reset_index()
+    return out.rename(columns={"count": "n"})
+
+
+def _check(got: pd.DataFrame, want: pd.DataFrame, keys: list[str], cols: dict[str, str]):
+    """Same rows (by keys) and values (got column -> want column) to 1e-9."""
+    assert len(got) == len(want), (len(got), len(want))
+    merged = got.merge(want, on=keys, how="outer", suffixes=("_got", "_want"), indicator=True)
+    assert (merged["_merge"] == "both").all(), merged[merged["_merge"] != "both"]
+    for g, w in cols.items():
+        a = merged[g if g != w else g + "_got"].astype(float).to_numpy()
+        b = merged[w if g != w else w + "_want"].astype(float).to_numpy()
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-9, equal_nan=True, err_msg=g)
+
+
+# --- views ------------------------------------------------------------------------
+
+
+def test_views_have_their_documented_columns(db):
+    for view, columns in VIEW_COLUMNS.items():
+        got = db.sql(f"SELECT * FROM {view} LIMIT 0").columns
+        assert tuple(got) == tuple(columns), view
+
+
+def test_runs_exclude_deleted_and_keep_running(db, qs):
+    runs = db.sql("SELECT run_id, kind, status, parent_run_id FROM runs").df()
+    assert qs.deleted_run not in set(runs["run_id"])
+    status = runs.set_index("run_id")["status"]
+    assert status[qs.running_run] == "RUNNING"
+    evals = runs[runs["kind"] == "eval"]
+    # 17 designed eval runs + running + rescored
+    assert len(evals) == len(qs.evals) + 2
+    parents = runs.set_index("run_id")["parent_run_id"]
+    for row in qs.evals.itertuples():
+        assert parents[row.run_id] == row.train_run_id
+
+
+def test_run_params_are_typed(db, qs):
+    rp = db.sql("SELECT * FROM run_params WHERE kind = 'eval'").df().set_index("run_id")
+    row = rp.loc[qs.evals["run_id"].iloc[0]]
+    assert row["arch"] == "resnet18" and row["epochs"] == querystore.EPOCHS
+    assert row["checkpoint_epoch"] == 1 and row["lr"] == pytest.approx(0.1)
+    assert bool(row["shuffled"]) is False and pd.isna(row["classes"])  # '' -> NULL
+    types = dict(db.sql("SELECT * FROM run_params LIMIT 0").df().dtypes.astype(str))
+    assert types["epochs"].startswith("int") and types["lr"] == "float64"
+    assert types["shuffled"] == "bool"
+
+
+def test_metrics_deduplicate_relogged_values(db, qs):
+    run_id, value = qs.relogged
+    got = db.sql(
+        f"SELECT value FROM metrics WHERE run_id = '{run_id}' AND metric = 'ami_f1' AND step = 0"
+    ).fetchall()
+    assert got == [(value,)]
+
+
+def test_nan_metric_kept_in_metrics_not_in_layer_scores(db, qs):
+    run_id = qs.evals["run_id"].iloc[0]
+    (value,) = db.sql(
+        f"SELECT value FROM metrics WHERE run_id = '{run_id}' AND metric = 'knn_acc'"
+    ).fetchone()
+    assert np.isnan(value)
+    n = db.sql("SELECT count(*) FROM layer_scores WHERE metric = 'knn_acc'").fetchone()[0]
+    assert n == 0
+
+
+def test_layer_scores_match_logged_values(db, qs):
+    got = db.sql(
+        "SELECT * FROM layer_scores WHERE run_id IN (SELECT run_id FROM evals "
+        "WHERE status = 'FINISHED' AND NOT rescored)"
+    ).df()
+    want = qs.truth.assign(relative_depth=(qs.truth.layer_index + 1) / qs.truth.n_layers)
+    keys = ["run_id", "layer_index", "metric", "factor"]
+    _check(got, want, keys, {"value": "value", "relative_depth": "relative_depth"})
+
+
+def test_layer_metrics_parquet_means_equal_mlflow_metrics(db, qs):
+    # Per superclass in Parquet; MLflow holds the mean over superclasses (re-logged
+    # value aside, which exists in MLflow only).
+    got = db.sql(
+        """SELECT p.run_id, p.layer_index, p.metric, p.factor, avg(p.value) AS pq, any_value(s.value) AS ml
+        FROM layer_metrics p JOIN layer_scores s USING (run_id, layer_index, metric, factor)
+        GROUP BY ALL"""
+    ).df()
+    run_id, _ = qs.relogged
+    got = got[~((got.run_id == run_id) & (got.layer_index == 0))]
+    assert len(got) > 300
+    np.testing.assert_allclose(got["pq"], got["ml"], atol=1e-9)
+    names = db.sql("SELECT DISTINCT layer_name FROM layer_metrics").df()["layer_name"]
+    assert "resnet18.layer5" in set(names)
+
+
+def test_epoch_metrics_are_train_runs_without_summaries(db):
+    df = db.sql("SELECT * FROM epoch_metrics").df()
+    assert set(df["metric"]) == {"train_loss", "train_acc", "lr"}
+    loss = df[df.metric == "train_loss"].set_index("epoch")["value"]
+    np.testing.assert_allclose(loss.loc[2].to_numpy(), 0.5)
+
+
+def test_trials_decode_params_and_link_runs(db, qs):
+    df = db.sql("SELECT * FROM trials ORDER BY number").df()
+    assert list(df["state"]) == list(qs.trials["state"])
+    assert list(df["run_id"].fillna("")) == list(qs.trials["run_id"].fillna(""))
+    params = [dict(p) for p in df["params"]]
+    assert params[0] == {"arch": "resnet18", "epochs": "1"}
+    assert params[1] == {"arch": "vgg16", "epochs": "2"}
+    assert df["value"].iloc[1] == pytest.approx(0.2)
+    assert df["directions"].iloc[0].tolist() == ["MAXIMIZE"]
+
+
+def test_empty_store_gives_empty_views_and_queries(tmp_path):
+    with connect(tmp_path / "nothing") as analysis:
+        for view in VIEW_COLUMNS:
+            assert analysis.sql(f"SELECT count(*) FROM {view}").fetchone()[0] == 0
+        for name in query_names():
+            assert query_df(analysis, name).empty, name
+
+
+def test_missing_optuna_db_gives_empty_trials(qs, tmp_path):
+    # The MLflow database alone: copy it somewhere without optuna.db.
+    shutil.copy(qs.store.root / "mlflow.db", tmp_path / "mlflow.db")
+    with connect(tmp_path) as analysis:
+        assert query_df(analysis, "study_trials").empty
+        assert analysis.sql("SELECT count(*) FROM runs").fetchone()[0] > 0
+
+
+# --- canned queries ----------------------------------------------------------------
+
+
+def test_layer_profile(db, qs):
+    got = query_df(db, "layer_profile")
+    df = _main(_scored(qs))
+    keys = ["dataset", "shuffled", "arch", "taps", "labels", "layer_index", "metric", "factor"]
+    want = _agg(df, keys)
+    want["rd"] = df.groupby(keys, dropna=False)["relative_depth"].mean().to_numpy()
+    got["factor"] = got["factor"].astype(float)
+    want["factor"] = want["factor"].astype(float)
+    _check(got, want, keys, {"mean": "mean", "std": "std", "n": "n", "relative_depth": "rd"})
+    # n = 1 groups (vgg16_bn) appear, std NULL
+    one = got[got["arch"] == "vgg16_bn"]
+    assert len(one) and (one["n"] == 1).all() and one["std"].isna().all()
+
+
+def test_layer_profile_of_one_run(db, qs):
+    run_id = qs.evals["run_id"].iloc[0]  # an intermediate checkpoint: allowed by run_id
+    got = query_df(db, "layer_profile", run_id=run_id, metric="ami", factor=2)
+    want = qs.truth[(qs.truth.run_id == run_id) & (qs.truth.metric == "ami")]
+    want = want[want.factor == 2].sort_values("layer_index")
+    np.testing.assert_allclose(got["mean"], want["value"], atol=1e-12)
+    assert (got["n"] == 1).all()
+
+
+def _best(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Each run's best layer per `by`; ties -> the shallower layer."""
+    df = df.sort_values(["value", "layer_index"], ascending=[False, True])
+    return df.groupby(["run_id", *by], dropna=False).head(1)
+
+
+def test_best_layers(db, qs):
+    got = query_df(db, "best_layers")
+    df = _main(_scored(qs))
+    best = _best(df[df.metric == "ami"], ["factor"])
+    keys = ["dataset", "shuffled", "arch", "taps", "labels", "factor"]
+    want = best.groupby(keys).agg(
+        bl_mean=("layer_index", "mean"),
+        bl_std=("layer_index", "std"),
+        bd_mean=("relative_depth", "mean"),
+        bv_mean=("value", "mean"),
+        bv_std=("value", "std"),
+        n=("value", "size"),
+    )
+    _check(
+        got,
+        want.reset_index(),
+        keys,
+        {
+            "best_layer_mean": "bl_mean",
+            "best_layer_std": "bl_std",
+            "best_depth_mean": "bd_mean",
+            "best_value_mean": "bv_mean",
+            "best_value_std": "bv_std",
+            "n": "n",
+        },
+    )
+
+
+def test_natural_vs_shuffled(db, qs):
+    got = query_df(db, "natural_vs_shuffled")
+    df = _main(_scored(qs))
+    df = df[(df.metric == "ami") & (df.factor == 1)]
+    per_layer = _agg(df, ["dataset", "arch", "shuffled", "layer_index"])
+    best = df.groupby(["run_id", "dataset", "arch", "shuffled"])["value"].max().reset_index()
+    best = _agg(best, ["dataset", "arch", "shuffled"]).assign(layer_index=np.nan)
+    want = pd.concat([per_layer, best], ignore_index=True)
+    got["layer_index"] = got["layer_index"].astype(float)
+    want["layer_index"] = want["layer_index"].astype(float)
+    keys = ["dataset", "arch", "shuffled", "layer_index"]
+    _check(got, want, keys, {"mean": "mean", "std": "std", "n": "n"})
+    # finding 1 built into the store (shuffled runs logged +0.3): shuffled is ahead
+    r18 = got[(got.arch == "resnet18") & got.shuffled]
+    assert r18["minus_natural"].mean() > 0.1
+    natural = want[(want.arch == "resnet18") & ~want.shuffled].set_index("layer_index")["mean"]
+    shuffled = want[(want.arch == "resnet18") & want.shuffled].set_index("layer_index")["mean"]
+    diff = r18.set_index("layer_index")["minus_natural"]
+    np.testing.assert_allclose(diff.loc[shuffled.index], (shuffled - natural), atol=1e-9)
+
+
+def test_architectures_by_depth(db, qs):
+    got = query_df(db, "architectures_by_depth", bins=4)
+    df = _main(_scored(qs))
+    df = df[(df.metric == "ami") & (df.factor == 1)].copy()
+    df["depth_bin"] = np.minimum(np.floor(df["relative_depth"] * 4), 3).astype(int)
+    per_run = df.groupby(["run_id", "arch", "dataset", "shuffled", "depth_bin"])["value"].mean()
+    want = _agg(per_run.reset_index(), ["arch", "dataset", "shuffled", "depth_bin"])
+    _check(got, want, ["arch", "dataset", "shuffled", "depth_bin"], {"mean": "mean", "n": "n"})
+    assert set(got["arch_family"]) == {"resnet", "vgg", "vit"}
+
+
+def test_norm_peak_shift(db, qs):
+    got = query_df(db, "norm_peak_shift", family="vgg")
+    df = _main(_scored(qs))
+    df = df[(df.metric == "ami") & (df.factor == 1) & df.arch.str.startswith("vgg")]
+    best = _best(df, [])
+    best["norm"] = np.where(best.arch == "vgg16_bn", "bn", "none")
+    want = best.groupby("norm").agg(
+        d=("relative_depth", "mean"), v=("value", "mean"), n=("value", "size")
+    )
+    want = want.reset_index()
+    _check(got, want, ["norm"], {"peak_depth_mean": "d", "peak_value_mean": "v", "n": "n"})
+    shift = got.set_index("norm")["depth_shift_vs_none"]
+    w = want.set_index("norm")["d"]
+    assert shift["bn"] == pytest.approx(w["bn"] - w["none"], abs=1e-9)
+    assert shift["none"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_clusterability_vs_probe(db, qs):
+    got = query_df(db, "clusterability_vs_probe")
+    df = _main(_scored(qs))
+    x = df[(df.metric == "ami") & (df.factor == 1)].set_index(["run_id", "layer_index"])["value"]
+    y = df[df.metric == "probe_acc"].set_index(["run_id", "layer_index"])["value"]
+    pairs = pd.concat({"x": x, "y": y}, axis=1).reset_index()
+    design = qs.evals.set_index("run_id")
+    rows = []
+    for run_id, g in pairs.groupby("run_id"):
+        rows.append(
+            dict(
+                arch=design.loc[run_id, "arch"],
+                pearson=stats.pearsonr(g.x, g.y)[0],
+                spearman=stats.spearmanr(g.x, g.y)[0],
+            )
+        )
+    per_run = pd.DataFrame(rows)
+    layers = got[got.scope == "layers"].set_index(["arch", "method"])
+    for (arch, method), value in per_run.melt("arch", var_name="method").groupby(
+        ["arch", "method"]
+    ):
+        row = layers.loc[(arch, method)]
+        assert row["mean"] == pytest.approx(value["value"].mean(), abs=1e-9)
+        assert row["n"] == len(value)
+    best = pairs.groupby("run_id")[["x", "y"]].max()
+    runs = got[got.scope == "runs"].set_index("method")
+    assert runs.loc["pearson", "mean"] == pytest.approx(stats.pearsonr(best.x, best.y)[0], abs=1e-9)
+    assert runs.loc["spearman", "mean"] == pytest.approx(
+        stats.spearmanr(best.x, best.y)[0], abs=1e-9
+    )
+    assert runs.loc["pearson", "n"] == len(best) and runs["std"].isna().all()
+
+
+def test_transfer_by_pretraining_labels(db, qs):
+    got = query_df(db, "transfer_by_pretraining_labels", factor=1)
+    df = _scored(qs)
+    df = df[df.is_transfer & (df.metric == "ami") & (df.factor == 1)]
+    last = df[df.layer_index == df.n_layers - 1]
+    want = _agg(last, ["eval_set", "labels"]).rename(columns={"labels": "pretrain_labels"})
+    _check(got, want, ["eval_set", "pretrain_labels"], {"mean": "mean", "std": "std", "n": "n"})
+    diff = got.set_index("pretrain_labels")["minus_superclass"]
+    w = want.set_index("pretrain_labels")["mean"]
+    assert diff["subclass"] == pytest.approx(w["subclass"] - w["superclass"], abs=1e-9)
+
+
+def test_seed_stability_reads_ari_tables(db, qs):
+    got = query_df(db, "seed_stability")
+    want = qs.ari[qs.ari.kind == "seed"].merge(qs.evals, on="run_id")
+    want = _agg(want, ["arch", "layer_a"])
+    _check(got, want, ["arch", "layer_a"], {"mean": "mean", "n": "n"})
+    heat = query_df(db, "seed_stability", kind="layer", arch="resnet18")
+    assert len(heat) == 36
+    diag = heat[heat.layer_a == heat.layer_b]
+    np.testing.assert_allclose(diag["mean"], 1.0)
+
+
+def test_training_dynamics(db, qs):
+    got = query_df(db, "training_dynamics", arch="resnet18")
+    df = _scored(qs)
+    df = df[~df.is_transfer & (df.arch == "resnet18") & (df.metric == "ami") & (df.factor == 1)]
+    want = _agg(df, ["shuffled", "checkpoint_epoch", "layer_index"])
+    per_layer = got[got.layer_index.notna()]
+    _check(
+        per_layer,
+        want,
+        ["shuffled", "checkpoint_epoch", "layer_index"],
+        {"mean": "mean", "std": "std", "n": "n"},
+    )
+    assert set(got["checkpoint_epoch"]) == {1, 2}
+
+
+def test_study_trials(db, qs):
+    got = query_df(db, "study_trials")
+    assert list(got["state"]) == list(qs.trials["state"])
+    first = got.iloc[0]
+    # trial 0 -> resnet18 natural seed 0 train run -> its final eval run
+    evals = qs.evals
+    final = evals[(evals.train_run_id == first["run_id"]) & evals.is_final & ~evals.is_transfer][
+        "run_id"
+    ].item()
+    assert first["eval_run_id"] == final
+    t = qs.truth[(qs.truth.run_id == final) & (qs.truth.metric == "ami") & (qs.truth.factor == 1)]
+    assert first["best_ami"] == pytest.approx(t["value"].max(), abs=1e-12)
+    assert (
+        first["best_layer"]
+        == t.sort_values(["value", "layer_index"], ascending=[False, True]).iloc[0]["layer_index"]
+    )
+    assert got.iloc[2]["run_id"] is None or pd.isna(got.iloc[2]["run_id"])
+    assert len(query_df(db, "study_trials", state="PRUNED")) == 1
+
+
+def test_excluded_runs_never_counted(db, qs):
+    # The deleted, RUNNING and rescored runs logged AMI near 5: no group mean reaches it.
+    for name in ("layer_profile", "best_layers", "natural_vs_shuffled", "training_dynamics"):
+        df = query_df(db, name)
+        value = df["best_value_mean"] if "best_value_mean" in df else df["mean"]
+        assert value.max() < 1.5, name
+
+
+# --- live store ----------------------------------------------------------------------
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from mlflow.entities import Metric
+    from clusterprobe.tracker.store import local_store
+    from clusterprobe.tracker.tracking import Tracker
+    tracker = Tracker(local_store(sys.argv[1]))
+    deadline = time.time() + float(sys.argv[2])
+    print("ready", flush=True)
+    while time.time() < deadline:
+        with tracker.start_run("eval", params={"dataset": "live", "epochs": "1"}) as ctx:
+            now = int(time.time() * 1000)
+            for half in (range(0, 10), range(10, 20)):  # two batches: a partial window
+                tracker.client.log_batch(
+                    ctx.run_id, metrics=[Metric("ami_f1", 0.5, now, i) for i in half]
+                )
+    """
+)
+
+
+def test_queries_while_a_run_writes(qs, tmp_path):
+    target = tmp_path / "live"
+    shutil.copytree(qs.store.root, target)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(target), "4"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        seen = 0
+        for _ in range(10):
+            with connect(target) as analysis:
+                rows = analysis.sql(
+                    """SELECT e.run_id, count(*) AS layers
+                    FROM layer_scores s JOIN evals e USING (run_id)
+                    WHERE e.dataset = 'live' AND e.status = 'FINISHED' GROUP BY ALL"""
+                ).fetchall()
+                assert all(n == 20 for _, n in rows), rows  # never a partial run
+                seen = max(seen, len(rows))
+                profile = query_df(analysis, "layer_profile", dataset="live")
+                assert (profile["n"] == len(rows)).all()
+            if proc.poll() is not None:
+                break
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == 0
+    assert seen > 0
