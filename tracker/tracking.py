@@ -545,7 +545,10 @@ class RunContext:
                 self.tracker._retry(
                     client.set_tag, self.run_id, TAG_ERROR, error[:MAX_TAG_VAL_LENGTH]
                 )
-            self.tracker._retry(client.set_terminated, self.run_id, status)
+            # For servers MLflow writes "View run ... at: URL" to stdout; stdout belongs to
+            # the command's own output (JSON), so that line goes to stderr.
+            with contextlib.redirect_stdout(sys.stderr):
+                self.tracker._retry(client.set_terminated, self.run_id, status)
         self.status = status
 
     # logging -------------------------------------------------------------------
@@ -869,7 +872,8 @@ class Tracker:
         if self._download_dir is None:
             self._download_dir = Path(tempfile.mkdtemp(prefix="clusterprobe-artifacts-"))
             atexit.register(shutil.rmtree, self._download_dir, ignore_errors=True)
-        dst = self._download_dir / run_id
+        # Mirror the artifact's folder: MLflow downloads "a/b.npy" as "<dst>/b.npy".
+        dst = self._download_dir / run_id / os.path.dirname(path.strip("/"))
         dst.mkdir(parents=True, exist_ok=True)
         try:
             return Path(self.client.download_artifacts(run_id, path, dst_path=str(dst)))
