@@ -28,13 +28,20 @@ tree and cut it at every factor (never refit per factor). Methods (``METHODS``):
 ``WholeResult.params`` records how every number was made (algorithm, k, index,
 backend, precision, micro-clusters, ...).
 
-GPU use (e.g. 1,000,000 x 512 points on one H100, torch without faiss):
-``score_whole(x, labels, method="two-stage")`` runs the k-means on CUDA through
-torch automatically when faiss is absent and CUDA is present (or pass
-``backend="torch"``); the Ward on the centroids runs on the host. For an exact
-k-NN graph on the GPU call ``neighbors.knn(x, k, backend="torch")``
-(``precision="tf32"`` trades exactness for ~4x speed) and
-``neighbors.kmeans(x, 2000, backend="torch")`` for the k-means alone.
+GPU use (e.g. 1,000,000 x 512 points on one H100; torch installed, faiss not):
+
+    from clusterprobe.runners.whole import score_whole, cluster_whole
+    res = score_whole(x, subclass, (1,), method="two-stage", micro_clusters=2000)
+    res.timings["cluster"]   # clustering alone; res.timings["scores"]: AMI/purity
+    res.params["backend"]    # "torch-cuda": k-means ran on the GPU
+
+With faiss absent and CUDA present, ``backend="auto"`` runs the k-means through
+torch on CUDA (Lloyd, fp32 matmuls with TF32 off; pass ``backend="torch"`` to
+force it); the size-weighted Ward on the centroids then runs on the host
+(~0.5 s for 2,000). ``cluster_whole(x, [100, 200])`` gives the partitions
+without scoring. An exact k-NN graph on the GPU: ``neighbors.knn(x, 10,
+backend="torch")`` (chunked matmul + topk; ``precision="tf32"`` is faster,
+approximate near ties); k-means alone: ``neighbors.kmeans(x, 2000, backend="torch")``.
 """
 
 from __future__ import annotations
@@ -250,8 +257,10 @@ def _knn_ward_children(x, k, backend, index, precision, quiet, timings, params) 
     params["graph_components"] = str(n_comp)
     t0 = time.perf_counter()
     pieces = []  # per component: (global point ids, children local, distances)
+    by_comp = np.argsort(comp, kind="stable")
+    bounds = np.searchsorted(comp[by_comp], np.arange(n_comp + 1))
     for c in range(n_comp):
-        ids = np.flatnonzero(comp == c)
+        ids = by_comp[bounds[c] : bounds[c + 1]]
         if ids.size == 1:
             pieces.append((ids, np.zeros((0, 2), np.int64), np.zeros(0)))
             continue
@@ -345,9 +354,7 @@ def _scorers():
         return adjusted_mutual_info_score, purity
 
 
-def _validate(features, subclass, factors, method, k):
-    if method not in METHODS:
-        raise UsageError(f"--method {method!r} is not known; use one of {', '.join(METHODS)}")
+def _check_features(features) -> np.ndarray:
     x = np.asarray(features)
     if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 1:
         raise UsageError(f"features must be a 2-D array [N >= 2, d >= 1]; got shape {x.shape}")
@@ -358,15 +365,104 @@ def _validate(features, subclass, factors, method, k):
         raise UsageError(
             f"features contain NaN or Inf in {bad} of {x.shape[0]} rows; clean them first"
         )
-    y = np.asarray(subclass).ravel()
-    if y.shape[0] != x.shape[0]:
-        raise UsageError(f"subclass has {y.shape[0]} labels but features have {x.shape[0]} rows")
-    facs = tuple(int(f) for f in factors)
-    if not facs or min(facs) < 1:
-        raise UsageError(f"factors {factors!r} must be integers >= 1, e.g. (1, 2, 3, 4, 5)")
+    return x
+
+
+@dataclass
+class WholeClustering:
+    labels: dict[int, np.ndarray]  # cluster count -> int64 [N] labels
+    params: dict[str, str]
+    timings: dict[str, float]
+
+
+def cluster_whole(
+    features: np.ndarray,
+    n_clusters,
+    *,
+    method: str = "auto",
+    k: int = 10,
+    seed: int = 0,
+    quiet: bool = True,
+    memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
+    micro_clusters: int | None = None,
+    backend: str = "auto",
+    index: str = "flat",
+    precision: str = "fp32",
+    niter: int = 20,
+) -> WholeClustering:
+    """Partition the rows of ``features`` into each count of ``n_clusters`` (no
+    labels needed: what ``score_whole`` and the transfer protocol build on).
+
+    Counts above N are capped at N (the key stays the count asked). Options as
+    in :func:`score_whole`.
+    """
+    if method not in METHODS:
+        raise UsageError(f"--method {method!r} is not known; use one of {', '.join(METHODS)}")
+    x = _check_features(features)
+    n = x.shape[0]
+    asked = sorted({int(c) for c in n_clusters})
+    if not asked or asked[0] < 1:
+        raise UsageError(f"cluster counts {n_clusters!r} must be integers >= 1")
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise UsageError(f"k={k!r} neighbours is invalid; use an integer >= 1")
-    return x, y, tuple(sorted(set(facs)))
+    ks = {c: min(n, c) for c in asked}
+    kmax = max(ks.values())
+    params: dict[str, str] = {"method": method, "n_points": str(n), "dim": str(x.shape[1])}
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    algo = method
+    if method == "auto":
+        fits = exact_bytes(n) <= memory_budget_gb * 1e9
+        algo = "exact" if fits else "two-stage"
+        params["memory_budget_gb"] = str(memory_budget_gb)
+    m = None
+    if algo == "two-stage":
+        m = int(micro_clusters) if micro_clusters else max(1000, 4 * kmax)
+        if m < kmax:
+            raise UsageError(
+                f"micro_clusters={m} is fewer than the {kmax} clusters asked; "
+                f"use at least {kmax} (default: 4x that)"
+            )
+        if m >= n:  # every point its own micro-cluster: that is exact Ward
+            params["two_stage_note"] = f"micro_clusters {m} >= N {n}: exact Ward on the points"
+            algo = "exact"
+    params["algorithm"] = algo
+    labels: dict[int, np.ndarray]
+    if algo == "exact":
+        params.update(distances="matmul-float64", linkage="scipy-ward", precision="fp64")
+        children = _exact_children(x, quiet, timings)
+        labels = {c: cut_tree(children, n, ks[c]) for c in asked}
+    elif algo == "knn-ward":
+        if k >= n:
+            raise UsageError(f"k={k} neighbours needs more than {k} points; got {n}")
+        params.update(
+            k=str(k), index=index, precision=precision, linkage="sklearn-ward-connectivity"
+        )
+        xf = np.ascontiguousarray(x, dtype=np.float32)
+        children = _knn_ward_children(xf, k, backend, index, precision, quiet, timings, params)
+        labels = {c: cut_tree(children, n, ks[c]) for c in asked}
+    elif algo == "two-stage":
+        params.update(micro_clusters=str(m), niter=str(niter), seed=str(seed), precision="fp32")
+        params["linkage"] = "weighted-ward-centroids"
+        xf = np.ascontiguousarray(x, dtype=np.float32)
+        by_k = _two_stage(
+            xf, sorted(set(ks.values())), m, seed, niter, backend, quiet, timings, params
+        )
+        labels = {c: by_k[ks[c]] for c in asked}
+    else:  # kmeans
+        from clusterprobe.runners import neighbors
+
+        params.update(niter=str(niter), seed=str(seed), precision="fp32")
+        xf = np.ascontiguousarray(x, dtype=np.float32)
+        labels = {}
+        t0 = time.perf_counter()
+        for c in asked:
+            km = neighbors.kmeans(xf, ks[c], seed=seed, niter=niter, backend=backend)
+            labels[c] = km.labels
+            params["backend"] = km.backend
+        timings["kmeans"] = time.perf_counter() - t0
+    timings["cluster"] = time.perf_counter() - t_all
+    return WholeClustering(labels=labels, params=params, timings=timings)
 
 
 def score_whole(
@@ -389,76 +485,56 @@ def score_whole(
     factor and score each partition against ``subclass`` (AMI, purity).
 
     ``features`` should be L2-normalised by the caller (as ``score`` does); no
-    method here relies on unit norm. ``k``, ``index``, ``precision``: the k-NN
-    graph of ``knn-ward``. ``micro_clusters``, ``niter``: ``two-stage``'s k-means.
-    ``backend``: "auto" | "faiss" | "torch" for k-NN and k-means. A cluster count
-    above N is capped at N (recorded in ``n_clusters``).
+    method here relies on unit norm. ``method``: one of ``METHODS`` (module
+    docstring). ``k``, ``index``, ``precision``: the k-NN graph of ``knn-ward``.
+    ``micro_clusters``, ``niter``: ``two-stage``'s k-means (also ``kmeans``'
+    iterations). ``backend``: "auto" | "faiss" | "torch" for k-NN and k-means.
+    ``memory_budget_gb``: ``auto`` takes ``exact`` while its distances fit. A
+    cluster count above N is capped at N (recorded in ``n_clusters``).
+    ``timings``: seconds per stage; ``cluster`` is the clustering alone,
+    ``scores`` the AMI/purity, ``total`` both.
     """
-    x, y, facs = _validate(features, subclass, factors, method, k)
-    n = x.shape[0]
-    n_sub = int(np.unique(y).size)
-    ks = {f: min(n, n_sub * f) for f in facs}
-    params: dict[str, str] = {"method": method, "n_points": str(n), "dim": str(x.shape[1])}
-    timings: dict[str, float] = {}
     t_all = time.perf_counter()
-    algo = method
-    if method == "auto":
-        fits = exact_bytes(n) <= memory_budget_gb * 1e9
-        algo = "exact" if fits else "two-stage"
-        params["memory_budget_gb"] = str(memory_budget_gb)
-    m = None
-    if algo == "two-stage":
-        m = int(micro_clusters) if micro_clusters else max(1000, 4 * max(ks.values()))
-        if m < max(ks.values()):
-            raise UsageError(
-                f"micro_clusters={m} is fewer than the {max(ks.values())} clusters asked; "
-                f"use at least {max(ks.values())} (default: 4x that)"
-            )
-        if m >= n:  # every point its own micro-cluster: that is exact Ward
-            params["two_stage_note"] = f"micro_clusters {m} >= N {n}: exact Ward on the points"
-            algo = "exact"
-    params["algorithm"] = algo
-    labels: dict[int, np.ndarray]
-    if algo == "exact":
-        params.update(distances="matmul-float64", linkage="scipy-ward", precision="fp64")
-        children = _exact_children(x, quiet, timings)
-        labels = {f: cut_tree(children, n, ks[f]) for f in facs}
-    elif algo == "knn-ward":
-        if k >= n:
-            raise UsageError(f"k={k} neighbours needs more than {k} points; got {n}")
-        params.update(
-            k=str(k), index=index, precision=precision, linkage="sklearn-ward-connectivity"
-        )
-        xf = np.ascontiguousarray(x, dtype=np.float32)
-        children = _knn_ward_children(xf, k, backend, index, precision, quiet, timings, params)
-        labels = {f: cut_tree(children, n, ks[f]) for f in facs}
-    elif algo == "two-stage":
-        params.update(micro_clusters=str(m), niter=str(niter), seed=str(seed), precision="fp32")
-        params["linkage"] = "weighted-ward-centroids"
-        xf = np.ascontiguousarray(x, dtype=np.float32)
-        by_k = _two_stage(
-            xf, sorted(set(ks.values())), m, seed, niter, backend, quiet, timings, params
-        )
-        labels = {f: by_k[ks[f]] for f in facs}
-    else:  # kmeans
-        from clusterprobe.runners import neighbors
-
-        params.update(niter=str(niter), seed=str(seed), precision="fp32")
-        xf = np.ascontiguousarray(x, dtype=np.float32)
-        labels = {}
-        t0 = time.perf_counter()
-        for f in facs:
-            km = neighbors.kmeans(xf, ks[f], seed=seed, niter=niter, backend=backend)
-            labels[f] = km.labels
-            params["backend"] = km.backend
-        timings["kmeans"] = time.perf_counter() - t0
+    if method not in METHODS:
+        raise UsageError(f"--method {method!r} is not known; use one of {', '.join(METHODS)}")
+    x = _check_features(features)
+    y = np.asarray(subclass).ravel()
+    if y.shape[0] != x.shape[0]:
+        raise UsageError(f"subclass has {y.shape[0]} labels but features have {x.shape[0]} rows")
+    facs = tuple(sorted({int(f) for f in factors}))
+    if not facs or facs[0] < 1:
+        raise UsageError(f"factors {factors!r} must be integers >= 1, e.g. (1, 2, 3, 4, 5)")
+    n_sub = int(np.unique(y).size)
+    asked = {f: n_sub * f for f in facs}
+    res = cluster_whole(
+        x,
+        sorted(set(asked.values())),
+        method=method,
+        k=k,
+        seed=seed,
+        quiet=quiet,
+        memory_budget_gb=memory_budget_gb,
+        micro_clusters=micro_clusters,
+        backend=backend,
+        index=index,
+        precision=precision,
+        niter=niter,
+    )
+    labels = {f: res.labels[asked[f]] for f in facs}
     t0 = time.perf_counter()
     ami_fn, purity_fn = _scorers()
     ami = {f: float(ami_fn(y, labels[f])) for f in facs}
     purity = {f: float(purity_fn(y, labels[f])) for f in facs}
+    timings = dict(res.timings)
     timings["scores"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_all
-    _log(quiet, f"{algo}: AMI " + ", ".join(f"f{f}={ami[f]:.3f}" for f in facs))
+    _log(quiet, f"{res.params['algorithm']}: AMI " + ", ".join(f"f{f}={ami[f]:.3f}" for f in facs))
+    n_clusters = {f: min(x.shape[0], asked[f]) for f in facs}
     return WholeResult(
-        ami=ami, purity=purity, labels=labels, params=params, n_clusters=ks, timings=timings
+        ami=ami,
+        purity=purity,
+        labels=labels,
+        params=res.params,
+        n_clusters=n_clusters,
+        timings=timings,
     )
