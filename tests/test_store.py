@@ -13,6 +13,7 @@ from clusterprobe.tracker.store import (
     ENV_ARTIFACT_ROOT,
     ENV_TRACKING_URI,
     add_store_arguments,
+    redact_uri,
     resolve_store,
     store_from_args,
     store_lock,
@@ -132,3 +133,13 @@ def test_store_module_does_not_import_mlflow():
         "sys.exit('mlflow' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_passwords_stay_out_of_messages():
+    store = resolve_store(tracking_uri="postgresql://me:s3cret@db.example:5432/mlflow")
+    assert "s3cret" not in repr(store) and "s3cret" not in str(store.describe())
+    assert "s3cret" in store.tracking_uri  # the real URI still connects
+    assert redact_uri("http://h:5000/a@b") == "http://h:5000/a@b"
+    with pytest.raises(UsageError) as err:
+        resolve_store(tracking_uri="ftp://me:s3cret@h/x")
+    assert "s3cret" not in str(err.value)

@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import importlib.util
 import os
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ SCHEMES: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Store:
     """One resolved MLflow store (plus the default Optuna storage beside it).
 
@@ -90,14 +91,25 @@ class Store:
     def store_json(self) -> Path | None:
         return None if self.root is None else self.root / STORE_JSON
 
+    def __repr__(self) -> str:
+        return (
+            f"Store(tracking_uri={redact_uri(self.tracking_uri)!r}, root={self.root!r}, "
+            f"artifact_root={self.artifact_root!r}, optuna_url={self.optuna_url!r})"
+        )
+
     def describe(self) -> dict:
-        """JSON-able summary, for logs and ``--json`` outputs."""
+        """JSON-able summary (password redacted), for logs and ``--json`` outputs."""
         return {
-            "tracking_uri": self.tracking_uri,
+            "tracking_uri": redact_uri(self.tracking_uri),
             "root": None if self.root is None else str(self.root),
             "artifact_root": self.artifact_root,
             "optuna_url": self.optuna_url,
         }
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with any password replaced by ``***``, for messages and logs."""
+    return re.sub(r"^([a-z0-9+.-]+://[^/:@]*):[^/]*@", r"\1:***@", uri, flags=re.IGNORECASE)
 
 
 def _scheme(uri: str) -> str:
@@ -157,7 +169,7 @@ def resolve_store(
         return local_store(store if store is not None else DEFAULT_STORE)
     if tracking_uri is None and store is not None:
         print(
-            f"clusterprobe: note: {ENV_TRACKING_URI}={env_uri} takes precedence over --store {store}",
+            f"clusterprobe: note: {ENV_TRACKING_URI}={redact_uri(env_uri)} takes precedence over --store {store}",
             file=sys.stderr,
         )
     where = "--tracking-uri" if tracking_uri else ENV_TRACKING_URI
@@ -165,7 +177,7 @@ def resolve_store(
     if scheme not in SCHEMES:
         hint = " (for a folder, use --store DIR)" if scheme in ("", "file") else ""
         raise UsageError(
-            f"{where} {uri!r}: unsupported scheme {scheme or '(none)'!r}; "
+            f"{where} {redact_uri(uri)!r}: unsupported scheme {scheme or '(none)'!r}; "
             f"valid: {', '.join(sorted(SCHEMES))}{hint}"
         )
     kind = SCHEMES[scheme]

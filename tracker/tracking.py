@@ -52,6 +52,7 @@ from clusterprobe.tracker.errors import UsageError
 from clusterprobe.tracker.store import (
     ARTIFACTS_DIR,
     Store,
+    redact_uri,
     store_lock,
 )
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag, ViewType
@@ -193,8 +194,8 @@ def _open_schema(uri: str, artifact_root: str | None, *, upgrade: bool) -> None:
                 raise
             if not upgrade:
                 raise UsageError(
-                    f"{uri}: database schema is older than mlflow "
-                    f"{metadata.version('mlflow')} expects; run `mlflow db upgrade {uri}`"
+                    f"{redact_uri(uri)}: database schema is older than mlflow "
+                    f"{metadata.version('mlflow')} expects; run `mlflow db upgrade URI`"
                 ) from err
             engine = db_utils.create_sqlalchemy_engine_with_retry(uri)
             try:
@@ -262,7 +263,7 @@ def _prepare_database(store: Store) -> None:
                     conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(727272)"))
                     conn.commit()
     except sqlalchemy.exc.OperationalError as err:
-        raise UsageError(f"{uri}: cannot connect ({str(err).splitlines()[0]})") from err
+        raise UsageError(f"{redact_uri(uri)}: cannot connect ({str(err).splitlines()[0]})") from err
     finally:
         engine.dispose()
 
@@ -280,7 +281,7 @@ def _check_server(store: Store) -> None:
         return  # something answers (perhaps behind a proxy without /health)
     except (OSError, ValueError) as err:
         raise UsageError(
-            f"tracking server {store.tracking_uri} does not answer ({error_line(err, 200)})"
+            f"tracking server {redact_uri(store.tracking_uri)} does not answer ({error_line(err, 200)})"
         ) from err
 
 
@@ -698,7 +699,7 @@ class Tracker:
         self._download_dir: Path | None = None
 
     def __repr__(self) -> str:
-        return f"Tracker({self.store.tracking_uri!r})"
+        return f"Tracker({redact_uri(self.store.tracking_uri)!r})"
 
     def _retry(self, fn, *args, **kwargs):
         """Call ``fn``, retrying when SQLite says the database is locked (busy writers)."""
@@ -735,7 +736,7 @@ class Tracker:
         else:
             if exp.lifecycle_stage == "deleted":
                 raise UsageError(
-                    f"experiment {name!r} is deleted in {self.store.tracking_uri}; "
+                    f"experiment {name!r} is deleted in {redact_uri(self.store.tracking_uri)}; "
                     f"restore it (mlflow experiments restore) or choose another name"
                 )
             exp_id = exp.experiment_id

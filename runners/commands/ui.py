@@ -14,7 +14,7 @@ import shlex
 import sys
 
 from clusterprobe.tracker.errors import UsageError
-from clusterprobe.tracker.store import Store, add_store_arguments, store_from_args
+from clusterprobe.tracker.store import Store, add_store_arguments, redact_uri, store_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +48,7 @@ def ui_argv(store: Store, host: str, port: int, workers: int = 1) -> list[str]:
 def main(args: argparse.Namespace) -> int:
     store = store_from_args(args)
     if store.backend == "server":
-        print(f"this store is an MLflow server; its UI is at {store.tracking_uri}")
+        print(f"this store is an MLflow server; its UI is at {redact_uri(store.tracking_uri)}")
         return 0
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: use a port between 1 and 65535")
@@ -62,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
         print(shlex.join(argv))
         return 0
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    where = store.root if store.root is not None else store.tracking_uri
+    where = store.root if store.root is not None else redact_uri(store.tracking_uri)
     print(f"MLflow UI for {where}: http://{shown}:{args.port}  (Ctrl-C stops it)", flush=True)
     sys.stderr.flush()
     os.execv(argv[0], argv)
