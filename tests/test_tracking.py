@@ -319,3 +319,27 @@ def test_ui_command_opens_the_store(store, capsys):
     out = capsys.readouterr().out
     assert store.tracking_uri in out and "--host 127.0.0.1" in out and "--port 5000" in out
     assert cli.main(["ui", "--store", str(store.root), "--port", "70000"]) == 2
+
+
+def test_older_schema_is_backed_up_and_upgraded(store, tmp_path, capsys):
+    from alembic import command
+    from mlflow.store.db.utils import _get_alembic_config, _get_schema_version
+    from sqlalchemy import create_engine
+
+    run_id = _run_with_artifact(Tracker(store))
+    config = _get_alembic_config(store.tracking_uri)
+    engine = create_engine(store.tracking_uri)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "-1")  # as if an older MLflow had made it
+    old = _get_schema_version(engine)
+    engine.dispose()
+    copy = tmp_path / "old"
+    shutil.copytree(store.root, copy)  # a folder this process has not opened yet
+    tracker = Tracker(resolve_store(copy))
+    assert "upgrading the MLflow schema" in capsys.readouterr().err
+    assert len(list(copy.glob("mlflow.db.*.bak"))) == 1
+    engine = create_engine(tracker.store.tracking_uri)
+    assert _get_schema_version(engine) != old
+    engine.dispose()
+    assert json.loads(tracker.artifact_path(run_id, "layers.json").read_text()) == {"layers": 3}

@@ -181,9 +181,30 @@ def _quiet_mlflow_setup() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _open_schema(uri: str, artifact_root: str | None, *, upgrade: bool) -> None:
-    """Create (or upgrade) MLflow's tables and the default experiment, then let go."""
+def _schema_state(uri: str) -> str:
+    """ "empty" (no tables yet), "current", or "old" (made by an older MLflow)."""
+    import sqlalchemy
     from mlflow.store.db import utils as db_utils
+
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        tables = set(sqlalchemy.inspect(engine).get_table_names())
+        if not tables:
+            return "empty"
+        if "alembic_version" not in tables:
+            return "old"
+        current = db_utils._get_schema_version(engine)
+        return "current" if current == db_utils._get_latest_schema_revision() else "old"
+    finally:
+        engine.dispose()
+
+
+def _open_schema(uri: str, artifact_root: str | None) -> None:
+    """Create or upgrade MLflow's tables and the default experiment, then let go.
+
+    MLflow's store constructor creates missing tables and runs the migrations; we call
+    it once, under our lock, so that no two processes run them at the same time.
+    """
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     with _quiet_mlflow_setup():
@@ -192,11 +213,8 @@ def _open_schema(uri: str, artifact_root: str | None, *, upgrade: bool) -> None:
         except MlflowException as err:
             if "out-of-date database schema" not in str(err):
                 raise
-            if not upgrade:
-                raise UsageError(
-                    f"{redact_uri(uri)}: database schema is older than mlflow "
-                    f"{metadata.version('mlflow')} expects; run `mlflow db upgrade URI`"
-                ) from err
+            from mlflow.store.db import utils as db_utils
+
             engine = db_utils.create_sqlalchemy_engine_with_retry(uri)
             try:
                 db_utils._upgrade_db(engine)
@@ -204,6 +222,18 @@ def _open_schema(uri: str, artifact_root: str | None, *, upgrade: bool) -> None:
                 engine.dispose()
             sql_store = SqlAlchemyStore(uri, artifact_root or "./mlruns")
         sql_store.engine.dispose()
+
+
+def _backup_sqlite(db: Path) -> Path:
+    """Consistent copy of a live SQLite database (WAL content included)."""
+    target = db.with_name(f"{db.name}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
+    src, dst = sqlite3.connect(db, timeout=60), sqlite3.connect(target)
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
+    return target
 
 
 def _prepare_sqlite(store: Store) -> None:
@@ -233,14 +263,14 @@ def _prepare_sqlite(store: Store) -> None:
                 con.execute("PRAGMA journal_mode=WAL")
             finally:
                 con.close()
-        try:
-            _open_schema(store.tracking_uri, store.artifact_root, upgrade=False)
-        except UsageError:
-            if not existed:
-                raise
+        if existed and _schema_state(store.tracking_uri) == "old":
             # An older MLflow made this database: keep a copy, then migrate it.
-            shutil.copy2(db, db.with_name(db.name + ".bak"))
-            _open_schema(store.tracking_uri, store.artifact_root, upgrade=True)
+            backup = _backup_sqlite(db)
+            print(
+                f"clusterprobe: upgrading the MLflow schema of {db} (copy kept at {backup.name})",
+                file=sys.stderr,
+            )
+        _open_schema(store.tracking_uri, store.artifact_root)
         if meta != {"schema": STORE_SCHEMA, "root": str(root)}:
             _write_store_json(info, root)
 
@@ -257,7 +287,14 @@ def _prepare_database(store: Store) -> None:
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(727272)"))
                 conn.commit()
             try:
-                _open_schema(uri, store.artifact_root, upgrade=False)
+                if _schema_state(uri) == "old":
+                    # A shared database is migrated by its owner, deliberately, not by a run.
+                    raise UsageError(
+                        f"{redact_uri(uri)}: database schema is older than mlflow "
+                        f"{metadata.version('mlflow')} expects; back it up, then run "
+                        "`mlflow db upgrade <uri>`"
+                    )
+                _open_schema(uri, store.artifact_root)
             finally:
                 if engine.dialect.name == "postgresql":
                     conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(727272)"))
