@@ -169,7 +169,8 @@ def resolve_store(
         return local_store(store if store is not None else DEFAULT_STORE)
     if tracking_uri is None and store is not None:
         print(
-            f"clusterprobe: note: {ENV_TRACKING_URI}={redact_uri(env_uri)} takes precedence over --store {store}",
+            f"clusterprobe: note: {ENV_TRACKING_URI}={redact_uri(env_uri)} "
+            f"takes precedence over --store {store}",
             file=sys.stderr,
         )
     where = "--tracking-uri" if tracking_uri else ENV_TRACKING_URI

@@ -100,6 +100,7 @@ _LOCATION_COLUMNS = (
     ("workspaces", "default_artifact_root"),
 )
 _TERMINAL = ("FINISHED", "FAILED", "KILLED")
+_PG_SCHEMA_LOCK = 0x636C7072  # advisory-lock key ("clpr") held while a PostgreSQL schema is made
 _SQLITE_RETRIES = 8
 
 _log = logging.getLogger(__name__)
@@ -284,7 +285,7 @@ def _prepare_database(store: Store) -> None:
         with engine.connect() as conn:
             if engine.dialect.name == "postgresql":
                 # A session-level advisory lock serialises schema creation across machines.
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(727272)"))
+                conn.execute(sqlalchemy.text(f"SELECT pg_advisory_lock({_PG_SCHEMA_LOCK})"))
                 conn.commit()
             try:
                 if _schema_state(uri) == "old":
@@ -297,7 +298,7 @@ def _prepare_database(store: Store) -> None:
                 _open_schema(uri, store.artifact_root)
             finally:
                 if engine.dialect.name == "postgresql":
-                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(727272)"))
+                    conn.execute(sqlalchemy.text(f"SELECT pg_advisory_unlock({_PG_SCHEMA_LOCK})"))
                     conn.commit()
     except sqlalchemy.exc.OperationalError as err:
         raise UsageError(f"{redact_uri(uri)}: cannot connect ({str(err).splitlines()[0]})") from err
@@ -310,6 +311,8 @@ def _check_server(store: Store) -> None:
     import urllib.error
     import urllib.request
 
+    if "@" in urlparse(store.tracking_uri).netloc:
+        return  # credentials in the URL: leave the talking to MLflow's client
     url = store.tracking_uri.rstrip("/") + "/health"
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
@@ -318,7 +321,8 @@ def _check_server(store: Store) -> None:
         return  # something answers (perhaps behind a proxy without /health)
     except (OSError, ValueError) as err:
         raise UsageError(
-            f"tracking server {redact_uri(store.tracking_uri)} does not answer ({error_line(err, 200)})"
+            f"tracking server {redact_uri(store.tracking_uri)} does not answer "
+            f"({error_line(err, 200)})"
         ) from err
 
 
@@ -630,7 +634,7 @@ class RunContext:
         )
 
     def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
-        """Copy a file (or a folder's contents) into the run's artifacts, under ``artifact_path``."""
+        """Copy a file (or a folder's contents) into the run's artifacts under ``artifact_path``."""
         local_path = Path(local_path)
         if local_path.is_dir():
             self.tracker._retry(
