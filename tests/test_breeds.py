@@ -277,6 +277,7 @@ def test_run_end_to_end_on_a_fake_imagenet(tmp_path, hierarchy, store, capsys):
     root = make_imagenet(tmp_path / "imagenet", [w for g in cls.source for w in g], 6, 4)
     common = ["--dataset", "living17", "--imagenet-root", str(root), "--breeds-info", str(SHARED)]
     tiny = ["--epochs", "1", "--batch-size", "8", "--image-size", "16", "--device", "cpu"]
+    tiny += ["--taps", "stages", "--factors", "1"]
     argv = ["run", *common, "--classes", "2", "--subclasses", "2", *tiny, "--quiet"]
     code = cli_main([*argv, "--save", "none", "--store", str(store.root)])
     out = capsys.readouterr()

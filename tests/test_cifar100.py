@@ -119,29 +119,40 @@ def test_missing_data_names_data_dir_and_download(tmp_path, monkeypatch):
         )
 
 
-def test_run_with_coarse_labels(cifar_root, store):
-    """A tiny `run` on the fake pickles trains on the coarse labels."""
+def test_run_with_coarse_labels(tmp_path, store):
+    """A tiny run on the fake pickles trains and clusters on the coarse labels."""
     for stage in ("pipeline", "train", "embed", "cluster", "probe", "models"):
         pytest.importorskip(
             f"clusterprobe.runners.{stage}", reason=f"runners/{stage}.py not there yet"
         )
     from clusterprobe.runners import pipeline
+    from clusterprobe.tracker import conventions as cv
     from clusterprobe.tracker.tracking import Tracker
 
     config = RunConfig(
         dataset="cifar100",
-        data_dir=str(cifar_root),
+        data_dir=str(make_cifar100(tmp_path, n_train=8, n_test=4)),
         classes=2,
         subclasses=2,
         image_size=16,
         epochs=1,
         batch_size=8,
-        probe_per_subclass=2,
+        taps="stages",
+        factors=(1,),
+        probe_per_subclass=8,
         device="cpu",
         save=(),
     )
     result = pipeline.run(config, store, quiet=True)
     assert len(result.layers) > 0
-    run = Tracker(store).get_run(result.train_run_id)
-    assert run.data.params["dataset"] == "cifar100"
-    assert run.data.params["classes"] == "2"
+    tracker = Tracker(store)
+    params = tracker.get_run(result.train_run_id).data.params
+    assert (params["dataset"], params["classes"], params["subclasses"]) == ("cifar100", "2", "2")
+    record = json.loads(
+        Path(tracker.artifact_path(result.eval_run_ids[-1], cv.ART_DATASET_RECORD)).read_text()
+    )
+    tree = hierarchy()
+    picked = [sorted(tree)[i] for i in np.random.RandomState(2).choice(20, 2, replace=False)]
+    assert [s["name"] for s in record["superclasses"]] == picked  # coarse labels, draw order
+    for s in record["superclasses"]:
+        assert {c["name"] for c in s["subclasses"]} <= set(tree[s["name"]])
