@@ -438,6 +438,7 @@ def _attach(
     if source.target is None:
         return set()
     _load_extension(con, source.type)
+    setup.append(f"LOAD {source.type}")
     try:
         _run(
             con,

@@ -12,7 +12,7 @@
 -- param shuffled BOOLEAN : natural (false) or shuffled (true) hierarchy (default: both)
 -- param labels VARCHAR : trained on superclass or subclass labels (default: both)
 -- param metric VARCHAR : ami, purity, probe_acc, knn_acc (default: all)
--- param factor INTEGER : clusters per subclass (default: all)
+-- param factor INTEGER : clusters per subclass (default: all; metrics without a factor stay)
 SELECT e.dataset, e.shuffled, e.arch, e.taps, e.labels, s.layer_index,
        avg(s.relative_depth) AS relative_depth, s.metric, s.factor,
        avg(s.value) AS mean, stddev_samp(s.value) AS std, count(*) AS n
@@ -25,7 +25,7 @@ WHERE e.status = 'FINISHED'
   AND (getvariable('shuffled') IS NULL OR e.shuffled = getvariable('shuffled'))
   AND (getvariable('labels') IS NULL OR e.labels = getvariable('labels'))
   AND (getvariable('metric') IS NULL OR s.metric = getvariable('metric'))
-  AND (getvariable('factor') IS NULL OR s.factor = getvariable('factor'))
+  AND (getvariable('factor') IS NULL OR s.factor IS NULL OR s.factor = getvariable('factor'))
 GROUP BY ALL
 ORDER BY e.dataset, e.shuffled, e.arch, e.taps, e.labels, s.metric, s.factor NULLS FIRST,
          s.layer_index;

@@ -1,0 +1,174 @@
+"""`clusterprobe query / sql / plot` on a store made by a real tiny pipeline run.
+
+The expected numbers come from the pipeline's own RunResult (what it measured),
+not from the views.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from clusterprobe.queries.connect import query_names
+from clusterprobe.runners.cli import main
+
+
+def _cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def real(tiny_run):
+    store, config, result = tiny_run
+    return store.root, config, result
+
+
+def test_layer_profile_json_matches_the_pipeline(real, capsys):
+    root, _, result = real
+    final = result.eval_run_ids[-1]
+    code, out, err = _cli(
+        capsys, "query", "layer_profile", "--store", root, "--format", "json",
+        "--param", f"run_id={final}", "--param", "factor=1",
+    )  # fmt: skip
+    assert code == 0, err
+    rows = json.loads(out)  # stdout is JSON only
+    by = {(r["metric"], r["layer_index"]): r for r in rows}
+    for layer in result.layers:
+        i = layer["index"]
+        assert by[("ami", i)]["mean"] == pytest.approx(layer["ami_f1"], abs=1e-12)
+        assert by[("purity", i)]["mean"] == pytest.approx(layer["purity_f1"], abs=1e-12)
+        assert by[("probe_acc", i)]["mean"] == pytest.approx(layer["probe_acc"], abs=1e-12)
+        assert by[("ami", i)]["relative_depth"] == pytest.approx(layer["relative_depth"])
+        assert by[("ami", i)]["n"] == 1 and by[("ami", i)]["std"] is None
+
+
+def test_best_layers_csv_matches_the_run_summary(real, capsys, tmp_path):
+    root, _, result = real
+    out_file = tmp_path / "best.csv"
+    code, out, _ = _cli(
+        capsys, "query", "best_layers", "--store", root, "--format", "csv",
+        "--param", "factor=1", "--out", out_file,
+    )  # fmt: skip
+    assert code == 0 and out == ""
+    import pandas as pd
+
+    df = pd.read_csv(out_file)
+    assert len(df) == 1 and df["n"].item() == 1
+    assert df["best_layer_mean"].item() == result.summary["best_layer"]
+    assert df["best_value_mean"].item() == pytest.approx(result.summary["best_ami"], abs=1e-12)
+
+
+def test_parquet_output_and_training_dynamics(real, capsys, tmp_path):
+    root, config, _ = real
+    target = tmp_path / "dyn.parquet"
+    code, _, _ = _cli(
+        capsys, "query", "training_dynamics", "--store", root, "--format", "parquet",
+        "--out", target,
+    )  # fmt: skip
+    assert code == 0
+    table = pq.read_table(target).to_pandas()
+    assert set(table["checkpoint_epoch"]) == {*config.eval_epochs, config.epochs}
+    assert (table["n"] == 1).all()
+
+
+def test_parquet_layer_table_agrees_with_mlflow_metrics(real, capsys):
+    root, _, result = real
+    final = result.eval_run_ids[-1]
+    code, out, _ = _cli(
+        capsys, "sql", "--store", root, "--format", "json",
+        "SELECT p.layer_index, any_value(p.layer_name) AS name, any_value(p.relative_depth) AS pd, "
+        "avg(p.value) AS pq, any_value(s.value) AS ml, any_value(s.relative_depth) AS sd "
+        "FROM layer_metrics p JOIN layer_scores s USING (run_id, layer_index, metric, factor) "
+        f"WHERE run_id = '{final}' AND metric = 'ami' AND factor = 1 GROUP BY ALL ORDER BY 1",
+    )  # fmt: skip
+    assert code == 0
+    rows = json.loads(out)
+    assert [r["name"] for r in rows] == [layer["name"] for layer in result.layers]
+    np.testing.assert_allclose([r["pq"] for r in rows], [r["ml"] for r in rows], atol=1e-9)
+    np.testing.assert_allclose([r["pd"] for r in rows], [r["sd"] for r in rows], atol=1e-12)
+
+
+def test_every_query_runs_on_the_real_store(real, capsys):
+    root, _, _ = real
+    for name in query_names():
+        code, out, err = _cli(capsys, "query", name, "--store", root, "--format", "json")
+        assert code == 0, (name, err)
+        assert isinstance(json.loads(out), list)
+
+
+def test_unknown_query_lists_the_names(capsys):
+    code, out, err = _cli(capsys, "query", "nope")
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert all(name in err for name in query_names())
+
+
+def test_sql_refuses_writes_and_changes_nothing(real, capsys):
+    root, _, _ = real
+    db = root / "mlflow.db"
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    for statement in (
+        "DELETE FROM runs",
+        "CREATE TABLE x (a INT)",
+        "SELECT 1; UPDATE mlflow_db.runs SET status = 'FAILED'",
+        f"COPY (SELECT 1) TO '{root}/x.csv'",
+    ):
+        code, out, err = _cli(capsys, "sql", "--store", root, statement)
+        assert code == 2 and "read-only" in err, statement
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+    assert not (root / "x.csv").exists()
+    code, out, _ = _cli(capsys, "sql", "--store", root, "--format", "json",
+                        "SELECT kind, count(*) AS n FROM runs GROUP BY kind ORDER BY kind")  # fmt: skip
+    assert code == 0 and json.loads(out) == [{"kind": "eval", "n": 2}, {"kind": "train", "n": 1}]
+
+
+def test_sql_setup_rebuilds_the_views_in_a_plain_duckdb(real, capsys, tmp_path):
+    import duckdb
+    import duckdb_extensions
+    from clusterprobe.queries.connect import load_query
+
+    root, _, _ = real
+    code, out, _ = _cli(capsys, "sql", "--store", root, "--setup")
+    assert code == 0 and "ATTACH" in out
+    con = duckdb.connect(
+        config={"autoinstall_known_extensions": False, "extension_directory": str(tmp_path)}
+    )
+    duckdb_extensions.import_extension("sqlite", con=con)  # what a shell user installs once
+    con.execute(out)
+    rows = con.sql(load_query("best_layers").sql).fetchall()
+    assert len(rows) == 11  # no variables set, as in a shell: (ami, purity) x 5 factors + probe
+
+
+def test_empty_store_returns_empty_json(tmp_path, capsys):
+    for name in query_names():
+        code, out, _ = _cli(capsys, "query", name, "--store", tmp_path / "none", "--format", "json")
+        assert code == 0 and json.loads(out) == [], name
+
+
+def test_bad_param_is_a_usage_error(capsys):
+    code, _, err = _cli(capsys, "query", "layer_profile", "--param", "factor=two")
+    assert code == 2 and "factor" in err
+    code, _, err = _cli(capsys, "query", "layer_profile", "--param", "colour=red")
+    assert code == 2 and "run_id" in err
+
+
+def test_plots_write_png_and_svg(real, capsys, tmp_path):
+    root, _, _ = real
+    png = tmp_path / "profile.png"
+    code, _, err = _cli(capsys, "plot", "layer_profile", "--store", root, "--out", png)
+    assert code == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("training_dynamics", "clusterability_vs_probe", "seed_stability"):
+        svg = tmp_path / f"{name}.svg"
+        code, _, err = _cli(capsys, "plot", name, "--store", root, "--out", svg)
+        assert code == 0, err
+        assert b"<svg" in svg.read_bytes()[:500]
+    code, _, err = _cli(
+        capsys, "plot", "layer_profile", "--store", root, "--out", tmp_path / "x.txt"
+    )
+    assert code == 2 and ".png" in err
