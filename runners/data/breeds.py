@@ -83,6 +83,7 @@ class Hierarchy:
     node_names: dict[str, str]
     children: dict[str, tuple[str, ...]]
     level: dict[str, int]  # longest path from the root
+    leaf_set: frozenset[str] = frozenset()  # set(leaves), for membership tests
 
     def name(self, wnid: str) -> str:
         return self.node_names.get(wnid) or self.leaf_names.get(wnid) or wnid
@@ -104,7 +105,7 @@ class Hierarchy:
         (a leaf reached only through another leaf is not counted), and a leaf
         node counts itself.
         """
-        leaf_set = self._leaf_set
+        leaf_set = self.leaf_set
         found: set[str] = {node} if node in leaf_set else set()
         seen, todo = {node}, [node]
         while todo:
@@ -122,15 +123,6 @@ class Hierarchy:
             below = self.descendants(ancestor)
             nodes = [n for n in nodes if n in below]
         return sorted(nodes)
-
-    @property
-    def _leaf_set(self) -> frozenset[str]:
-        # Cached on the instance (frozen dataclass: bypass __setattr__).
-        cached = self.__dict__.get("_leaf_cache")
-        if cached is None:
-            cached = frozenset(self.leaves)
-            object.__setattr__(self, "_leaf_cache", cached)
-        return cached
 
 
 def load_hierarchy(info_dir: str | os.PathLike) -> Hierarchy:
@@ -175,6 +167,7 @@ def load_hierarchy(info_dir: str | os.PathLike) -> Hierarchy:
         node_names=node_names,
         children=frozen_children,
         level=_longest_path_levels(frozen_children, ROOT_WNID),
+        leaf_set=frozenset(leaves),
     )
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch.utils.data
 from PIL import Image
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff", ".JPEG")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")  # any case
 
 
 def list_images(folder: str | os.PathLike) -> list[str]:
