@@ -602,13 +602,15 @@ def _define_layer_views(con: duckdb.DuckDBPyConnection, setup: list[str]) -> Non
         con,
         setup,
         f"""CREATE TABLE snap.layer_scores AS
-WITH s AS (
-  SELECT m.run_id, CAST(m.step AS INTEGER) AS layer_index,
-         regexp_extract(m.metric, '^(.*?)(_f[0-9]+)?$', 1) AS metric,
-         TRY_CAST(regexp_extract(m.metric, '_f([0-9]+)$', 1) AS INTEGER) AS factor,
-         m.value
-  FROM snap.metrics m JOIN snap.run_tags t USING (run_id)
-  WHERE t.kind = {_quote("eval")} AND regexp_matches(m.metric, {_quote(LAYER_METRIC_RE)})
+WITH keys AS (  -- the few distinct metric names, parsed once (not per row)
+  SELECT metric AS key, regexp_extract(metric, '^(.*?)(_f[0-9]+)?$', 1) AS name,
+         TRY_CAST(regexp_extract(metric, '_f([0-9]+)$', 1) AS INTEGER) AS factor
+  FROM (SELECT DISTINCT metric FROM snap.metrics)
+  WHERE regexp_matches(metric, {_quote(LAYER_METRIC_RE)})
+), s AS (
+  SELECT m.run_id, CAST(m.step AS INTEGER) AS layer_index, k.name AS metric, k.factor, m.value
+  FROM snap.metrics m JOIN keys k ON m.metric = k.key JOIN snap.run_tags t USING (run_id)
+  WHERE t.kind = {_quote("eval")}
     AND NOT isnan(m.value)  -- a metric that could not be computed: kept in `metrics` only
 )
 SELECT run_id, layer_index,

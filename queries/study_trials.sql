@@ -2,7 +2,7 @@
 -- the best clusterability (finding 2: training dataset and architecture matter most).
 -- One row per trial: state, objective values, decoded params, the linked run (trial user
 -- attribute mlflow_run_id: the trial's train run, or an eval run), and from the linked
--- run's final in-domain eval run (or the linked run itself if it is one): the best value
+-- run's final FINISHED in-domain eval run (or the linked run itself if it is one): the best value
 -- over layers of ami at the factor, the layer it is at (ties: shallower), and the best
 -- probe accuracy. Zero rows when there is no Optuna database.
 -- Reads: trials, runs, evals, layer_scores.
@@ -15,7 +15,7 @@ WITH final_eval AS (
   SELECT coalesce(train_run_id, run_id) AS owner, run_id AS eval_run_id,
          row_number() OVER (PARTITION BY coalesce(train_run_id, run_id)
                             ORDER BY checkpoint_epoch DESC NULLS FIRST, run_id) AS rank
-  FROM evals WHERE NOT is_transfer AND NOT rescored
+  FROM evals WHERE status = 'FINISHED' AND NOT is_transfer AND NOT rescored
 ), ami AS (
   SELECT run_id, value AS best_ami, layer_index AS best_layer,
          row_number() OVER (PARTITION BY run_id ORDER BY value DESC, layer_index) AS rank
