@@ -430,3 +430,29 @@ def test_queries_while_a_run_writes(qs, tmp_path):
         proc.wait(timeout=60)
     assert proc.returncode == 0
     assert seen > 0
+
+
+# --- PostgreSQL backend ----------------------------------------------------------------
+
+
+def test_postgres_tracking_uri(postgres_url, tmp_path):
+    """The same views over an MLflow PostgreSQL database (DuckDB's postgres extension)."""
+    from clusterprobe.tracker.store import resolve_store
+    from clusterprobe.tracker.tracking import Tracker
+
+    tracker = Tracker(resolve_store(tmp_path / "unused", postgres_url))
+    params = {"dataset": "synthetic", "arch": "resnet18", "epochs": "2"}
+    with tracker.start_run("train", params=params) as train:
+        with tracker.start_run(
+            "eval",
+            params={**params, "checkpoint_epoch": "2", "eval_set": "synthetic:eval"},
+            parent_run_id=train.run_id,
+        ) as ev:
+            ev.log_metric_steps("ami_f1", [0.1, 0.4, 0.3])
+            ev.log_metric_steps("probe_acc", [0.5, 0.6, 0.7])
+    with connect(tracking_uri=postgres_url) as analysis:
+        runs = dict(analysis.sql("SELECT run_id, kind FROM runs").fetchall())
+        assert runs == {train.run_id: "train", ev.run_id: "eval"}
+        best = query_df(analysis, "best_layers", factor=1)
+        assert best["best_layer_mean"].item() == 1 and best["best_value_mean"].item() == 0.4
+        assert query_df(analysis, "study_trials").empty  # no Optuna storage given
