@@ -11,7 +11,7 @@
 -- param shuffled BOOLEAN : natural (false) or shuffled (true) hierarchy (default: both)
 -- param labels VARCHAR : trained on superclass or subclass labels (default: both)
 -- param metric VARCHAR = ami : ami, purity, probe_acc, knn_acc
--- param factor INTEGER = 1 : clusters per subclass (NULL: all)
+-- param factor INTEGER = 1 : clusters per subclass (`--param factor=`: all)
 -- param bins INTEGER = 10 : number of relative-depth bins
 WITH per_run AS (
   SELECT e.run_id, e.arch_family, e.arch, e.dataset, e.shuffled, s.factor,

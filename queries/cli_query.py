@@ -58,11 +58,13 @@ def _listing() -> str:
     lines = []
     for name in query_names():
         query = load_query(name)
-        first = query.description.splitlines()[0] if query.description else name
-        lines.append(first)
+        # the header's first sentence, on one line
+        text = " ".join(query.description.split())
+        first = text.split(". ")[0].rstrip(".") if text else name
+        lines.append(first + ".")
         for p in query.params:
-            default = "" if p.default is None else f" = {p.default}"
-            lines.append(f"    --param {p.name}={p.type.lower()}{default}  {p.help}")
+            default = "" if p.default is None else f" [default {p.default}]"
+            lines.append(f"    --param {p.name}={p.type}{default}: {p.help}")
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,7 @@
 -- param arch VARCHAR : timm model name (default: all)
 -- param labels VARCHAR : trained on superclass or subclass labels (default: both)
 -- param metric VARCHAR = ami : ami or purity
--- param factor INTEGER = 1 : clusters per subclass (NULL: all)
+-- param factor INTEGER = 1 : clusters per subclass (`--param factor=`: all)
 WITH s AS (
   SELECT e.run_id, e.dataset, e.arch, e.shuffled, s.factor, s.layer_index,
          s.relative_depth, s.value

@@ -14,7 +14,7 @@
 -- param family VARCHAR : architecture family, e.g. vgg (default: all)
 -- param shuffled BOOLEAN : natural (false) or shuffled (true) hierarchy (default: both)
 -- param metric VARCHAR = ami : ami or purity
--- param factor INTEGER = 1 : clusters per subclass (NULL: all)
+-- param factor INTEGER = 1 : clusters per subclass (`--param factor=`: all)
 WITH ranked AS (
   SELECT e.run_id, e.dataset, regexp_replace(e.arch, '_(bn|ln|gn)$', '') AS arch_base,
          coalesce(e.norm, 'default') AS norm, s.factor, s.layer_index, s.relative_depth,

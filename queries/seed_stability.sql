@@ -11,7 +11,7 @@
 -- param arch VARCHAR : timm model name (default: all)
 -- param shuffled BOOLEAN : natural (false) or shuffled (true) hierarchy (default: both)
 -- param kind VARCHAR = seed : seed, layer or checkpoint
--- param factor INTEGER = 1 : clusters per subclass (NULL: all)
+-- param factor INTEGER = 1 : clusters per subclass (`--param factor=`: all)
 SELECT e.dataset, e.arch, e.shuffled, a.kind, a.layer_a, a.layer_b, a.factor,
        avg(a.value) AS mean, stddev_samp(a.value) AS std, count(*) AS n
 FROM ari a JOIN evals e USING (run_id)

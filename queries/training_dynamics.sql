@@ -11,7 +11,7 @@
 -- param shuffled BOOLEAN : natural (false) or shuffled (true) hierarchy (default: both)
 -- param labels VARCHAR : trained on superclass or subclass labels (default: both)
 -- param metric VARCHAR = ami : ami, purity, probe_acc, knn_acc
--- param factor INTEGER = 1 : clusters per subclass (NULL: all)
+-- param factor INTEGER = 1 : clusters per subclass (`--param factor=`: all)
 WITH s AS (
   SELECT e.run_id, e.dataset, e.shuffled, e.arch, e.labels, s.factor, e.checkpoint_epoch,
          s.layer_index, s.relative_depth, s.value
