@@ -250,7 +250,7 @@ def cluster_protocol(
 
     tasks = []
     n_sub = {}
-    workers = _workers(n_jobs, S * L)
+    workers = resolve_workers(n_jobs, S * L)
     # Split each superclass's layers into blocks so that there are ~4 tasks per worker.
     per_task = max(1, (S * L) // max(1, 4 * workers)) if workers > 1 else L
     for s in sups:
@@ -324,7 +324,7 @@ def cluster_protocol(
     )
 
 
-def _workers(n_jobs: int | None, n_tasks: int) -> int:
+def resolve_workers(n_jobs: int | None, n_tasks: int) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if n_jobs is None:
         n_jobs = cores or 1
