@@ -172,3 +172,19 @@ def test_plots_write_png_and_svg(real, capsys, tmp_path):
         capsys, "plot", "layer_profile", "--store", root, "--out", tmp_path / "x.txt"
     )
     assert code == 2 and ".png" in err
+
+
+def test_queries_import_neither_torch_nor_mlflow(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import clusterprobe.queries.cli_query, clusterprobe.queries.cli_sql\n"
+        "import clusterprobe.queries.cli_plot, clusterprobe.queries.plots\n"
+        "from clusterprobe.queries.connect import connect\n"
+        f"connect({str(tmp_path)!r}).close()\n"
+        "print(sorted(m for m in ('torch', 'mlflow', 'optuna') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
