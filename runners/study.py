@@ -473,7 +473,8 @@ class SlotLock:
             self._path = None
         else:
             path = spec.split(":///", 1)[1] if kind == "sqlite" else spec
-            self._path = Path(f"{path}.lock")
+            # Not "<file>.lock": Optuna's journal backend owns that name for its own lock.
+            self._path = Path(f"{path}.clusterprobe-lock")
             self._path.parent.mkdir(parents=True, exist_ok=True)
 
     def acquire(self) -> None:
@@ -618,6 +619,7 @@ class _Objective:
     quiet: bool
     last_number: int | None = None
     usage_error: UsageError | None = None
+    last_error: str | None = None
 
     def __call__(self, trial) -> float | list[float]:
         import optuna
@@ -652,7 +654,8 @@ class _Objective:
         except UsageError as err:  # the space makes an invalid run: stop, do not repeat it
             self.usage_error = err
             raise
-        except BaseException:
+        except BaseException as err:
+            self.last_error = f"{type(err).__name__}: {err}".splitlines()[0][:300]
             self._link_failed(trial)
             raise
         trial.set_user_attr(ATTR_RUN_ID, result.train_run_id)
@@ -777,7 +780,8 @@ def run_worker(
             raise objective.usage_error
         if failures >= MAX_CONSECUTIVE_FAILURES:
             raise StudyFailed(
-                f"{failures} trials in a row failed in this worker; see the FAILED runs' "
+                f"{failures} trials in a row failed in this worker, the last with "
+                f"{objective.last_error or 'no error message'}; see the FAILED runs' "
                 "clusterprobe.error tags"
             )
     return done
@@ -1024,6 +1028,9 @@ def _run_workers(opts: StudyOptions, spec: str, name: str, store: Store) -> None
     if opts.workers == 1:
         run_worker(spec, name, store, heartbeat=opts.heartbeat, quiet=opts.quiet)
         return
+    env = dict(os.environ)
+    # N workers share this machine's cores: one BLAS/OpenMP pool each, not N oversubscribed.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // opts.workers)))
     procs = []
     for i in range(opts.workers):
         cmd = [
@@ -1046,7 +1053,7 @@ def _run_workers(opts: StudyOptions, spec: str, name: str, store: Store) -> None
             cmd += ["--artifact-root", store.artifact_root]
         if opts.quiet:
             cmd.append("--quiet")
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL))
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env))
     try:
         codes = [p.wait() for p in procs]
     except BaseException:

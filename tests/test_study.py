@@ -40,7 +40,7 @@ eval_per_subclass = 8
 image_size = 16
 epochs = 1
 batch_size = 40
-probe_per_subclass = 4
+probe_per_subclass = 6
 device = "cpu"
 save = []
 
