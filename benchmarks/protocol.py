@@ -275,7 +275,12 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--sections", default="protocol,cli", help="comma list: protocol, cli")
     p.add_argument("--json", help="write the measurements here")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)"
+    )
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sections = set(args.sections.split(","))
     report: dict = {"args": vars(args)}
     shared = (None, None, None)

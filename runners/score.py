@@ -86,15 +86,22 @@ def row_norms(features: np.ndarray) -> np.ndarray:
 
 
 def unit_gram(features: np.ndarray) -> np.ndarray:
-    """Gram matrix (float64) of the L2-normalised rows; zero rows stay zero."""
+    """Gram matrix (float64) of the L2-normalised rows; zero rows stay zero.
+
+    One pass over the columns: the raw Gram ``X X^T`` accumulated in float64
+    chunks, then scaled by the inverse row norms read off its diagonal, i.e.
+    ``G_ij = x_i.x_j / (|x_i| |x_j|)`` (equal to normalising first up to rounding).
+    """
     n, d = features.shape
-    norms = row_norms(features)
-    inv = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0)
     gram = np.zeros((n, n))
     step = max(1, CHUNK_BYTES // (8 * n))
     for c0 in range(0, d, step):
-        block = features[:, c0 : c0 + step].astype(np.float64) * inv[:, None]
+        block = features[:, c0 : c0 + step].astype(np.float64)
         gram += block @ block.T
+    norms = np.sqrt(np.diagonal(gram))
+    inv = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0)
+    gram *= inv[:, None]
+    gram *= inv[None, :]
     return gram
 
 
