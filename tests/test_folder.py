@@ -142,6 +142,23 @@ def test_transforms_follow_the_paper_and_timm():
     assert torch.allclose(x[0], torch.full_like(x[0], expected), atol=1e-5)
 
 
+def test_draft_decoding_keeps_shape_and_content(tmp_path):
+    from clusterprobe.runners.data.images import ImageFiles
+
+    assert transforms.decode_size(32, train=True) == 32
+    assert transforms.decode_size(224, train=True) is None  # random-resized crop: full size
+    assert transforms.decode_size(224, train=False) == 256
+    yy, xx = np.mgrid[0:480, 0:640]
+    pixels = np.stack([xx * 255 // 640, yy * 255 // 480, np.full_like(xx, 90)], -1)
+    Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / "big.jpg", quality=95)
+    labels = np.zeros(1, dtype=np.int64)
+    tf = transforms.eval_transform(32)
+    full = ImageFiles([str(tmp_path / "big.jpg")], labels, labels, tf)[0][0]
+    draft = ImageFiles([str(tmp_path / "big.jpg")], labels, labels, tf, draft=32)[0][0]
+    assert draft.shape == full.shape == (3, 32, 32)
+    assert (draft - full).abs().mean() < 0.05  # normalised units: visually identical
+
+
 def test_loader_with_workers_yields_every_image_once(tmp_path):
     make_tree(tmp_path, n=3)
     data = load_dataset(RunConfig(dataset="folder", data_dir=str(tmp_path), image_size=16))

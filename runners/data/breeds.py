@@ -500,12 +500,13 @@ def load(config):
     mean, std = transforms.normalisation(config.arch)
     train_tf = transforms.train_transform(size, mean, std)
     eval_tf = transforms.eval_transform(size, mean, std)
-    train_plain = ImageFiles(tr_paths, tr_sup, tr_sub, eval_tf)
+    eval_draft = transforms.decode_size(size, train=False)
+    train_plain = ImageFiles(tr_paths, tr_sup, tr_sub, eval_tf, eval_draft)
     return HierarchicalData(
         name=name,
         shuffled=bool(config.shuffle),
-        train=train_plain.with_transform(train_tf),
-        eval=ImageFiles(ev_paths, ev_sup, ev_sub, eval_tf),
+        train=train_plain.with_transform(train_tf, transforms.decode_size(size, train=True)),
+        eval=ImageFiles(ev_paths, ev_sup, ev_sub, eval_tf, eval_draft),
         train_plain=train_plain,
         train_labels=Labels(tr_sup, tr_sub),
         eval_labels=Labels(ev_sup, ev_sub),

@@ -105,12 +105,15 @@ def load(config):
     size = config.image_size or IMAGE_SIZE
     mean, std = transforms.normalisation(config.arch)
     eval_tf = transforms.eval_transform(size, mean, std)
-    train_plain = ImageFiles(train_paths, sup_of[tr_sub], tr_sub, eval_tf)
+    eval_draft = transforms.decode_size(size, train=False)
+    train_plain = ImageFiles(train_paths, sup_of[tr_sub], tr_sub, eval_tf, eval_draft)
     return HierarchicalData(
         name="folder",
         shuffled=bool(config.shuffle),
-        train=train_plain.with_transform(transforms.train_transform(size, mean, std)),
-        eval=ImageFiles(eval_paths, sup_of[ev_sub], ev_sub, eval_tf),
+        train=train_plain.with_transform(
+            transforms.train_transform(size, mean, std), transforms.decode_size(size, train=True)
+        ),
+        eval=ImageFiles(eval_paths, sup_of[ev_sub], ev_sub, eval_tf, eval_draft),
         train_plain=train_plain,
         train_labels=Labels(sup_of[tr_sub], tr_sub),
         eval_labels=Labels(sup_of[ev_sub], ev_sub),

@@ -81,6 +81,7 @@ def load_transfer(
 
 
 def _from_folder(root: Path, tf, per_class, seed, record) -> TransferData:
+    draft = transforms.decode_size(record["transforms"]["image_size"], train=False)
     class_names = list_dirs(root)
     paths: list[str] = []
     labels: list[int] = []
@@ -94,7 +95,7 @@ def _from_folder(root: Path, tf, per_class, seed, record) -> TransferData:
             f"images; expected {root}/<class>/<images> with 2+ classes"
         )
     y = np.asarray(labels, dtype=np.int64)
-    return TransferData(root.name, ImageFiles(paths, y, y, tf), y, class_names, record)
+    return TransferData(root.name, ImageFiles(paths, y, y, tf, draft), y, class_names, record)
 
 
 def _targets(ds) -> np.ndarray:

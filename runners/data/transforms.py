@@ -60,6 +60,17 @@ def eval_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> T.Compose
     )
 
 
+def decode_size(size: int, train: bool) -> int | None:
+    """Smallest shorter side a decoded image needs for the transform (None: full size).
+
+    Small-image recipes and the eval resize throw resolution away anyway; the
+    train random-resized crop may zoom into 5% of the area, so it gets full size.
+    """
+    if size <= SMALL_MAX:
+        return size
+    return None if train else round(size * EVAL_RESIZE_RATIO)
+
+
 def describe(size: int, mean, std) -> dict:
     """The transform recipe for the run record."""
     small = size <= SMALL_MAX
