@@ -1,0 +1,153 @@
+"""timm models by name, their layer taps, and checkpoints that reload without network."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+from clusterprobe.runners.config import RunConfig
+from clusterprobe.runners.models import (
+    ARCH_FAMILIES,
+    arch_family,
+    create_model,
+    layer_taps,
+    load_checkpoint,
+    model_config,
+    save_checkpoint,
+)
+from clusterprobe.tracker.errors import UsageError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Small models on a shared 2-core machine: one torch thread avoids spin-waiting
+    # between two busy threads (measured several times faster under load).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _taps(arch: str, **kw):
+    cfg = RunConfig(arch=arch, **kw)
+    model = create_model(cfg, num_classes=4, image_size=32)
+    return model, layer_taps(model, cfg)
+
+
+def test_resnet18_taps_every_basic_block_in_forward_order():
+    model, taps = _taps("resnet18")
+    assert [t.name for t in taps] == [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
+    assert [t.index for t in taps] == list(range(8))
+    assert all(t.kind == "block" and t.capture == "output" for t in taps)
+    assert all(isinstance(t.module, timm.models.resnet.BasicBlock) for t in taps)
+
+
+def test_resnet50_taps_16_bottlenecks_and_stages():
+    _, taps = _taps("resnet50")
+    assert len(taps) == 16 and all(
+        isinstance(t.module, timm.models.resnet.Bottleneck) for t in taps
+    )
+    _, stages = _taps("resnet50", taps="stages")
+    assert [t.name for t in stages] == ["layer1", "layer2", "layer3", "layer4"]
+
+
+def test_tap_order_is_forward_order():
+    model, taps = _taps("resnet18")
+    seen = []
+    handles = [t.module.register_forward_hook(lambda *_, i=t.index: seen.append(i)) for t in taps]
+    model.eval()(torch.randn(1, 3, 32, 32))
+    for h in handles:
+        h.remove()
+    assert seen == list(range(8))
+
+
+def test_vgg16_taps_13_convs_and_3_fc_before_norm():
+    model, taps = _taps("vgg16")
+    kinds = [t.kind for t in taps]
+    assert kinds == ["conv"] * 13 + ["fc"] * 3
+    assert [t.name for t in taps[13:]] == ["pre_logits.fc1", "pre_logits.fc2", "head.fc"]
+    assert all(isinstance(t.module, (torch.nn.Conv2d, torch.nn.Linear)) for t in taps)
+    # Hooked modules are the conv itself, so its output is taken before norm and ReLU;
+    # in-place ReLUs are off so a captured output is never overwritten.
+    assert not any(m.inplace for m in model.modules() if isinstance(m, torch.nn.ReLU))
+
+
+@pytest.mark.parametrize(
+    "norm,timm_name", [("none", "vgg11"), ("bn", "vgg11_bn"), ("ln", "vgg11"), ("default", "vgg11")]
+)
+def test_vgg_norm_choice(norm, timm_name):
+    mc = model_config(RunConfig(arch="vgg11", norm=norm), 4, 32)
+    assert mc["timm_name"] == timm_name and mc["norm"] == ("none" if norm == "default" else norm)
+    assert model_config(RunConfig(arch="vgg11_bn"), 4)["norm"] == "bn"
+
+
+def test_vgg_layernorm_after_every_conv():
+    cfg = RunConfig(arch="vgg11", norm="ln")
+    model = create_model(cfg, 4, 32)
+    assert len(layer_taps(model, cfg)) == 8 + 3
+    layers = list(model.features)
+    after_conv = [layers[i + 1] for i, m in enumerate(layers) if isinstance(m, torch.nn.Conv2d)]
+    assert len(after_conv) == 8 and all(isinstance(m, timm.layers.LayerNorm2d) for m in after_conv)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+
+
+def test_vit_two_taps_per_block_with_input_capture():
+    cfg = RunConfig(arch="vit_tiny_patch16_224")
+    model = create_model(cfg, 4, image_size=32)
+    taps = layer_taps(model, cfg)
+    assert len(taps) == 2 * len(model.blocks) == 24
+    assert [t.kind for t in taps[:2]] == ["attn", "mlp"]
+    assert taps[0].capture == "input" and taps[0].name == "blocks.0.norm2"
+    got = {}
+    h1 = taps[0].module.register_forward_pre_hook(lambda m, a: got.setdefault("attn", a[0]))
+    h2 = taps[1].module.register_forward_hook(lambda m, a, o: got.setdefault("mlp", o))
+    logits = model.eval()(torch.randn(2, 3, 32, 32))
+    h1.remove(), h2.remove()
+    assert logits.shape == (2, 4)
+    assert got["attn"].shape == got["mlp"].shape == (2, 4 + 1, 192)  # 2x2 patches + CLS, all kept
+
+
+def test_cifar_stem():
+    model = create_model(RunConfig(stem="cifar"), 4, 32)
+    assert model.conv1.stride == (1, 1) and model.conv1.kernel_size == (3, 3)
+    assert isinstance(model.maxpool, torch.nn.Identity)
+
+
+def test_unknown_arch_lists_families_and_close_names():
+    with pytest.raises(UsageError, match="resnet18") as err:
+        arch_family("resnet81")
+    for family in ARCH_FAMILIES:
+        assert family in str(err.value)
+    with pytest.raises(UsageError, match="not a supported"):
+        create_model(RunConfig(arch="efficientnet_b0"), 4)
+
+
+def test_options_outside_their_family_are_usage_errors():
+    with pytest.raises(UsageError, match="--norm"):
+        model_config(RunConfig(norm="ln"), 4)
+    with pytest.raises(UsageError, match="--stem"):
+        model_config(RunConfig(arch="vgg11", stem="cifar"), 4)
+
+
+def test_checkpoint_reload_reproduces_logits(tmp_path):
+    cfg = RunConfig(stem="cifar")
+    torch.manual_seed(0)
+    model = create_model(cfg, 5, image_size=16)
+    model.train()(torch.randn(8, 3, 16, 16))  # move BatchNorm running stats off their init
+    model.eval()
+    paths = save_checkpoint(model, model_config(cfg, 5, 16), tmp_path / "ckpt")
+    assert sorted(p.name for p in paths) == ["model.safetensors", "model_config.json"]
+    saved = json.loads((tmp_path / "ckpt" / "model_config.json").read_text())
+    assert saved["arch"] == "resnet18" and saved["stem"] == "cifar" and saved["num_classes"] == 5
+    assert saved["image_size"] == 16 and saved["timm_version"] == timm.__version__
+    reloaded = load_checkpoint(tmp_path / "ckpt")
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), reloaded(x))
+
+
+def test_missing_checkpoint_is_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="model_config.json"):
+        load_checkpoint(tmp_path)
