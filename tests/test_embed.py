@@ -39,6 +39,11 @@ def tiny_taps(model):
     ]
 
 
+@pytest.fixture(scope="module")
+def resnet():
+    return resnet_and_taps()
+
+
 def resnet_and_taps():
     torch.manual_seed(0)
     model = timm.create_model("resnet18", num_classes=4)
@@ -166,9 +171,9 @@ def test_pooled_features_subset_and_model_mode_restored():
     np.testing.assert_allclose(pooled[1], acts[1].mean(dim=(2, 3)).numpy(), atol=1e-6)
 
 
-def test_resnet_end_to_end_equals_sklearn_protocol():
+def test_resnet_end_to_end_equals_sklearn_protocol(resnet):
     """embed + cluster_protocol == flatten, normalise, sklearn Ward + AMI on the same activations."""
-    model, taps = resnet_and_taps()
+    model, taps = resnet
     x, sup, sub = structured_images(n_sup=2, n_sub=4, per=6, size=32)
     emb = embed_eval(model, taps, x, Labels(sup, sub), device="cpu", quiet=True)
     subs = {s: sub[emb.eval_index[s]] for s in emb.grams}
@@ -185,8 +190,8 @@ def test_resnet_end_to_end_equals_sklearn_protocol():
                 assert result.ami[li, si, fi] == pytest.approx(ref, abs=1e-9), (li, s, f)
 
 
-def test_bf16_close_to_fp32():
-    model, taps = resnet_and_taps()
+def test_bf16_close_to_fp32(resnet):
+    model, taps = resnet
     x, sup, sub = structured_images(n_sup=2, n_sub=4, per=6, size=32, seed=1)
     labels = Labels(sup, sub)
     res = {}
@@ -247,3 +252,30 @@ def test_bad_precision_and_missing_tap():
     stray = Tap(0, "stray", torch.nn.Linear(2, 2), "fc")
     with pytest.raises(UsageError, match="never ran"):
         embed_eval(model, [stray], x, Labels(sup, sub), device="cpu", quiet=True)
+
+
+def test_gpu_benchmark_shim_imports_engine_without_heavy_packages():
+    """benchmarks/gpu_protocol.py maps the checkout onto `clusterprobe` (no install) and needs
+    neither mlflow, optuna, duckdb nor faiss (absent on the GPU machine)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    script = repo / "benchmarks" / "gpu_protocol.py"
+    code = (
+        "import importlib.abc, runpy, sys, json\n"
+        "class Absent(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('mlflow', 'optuna', 'duckdb', 'faiss'):\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, Absent())\n"
+        f"sys.argv = [{str(script)!r}, '--check-imports']\n"
+        f"runpy.run_path({str(script)!r}, run_name='__main__')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["embed"] == str(repo / "runners" / "embed.py")
+    assert not {"mlflow", "optuna", "duckdb", "faiss"} & set(report["modules"])
