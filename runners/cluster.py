@@ -85,21 +85,24 @@ def gram_distances(gram: np.ndarray) -> np.ndarray:
     """Condensed Euclidean distances (scipy's ``pdist`` order) from a Gram matrix, float64."""
     g = np.asarray(gram, dtype=np.float64)
     n = g.shape[0]
-    diag = np.diagonal(g)
-    iu, ju = _triu(n)
-    d2 = diag[iu] + diag[ju] - 2.0 * g[iu, ju]
-    np.maximum(d2, 0.0, out=d2)
-    return np.sqrt(d2, out=d2)
+    diag = np.diagonal(g).copy()
+    d2 = diag[:, None] + diag[None, :]
+    d2 -= 2.0 * g
+    y = np.take(d2.ravel(), _triu_flat(n))
+    np.maximum(y, 0.0, out=y)
+    return np.sqrt(y, out=y)
 
 
-_TRIU_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+_TRIU_CACHE: dict[int, np.ndarray] = {}
 
 
-def _triu(n: int) -> tuple[np.ndarray, np.ndarray]:
+def _triu_flat(n: int) -> np.ndarray:
+    """Flat indices of the strict upper triangle of an n x n matrix, row by row."""
     if n not in _TRIU_CACHE:
         if len(_TRIU_CACHE) > 16:
             _TRIU_CACHE.clear()
-        _TRIU_CACHE[n] = np.triu_indices(n, 1)
+        iu, ju = np.triu_indices(n, 1)
+        _TRIU_CACHE[n] = iu * n + ju
     return _TRIU_CACHE[n]
 
 
@@ -121,14 +124,15 @@ def cut_tree(merges: np.ndarray, n: int, n_clusters: int) -> np.ndarray:
     children = merges[:kept, :2].astype(np.int64)
     parent[children[:, 0]] = n + np.arange(kept)
     parent[children[:, 1]] = n + np.arange(kept)
+    # after t doublings every node points 2^t levels up (or to its root): depth <= kept
     up = parent
-    while True:
-        nxt = up[up]
-        if np.array_equal(nxt, up):
-            break
-        up = nxt
-    _, labels = np.unique(up[:n], return_inverse=True)
-    return labels.astype(np.int64)
+    for _ in range(max(1, int(kept).bit_length())):
+        up = up[up]
+    roots = up[:n]
+    # number the k roots 0..k-1 in node order (no sort needed)
+    is_root = np.zeros(2 * n - 1, dtype=np.int64)
+    is_root[roots] = 1
+    return (np.cumsum(is_root) - 1)[roots]
 
 
 def _dead_tolerance(dtype) -> float:

@@ -97,23 +97,33 @@ def expected_mutual_info(table: np.ndarray) -> float:
 
 def _emi_many(tables: list[np.ndarray]) -> np.ndarray:
     """E[MI] of several contingency tables in one vectorised pass (0 for single-row/column)."""
-    out = np.zeros(len(tables))
-    keys, owner = [], []
-    size = 1 + max((int(t.sum()) for t in tables), default=0)
-    for ti, t in enumerate(tables):
-        a = t.sum(axis=1).astype(np.int64)
-        b = t.sum(axis=0).astype(np.int64)
-        a, b = a[a > 0], b[b > 0]  # empty rows/columns (padding) are not labels
-        if a.size <= 1 or b.size <= 1:
-            continue
-        n = int(a.sum())
-        # one key per (a_i, b_j, N) pair; identical pairs (equal cluster sizes) are summed once
-        keys.append(((n * size) + np.repeat(a, b.size)) * size + np.tile(b, a.size))
-        owner.append(np.full(a.size * b.size, ti))
-    if not keys:
+    if not tables:
+        return np.zeros(0)
+    R = max(t.shape[0] for t in tables)
+    C = max(t.shape[1] for t in tables)
+    a = np.zeros((len(tables), R), dtype=np.int64)
+    b = np.zeros((len(tables), C), dtype=np.int64)
+    for i, t in enumerate(tables):
+        a[i, : t.shape[0]] = t.sum(axis=1)
+        b[i, : t.shape[1]] = t.sum(axis=0)
+    return _emi_marginals(a, b)
+
+
+def _emi_marginals(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """E[MI] per table from zero-padded marginals a [T, R] (classes), b [T, C] (clusters)."""
+    T = a.shape[0]
+    out = np.zeros(T)
+    n_t = a.sum(axis=1)
+    size = 1 + int(n_t.max(initial=0))
+    # tables with one class or one cluster have E[MI] = 0 (sklearn): leave them out
+    live = ((a > 0).sum(axis=1) > 1) & ((b > 0).sum(axis=1) > 1)
+    pair = live[:, None, None] & (a[:, :, None] > 0) & (b[:, None, :] > 0)
+    if not pair.any():
         return out
-    owner_all, key_all = np.concatenate(owner), np.concatenate(keys)
-    if size**3 * len(tables) < (1 << 62):  # one int64 key: a 1-D unique is much faster
+    owner_all, i_idx, j_idx = np.nonzero(pair)
+    # one key per (N, a_i, b_j); identical pairs (equal cluster sizes) are summed once
+    key_all = (n_t[owner_all] * size + a[owner_all, i_idx]) * size + b[owner_all, j_idx]
+    if size**3 * T < (1 << 62):  # one int64 key: a 1-D unique is much faster
         uniq1, inverse = np.unique(owner_all * size**3 + key_all, return_inverse=True)
         tid, key = uniq1 // size**3, uniq1 % size**3
     else:
@@ -149,7 +159,7 @@ def _emi_many(tables: list[np.ndarray]) -> np.ndarray:
         cell = (nij / n[p]) * (log_ratio[p] + log_int[nij]) * np.exp(gln)
         pair_sum[lo:hi] = np.bincount(p - lo, weights=cell, minlength=hi - lo)
         lo = hi
-    out += np.bincount(tid, weights=pair_sum * weight, minlength=len(tables))
+    out += np.bincount(tid, weights=pair_sum * weight, minlength=T)
     return out
 
 
@@ -183,7 +193,7 @@ def ami_many(tables: list[np.ndarray]) -> np.ndarray:
         pb = b / n[:, None]
         h_a = -np.where(a > 0, pa * (np.log(a) - np.log(n)[:, None]), 0.0).sum(axis=1)
         h_b = -np.where(b > 0, pb * (np.log(b) - np.log(n)[:, None]), 0.0).sum(axis=1)
-    emi = _emi_many(tables)
+    emi = _emi_marginals(a.astype(np.int64), b.astype(np.int64))
     out = np.empty(len(tables))
     for i in range(len(tables)):
         r, c = int(rows[i]), int(cols[i])
