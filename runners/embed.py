@@ -385,6 +385,8 @@ def _is_constant(g: np.ndarray) -> bool:
     diag = np.diagonal(g).astype(np.float64)
     if diag.max() == 0.0:
         return True
+    if g.shape[0] == 1:  # one image: nothing to compare, not a dead layer
+        return False
     d2 = diag[:, None] + diag[None, :] - 2.0 * g.astype(np.float64)
     return bool(d2.max() <= 64 * np.finfo(np.float32).eps * max(1.0, diag.max()))
 
