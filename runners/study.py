@@ -580,18 +580,16 @@ def _process_alive(pid: int) -> bool:
         return True
 
 
-def fail_orphan_trials(study) -> list[int]:
+def fail_orphan_trials(study, tracker=None) -> list[int]:
     """FAIL RUNNING trials whose worker is gone; returns their numbers.
 
-    Heartbeats (RDB storages) catch dead workers on any host after the grace period;
-    the host/pid check catches dead workers on this host at once, on every storage.
+    The host/pid check catches dead workers on this host at once, on every storage
+    (with ``tracker``, the trial is first linked to the train run it left behind);
+    heartbeats (RDB storages) catch dead workers on any host after the grace period.
     """
     import optuna
     from optuna.trial import TrialState
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
     storage, host, failed = study._storage, socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = t.user_attrs.get(ATTR_PID)
@@ -600,11 +598,19 @@ def fail_orphan_trials(study) -> list[int]:
         if _process_alive(int(pid)):
             continue
         try:
+            if tracker is not None and ATTR_RUN_ID not in t.user_attrs:
+                with contextlib.suppress(Exception):
+                    runs = trial_runs(tracker, study.study_name, t.number)
+                    if runs:
+                        storage.set_trial_user_attr(t._trial_id, ATTR_RUN_ID, runs[0].info.run_id)
             storage.set_trial_user_attr(t._trial_id, ATTR_FAILED_BY, "owner process gone")
             if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
                 failed.append(t.number)
         except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
             pass  # another worker failed or finished it first
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     return failed
 
 
@@ -750,7 +756,7 @@ def run_worker(
         failures = failures + 1 if trial.state == TrialState.FAIL else 0
 
     while True:
-        for number in fail_orphan_trials(study):
+        for number in fail_orphan_trials(study, tracker):
             _log(quiet, f"trial {number} FAIL: its worker process is gone")
         with contextlib.suppress(Exception):
             tracker.reap_orphans()
@@ -1114,7 +1120,8 @@ def format_outcome(outcome: StudyOutcome, store: Store) -> str:
         f"study {outcome.name}: {outcome.complete}/{outcome.trials} complete trials "
         f"({outcome.failed} failed, {outcome.pruned} pruned); study run {outcome.study_run_id}"
     ]
-    label = "best trial" if len(outcome.best) <= 1 else f"Pareto front ({len(outcome.best)})"
+    multi = any(len(b["values"]) > 1 for b in outcome.best)
+    label = f"Pareto front ({len(outcome.best)}): trial" if multi else "best trial"
     for b in outcome.best:
         values = ", ".join(f"{k}={_num(v)}" for k, v in b["values"].items())
         params = ", ".join(f"{k}={_num(v)}" for k, v in b["params"].items())
