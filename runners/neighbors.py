@@ -40,8 +40,8 @@ PRECISIONS = ("fp32", "tf32", "bf16")  # torch matmul precision; FAISS is always
 
 # Work (multiply-adds) below which "auto" does not bother probing: a few seconds at worst.
 _PROBE_WORK = 2e11
-_PROBE_N = 2048
-_decisions: dict[str, str] = {}  # "cpu" -> "faiss" | "torch", decided once per process
+_PROBE_N = 4096
+_decisions: dict[str, str] = {}  # task ("knn" | "kmeans") -> "faiss" | "torch", once per process
 
 
 # ----------------------------------------------------------------------------- engines
@@ -78,7 +78,9 @@ def _torch_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def resolve_backend(backend: str = "auto", *, work: float = 0.0, dim: int = 64) -> str:
+def resolve_backend(
+    backend: str = "auto", *, work: float = 0.0, dim: int = 64, task: str = "knn"
+) -> str:
     """The engine ``backend`` means here: ``"faiss"`` or ``"torch"``.
 
     ``work`` is the job's multiply-add count; "auto" probes both CPU engines only
@@ -107,21 +109,34 @@ def resolve_backend(backend: str = "auto", *, work: float = 0.0, dim: int = 64) 
         return "torch"
     if work < _PROBE_WORK:
         return "faiss"
-    if "cpu" not in _decisions:
-        _decisions["cpu"] = _probe_cpu(dim)
-    return _decisions["cpu"]
+    if task not in _decisions:
+        _decisions[task] = _probe_cpu(task, dim)
+    return _decisions[task]
 
 
-def _probe_cpu(dim: int) -> str:
-    """Time an exact k-NN search of a small random set on both CPU engines (after a
-    warm-up call each) and return the faster one's name."""
+def _probe_cpu(task: str, dim: int) -> str:
+    """Time the task on a small random set with both CPU engines (after a warm-up
+    call each; best of two, the machine may be shared) and return the faster."""
     x = np.random.default_rng(0).standard_normal((_PROBE_N, max(dim, 1))).astype(np.float32)
+    if task == "kmeans":
+        engines = {
+            "faiss": lambda a: _kmeans_faiss(a, 128, 0, 3, False),
+            "torch": lambda a: _kmeans_torch(a, 128, 0, 3, "cpu"),
+        }
+    else:
+        engines = {
+            "faiss": lambda a: _knn_faiss(a, 10, "l2", "flat", "fp32"),
+            "torch": lambda a: _knn_torch(a, 10, "l2", "flat", "fp32"),
+        }
     times = {}
-    for name, fn in (("faiss", _knn_faiss), ("torch", _knn_torch)):
-        fn(x[:256], 10, "l2", "flat", "fp32")  # warm-up: thread pools, lazy init
-        t0 = time.perf_counter()
-        fn(x, 10, "l2", "flat", "fp32")
-        times[name] = time.perf_counter() - t0
+    for name, fn in engines.items():
+        fn(x[:512])  # warm-up: imports, thread pools, lazy init
+        best = float("inf")
+        for _ in range(2):
+            t0 = time.perf_counter()
+            fn(x)
+            best = min(best, time.perf_counter() - t0)
+        times[name] = best
     return min(times, key=times.get)
 
 
@@ -333,7 +348,7 @@ def kmeans(
         raise UsageError(f"niter={niter!r} is invalid; use an integer >= 1")
     if gpu not in ("auto", True, False):
         raise UsageError(f"gpu={gpu!r} is invalid; use 'auto', True or False")
-    engine = resolve_backend(backend, work=float(n) * k * d * niter, dim=d)
+    engine = resolve_backend(backend, work=float(n) * k * d * niter, dim=d, task="kmeans")
     if gpu is False:
         if engine == "torch":
             return _kmeans_torch(x, int(k), seed, int(niter), "cpu")
@@ -399,16 +414,30 @@ def _assign_torch(xt, c, rows):
     """Nearest centroid and squared distance per row of ``xt`` (chunked)."""
     import torch
 
-    csq = (c * c).sum(1)
+    csq = (c * c).sum(1)[None, :]
     lab = torch.empty(xt.shape[0], dtype=torch.int64, device=xt.device)
     dmin = torch.empty(xt.shape[0], dtype=torch.float32, device=xt.device)
     for s in range(0, xt.shape[0], rows):
         blk = xt[s : s + rows]
-        score = csq[None, :] - 2.0 * (blk @ c.T)  # |x - c|^2 - |x|^2
+        score = torch.addmm(csq, blk, c.T, alpha=-2.0)  # |x - c|^2 - |x|^2, one pass
         val, ind = torch.min(score, dim=1)
         lab[s : s + rows] = ind
         dmin[s : s + rows] = torch.clamp(val + (blk * blk).sum(1), min=0.0)
     return lab, dmin
+
+
+def _sums_torch(torch, xt, xh, lab, k, rows):
+    """Points per label and float64 sums per label. CUDA: ``index_add_`` by chunks;
+    CPU: numpy's sort + ``reduceat`` (torch's CPU ``index_add_`` is slow)."""
+    if xh is not None:
+        sizes, means = _member_means(xh, lab.numpy(), k)
+        sums = means * sizes[:, None]
+        return torch.from_numpy(sizes), torch.from_numpy(sums)
+    counts = torch.bincount(lab, minlength=k)
+    sums = torch.zeros((k, xt.shape[1]), dtype=torch.float64, device=xt.device)
+    for s in range(0, xt.shape[0], rows):
+        sums.index_add_(0, lab[s : s + rows], xt[s : s + rows].double())
+    return counts, sums
 
 
 def _kmeans_torch(x, k, seed, niter, device) -> KMeansResult:
@@ -420,26 +449,23 @@ def _kmeans_torch(x, k, seed, niter, device) -> KMeansResult:
     n, d = xt.shape
     gen = torch.Generator().manual_seed(int(seed))  # CPU generator: same draws on any device
     c = xt[torch.randperm(n, generator=gen)[:k].to(dev)].clone()
-    budget = (2 << 30) if dev.type == "cuda" else (256 << 20)
+    # score blocks of ~2 GB on CUDA; ~16 MB on CPU, where cache-sized blocks are faster
+    budget = (2 << 30) if dev.type == "cuda" else (16 << 20)
     rows = int(max(1, min(n, budget // (4 * max(k, 1)))))
+    xh = None if dev.type == "cuda" else xt.numpy()
     with torch.no_grad(), _matmul_context(torch, "fp32"):
         for _ in range(niter):
             lab, _ = _assign_torch(xt, c, rows)
-            sums = torch.zeros((k, d), dtype=torch.float32, device=dev).index_add_(0, lab, xt)
-            counts = torch.bincount(lab, minlength=k)
+            counts, sums = _sums_torch(torch, xt, xh, lab, k, rows)
             empty = counts == 0
             if bool(empty.any()):
                 m = int(empty.sum())
                 pick = torch.randint(0, n, (m,), generator=gen).to(dev)
-                sums[empty] = xt[pick]
+                sums[empty] = xt[pick].double()
                 counts = torch.where(empty, torch.ones_like(counts), counts)
-            c = sums / counts[:, None].to(torch.float32)
+            c = (sums / counts[:, None].double()).float()
         lab, dmin = _assign_torch(xt, c, rows)
-        # member means of the final labels, on the device (float64 accumulation)
-        counts = torch.bincount(lab, minlength=k)
-        sums = torch.zeros((k, d), dtype=torch.float64, device=dev)
-        for s in range(0, n, rows):
-            sums.index_add_(0, lab[s : s + rows], xt[s : s + rows].double())
+        counts, sums = _sums_torch(torch, xt, xh, lab, k, rows)
         means = sums / torch.clamp(counts, min=1)[:, None].double()
     return KMeansResult(
         centroids=c.cpu().numpy().astype(np.float32),
