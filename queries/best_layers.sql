@@ -11,11 +11,11 @@
 -- param labels VARCHAR : trained on superclass or subclass labels (default: both)
 -- param metric VARCHAR = ami : ami, purity, probe_acc, knn_acc
 -- param factor INTEGER : clusters per subclass (default: all)
-WITH ranked AS (
-  SELECT e.run_id, e.dataset, e.shuffled, e.arch, e.taps, e.labels, s.metric, s.factor,
-         s.layer_index, s.relative_depth, s.value,
-         row_number() OVER (PARTITION BY s.run_id, s.metric, s.factor
-                            ORDER BY s.value DESC, s.layer_index) AS rank
+WITH best AS (  -- arg_max on (value, -layer_index): the best value, then the shallower
+  SELECT s.run_id, e.dataset, e.shuffled, e.arch, e.taps, e.labels, s.metric, s.factor,
+         arg_max({'layer_index': s.layer_index, 'relative_depth': s.relative_depth,
+                  'value': s.value},
+                 {'value': s.value, 'shallower': -s.layer_index}) AS b
   FROM layer_scores s JOIN evals e USING (run_id)
   WHERE e.status = 'FINISHED' AND e.is_final AND NOT e.is_transfer AND NOT e.rescored
     AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
@@ -24,11 +24,12 @@ WITH ranked AS (
     AND (getvariable('labels') IS NULL OR e.labels = getvariable('labels'))
     AND (getvariable('metric') IS NULL OR s.metric = getvariable('metric'))
     AND (getvariable('factor') IS NULL OR s.factor = getvariable('factor'))
+  GROUP BY ALL
 )
 SELECT dataset, shuffled, arch, taps, labels, metric, factor,
-       avg(layer_index) AS best_layer_mean, stddev_samp(layer_index) AS best_layer_std,
-       avg(relative_depth) AS best_depth_mean, stddev_samp(relative_depth) AS best_depth_std,
-       avg(value) AS best_value_mean, stddev_samp(value) AS best_value_std, count(*) AS n
-FROM ranked WHERE rank = 1
+       avg(b.layer_index) AS best_layer_mean, stddev_samp(b.layer_index) AS best_layer_std,
+       avg(b.relative_depth) AS best_depth_mean, stddev_samp(b.relative_depth) AS best_depth_std,
+       avg(b.value) AS best_value_mean, stddev_samp(b.value) AS best_value_std, count(*) AS n
+FROM best
 GROUP BY ALL
 ORDER BY dataset, shuffled, arch, taps, labels, metric, factor NULLS FIRST;

@@ -414,6 +414,7 @@ def connect_sources(sources: Sources, *, threads: int | None = None) -> Analysis
     delay = 0.05
     while True:
         con = duckdb.connect(":memory:", config=config)
+        con.execute("SET enable_progress_bar = false")  # it prints; stdout may be JSON
         setup: list[str] = []
         try:
             _build(con, sources, setup)
@@ -612,13 +613,12 @@ WITH keys AS (  -- the few distinct metric names, parsed once (not per row)
   FROM snap.metrics m JOIN keys k ON m.metric = k.key JOIN snap.run_tags t USING (run_id)
   WHERE t.kind = {_quote("eval")}
     AND NOT isnan(m.value)  -- a metric that could not be computed: kept in `metrics` only
+), n AS (
+  SELECT run_id, CAST(max(layer_index) + 1 AS INTEGER) AS n_layers FROM s GROUP BY run_id
 )
-SELECT run_id, layer_index,
-       CAST(max(layer_index) OVER (PARTITION BY run_id) + 1 AS INTEGER) AS n_layers,
-       (layer_index + 1) / (max(layer_index) OVER (PARTITION BY run_id) + 1)::DOUBLE
-         AS relative_depth,
-       metric, factor, value
-FROM s""",
+SELECT s.run_id, s.layer_index, n.n_layers,
+       (s.layer_index + 1) / n.n_layers::DOUBLE AS relative_depth, s.metric, s.factor, s.value
+FROM s JOIN n USING (run_id)""",
     )
     _run(
         con,
@@ -632,7 +632,7 @@ FROM s""",
     _run(
         con,
         setup,
-        f"""CREATE VIEW evals AS
+        f"""CREATE TABLE snap.evals AS
 SELECT p.run_id, t.parent_run_id AS train_run_id, r.status, p.dataset,
        coalesce(p.shuffled, p.shuffle, false) AS shuffled, p.arch,
        coalesce(regexp_extract(p.arch, '^(resnet|resnext|vgg|vit|deit|convnext|efficientnet|mobilenet)', 1),
@@ -651,6 +651,7 @@ SELECT p.run_id, t.parent_run_id AS train_run_id, r.status, p.dataset,
 FROM snap.run_params p JOIN snap.runs r USING (run_id) JOIN snap.run_tags t USING (run_id)
 WHERE t.kind = 'eval'""",
     )
+    _run(con, setup, "CREATE VIEW evals AS SELECT * FROM snap.evals")
     _run(
         con,
         setup,
@@ -708,7 +709,9 @@ def _parquet_view(
         listing = "[" + ", ".join(_quote(f) for f in files) + "]"
         cols = ", ".join(f"TRY_CAST({_ident(c)} AS {t}) AS {_ident(c)}" for c, t in columns.items())
         body = (
-            f"SELECT {cols} FROM read_parquet({listing}, union_by_name = true)\n"
+            # Schema from the first file (every file has the conventions' columns);
+            # union_by_name would open all files whenever the view is bound.
+            f"SELECT {cols} FROM read_parquet({listing})\n"
             "WHERE run_id IN (SELECT run_id FROM snap.runs)"
         )
     else:

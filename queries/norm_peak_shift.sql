@@ -15,12 +15,12 @@
 -- param shuffled BOOLEAN : natural (false) or shuffled (true) hierarchy (default: both)
 -- param metric VARCHAR = ami : ami or purity
 -- param factor INTEGER = 1 : clusters per subclass (`--param factor=`: all)
-WITH ranked AS (
-  SELECT e.run_id, e.dataset, regexp_replace(e.arch, '_(bn|ln|gn)$', '') AS arch_base,
-         coalesce(e.norm, 'default') AS norm, s.factor, s.layer_index, s.relative_depth,
-         s.value,
-         row_number() OVER (PARTITION BY s.run_id, s.factor
-                            ORDER BY s.value DESC, s.layer_index) AS rank
+WITH peak AS (  -- arg_max on (value, -layer_index): the best value, then the shallower
+  SELECT s.run_id, e.dataset, regexp_replace(e.arch, '_(bn|ln|gn)$', '') AS arch_base,
+         coalesce(e.norm, 'default') AS norm, s.factor,
+         arg_max({'layer_index': s.layer_index, 'relative_depth': s.relative_depth,
+                  'value': s.value},
+                 {'value': s.value, 'shallower': -s.layer_index}) AS b
   FROM layer_scores s JOIN evals e USING (run_id)
   WHERE e.status = 'FINISHED' AND e.is_final AND NOT e.is_transfer AND NOT e.rescored
     AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
@@ -28,12 +28,15 @@ WITH ranked AS (
     AND (getvariable('shuffled') IS NULL OR e.shuffled = getvariable('shuffled'))
     AND s.metric = coalesce(getvariable('metric'), 'ami')
     AND (getvariable('factor') IS NULL OR s.factor = getvariable('factor'))
+  GROUP BY ALL
 ), g AS (
   SELECT dataset, arch_base, norm, factor,
-         avg(layer_index) AS peak_layer_mean, stddev_samp(layer_index) AS peak_layer_std,
-         avg(relative_depth) AS peak_depth_mean, stddev_samp(relative_depth) AS peak_depth_std,
-         avg(value) AS peak_value_mean, stddev_samp(value) AS peak_value_std, count(*) AS n
-  FROM ranked WHERE rank = 1 GROUP BY ALL
+         avg(b.layer_index) AS peak_layer_mean, stddev_samp(b.layer_index) AS peak_layer_std,
+         avg(b.relative_depth) AS peak_depth_mean,
+         stddev_samp(b.relative_depth) AS peak_depth_std,
+         avg(b.value) AS peak_value_mean, stddev_samp(b.value) AS peak_value_std,
+         count(*) AS n
+  FROM peak GROUP BY ALL
 )
 SELECT *,
        peak_depth_mean - max(peak_depth_mean) FILTER (WHERE norm = 'none')

@@ -57,7 +57,9 @@ def layer_profile(df: pd.DataFrame, ax) -> None:
     keys = [k for k in keys if df[k].nunique(dropna=False) > 1] or ["arch"]
     _lines(ax, df, keys, "relative_depth")
     metric = "/".join(sorted(df["metric"].dropna().unique()))
-    ax.set(xlabel="relative depth ((layer index + 1) / layers)", ylabel=f"{metric} (mean over runs)")
+    ax.set(
+        xlabel="relative depth ((layer index + 1) / layers)", ylabel=f"{metric} (mean over runs)"
+    )
 
 
 def natural_vs_shuffled(df: pd.DataFrame, ax) -> None:

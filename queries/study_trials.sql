@@ -16,22 +16,23 @@ WITH final_eval AS (
          row_number() OVER (PARTITION BY coalesce(train_run_id, run_id)
                             ORDER BY checkpoint_epoch DESC NULLS FIRST, run_id) AS rank
   FROM evals WHERE status = 'FINISHED' AND NOT is_transfer AND NOT rescored
-), ami AS (
-  SELECT run_id, value AS best_ami, layer_index AS best_layer,
-         row_number() OVER (PARTITION BY run_id ORDER BY value DESC, layer_index) AS rank
+), ami AS (  -- arg_max on (value, -layer_index): the best value, then the shallower
+  SELECT run_id, arg_max({'value': value, 'layer': layer_index},
+                         {'value': value, 'shallower': -layer_index}) AS b
   FROM layer_scores
   WHERE metric = 'ami' AND factor = coalesce(getvariable('factor'), 1)
+  GROUP BY run_id
 ), probe AS (
   SELECT run_id, max(value) AS best_probe_acc FROM layer_scores
   WHERE metric = 'probe_acc' GROUP BY run_id
 )
 SELECT t.study, t.number, t.state, t.value, t."values", t.params, t.run_id,
-       r.status AS run_status, f.eval_run_id, a.best_ami, a.best_layer, p.best_probe_acc,
+       r.status AS run_status, f.eval_run_id, a.b.value AS best_ami, a.b.layer AS best_layer, p.best_probe_acc,
        t.duration_s
 FROM trials t
 LEFT JOIN runs r ON r.run_id = t.run_id
 LEFT JOIN final_eval f ON f.owner = t.run_id AND f.rank = 1
-LEFT JOIN ami a ON a.run_id = f.eval_run_id AND a.rank = 1
+LEFT JOIN ami a ON a.run_id = f.eval_run_id
 LEFT JOIN probe p ON p.run_id = f.eval_run_id
 WHERE (getvariable('study') IS NULL OR t.study = getvariable('study'))
   AND (getvariable('state') IS NULL OR t.state = getvariable('state'))

@@ -13,10 +13,9 @@
 -- param arch VARCHAR : timm model name (default: all)
 -- param metric VARCHAR = ami : ami or purity
 -- param factor INTEGER : clusters per class (default: all)
-WITH last AS (
-  SELECT e.run_id, e.dataset, e.eval_set, e.arch, e.labels, s.factor, s.value,
-         row_number() OVER (PARTITION BY s.run_id, s.factor ORDER BY s.layer_index DESC)
-           AS rank
+WITH last AS (  -- each run's deepest measured layer
+  SELECT s.run_id, e.dataset, e.eval_set, e.arch, e.labels, s.factor,
+         arg_max(s.value, s.layer_index) AS value
   FROM layer_scores s JOIN evals e USING (run_id)
   WHERE e.status = 'FINISHED' AND e.is_final AND e.is_transfer AND NOT e.rescored
     AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
@@ -24,10 +23,11 @@ WITH last AS (
     AND (getvariable('arch') IS NULL OR e.arch = getvariable('arch'))
     AND s.metric = coalesce(getvariable('metric'), 'ami')
     AND (getvariable('factor') IS NULL OR s.factor = getvariable('factor'))
+  GROUP BY ALL
 ), g AS (
   SELECT dataset AS pretrain_dataset, eval_set, arch, factor, labels AS pretrain_labels,
          avg(value) AS mean, stddev_samp(value) AS std, count(*) AS n
-  FROM last WHERE rank = 1 GROUP BY ALL
+  FROM last GROUP BY ALL
 )
 SELECT *, mean - max(mean) FILTER (WHERE pretrain_labels = 'superclass')
                OVER (PARTITION BY pretrain_dataset, eval_set, arch, factor) AS minus_superclass
