@@ -173,8 +173,15 @@ def build_model(cfg: dict) -> torch.nn.Module:
 
 
 def create_model(config, num_classes: int, image_size: int | None = None) -> torch.nn.Module:
-    """``timm.create_model(config.arch, pretrained=False, ...)`` plus the stem/norm options."""
-    return build_model(model_config(config, num_classes, image_size))
+    """``timm.create_model(config.arch, pretrained=False, ...)`` plus the stem/norm options.
+
+    The initial weights come from ``config.seed`` alone (the global RNG is left as it was),
+    so a run's init does not depend on what ran before it in the process.
+    """
+    cfg = model_config(config, num_classes, image_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return build_model(cfg)
 
 
 def layer_taps(model: torch.nn.Module, config) -> list[Tap]:

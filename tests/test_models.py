@@ -109,6 +109,14 @@ def test_vit_two_taps_per_block_with_input_capture():
     assert got["attn"].shape == got["mlp"].shape == (2, 4 + 1, 192)  # 2x2 patches + CLS, all kept
 
 
+def test_init_follows_config_seed():
+    a = create_model(RunConfig(seed=1), 4, 16).state_dict()
+    b = create_model(RunConfig(seed=1), 4, 16).state_dict()
+    c = create_model(RunConfig(seed=2), 4, 16).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["conv1.weight"], c["conv1.weight"])
+
+
 def test_cifar_stem():
     model = create_model(RunConfig(stem="cifar"), 4, 32)
     assert model.conv1.stride == (1, 1) and model.conv1.kernel_size == (3, 3)
