@@ -220,19 +220,25 @@ def _study(store, train_ids: list[str]) -> None:
 def time_ours(root: Path, repeats: int = 3) -> tuple[float, dict[str, float], object]:
     from clusterprobe.queries.connect import connect, query_names, run_query
 
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     analysis = connect(root)
     connect_s = time.perf_counter() - start
+    print(f"  connect: {connect_s:.2f} s wall, {time.process_time() - start_cpu:.2f} s CPU")
     times = {}
     for name in query_names():
         run_query(analysis, name).fetchall()  # warm-up
-        samples = []
+        samples, cpu = [], []
         for _ in range(repeats):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             rows = run_query(analysis, name).fetchall()
             samples.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
         times[name] = statistics.median(samples)
-        print(f"  {name:32s} {times[name]:7.3f} s  ({len(rows)} rows)", flush=True)
+        print(
+            f"  {name:32s} {times[name]:7.3f} s wall, {statistics.median(cpu):6.3f} s CPU "
+            f"({len(rows)} rows)",
+            flush=True,
+        )
     return connect_s, times, analysis
 
 
@@ -305,21 +311,26 @@ def main(argv: list[str] | None = None) -> int:
                 f"{info['param_rows']:,} param rows; built in {time.perf_counter() - start:.1f} s",
                 flush=True,
             )
-        print(f"duckdb threads: {os.cpu_count()} cores visible")
+        print(f"{os.cpu_count()} cores visible; load average {os.getloadavg()[0]:.1f} at start")
         print("ours (DuckDB, warm, median of 3):")
         connect_s, times, analysis = time_ours(root)
-        print(f"  connect (attach + snapshot, once per command): {connect_s:.2f} s")
         n_eval = analysis.sql("SELECT count(*) FROM evals WHERE status = 'FINISHED'").fetchone()[0]
+        # The runs layer_profile/best_layers read (final checkpoint, own eval set): a
+        # search_runs filter could select them, so only their histories are extrapolated.
+        n_used = analysis.sql(
+            "SELECT count(*) FROM evals WHERE status = 'FINISHED' AND is_final "
+            "AND NOT is_transfer AND NOT rescored"
+        ).fetchone()[0]
         print("baseline (mlflow.search_runs + get_metric_history + pandas):", flush=True)
         search_s, history_s, pandas_s, n_sample, values = time_mlflow(root, args.sample, n_eval)
         per_run = history_s / n_sample
-        history_all = per_run * n_eval
-        mlflow_s = search_s + history_all + pandas_s * n_eval / n_sample
+        history_all = per_run * n_used
+        mlflow_s = search_s + history_all + pandas_s * n_used / n_sample
         print(f"  search_runs over {n_eval} eval runs: {search_s:.2f} s")
         print(
             f"  get_metric_history: {history_s:.2f} s for {n_sample} runs x "
             f"{len(_metric_names())} metrics = {per_run * 1000:.0f} ms/run -> "
-            f"{history_all:.0f} s extrapolated to {n_eval} runs"
+            f"{history_all:.0f} s extrapolated to the {n_used} runs the two queries read"
         )
         print(f"  pandas on the sample: {pandas_s:.3f} s (scaled linearly)")
         # Same values on the sample: MLflow's histories vs the layer_scores view.

@@ -13,19 +13,29 @@
 -- param labels VARCHAR : trained on superclass or subclass labels (default: both)
 -- param metric VARCHAR : ami, purity, probe_acc, knn_acc (default: all)
 -- param factor INTEGER : clusters per subclass (default: all; metrics without a factor stay)
-SELECT e.dataset, e.shuffled, e.arch, e.taps, e.labels, s.layer_index,
-       avg(s.relative_depth) AS relative_depth, s.metric, s.factor,
-       avg(s.value) AS mean, stddev_samp(s.value) AS std, count(*) AS n
-FROM layer_scores s JOIN evals e USING (run_id)
-WHERE e.status = 'FINISHED'
-  AND CASE WHEN getvariable('run_id') IS NULL THEN e.is_final AND NOT e.is_transfer AND NOT e.rescored
-           ELSE e.run_id = getvariable('run_id') END
-  AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
-  AND (getvariable('arch') IS NULL OR e.arch = getvariable('arch'))
-  AND (getvariable('shuffled') IS NULL OR e.shuffled = getvariable('shuffled'))
-  AND (getvariable('labels') IS NULL OR e.labels = getvariable('labels'))
-  AND (getvariable('metric') IS NULL OR s.metric = getvariable('metric'))
-  AND (getvariable('factor') IS NULL OR s.factor IS NULL OR s.factor = getvariable('factor'))
-GROUP BY ALL
-ORDER BY e.dataset, e.shuffled, e.arch, e.taps, e.labels, s.metric, s.factor NULLS FIRST,
-         s.layer_index;
+WITH runs_in AS (  -- the eval runs to profile, with an integer id of their design group
+  SELECT run_id, dataset, shuffled, arch, taps, labels,
+         dense_rank() OVER (ORDER BY dataset, shuffled, arch, taps, labels) AS grp
+  FROM evals e
+  WHERE e.status = 'FINISHED'
+    AND CASE WHEN getvariable('run_id') IS NULL
+             THEN e.is_final AND NOT e.is_transfer AND NOT e.rescored
+             ELSE e.run_id = getvariable('run_id') END
+    AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
+    AND (getvariable('arch') IS NULL OR e.arch = getvariable('arch'))
+    AND (getvariable('shuffled') IS NULL OR e.shuffled = getvariable('shuffled'))
+    AND (getvariable('labels') IS NULL OR e.labels = getvariable('labels'))
+), agg AS (  -- grouped on the small integer id; design columns joined back after
+  SELECT r.grp, s.layer_index, avg(s.relative_depth) AS relative_depth, s.metric, s.factor,
+         avg(s.value) AS mean, stddev_samp(s.value) AS std, count(*) AS n
+  FROM layer_scores s JOIN runs_in r USING (run_id)
+  WHERE (getvariable('metric') IS NULL OR s.metric = getvariable('metric'))
+    AND (getvariable('factor') IS NULL OR s.factor IS NULL OR s.factor = getvariable('factor'))
+  GROUP BY ALL
+)
+SELECT g.dataset, g.shuffled, g.arch, g.taps, g.labels, a.layer_index, a.relative_depth,
+       a.metric, a.factor, a.mean, a.std, a.n
+FROM agg a
+JOIN (SELECT DISTINCT grp, dataset, shuffled, arch, taps, labels FROM runs_in) g USING (grp)
+ORDER BY g.dataset, g.shuffled, g.arch, g.taps, g.labels, a.metric, a.factor NULLS FIRST,
+         a.layer_index;

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import querystore
 from clusterprobe.queries.connect import VIEW_COLUMNS, connect, query_df, query_names
+from clusterprobe.runners.config import RunConfig
 from clusterprobe.tracker.store import local_store
 from scipy import stats
 
@@ -87,7 +88,7 @@ def test_run_params_are_typed(db, qs):
     rp = db.sql("SELECT * FROM run_params WHERE kind = 'eval'").df().set_index("run_id")
     row = rp.loc[qs.evals["run_id"].iloc[0]]
     assert row["arch"] == "resnet18" and row["epochs"] == querystore.EPOCHS
-    assert row["checkpoint_epoch"] == 1 and row["lr"] == pytest.approx(0.1)
+    assert row["checkpoint_epoch"] == 1 and row["lr"] == pytest.approx(RunConfig().lr)
     assert bool(row["shuffled"]) is False and pd.isna(row["classes"])  # '' -> NULL
     types = dict(db.sql("SELECT * FROM run_params LIMIT 0").df().dtypes.astype(str))
     assert types["epochs"].startswith("int") and types["lr"] == "float64"
