@@ -180,6 +180,44 @@ def result_json(result: ProtocolResult, layer: int = 0) -> dict:
     }
 
 
+def _mapped_member(path: Path, name: str) -> np.ndarray | None:
+    """Memory-map an uncompressed .npz member (``np.savez``) instead of copying it.
+
+    Wide feature files (GBs) are then read once, straight from the page cache, by
+    the finiteness check and the Gram products. None when the member is
+    compressed (``np.savez_compressed``) or not a plain numeric array.
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo(name + ".npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+        with open(path, "rb") as fh:
+            fh.seek(info.header_offset)
+            local = fh.read(30)
+            if local[:4] != b"PK\x03\x04":
+                return None
+            name_len = int.from_bytes(local[26:28], "little")
+            extra_len = int.from_bytes(local[28:30], "little")
+            fh.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                return None
+            offset = fh.tell()
+        if dtype.hasobject or not shape or int(np.prod(shape)) == 0:
+            return None
+        order = "F" if fortran else "C"
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
+    except (KeyError, OSError, ValueError, zipfile.BadZipFile):
+        return None
+
+
 def load_npz(path, *, need_superclass: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read and check ``features``, ``superclass``, ``subclass`` from an .npz (no pickles)."""
     path = Path(path)
@@ -200,7 +238,9 @@ def load_npz(path, *, need_superclass: bool = True) -> tuple[np.ndarray, np.ndar
                 f"{path}: missing array(s) {', '.join(missing)}; found {', '.join(sorted(keys)) or 'none'}"
             )
         try:
-            arrays = {k: npz[k] for k in NPZ_KEYS if k in keys}
+            arrays = {k: npz[k] for k in NPZ_KEYS if k in keys and k != "features"}
+            features = _mapped_member(path, "features")
+            arrays["features"] = npz["features"] if features is None else features
         except ValueError as err:  # object arrays need pickles, which we refuse
             raise UsageError(f"{path}: cannot read arrays without pickle ({err})") from None
     return check_arrays(

@@ -192,3 +192,17 @@ def test_cli_imports_neither_torch_nor_mlflow(tmp_path):
     report = json.loads(proc.stderr.strip().splitlines()[-1])
     assert report == {"rc": 0, "heavy": []}
     assert set(json.loads(proc.stdout)) >= {"ami", "purity", "per_superclass"}
+
+
+@pytest.mark.parametrize("saver", [np.savez, np.savez_compressed])
+def test_npz_stored_or_compressed_read_alike(tmp_path, saver):
+    """Uncompressed members are memory-mapped, compressed ones read: same arrays either way."""
+    from clusterprobe.runners.score import load_npz
+
+    features, sup, sub = make_embeddings(5, n=40)
+    path = tmp_path / "emb.npz"
+    saver(path, features=features, superclass=sup, subclass=sub)
+    x, s, y = load_npz(path)
+    np.testing.assert_array_equal(x, features.reshape(40, -1))
+    np.testing.assert_array_equal(s, sup)
+    np.testing.assert_array_equal(y, sub)
