@@ -139,7 +139,8 @@ def section_protocol(args, report):
         f"setup: resnet18 (random init), {args.size} px, {args.superclasses} superclasses x "
         f"{args.subclasses} subclasses x {args.per_subclass} images, {len(blocks)} blocks "
         f"(widths {widths[0]}..{widths[-1]}), factors {FACTORS}, torch threads "
-        f"{torch.get_num_threads()}, cores {os.cpu_count()}",
+        f"{torch.get_num_threads()}, cores {os.cpu_count()}, load average "
+        f"{os.getloadavg()[0]:.1f}",
         flush=True,
     )
     ours(outputs, subclass_of)  # warm-up (thread pools, first BLAS call)
@@ -276,7 +277,12 @@ def main(argv=None) -> int:
     p.add_argument("--sections", default="protocol,cli", help="comma list: protocol, cli")
     p.add_argument("--json", help="write the measurements here")
     p.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads for our Gram products (default 1: on a shared 2-core "
+        "machine torch's 2-thread GEMM spin-waits and was measured ~10x slower; the "
+        "paper-style path is single-threaded anyway); 0 = torch's default",
     )
     args = p.parse_args(argv)
     if args.threads:
