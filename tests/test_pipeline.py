@@ -220,7 +220,7 @@ def test_exception_in_on_eval_ends_both_runs_failed(store, tiny_config):
         assert set(summary) == set(cv.SUMMARY_METRICS)
         raise Pruned(f"stop at epoch {epoch}")
 
-    config = tiny_config.replace(epochs=1, eval_epochs=(), save=())
+    config = tiny_config.replace(classes=2, epochs=1, eval_epochs=(), save=())
     with pytest.raises(Pruned):
         pipeline.run(config, store, on_eval=on_eval, quiet=True)
     tracker = Tracker(store)

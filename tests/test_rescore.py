@@ -63,7 +63,10 @@ def test_rescore_other_factors_through_the_cli(final_eval, capsys):
     assert new.data.params["eval_factors"] == "1,2,3"  # factor 1 always (best_ami uses it)
     assert set(new.data.metrics) >= {"ami_f2", "ami_f3", "best_ami"}
     assert "ami_f4" not in new.data.metrics
-    assert _curve(client, new_id, "ami_f3") == _curve(client, source.info.run_id, "ami_f3")
+    # Same trees, same cuts; only the summation order of the superclass mean may differ.
+    np.testing.assert_allclose(
+        _curve(client, new_id, "ami_f3"), _curve(client, source.info.run_id, "ami_f3"), atol=1e-12
+    )
 
 
 def test_rescore_whole_dataset_from_pooled_embeddings(final_eval):
