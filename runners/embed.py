@@ -16,7 +16,7 @@ of 1,000 images at 224 px fits a 24 GB card at the cost of extra forward passes.
 Same code path on CPU and CUDA. ``precision="bf16"`` runs the forward under
 bf16 autocast (CPU too); on CUDA it also stores features in bf16 and forms
 Grams with fp32 accumulation and output. ``"fp32"`` keeps fp32 throughout
-(TF32 off while embedding).
+(TF32 off for convolutions and matmuls while embedding).
 """
 
 from __future__ import annotations
@@ -182,16 +182,19 @@ def _eval_mode(model, precision, device):
     """model.eval() and a pinned matmul precision for the duration; both restored after."""
     was_training = model.training
     model.eval()
-    old_tf32 = torch.backends.cuda.matmul.allow_tf32 if device.type == "cuda" else None
-    if device.type == "cuda":
-        # fp32 means fp32 Grams; bf16 forward noise dwarfs TF32's, so allow it there.
+    cuda = device.type == "cuda"
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    if cuda:
+        # fp32 means fp32 convolutions and Grams (PyTorch lets cuDNN use TF32 by default);
+        # under bf16 the forward's own rounding dwarfs TF32's, so allow it there.
         torch.backends.cuda.matmul.allow_tf32 = precision == "bf16"
+        torch.backends.cudnn.allow_tf32 = precision == "bf16"
     try:
         yield
     finally:
         model.train(was_training)
-        if old_tf32 is not None:
-            torch.backends.cuda.matmul.allow_tf32 = old_tf32
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def _check_precision(precision: str) -> None:
