@@ -11,6 +11,7 @@ same :func:`clusterprobe.runners.cluster.cluster_protocol` that ``run`` uses.
 from __future__ import annotations
 
 import contextlib
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def unit_rows(features: np.ndarray, dtype=np.float32) -> np.ndarray:
 
 
 def protocol(
-    features, superclass, subclass, factors=(1, 2, 3, 4, 5), *, n_jobs=None
+    features, superclass, subclass, factors=(1, 2, 3, 4, 5), *, n_jobs=None, progress=False
 ) -> ProtocolResult:
     """The per-superclass protocol on one feature matrix (one "layer").
 
@@ -126,15 +127,42 @@ def protocol(
     sups = [int(s) for s in np.unique(superclass)]
     rows = {s: np.flatnonzero(superclass == s) for s in sups}
     workers = resolve_workers(n_jobs, len(sups))
+    bar = _bar(len(sups), progress)
     with _single_threaded_blas():
         if workers > 1:
             with ThreadPoolExecutor(workers) as pool:
                 done = pool.map(lambda s: unit_gram(features[rows[s]]), sups)
-                grams = dict(zip(sups, done, strict=True))
+                grams = {}
+                for s, g in zip(sups, done, strict=True):
+                    grams[s] = g
+                    bar.update(1)
         else:
-            grams = {s: unit_gram(features[rows[s]]) for s in sups}
+            grams = {}
+            for s in sups:
+                grams[s] = unit_gram(features[rows[s]])
+                bar.update(1)
+    bar.close()
     subs = {s: subclass[rows[s]] for s in sups}
     return cluster_protocol(grams, subs, factors, n_jobs=n_jobs)
+
+
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
+def _bar(total: int, on: bool):
+    """tqdm over superclasses on stderr, or nothing (tqdm imported only when shown)."""
+    if not on:
+        return _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc="gram", unit="superclass", file=sys.stderr, leave=False)
 
 
 @contextlib.contextmanager
@@ -148,14 +176,16 @@ def _single_threaded_blas():
         yield
 
 
-def score_features(features, superclass, subclass, factors=(1, 2, 3, 4, 5), *, n_jobs=None) -> dict:
+def score_features(
+    features, superclass, subclass, factors=(1, 2, 3, 4, 5), *, n_jobs=None, progress=False
+) -> dict:
     """JSON-ready result: mean AMI and purity per factor, plus one entry per superclass.
 
     ``{"ami": {"1": a, ...}, "purity": {"1": p, ...}, "per_superclass": [{"superclass":
     s, "factor": f, "ami": a, "purity": p}, ...], "params": {...}}``. Means are
     unweighted over superclasses, as in the paper.
     """
-    result = protocol(features, superclass, subclass, factors, n_jobs=n_jobs)
+    result = protocol(features, superclass, subclass, factors, n_jobs=n_jobs, progress=progress)
     return result_json(result)
 
 

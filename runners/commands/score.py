@@ -58,7 +58,9 @@ def main(args) -> int:
     if args.whole:
         result = _whole(features, subclass, factors, args)
     else:
-        result = score.score_features(features, superclass, subclass, factors, n_jobs=args.jobs)
+        result = score.score_features(
+            features, superclass, subclass, factors, n_jobs=args.jobs, progress=not args.quiet
+        )
     text = json.dumps(result, indent=2)
     if args.json:
         Path(args.json).write_text(text + "\n")
