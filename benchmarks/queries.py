@@ -7,7 +7,8 @@ The store is made faithfully: MLflow (through the tracker) creates the schema an
 the experiment, then runs, tags, params, metrics and latest_metrics rows are bulk
 inserted into MLflow's own SQLite tables with sqlite3 executemany, as MLflow would
 write them; each eval run gets its layer_metrics.parquet artifact (per superclass)
-in the run's artifact folder, and a real Optuna study links trials to train runs.
+in the run's artifact folder (500 of them also an ari.parquet), and a real Optuna
+study links trials to train runs.
 
 Timed in one process on the same store:
 * ours: `connect` (attach + snapshot, once) and every canned query warm (median of 3);
@@ -201,6 +202,46 @@ def _write_layer_tables(root, location, frames, n_layers) -> None:
         pq.write_table(table, out / "layer_metrics.parquet")
 
 
+def ensure_ari(root: Path, n_runs: int = 500, n_layers: int = 30, seed: int = 0) -> int:
+    """ari.parquet (layer x layer and seed-pair ARI) on the first final eval runs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    db = sqlite3.connect(f"file:{root / 'mlflow.db'}?mode=ro", uri=True)
+    rows = db.execute(
+        """SELECT r.run_uuid, r.artifact_uri FROM runs r
+        JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'clusterprobe.kind' AND t.value = 'eval'
+        JOIN params p ON p.run_uuid = r.run_uuid AND p.key = 'checkpoint_epoch' AND p.value = ?
+        ORDER BY r.run_uuid LIMIT ?""",
+        (str(EPOCHS), n_runs),
+    ).fetchall()
+    db.close()
+    rng = np.random.default_rng(seed)
+    la, lb = np.meshgrid(np.arange(n_layers), np.arange(n_layers), indexing="ij")
+    written = 0
+    for k, (run_id, uri) in enumerate(rows):
+        path = Path(uri.removeprefix("file://")) / "ari.parquet"
+        if path.exists():
+            continue
+        other = rows[(k + 1) % len(rows)][0]
+        layer = np.where(la == lb, 1.0, rng.random(la.shape)).reshape(-1)
+        table = pa.table(
+            {
+                "run_id": [run_id] * (la.size + n_layers),
+                "other_run_id": [run_id] * la.size + [other] * n_layers,
+                "kind": ["layer"] * la.size + ["seed"] * n_layers,
+                "layer_a": np.concatenate([la.reshape(-1), np.arange(n_layers)]),
+                "layer_b": np.concatenate([lb.reshape(-1), np.arange(n_layers)]),
+                "factor": np.ones(la.size + n_layers, dtype=np.int64),
+                "value": np.concatenate([layer, rng.random(n_layers)]),
+            }
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path)
+        written += 1
+    return written
+
+
 def _study(store, train_ids: list[str]) -> None:
     import optuna
 
@@ -311,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{info['param_rows']:,} param rows; built in {time.perf_counter() - start:.1f} s",
                 flush=True,
             )
+        n_ari = ensure_ari(root, n_layers=args.layers)
+        if n_ari:
+            print(f"wrote ari.parquet on {n_ari} final eval runs (seed_stability reads them)")
         print(f"{os.cpu_count()} cores visible; load average {os.getloadavg()[0]:.1f} at start")
         print("ours (DuckDB, warm, median of 3):")
         connect_s, times, analysis = time_ours(root)
