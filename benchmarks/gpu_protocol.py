@@ -92,6 +92,7 @@ def gratings(n_sup, n_sub, per, size, device, seed=0):
     """Structured images made on the device: superclass = orientation + frequency,
     subclass = colour + phase, plus per-image jitter and noise. Returns (images, sup, sub)."""
     g = torch.Generator(device="cpu").manual_seed(seed)
+    g_dev = torch.Generator(device=device).manual_seed(seed)  # bulk noise made on the device
     coords = torch.linspace(0, 1, size, device=device)
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
     chunks, sups, subs = [], [], []
@@ -104,7 +105,7 @@ def gratings(n_sup, n_sub, per, size, device, seed=0):
             phase = float(torch.rand(1, generator=g)) * 2 * np.pi
             jitter = (torch.randn(per, generator=g) * 0.4).to(device).view(per, 1, 1, 1)
             wave = torch.sin(2 * np.pi * freq * base[None, None] + phase + jitter)
-            noise = torch.randn(per, 3, size, size, generator=g).to(device)
+            noise = torch.randn(per, 3, size, size, generator=g_dev, device=device)
             chunks.append(colour * wave + 0.5 * noise)
             sups += [s] * per
             subs += [s * n_sub + c] * per
@@ -170,13 +171,13 @@ def whole_section(args, device, report):
     n, d = args.whole_n, 512
     n_sub = 50
     log(f"whole: {n} x {d} points, {n_sub} blobs in 10 groups, factors 1..5")
-    g = torch.Generator(device="cpu").manual_seed(1)
-    groups = torch.randn(10, d, generator=g) * 4
-    centres = groups.repeat_interleave(5, 0) + torch.randn(n_sub, d, generator=g) * 2
-    y = torch.randint(0, n_sub, (n,), generator=g)
-    x = (centres[y] + torch.randn(n, d, generator=g)).float()
-    x = x / x.norm(dim=1, keepdim=True)
-    y = y.numpy()
+    g = torch.Generator(device=device).manual_seed(1)
+    groups = torch.randn(10, d, generator=g, device=device) * 4
+    centres = groups.repeat_interleave(5, 0) + torch.randn(n_sub, d, generator=g, device=device) * 2
+    y = torch.randint(0, n_sub, (n,), generator=g, device=device)
+    x = centres[y] + torch.randn(n, d, generator=g, device=device)
+    x = (x / x.norm(dim=1, keepdim=True)).cpu()  # score_whole takes host arrays
+    y = y.cpu().numpy()
     out: dict = {}
     try:
         from clusterprobe.runners import neighbors
