@@ -271,7 +271,11 @@ def main(argv=None) -> int:
     import timm
 
     torch.manual_seed(0)
-    model = timm.create_model(args.arch, pretrained=False, num_classes=args.superclasses)
+    # zero_init_last=False: timm zero-initialises each block's last BN, which makes every
+    # block of a stage repeat the first one at init; real features differ per block
+    model = timm.create_model(
+        args.arch, pretrained=False, num_classes=args.superclasses, zero_init_last=False
+    )
     model = model.to(device).eval().to(memory_format=torch.channels_last)
     taps = make_taps(model)
     per_sub = args.per_superclass // args.subclasses

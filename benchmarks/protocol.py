@@ -69,7 +69,9 @@ def gratings(n_sup: int, n_sub: int, per: int, size: int, seed: int = 0):
 
 def resnet18_blocks(seed: int = 0):
     torch.manual_seed(seed)
-    model = timm.create_model("resnet18", num_classes=8).eval()
+    # zero_init_last=False: timm zero-initialises each block's last BN, which makes every
+    # block of a stage repeat the first one at init; real features differ per block
+    model = timm.create_model("resnet18", num_classes=8, zero_init_last=False).eval()
     blocks = [
         b for stage in (model.layer1, model.layer2, model.layer3, model.layer4) for b in stage
     ]

@@ -46,7 +46,7 @@ def resnet():
 
 def resnet_and_taps():
     torch.manual_seed(0)
-    model = timm.create_model("resnet18", num_classes=4)
+    model = timm.create_model("resnet18", num_classes=4, zero_init_last=False)
     taps = []
     for stage in ("layer1", "layer2", "layer3", "layer4"):
         for i, block in enumerate(getattr(model, stage)):
