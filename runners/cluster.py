@@ -237,7 +237,9 @@ def cluster_protocol(
     (any integers). n_clusters = #distinct subclasses in s x factor, clamped to n_s.
 
     n_jobs: parallel workers over (superclass, layer blocks); None = all cores
-    (capped by the work), 1 = serial. backend: "thread" or "process" (fork).
+    (capped by the work), 1 = serial. backend: "thread" (default: scipy's Ward
+    releases the GIL) or "process" (fork; measured slower on 2 cores, since
+    forking a process that holds torch costs more than the ~1 ms per tree).
     A constant layer (every vector zero or all equal) warns
     (:class:`DeadLayerWarning`), is listed in ``.dead`` and is still scored:
     Ward on all-zero distances merges arbitrarily, so its AMI is ~0.
