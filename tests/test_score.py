@@ -206,3 +206,15 @@ def test_npz_stored_or_compressed_read_alike(tmp_path, saver):
     np.testing.assert_array_equal(x, features.reshape(40, -1))
     np.testing.assert_array_equal(s, sup)
     np.testing.assert_array_equal(y, sub)
+
+
+def test_constant_features_warn_and_still_score(tmp_path, capsys):
+    from clusterprobe.runners.cluster import DeadLayerWarning
+
+    features = np.zeros((12, 5), dtype=np.float32)  # every row zero: a dead layer
+    sup = np.repeat([0, 1], 6)
+    sub = np.tile([0, 1, 2], 4) + 3 * sup
+    with pytest.warns(DeadLayerWarning, match="constant"):
+        out = score_features(features, sup, sub, (1, 2))
+    assert set(out["ami"]) == {"1", "2"}
+    assert all(np.isfinite(r["ami"]) and np.isfinite(r["purity"]) for r in out["per_superclass"])
