@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import optuna
@@ -370,7 +371,9 @@ def test_sigkill_mid_trial_then_resume(store, space_file):
     study = optuna.load_study(study_name="k", storage=storage)
     assert study.trials[number].state == TrialState.RUNNING
     time.sleep(4)
-    optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     assert study.trials[number].state == TrialState.FAIL
     # MLflow: the owner pid is gone, so the reaper fails the train run it left RUNNING
     assert killed_run.info.run_id in tracker.reap_orphans()
