@@ -407,7 +407,7 @@ def test_queries_while_a_run_writes(qs, tmp_path):
     target = tmp_path / "live"
     shutil.copytree(qs.store.root, target)
     proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(target), "4"],
+        [sys.executable, "-c", WRITER, str(target), "2.5"],
         stdout=subprocess.PIPE,
         text=True,
     )
