@@ -51,6 +51,8 @@ class RunResult:
     bytes_stored: int | None = None  # artifacts of all runs; None when the store is remote
     evaluations: dict[int, dict] = field(default_factory=dict)  # epoch -> summary
     history: list[dict] = field(default_factory=list)  # per-epoch training metrics
+    seconds: dict[str, float] = field(default_factory=dict)  # train (incl. intermediate evals),
+    # then the final checkpoint's embed, cluster, probe
 
 
 @dataclass
@@ -490,6 +492,7 @@ def run(
     run_tags = {cv.TAG_DEVICE: str(device), **(tags or {})}
     eval_run_ids: list[str] = []
     evaluations: dict[int, dict] = {}
+    seconds: dict[str, float] = {}
     final: dict = {}
 
     with tracker.start_run(
@@ -526,7 +529,7 @@ def run(
                 meas = measure(net, config, data, device, probe_index=probe_index, quiet=quiet)
                 summary = record_measurement(eval_ctx, meas, data, config, probe_index=probe_index)
                 evaluations[epoch] = summary
-                final.update(layers=meas.layers(), summary=summary)
+                final.update(layers=meas.layers(), summary=summary, seconds=meas.seconds)
                 if on_eval is not None:
                     on_eval(epoch, summary)
 
@@ -548,7 +551,10 @@ def run(
                 evaluate(snapshot, epoch)
                 del snapshot
 
+        t0 = time.perf_counter()
         history = train(model, data, config, device, on_epoch=on_epoch, quiet=quiet)
+        seconds["train"] = time.perf_counter() - t0
+        train_ctx.log_metrics({"seconds_train": seconds["train"]}, step=config.epochs)
         if "checkpoint" in config.save:
             _log_checkpoint(
                 train_ctx,
@@ -569,6 +575,7 @@ def run(
         bytes_stored=bytes_stored(tracker, [train_ctx.run_id, *eval_run_ids]),
         evaluations=evaluations,
         history=list(history or []),
+        seconds={**seconds, **final["seconds"]},
     )
 
 

@@ -213,6 +213,8 @@ def main(args: argparse.Namespace) -> int:
         f"best probe acc {s.get('best_probe_acc', float('nan')):.3f}; "
         f"raw pixels AMI f1 {s.get('pixel_ami_f1', float('nan')):.3f}"
     )
+    if result.seconds:
+        print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
     print(f"train run: {result.train_run_id}")
     print(f"eval runs: {' '.join(result.eval_run_ids)}")
     print(f"bytes stored: {format_bytes(result.bytes_stored)}")
