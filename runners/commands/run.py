@@ -157,12 +157,15 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def format_table(layers: list[dict]) -> str:
+    """The per-layer table printed at the end (a probe not run shows as '-')."""
     width = max([len("name")] + [len(str(r["name"])) for r in layers])
     lines = [f"{'layer':>5}  {'name':<{width}}  {'AMI f1':>7}  {'purity f1':>9}  {'probe acc':>9}"]
     for r in layers:
+        probe = r.get("probe_acc", float("nan"))
+        probe_text = "-" if probe != probe else f"{probe:.3f}"  # NaN: no probe
         lines.append(
             f"{r['index']:>5}  {r['name']:<{width}}  {r['ami_f1']:>7.3f}  "
-            f"{r['purity_f1']:>9.3f}  {r['probe_acc']:>9.3f}"
+            f"{r['purity_f1']:>9.3f}  {probe_text:>9}"
         )
     return "\n".join(lines)
 
