@@ -330,15 +330,31 @@ def _parse_when(raw: Any, earlier: list[Param], where: str) -> tuple[tuple[str, 
 
 
 def _check_configs(space: Space) -> None:
-    """Each categorical choice and each range end must make a valid RunConfig."""
-    base = RunConfig().replace(**space.fixed).validate()
+    """Each categorical choice and each range end must make a valid RunConfig, and named
+    datasets and architectures must exist: caught here, before a study is created."""
+    try:
+        base = _check_names(RunConfig().replace(**space.fixed).validate())
+    except UsageError as err:
+        raise UsageError(f"--space {space.source} [fixed]: {err}") from None
     for p in space.params:
         ends = p.choices if p.kind == "categorical" else (p.low, p.high)
         for value in ends:
             try:
-                base.replace(**{p.name: coerce(p.name, value)}).validate()
+                _check_names(base.replace(**{p.name: coerce(p.name, value)}).validate(), p.name)
             except UsageError as err:
                 raise UsageError(f"--space {space.source} [params.{p.name}]: {err}") from None
+
+
+def _check_names(config: RunConfig, only: str | None = None) -> RunConfig:
+    if only in (None, "dataset"):
+        from clusterprobe.runners.data import registry
+
+        registry.resolve(config.dataset)
+    if only in (None, "arch"):
+        from clusterprobe.runners.models import arch_family
+
+        arch_family(config.arch)
+    return config
 
 
 def build_config(space: Space, values: dict[str, Any], *, quick: bool = False) -> RunConfig:

@@ -158,6 +158,8 @@ def test_default_space_parses_and_is_conditional():
         ),
         ("[params.lr]\ntype='float'\nlow=0.1\nhigh=1.0\nhigh_=2", "unknown key(s) ['high_']"),
         ("[space]\nx=1", "unknown top-level key(s) ['space']"),
+        ("[params.arch]\nchoices=['resnet18', 'resnet19']", "--arch 'resnet19' is not a supported"),
+        ("[fixed]\ndataset='synthetc'", "did you mean synthetic"),
     ],
 )
 def test_bad_space_is_a_usage_error(text, message):
