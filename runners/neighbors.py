@@ -193,10 +193,19 @@ def knn(
         raise UsageError(
             f"precision {precision!r} is not known; use one of {', '.join(PRECISIONS)}"
         )
-    engine = resolve_backend("faiss" if index != "flat" else backend, work=float(n) * n * d, dim=d)
+    engine = knn_backend(n, d, backend=backend, index=index)
     if engine == "torch":
         return _knn_torch(x, int(k), metric, index, precision)
     return _knn_faiss(x, int(k), metric, index, precision)
+
+
+def knn_backend(n: int, d: int, *, backend: str = "auto", index: str = "flat") -> str:
+    """The engine ``knn`` uses for ``n`` points in ``d`` dimensions (for the record)."""
+    if index != "flat":
+        if backend == "torch":
+            raise UsageError(f"index {index!r} needs backend 'faiss'; the torch backend is exact")
+        return resolve_backend("faiss")
+    return resolve_backend(backend, work=float(n) * n * d, dim=d, task="knn")
 
 
 def _drop_self(dist: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -246,7 +246,7 @@ def _knn_ward_children(x, k, backend, index, precision, quiet, timings, params) 
     t0 = time.perf_counter()
     _, idx = neighbors.knn(x, k, backend=backend, index=index, precision=precision)
     timings["knn"] = time.perf_counter() - t0
-    params["backend"] = neighbors.resolve_backend(backend, work=float(n) * n * x.shape[1])
+    params["backend"] = neighbors.knn_backend(n, x.shape[1], backend=backend, index=index)
     _log(quiet, f"{k}-NN graph of {n} points ({params['backend']}): {timings['knn']:.1f}s")
     graph = sparse.csr_matrix(
         (np.ones(idx.size, dtype=np.int8), (np.repeat(np.arange(n), idx.shape[1]), idx.ravel())),

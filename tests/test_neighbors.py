@@ -108,3 +108,5 @@ def test_bad_input_is_a_usage_error():
         neighbors.kmeans(x, 3)
     with pytest.raises(UsageError, match="index"):
         neighbors.knn(_points(n=50), 3, index="lsh")
+    with pytest.raises(UsageError, match="needs backend 'faiss'"):
+        neighbors.knn(_points(n=50), 3, index="hnsw", backend="torch")
