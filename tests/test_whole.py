@@ -146,8 +146,8 @@ def test_bad_arguments_are_usage_errors():
 
 @pytest.mark.skipif(not neighbors._have_torch(), reason="torch not installed")
 def test_two_stage_through_torch_kmeans_and_cluster_whole():
-    x, y = _blobs(n=2000, spread=(8.0, 4.0, 0.5), seed=9)
-    res = whole.cluster_whole(x, [12, 24], method="two-stage", micro_clusters=200, backend="torch")
+    x, y = _blobs(n=1000, spread=(8.0, 4.0, 0.5), seed=9)
+    res = whole.cluster_whole(x, [12, 24], method="two-stage", micro_clusters=100, backend="torch")
     assert res.params["backend"] == "torch-cpu" and set(res.labels) == {12, 24}
     assert adjusted_mutual_info_score(y, res.labels[12]) == pytest.approx(1.0, abs=1e-9)
     assert len(np.unique(res.labels[24])) == 24
