@@ -192,7 +192,7 @@ def test_resnet_end_to_end_equals_sklearn_protocol(resnet):
 
 def test_bf16_close_to_fp32(resnet):
     model, taps = resnet
-    x, sup, sub = structured_images(n_sup=2, n_sub=4, per=6, size=32, seed=1)
+    x, sup, sub = structured_images(n_sup=2, n_sub=4, per=5, size=16, seed=1)
     labels = Labels(sup, sub)
     res = {}
     for precision in ("fp32", "bf16"):
