@@ -81,14 +81,26 @@ def unit_rows(f: torch.Tensor) -> torch.Tensor:
     return f / torch.where(norms == 0, torch.ones_like(norms), norms)
 
 
+def unit_rows_into(dest: torch.Tensor, f: torch.Tensor) -> None:
+    """``dest[:] = unit_rows(f)`` without fp32 temporaries of the whole batch.
+
+    Norms accumulate in fp32 straight from ``f`` (bf16 under autocast); the copy
+    and the in-place scale compute in fp32 and round once into ``dest``'s dtype,
+    as ``unit_rows(f).to(dest.dtype)`` would, at a third of the memory traffic.
+    """
+    norms = torch.linalg.vector_norm(f, dim=1, dtype=torch.float32)
+    inv = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, 1.0), 0.0)
+    dest.copy_(f)
+    dest.mul_(inv[:, None])
+
+
 def pool(t: torch.Tensor) -> torch.Tensor:
     """Global average pool: [B,C,H,W] -> mean over H,W; [B,T,C] -> mean over tokens; fp32."""
-    t = t.float()
     if t.dim() == 4:
-        return t.mean(dim=(2, 3))
+        return t.mean(dim=(2, 3), dtype=torch.float32)
     if t.dim() == 3:
-        return t.mean(dim=1)
-    return t.reshape(t.shape[0], -1)
+        return t.mean(dim=1, dtype=torch.float32)
+    return t.reshape(t.shape[0], -1).float()
 
 
 def gram_block(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -309,7 +321,7 @@ class _Superclass:
 
         def consume(pos, t):
             b = t.shape[0]
-            feats[pos][cursor[0] : cursor[0] + b] = unit_rows(flatten(t)).to(self.store_dtype)
+            unit_rows_into(feats[pos][cursor[0] : cursor[0] + b], flatten(t))
             if pos >= 0:
                 pooled[pos].append(pool(t))
 
@@ -373,7 +385,10 @@ class _Superclass:
                 with hooks:
                     hooks.run(model, x, precision)
                 t = box.pop("t")
-            sink(offset[0], unit_rows(flatten(t)).to(self.store_dtype), t)
+            flat = flatten(t)
+            unit = torch.empty(flat.shape, dtype=self.store_dtype, device=flat.device)
+            unit_rows_into(unit, flat)
+            sink(offset[0], unit, t)
             offset[0] += x.shape[0]
 
 
