@@ -36,6 +36,7 @@ import sys
 import time
 import typing
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -721,8 +722,9 @@ def _sampler(settings: StudySettings, worker_index: int, n_existing: int):
     import optuna
 
     seed = settings.seed
-    if seed is not None:  # distinct streams per worker and per resume: no repeated proposals
-        seed = (seed * 1_000_003 + worker_index * 10_007 + n_existing) % (2**31)
+    if seed is not None:  # distinct streams per host, worker and resume: no repeated proposals
+        host = zlib.crc32(socket.gethostname().encode())
+        seed = (seed * 1_000_003 + host + worker_index * 10_007 + n_existing) % (2**31)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(
@@ -754,11 +756,10 @@ def run_worker(
     """Run trials of study ``name`` until it has its number of COMPLETE trials.
 
     Returns how many trials this worker completed. Raises UsageError when the space
-    itself makes invalid configs.
+    itself makes invalid configs, StudyFailed after too many failures in a row.
     """
     import optuna
-    from clusterprobe.tracker.tracking import Tracker
-    from optuna.trial import TrialState
+    from clusterprobe.tracker.tracking import Tracker, handle_sigterm
 
     optuna.logging.set_verbosity(optuna.logging.ERROR if quiet else optuna.logging.WARNING)
     tracker = Tracker(store)
@@ -769,56 +770,75 @@ def run_worker(
     study.pruner = _pruner(settings.pruner)
     slot = SlotLock(storage_spec, name)
     objective = _Objective(settings, settings.space(), store, slot, quiet)
-    done, failures, last_progress = 0, 0, None
+    worker = _Worker(study, tracker, slot, objective, quiet, poll)
+    with handle_sigterm():  # SIGTERM ends the trial FAIL and its runs KILLED, not RUNNING
+        worker.loop()
+    return worker.done
 
-    def after(study_, trial) -> None:
-        nonlocal done, failures
-        values = ", ".join(
-            f"{n}={v:.4f}"
-            for (n, _), v in zip(settings.objectives, trial.values or [], strict=False)
-        )
+
+@dataclass
+class _Worker:
+    """One worker's loop: take a free slot, run one trial, repeat until N are COMPLETE."""
+
+    study: Any
+    tracker: Any
+    slot: SlotLock
+    objective: _Objective
+    quiet: bool
+    poll: float
+    done: int = 0  # trials this worker completed
+    failures: int = 0  # failed in a row
+
+    def after(self, study, trial) -> None:
+        from optuna.trial import TrialState
+
+        names = [n for n, _ in self.objective.settings.objectives]
+        values = ", ".join(f"{n}={v:.4f}" for n, v in zip(names, trial.values or [], strict=False))
         run_id = trial.user_attrs.get(ATTR_RUN_ID, "-")
-        _log(quiet, f"trial {trial.number} {trial.state.name} {values} run {run_id}")
-        if trial.state == TrialState.COMPLETE:
-            done += 1
-        failures = failures + 1 if trial.state == TrialState.FAIL else 0
+        _log(self.quiet, f"trial {trial.number} {trial.state.name} {values} run {run_id}")
+        self.done += trial.state == TrialState.COMPLETE
+        self.failures = self.failures + 1 if trial.state == TrialState.FAIL else 0
 
-    while True:
-        for number in fail_orphan_trials(study, tracker):
-            _log(quiet, f"trial {number} FAIL: its worker process is gone")
-        with contextlib.suppress(Exception):
-            tracker.reap_orphans()
-        settings = read_settings(study)  # --resume may have raised --trials
-        slot.acquire()
-        try:
-            trials = study.get_trials(
-                deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)
-            )
-            complete = sum(t.state == TrialState.COMPLETE for t in trials)
-            running = len(trials) - complete
-            if complete >= settings.trials:
-                break
-            if complete + running >= settings.trials:  # every slot is taken: wait
-                progress = (complete, running)
-                if progress != last_progress:
-                    _log(quiet, f"{complete} complete, {running} running: waiting")
-                    last_progress = progress
+    def loop(self) -> None:
+        from optuna.trial import TrialState
+
+        study, slot, last_progress = self.study, self.slot, None
+        while True:
+            for number in fail_orphan_trials(study, self.tracker):
+                _log(self.quiet, f"trial {number} FAIL: its worker process is gone")
+            with contextlib.suppress(Exception):
+                self.tracker.reap_orphans()
+            target = read_settings(study).trials  # --resume may have raised --trials
+            slot.acquire()
+            try:
+                trials = study.get_trials(
+                    deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)
+                )
+                complete = sum(t.state == TrialState.COMPLETE for t in trials)
+                running = len(trials) - complete
+                if complete >= target:
+                    return
+                if complete + running >= target:  # every slot is taken: wait for one
+                    if (complete, running) != last_progress:
+                        _log(self.quiet, f"{complete} complete, {running} running: waiting")
+                        last_progress = (complete, running)
+                    slot.release()
+                    time.sleep(self.poll)
+                    continue
+                self.objective.usage_error = None
+                study.optimize(
+                    self.objective, n_trials=1, catch=(Exception,), callbacks=[self.after]
+                )
+            finally:
                 slot.release()
-                time.sleep(poll)
-                continue
-            objective.usage_error = None
-            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[after])
-        finally:
-            slot.release()
-        if objective.usage_error is not None:
-            raise objective.usage_error
-        if failures >= MAX_CONSECUTIVE_FAILURES:
-            raise StudyFailed(
-                f"{failures} trials in a row failed in this worker, the last with "
-                f"{objective.last_error or 'no error message'}; see the FAILED runs' "
-                "clusterprobe.error tags"
-            )
-    return done
+            if self.objective.usage_error is not None:
+                raise self.objective.usage_error
+            if self.failures >= MAX_CONSECUTIVE_FAILURES:
+                raise StudyFailed(
+                    f"{self.failures} trials in a row failed in this worker, the last with "
+                    f"{self.objective.last_error or 'no error message'}; see the FAILED runs' "
+                    "clusterprobe.error tags"
+                )
 
 
 def _on_stale(tracker) -> Callable:
@@ -993,6 +1013,11 @@ def run_study(opts: StudyOptions, store: Store) -> StudyOutcome:
         outcome = summarize(study, spec)
         outcome.study_run_id = run_id
         _log_study_summary(tracker, run_id, outcome)
+        if outcome.complete < outcome.trials:
+            raise StudyFailed(
+                f"study {name} has {outcome.complete} of {outcome.trials} complete trials; "
+                f"continue it with --resume {name}"
+            )
     return outcome
 
 
@@ -1098,11 +1123,12 @@ def _run_workers(opts: StudyOptions, spec: str, name: str, store: Store) -> None
             p.wait()
         raise
     bad = [(i, c) for i, c in enumerate(codes) if c != 0]
-    if bad:
-        raise StudyFailed(
-            "worker process(es) exited with errors ("
+    if bad:  # the study may still be complete: the other workers took over the slots
+        _log(
+            False,
+            "worker process(es) ended with errors ("
             + ", ".join(f"#{i}: exit {c}" for i, c in bad)
-            + "); see their messages above"
+            + "); see their messages above",
         )
 
 
