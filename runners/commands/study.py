@@ -79,7 +79,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"clusterprobe study: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the trial is FAIL, its runs KILLED
-        print("clusterprobe study: interrupted; continue with --resume NAME", file=sys.stderr)
+        name = args.resume or args.name or "NAME"
+        print(f"clusterprobe study: interrupted; continue with --resume {name}", file=sys.stderr)
         return 130
 
 
