@@ -1009,6 +1009,11 @@ def run_study(opts: StudyOptions, store: Store) -> StudyOutcome:
     with _study_run(tracker, settings, spec, opts) as run_id:
         settings = dataclasses.replace(settings, study_run_id=run_id)
         study.set_user_attr(ATTR_SETTINGS, settings.to_json())
+        _log(
+            opts.quiet,
+            f"study {name}: {settings.trials} complete trials wanted, {opts.workers} worker(s), "
+            f"storage {redact(spec)}, study run {run_id} (resume: --resume {name})",
+        )
         _run_workers(opts, spec, name, store)
         outcome = summarize(study, spec)
         outcome.study_run_id = run_id
