@@ -1040,7 +1040,10 @@ def _study_run(tracker, settings: StudySettings, spec: str, opts: StudyOptions) 
         "storage": redact(spec),
         "sampler": "TPESampler(multivariate=True, group=True, constant_liar=True)",
     }
-    existing = settings.study_run_id or _find_study_run(tracker, settings.name)
+    existing = settings.study_run_id
+    if existing is not None and not _run_exists(tracker, existing):
+        existing = None  # resumed against another MLflow store: give it its own study run
+    existing = existing or _find_study_run(tracker, settings.name)
     if existing is not None:
         with _reopen_run(tracker, existing) as run:
             yield run.run_id
@@ -1067,6 +1070,14 @@ def _reopen_run(tracker, run_id: str):
         tracker.client.set_tag(run_id, key, value)
     tracker.client.update_run(run_id, status="RUNNING")
     return RunContext(tracker, run)
+
+
+def _run_exists(tracker, run_id: str) -> bool:
+    try:
+        tracker.get_run(run_id)
+    except Exception:  # MlflowException RESOURCE_DOES_NOT_EXIST (tracker owns mlflow)
+        return False
+    return True
 
 
 def _find_study_run(tracker, name: str) -> str | None:

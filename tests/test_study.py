@@ -191,6 +191,8 @@ def test_bad_flags_exit_2_before_any_work(tmp_path, capsys, space_file):
     assert code == 2 and "journal" in err and "postgresql://" in err
     code = cli_main(["study", "--store", store, "--resume", "nope"])
     assert code == 2 and "no such study" in capsys.readouterr().err
+    code = cli_main(["study", "--store", store, "--resume", "s", "--space", str(space_file)])
+    assert code == 2 and "keeps the settings it was created with" in capsys.readouterr().err
     code = cli_main(["study", "--store", store, "--pruner", "median", "--space", str(space_file)])
     assert code == 2 and "eval_epochs" in capsys.readouterr().err
     sqlite_file = tmp_path / "x.db"
@@ -253,7 +255,7 @@ def sqlite_study(_template_store, tmp_path_factory):
     return store, outcome
 
 
-def test_sqlite_study_links_trials_and_runs(sqlite_study):
+def test_sqlite_study_links_trials_and_runs(sqlite_study, capsys):
     store, outcome = sqlite_study
     assert (outcome.complete, outcome.failed, outcome.trials) == (4, 0, 4)
     tracker = Tracker(store)
@@ -274,6 +276,10 @@ def test_sqlite_study_links_trials_and_runs(sqlite_study):
     assert run.data.params["train_per_subclass"] == "10"
     assert outcome.best[0]["number"] == best.number
     assert outcome.best[0]["mlflow_run_id"] == run.info.run_id
+    # the name is taken: exit 2, pointing at --resume; nothing new is stored
+    assert cli_main(["study", "--store", str(store.root), "--name", "s4"]) == 2
+    assert "continue it with --resume s4" in capsys.readouterr().err
+    assert len(optuna.get_all_study_names(store.optuna_url)) == 1
     # conditional parameter: weight_decay only where taps == blocks
     for t in study.trials:
         assert ("weight_decay" in t.params) == (t.params["taps"] == "blocks")
