@@ -342,6 +342,20 @@ def test_three_workers_on_postgresql(postgres_url, store, space_file):
     assert len(set(run_ids)) == 9  # no duplicate runs
 
 
+def test_two_workers_on_a_journal_file(store, space_file):
+    """The one-machine parallel storage: exactly N complete trials from 2 processes."""
+    journal = store.root / "optuna.journal"
+    opts = st.StudyOptions(
+        name="j", trials=3, space=str(space_file), storage=str(journal), workers=2, quiet=True
+    )
+    outcome = st.run_study(opts, store)
+    assert (outcome.complete, outcome.failed, outcome.storage) == (3, 0, str(journal))
+    study = optuna.load_study(study_name="j", storage=st.open_storage(str(journal)))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    tracker = Tracker(store)
+    assert len(_check_linkage(tracker, study, _study_runs(tracker, "j").info.run_id)) == 3
+
+
 def test_sigkill_mid_trial_then_resume(store, space_file):
     """SIGKILL a worker mid-trial: heartbeat FAILs the trial, the reaper FAILs its runs,
     and --resume completes the study with no orphans and no duplicates."""
