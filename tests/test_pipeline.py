@@ -7,6 +7,7 @@ reads a different part of what it recorded.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -246,8 +247,10 @@ def test_dead_layer_is_warned_about_and_recorded(store, tiny_config):
     with torch.no_grad():
         model.layer1[0].bn2.bias.fill_(-1e6)  # relu(-1e6 + x) == 0 for every image
     probe_index = pipeline.probe_indices(data.train_labels, config.probe_per_subclass, 0)
-    with pytest.warns(Warning, match="layer 0"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         meas = pipeline.measure(model, config, data, "cpu", probe_index=probe_index, quiet=True)
+    assert any("layer 0" in str(w.message) for w in caught)  # the engine's DeadLayerWarning
     tracker = Tracker(store)
     with tracker.start_run("eval") as ctx, pytest.warns(RuntimeWarning, match="layer1.0"):
         summary = pipeline.record_measurement(ctx, meas, data, config)
