@@ -78,7 +78,9 @@ def worker(args) -> None:
     else:
         from clusterprobe.runners.whole import score_whole
 
-        res = score_whole(x, y, factors, method=args.method, k=args.k, seed=args.seed, quiet=True)
+        res = score_whole(
+            x, y, factors, method=args.method, k=args.k, seed=args.seed, refine=args.refine
+        )
         elapsed = time.perf_counter() - t0
         labels, ami, params, timings = res.labels, res.ami, res.params, res.timings
     r1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -101,7 +103,7 @@ def run_one(n, method, args, tmp) -> dict | None:
     cmd = [sys.executable, __file__, "--worker", "--n", str(n), "--method", method, "--out", out]
     cmd += ["--dim", str(args.dim), "--supers", str(args.supers), "--subs", str(args.subs)]
     cmd += ["--seed", str(args.seed), "--k", str(args.k), "--factors", *map(str, args.factors)]
-    cmd += ["--spread", *map(str, args.spread)]
+    cmd += ["--spread", *map(str, args.spread), "--refine", str(args.refine)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -134,6 +136,9 @@ def main() -> int:
     p.add_argument("--factors", type=int, nargs="+", default=[1])
     p.add_argument("--k", type=int, default=10, help="k-NN graph degree for knn-ward")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--refine", type=int, default=0, help="Lloyd steps after our methods (default 0: Ward)"
+    )
     p.add_argument("--full-ward-max", type=int, default=20000)
     p.add_argument("--exact-max", type=int, default=20000)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -185,7 +190,7 @@ def main() -> int:
                 )
                 speed = base["time"] / info["time"] if base else float("nan")
                 how = info["params"].get("algorithm", "")
-                for key in ("backend", "micro_clusters", "k", "graph_components"):
+                for key in ("backend", "micro_clusters", "k", "graph_components", "refine_steps"):
                     if key in info["params"]:
                         how += f" {key}={info['params'][key]}"
                 ami0 = info["ami"][str(f0)] if str(f0) in info["ami"] else info["ami"][f0]

@@ -152,3 +152,19 @@ def test_two_stage_through_torch_kmeans_and_cluster_whole():
     assert adjusted_mutual_info_score(y, res.labels[12]) == pytest.approx(1.0, abs=1e-9)
     assert len(np.unique(res.labels[24])) == 24
     assert res.timings["kmeans"] > 0 and res.timings["ward"] > 0
+
+
+def _sse(x, lab):
+    return sum(((x[lab == c] - x[lab == c].mean(0)) ** 2).sum() for c in np.unique(lab))
+
+
+def test_refine_lowers_the_ward_criterion_and_is_recorded():
+    x, y = _blobs(n=1500, spread=(1.0, 1.0, 1.0), seed=10)
+    plain = whole.score_whole(x, y, (1, 2), method="two-stage", micro_clusters=150)
+    ref = whole.score_whole(x, y, (1, 2), method="two-stage", micro_clusters=150, refine=3)
+    assert ref.params["refine_steps"] == "3" and "refine_steps" not in plain.params
+    for f in (1, 2):
+        assert _sse(x, ref.labels[f]) <= _sse(x, plain.labels[f]) + 1e-9
+        assert ref.labels[f].max() + 1 == len(np.unique(ref.labels[f]))  # labels 0..c-1
+    with pytest.raises(UsageError, match="refine"):
+        whole.score_whole(x, y, (1,), refine=-1)
