@@ -26,7 +26,6 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -593,12 +592,12 @@ def _run_name(config: RunConfig, data) -> str:
 
 
 def bytes_stored(tracker, run_ids: list[str]) -> int | None:
-    """Total size of the runs' artifact folders, or None for a remote artifact store."""
+    """Total size of the runs' artifact folders, or None when they are not local files
+    (never downloads a remote artifact store just to count bytes)."""
     total = 0
     for run_id in run_ids:
-        try:
-            root = Path(tracker.artifact_path(run_id))
-        except Exception:  # remote artifact stores have no local path
+        root = tracker.artifact_dir(run_id)
+        if root is None:
             return None
         if root.exists():
             total += sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
