@@ -30,6 +30,7 @@ import fnmatch
 import hashlib
 import math
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -1181,8 +1182,10 @@ def summarize(study, spec: str) -> StudyOutcome:
 def dashboard_command(spec: str, store: Store) -> str:
     """The command that opens optuna-dashboard on this study's storage."""
     if store.optuna_url == spec and store.root is not None:
-        return f"clusterprobe dashboard --store {store.root}"
-    return f"clusterprobe dashboard --storage {redact(spec)}"
+        ours = f"clusterprobe dashboard --store {shlex.quote(str(store.root))}"
+    else:
+        ours = f"clusterprobe dashboard --storage {shlex.quote(redact(spec))}"
+    return f"{ours}  (or: optuna-dashboard {shlex.quote(redact(spec))})"
 
 
 def format_outcome(outcome: StudyOutcome, store: Store) -> str:

@@ -346,14 +346,14 @@ def test_two_workers_on_a_journal_file(store, space_file):
     """The one-machine parallel storage: exactly N complete trials from 2 processes."""
     journal = store.root / "optuna.journal"
     opts = st.StudyOptions(
-        name="j", trials=3, space=str(space_file), storage=str(journal), workers=2, quiet=True
+        name="j", trials=2, space=str(space_file), storage=str(journal), workers=2, quiet=True
     )
     outcome = st.run_study(opts, store)
-    assert (outcome.complete, outcome.failed, outcome.storage) == (3, 0, str(journal))
+    assert (outcome.complete, outcome.failed, outcome.storage) == (2, 0, str(journal))
     study = optuna.load_study(study_name="j", storage=st.open_storage(str(journal)))
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     tracker = Tracker(store)
-    assert len(_check_linkage(tracker, study, _study_runs(tracker, "j").info.run_id)) == 3
+    assert len(_check_linkage(tracker, study, _study_runs(tracker, "j").info.run_id)) == 2
 
 
 def test_sigkill_mid_trial_then_resume(store, space_file):
