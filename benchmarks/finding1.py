@@ -7,8 +7,14 @@ averaged over superclasses; factor 1). Raw pixels are scored as the baseline.
 Prints one line per (variant, seed) and the mean and spread of the best
 layer's AMI. Independent of the tracker: sklearn directly on the features.
 
-    python benchmarks/finding1.py --seeds 0 1 2
-    python benchmarks/finding1.py --seeds 0 --epochs 10 --lr 0.2   # try a recipe
+    python benchmarks/finding1.py --seeds 0 1 2 --threads 1
+    python benchmarks/finding1.py --seeds 0 --epochs 6 --lr 0.2   # try a recipe
+
+Measured with the defaults (resnet18, 10 epochs, batch 64, lr 0.4 per 256), one
+process per (variant, seed), best-layer AMI at factor 1:
+natural 0.078 / 0.063 / 0.066 (mean 0.069, std 0.006; best layer 6 = layer4.0),
+shuffled 0.334 / 0.329 / 0.400 (mean 0.354, std 0.032; best layer 7 = layer4.1);
+raw pixels 0.004 (natural) and 0.001 (shuffled).
 """
 
 from __future__ import annotations
