@@ -48,11 +48,8 @@ from urllib.parse import unquote, urlparse
 
 import duckdb
 from clusterprobe.tracker import conventions as cv
+from clusterprobe.tracker.conventions import ART_ARI  # the `ari` view reads these files
 from clusterprobe.tracker.errors import UsageError
-
-# Artifacts the views read besides layer_metrics.parquet. Not in conventions yet:
-# the pipeline (or a `compare` step) logs it on an eval run; see the `ari` view.
-ART_ARI = "ari.parquet"
 
 # Per-layer metrics of eval runs (step = layer index): ami_f<k>, purity_f<k>, and
 # accuracies measured per layer. Anything else on an eval run is a run-level summary.

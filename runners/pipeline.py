@@ -10,6 +10,10 @@ Optuna trial. It owns the I/O; the science lives in the stages it calls::
     ward   cluster.cluster_protocol   -> AMI / purity per (layer, superclass, factor)
     probe  probe.probe_layers         -> linear-probe accuracy per layer
 
+Every eval run also logs its cluster assignments and ARI tables (runners.stability):
+layer x layer; the final checkpoint against each earlier one; and the final
+checkpoint against up to MAX_SEED_RUNS earlier runs that differ only in the seed.
+
 Runs (tracker.conventions): one ``train`` run; per evaluated checkpoint
 (``config.eval_epochs`` plus the final one) one ``eval`` run nested under it that
 repeats the train run's params. Everything happens inside the Tracker's run
@@ -31,12 +35,17 @@ import numpy as np
 import pandas as pd
 from clusterprobe.runners.config import RunConfig
 from clusterprobe.tracker import conventions as cv
+from clusterprobe.tracker.conventions import PARAM_DEAD_LAYERS, PARAM_PROTOCOL, TAG_DEAD_LAYERS
 from clusterprobe.tracker.errors import UsageError
 
-TAG_DEAD_LAYERS = "clusterprobe.dead_layers"  # JSON {layer index: [superclasses]} of zero rows
-PARAM_DEAD_LAYERS = "dead_layers"  # comma list of layer indices with all-zero activations
-PARAM_PROTOCOL = "protocol"  # "per_superclass" (the paper's) | "whole" (rescore --method)
 EVAL_SPLIT = "eval"
+# RunConfig fields that do not change what a final checkpoint's clustering measures
+# (besides the seed, which is what a seed comparison varies): where and how fast it
+# ran, what else was saved, which intermediate checkpoints were also measured.
+NON_DESIGN_PARAMS = frozenset(
+    {"seed", "device", "workers", "save", "eval_epochs", "data_dir", "breeds_info", "download"}
+)
+MAX_SEED_RUNS = 5  # seed ARI against at most this many (most recent) matching runs
 
 
 @dataclass
@@ -454,6 +463,127 @@ def _json(obj) -> str:
     return json.dumps(obj, sort_keys=True)
 
 
+# --- stability: ARI between cluster assignments ----------------------------------------
+
+
+def record_stability(ctx, meas: Measurement, *, earlier: dict | None = None, seed_runs=()) -> int:
+    """Log assignments.parquet and ari.parquet on the open eval run ``ctx``.
+
+    ari.parquet holds the layer x layer rows, 'checkpoint' rows against each of
+    ``earlier`` (eval run id -> (assignments, factors), kept in memory by ``run``)
+    and 'seed' rows against each of ``seed_runs`` (run id -> (assignments, factors),
+    see :func:`find_seed_runs`). Returns the number of ARI rows.
+    """
+    from clusterprobe.runners import stability
+
+    t0 = time.perf_counter()
+    assignments = meas.protocol.assignments
+    eval_index = meas.embedding.eval_index
+    ctx.log_parquet(
+        stability.assignments_frame(assignments, meas.factors, eval_index), cv.ART_ASSIGNMENTS
+    )
+    tables = [stability.layer_ari_rows(ctx.run_id, assignments, meas.factors)]
+    for kind, others in (("checkpoint", earlier or {}), ("seed", dict(seed_runs or {}))):
+        for other_id, (other_assign, other_factors) in others.items():
+            try:
+                tables.append(
+                    stability.cross_ari_rows(
+                        ctx.run_id,
+                        other_id,
+                        kind,
+                        assignments,
+                        other_assign,
+                        meas.factors,
+                        other_factors,
+                    )
+                )
+            except (KeyError, ValueError, UsageError) as err:
+                # Another run's stored assignments that do not line up with ours (other
+                # layers or superclasses): a warning, never a failed run.
+                warnings.warn(
+                    f"{kind} ARI: skipped run {other_id}: {type(err).__name__}: {err}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+    table = pd.concat(tables, ignore_index=True)
+    ctx.log_parquet(table, cv.ART_ARI)
+    ctx.log_metrics({"seconds_ari": time.perf_counter() - t0})
+    return len(table)
+
+
+def design_keys(params: dict[str, str]) -> list[str]:
+    """The params two eval runs must share for their clusterings to differ only by the
+    seed: the run's params (RunConfig fields and what data went in) less
+    NON_DESIGN_PARAMS, plus which checkpoint, evaluation set and protocol."""
+    keys = set(params) - NON_DESIGN_PARAMS
+    keys |= {cv.PARAM_CHECKPOINT_EPOCH, cv.PARAM_EVAL_SET, PARAM_PROTOCOL, "cluster.algorithm"}
+    return sorted(keys)
+
+
+def find_seed_runs(tracker, run_id: str, params: dict[str, str], eval_index: dict) -> dict:
+    """Earlier FINISHED eval runs of the same design (``design_keys``) with another seed.
+
+    ``params`` are the eval run ``run_id``'s params as logged. Returns run id ->
+    (assignments, factors) for at most MAX_SEED_RUNS of them, most recent first, that
+    stored assignments of the same eval images (``eval_index``). A run whose artifact
+    cannot be read is skipped with a warning: this never fails the run.
+    """
+    from clusterprobe.runners import stability
+
+    keys = design_keys(params)
+    narrow = ("arch", "epochs", "dataset_digest", cv.PARAM_CHECKPOINT_EPOCH)
+    try:
+        candidates = tracker.search_runs(
+            kind="eval",
+            status="FINISHED",
+            filter_string=" and ".join(
+                f"params.{k} = '{params[k]}'" for k in narrow if "'" not in params.get(k, "'")
+            ),
+            order_by=["attributes.start_time DESC"],
+        )
+    except Exception as err:  # a store hiccup must not fail a finished measurement
+        warnings.warn(f"seed ARI skipped: cannot search the store: {err}", stacklevel=2)
+        return {}
+    out: dict = {}
+    for run in candidates:
+        if len(out) >= MAX_SEED_RUNS:
+            break
+        other = run.data.params
+        if (
+            run.info.run_id == run_id
+            or cv.TAG_SOURCE_RUN in run.data.tags
+            or other.get("seed") == params.get("seed")
+            or any(other.get(k) != params.get(k) for k in keys)
+        ):
+            continue
+        loaded = _load_assignments(tracker, run.info.run_id)
+        if loaded is None:
+            continue
+        assignments, factors, index = loaded
+        if not stability.same_images(eval_index, index):
+            continue  # other eval images (e.g. another eval subset): not comparable
+        out[run.info.run_id] = assignments, factors
+    return out
+
+
+def _load_assignments(tracker, run_id: str):
+    from clusterprobe.runners import stability
+
+    try:
+        path = tracker.artifact_path(run_id, cv.ART_ASSIGNMENTS)
+        assignments, factors, index = stability.assignments_from_frame(pd.read_parquet(path))
+    except FileNotFoundError:
+        return None  # a run logged before assignments were recorded: nothing to compare
+    except Exception as err:
+        warnings.warn(
+            f"seed ARI: skipped run {run_id}: cannot read its {cv.ART_ASSIGNMENTS}: {err}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return assignments, factors, index
+
+
 # --- the main job ------------------------------------------------------------------------
 
 
@@ -493,6 +623,7 @@ def run(
     evaluations: dict[int, dict] = {}
     seconds: dict[str, float] = {}
     final: dict = {}
+    checkpoints: dict[str, tuple] = {}  # eval run id -> (assignments, factors), earlier epochs
 
     with tracker.start_run(
         "train",
@@ -527,6 +658,19 @@ def run(
                     _say(f"eval run {eval_ctx.run_id}: checkpoint epoch {epoch}")
                 meas = measure(net, config, data, device, probe_index=probe_index, quiet=quiet)
                 summary = record_measurement(eval_ctx, meas, data, config, probe_index=probe_index)
+                seed_runs = {}
+                if epoch == config.epochs:
+                    logged = {
+                        **eval_params,
+                        PARAM_PROTOCOL: "per_superclass",
+                        "cluster.algorithm": str(meas.cluster_params.get("algorithm", "")),
+                    }
+                    seed_runs = find_seed_runs(
+                        tracker, eval_ctx.run_id, logged, meas.embedding.eval_index
+                    )
+                record_stability(eval_ctx, meas, earlier=checkpoints, seed_runs=seed_runs)
+                if epoch < config.epochs:
+                    checkpoints[eval_ctx.run_id] = meas.protocol.assignments, meas.factors
                 evaluations[epoch] = summary
                 final.update(layers=meas.layers(), summary=summary, seconds=meas.seconds)
                 if on_eval is not None:

@@ -47,6 +47,9 @@ PARAM_DATASET = "dataset"
 PARAM_SHUFFLED = "shuffled"
 PARAM_CHECKPOINT_EPOCH = "checkpoint_epoch"  # eval runs: which checkpoint was measured
 PARAM_EVAL_SET = "eval_set"  # eval runs: which evaluation set (dataset name + split)
+PARAM_DEAD_LAYERS = "dead_layers"  # eval runs: comma list of layers with all-zero activations
+PARAM_PROTOCOL = "protocol"  # eval runs: "per_superclass" (the paper's) | "whole" (rescore)
+TAG_DEAD_LAYERS = "clusterprobe.dead_layers"  # JSON {layer index: [superclasses]} of zero rows
 
 # --- metrics ----------------------------------------------------------------
 EPOCH_METRICS = ("train_loss", "train_acc", "lr")  # train run, step = epoch
@@ -73,6 +76,15 @@ ART_DATASET_RECORD = "dataset.json"  # which classes and how many images went in
 ART_EMBED_DIR = "embeddings"  # pooled_{i:02d}.npy per layer + labels.parquet
 ART_DIST_DIR = "distances"  # gram_{superclass:03d}.npy: float32 [L, n, n] + index.parquet
 ART_PLOT = "layer_profile.png"
+# Eval runs: the Ward cluster of every eval image per (layer, superclass, factor);
+# columns ASSIGNMENTS_COLUMNS. What the ARI tables are computed from.
+ART_ASSIGNMENTS = "assignments.parquet"
+# Eval runs: ARI between cluster assignments, columns ARI_COLUMNS; value = ARI averaged
+# over superclasses. kind 'layer': two layers of this run (other_run_id = run_id);
+# 'checkpoint': this (final) run's layer_a vs an earlier checkpoint's layer_b;
+# 'seed': this run's layer_a vs layer_b of a run that differs only in its seed.
+ART_ARI = "ari.parquet"
+ARI_KINDS = ("layer", "seed", "checkpoint")
 
 # Columns of layer_metrics.parquet, in order: one row per (layer, superclass,
 # factor, metric) for ami/purity (means are left to SQL); layer-level metrics such
@@ -87,3 +99,6 @@ LAYER_METRICS_COLUMNS = (
     "metric",
     "value",
 )
+
+ASSIGNMENTS_COLUMNS = ("layer_index", "superclass", "factor", "eval_index", "cluster")
+ARI_COLUMNS = ("run_id", "other_run_id", "kind", "layer_a", "layer_b", "factor", "value")
