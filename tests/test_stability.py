@@ -150,6 +150,10 @@ def test_final_run_compares_with_earlier_checkpoint(recorded):
         assert r.value == pytest.approx(_sklearn_ari(a, b, r.layer_a, r.layer_b, 1), abs=1e-12)
 
 
+# Weights, embeddings and distances: not read here, so not copied.
+_BULK = shutil.ignore_patterns("*.safetensors", "*.npy")
+
+
 @pytest.fixture(scope="module")
 def second_seed(tiny_run, tmp_path_factory):
     """A copy of the tiny run's store plus one more tiny run with seed 1."""
@@ -159,7 +163,7 @@ def second_seed(tiny_run, tmp_path_factory):
 
     store, config, first = tiny_run
     target = tmp_path_factory.mktemp("stability") / "mlruns"
-    shutil.copytree(store.root, target)
+    shutil.copytree(store.root, target, ignore=_BULK)
     copy = local_store(target)
     # No intermediate checkpoint and nothing saved: eval_epochs and save are not design.
     result = pipeline.run(config.replace(seed=1, save=(), eval_epochs=()), copy, quiet=True)
@@ -207,3 +211,28 @@ def test_seed_stability_query_via_cli(second_seed, capsys):
     assert main(["query", "seed_stability", "--store", str(store.root), "--format", "json"]) == 0
     seed = json.loads(capsys.readouterr().out)
     assert seed and {r["kind"] for r in seed} == {"seed"} and {r["n"] for r in seed} == {1}
+
+
+def test_unreadable_seed_artifact_is_a_warning(tiny_run, tmp_path):
+    from clusterprobe.runners import pipeline
+    from clusterprobe.tracker.store import local_store
+    from clusterprobe.tracker.tracking import Tracker
+
+    store, _, first = tiny_run
+    shutil.copytree(store.root, tmp_path / "mlruns", ignore=_BULK)
+    tracker = Tracker(local_store(tmp_path / "mlruns"))
+    final = first.eval_run_ids[-1]
+    params = {**tracker.get_run(final).data.params, "seed": "7"}  # as a new run would log
+    _, _, index = stability.assignments_from_frame(_read(tracker, final, cv.ART_ASSIGNMENTS))
+
+    found = pipeline.find_seed_runs(tracker, "new-run", params, index)
+    assert list(found) == [final]
+    other_images = {s: idx[::-1] for s, idx in index.items()}
+    assert pipeline.find_seed_runs(tracker, "new-run", params, other_images) == {}
+    assert pipeline.find_seed_runs(tracker, "new-run", {**params, "lr": "9.9"}, index) == {}
+
+    tracker.artifact_path(final, cv.ART_ASSIGNMENTS).write_bytes(b"not parquet")
+    with pytest.warns(RuntimeWarning, match=f"skipped run {final}"):
+        assert pipeline.find_seed_runs(tracker, "new-run", params, index) == {}
+    tracker.artifact_path(final, cv.ART_ASSIGNMENTS).unlink()  # a run from before: silent
+    assert pipeline.find_seed_runs(tracker, "new-run", params, index) == {}
