@@ -542,7 +542,9 @@ def find_seed_runs(tracker, run_id: str, params: dict[str, str], eval_index: dic
             order_by=["attributes.start_time DESC"],
         )
     except Exception as err:  # a store hiccup must not fail a finished measurement
-        warnings.warn(f"seed ARI skipped: cannot search the store: {err}", stacklevel=2)
+        warnings.warn(
+            f"seed ARI skipped: cannot search the store: {err}", RuntimeWarning, stacklevel=2
+        )
         return {}
     out: dict = {}
     for run in candidates:
