@@ -4,7 +4,7 @@
 -- the runs' ari.parquet artifacts (run_id, other_run_id, kind, layer_a, layer_b, factor,
 -- value = ARI averaged over superclasses). Zero rows until runs log them. Per dataset x
 -- arch x shuffled x kind x layer pair x factor: mean, std and n over pairs of runs.
--- Runs: FINISHED eval runs (the run that holds the artifact).
+-- Runs: FINISHED eval runs (the run that holds the artifact); kind 'layer': final checkpoints.
 -- Reads: ari, evals.
 -- Columns: dataset, arch, shuffled, kind, layer_a, layer_b, factor, mean, std, n
 -- param dataset VARCHAR : training dataset (default: all)
@@ -16,6 +16,7 @@ SELECT e.dataset, e.arch, e.shuffled, a.kind, a.layer_a, a.layer_b, a.factor,
        avg(a.value) AS mean, stddev_samp(a.value) AS std, count(*) AS n
 FROM ari a JOIN evals e USING (run_id)
 WHERE e.status = 'FINISHED' AND NOT e.rescored
+  AND (a.kind <> 'layer' OR e.is_final)  -- layer x layer of the final checkpoint only
   AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
   AND (getvariable('arch') IS NULL OR e.arch = getvariable('arch'))
   AND (getvariable('shuffled') IS NULL OR e.shuffled = getvariable('shuffled'))
