@@ -329,11 +329,7 @@ def per_layer_metric_series(
 
 def log_layer_series(ctx, series: dict[str, list[float]]) -> None:
     """Every per-layer metric, step = layer index, in one batched call."""
-    if hasattr(ctx, "log_metric_table"):
-        ctx.log_metric_table(series)
-        return
-    for key, values in series.items():
-        ctx.log_metric_steps(key, values, list(range(len(values))))
+    ctx.log_metric_table(series)
 
 
 # --- recording ----------------------------------------------------------------------------

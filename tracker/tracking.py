@@ -623,15 +623,26 @@ class RunContext:
         self, key: str, values: Iterable[float], steps: Iterable[int] | None = None
     ) -> None:
         """One metric over many steps (default 0..n-1), e.g. a value per layer index."""
-        key = _check_key("metric", key)
-        values = [float(v) for v in values]
-        steps = list(range(len(values))) if steps is None else [int(s) for s in steps]
-        if len(steps) != len(values):
-            raise ValueError(f"{key}: {len(values)} values but {len(steps)} steps")
+        self.log_metric_table({key: values}, steps)
+
+    def log_metric_table(
+        self, series: dict[str, Iterable[float]], steps: Iterable[int] | None = None
+    ) -> None:
+        """Several metrics over the same steps (default 0..n-1) in one batched write.
+
+        The per-layer metrics of an eval run (``ami_f1``.. ``probe_acc``, step =
+        layer index) go through here, so a run's whole profile lands at once.
+        """
         now = int(time.time() * 1000)
-        self._log_metric_objects(
-            [Metric(key, v, now, s) for v, s in zip(values, steps, strict=True)]
-        )
+        metrics = []
+        for key, values in series.items():
+            key = _check_key("metric", key)
+            values = [float(v) for v in values]
+            at = list(range(len(values))) if steps is None else [int(s) for s in steps]
+            if len(at) != len(values):
+                raise ValueError(f"{key}: {len(values)} values but {len(at)} steps")
+            metrics += [Metric(key, v, now, st) for v, st in zip(values, at, strict=True)]
+        self._log_metric_objects(metrics)
 
     def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Copy a file (or a folder's contents) into the run's artifacts under ``artifact_path``."""
