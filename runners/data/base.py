@@ -58,8 +58,20 @@ class HierarchicalData:
 
     def groups(self) -> list[list[int]]:
         """Global subclass ids of each superclass, in label order."""
-        pairs = set(zip(self.eval_labels.superclass.tolist(), self.eval_labels.subclass.tolist()))
-        pairs |= set(zip(self.train_labels.superclass.tolist(), self.train_labels.subclass.tolist()))
+        pairs = set(
+            zip(
+                self.eval_labels.superclass.tolist(),
+                self.eval_labels.subclass.tolist(),
+                strict=True,
+            )
+        )
+        pairs |= set(
+            zip(
+                self.train_labels.superclass.tolist(),
+                self.train_labels.subclass.tolist(),
+                strict=True,
+            )
+        )
         out: list[list[int]] = [[] for _ in range(self.num_superclasses)]
         for sup, sub in sorted(pairs):
             out[sup].append(sub)
