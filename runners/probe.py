@@ -43,7 +43,9 @@ def probe_accuracy(
     if len(np.unique(train_y)) < 2:
         return float(np.mean(test_y == train_y[0])), float("nan")
     counts = np.unique(train_y, return_counts=True)[1]
-    stratify = train_y if counts.min() >= 2 else None
+    # A stratified hold-out needs two images per class and room for one of each class.
+    room = int(np.ceil(HELD_OUT * len(train_y))) >= len(counts)
+    stratify = train_y if counts.min() >= 2 and room else None
     fit_idx, val_idx = train_test_split(
         np.arange(len(train_y)), test_size=HELD_OUT, random_state=seed, stratify=stratify
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from clusterprobe.runners.probe import probe_accuracy, probe_layers
+from clusterprobe.runners.probe import C_GRID, probe_accuracy, probe_layers
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -45,3 +45,13 @@ def test_flattens_spatial_features():
     xte, yte = _blobs(5, 2, 12, 0.5, 4)
     acc = probe_layers([xtr.reshape(40, 3, 2, 2)], ytr, [xte.reshape(10, 3, 2, 2)], yte)
     assert acc == [1.0]
+
+
+def test_probe_with_too_few_images_for_a_stratified_hold_out():
+    # regression: 2 images x 8 classes left a 4-image hold-out, fewer than the classes,
+    # and sklearn's stratified split raised instead of the probe degrading.
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(8), 2)
+    x = rng.normal(size=(16, 5)) + 3 * np.eye(8)[y][:, :5]
+    acc, c = probe_accuracy(x, y, x, y, seed=0)
+    assert 0.0 <= acc <= 1.0 and c in C_GRID
