@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from clusterprobe.runners.config import RunConfig
+from clusterprobe.runners.data.record import dataset_params, dataset_record
 from clusterprobe.tracker import conventions as cv
 from clusterprobe.tracker.conventions import PARAM_DEAD_LAYERS, PARAM_PROTOCOL, TAG_DEAD_LAYERS
 from clusterprobe.tracker.errors import UsageError
@@ -148,40 +149,6 @@ def _check_eval_epochs(config: RunConfig) -> None:
         raise UsageError(
             f"--eval-epochs {','.join(map(str, bad))}: epochs must lie in 1..{config.epochs}"
         )
-
-
-def dataset_params(data) -> dict[str, str]:
-    """Params describing what data went in (queryable without opening dataset.json)."""
-    return {
-        cv.PARAM_DATASET: data.name,
-        cv.PARAM_SHUFFLED: str(bool(data.shuffled)),
-        "num_superclasses": str(data.num_superclasses),
-        "num_subclasses": str(data.num_subclasses),
-        "train_images": str(len(data.train_labels.superclass)),
-        "eval_images": str(len(data.eval_labels.superclass)),
-        "dataset_digest": data.digest(),
-    }
-
-
-def dataset_record(data) -> dict:
-    groups = data.groups()
-    return {
-        "name": data.name,
-        "shuffled": bool(data.shuffled),
-        "image_size": data.image_size,
-        "digest": data.digest(),
-        "superclasses": [
-            {
-                "index": s,
-                "name": data.superclass_names[s],
-                "subclasses": [{"id": k, "name": data.subclass_names[k]} for k in g],
-            }
-            for s, g in enumerate(groups)
-        ],
-        "train_images": int(len(data.train_labels.superclass)),
-        "eval_images": int(len(data.eval_labels.superclass)),
-        "record": data.record,
-    }
 
 
 def probe_indices(labels, per_subclass: int, seed: int) -> np.ndarray:

@@ -15,7 +15,7 @@ import pytest
 from clusterprobe.runners.cli import main as cli_main
 from clusterprobe.runners.config import RunConfig
 from clusterprobe.runners.data import breeds
-from clusterprobe.runners.data.loading import dataset_params, dataset_record
+from clusterprobe.runners.data.record import dataset_params, dataset_record
 from clusterprobe.tracker.errors import UsageError
 from PIL import Image
 
@@ -241,7 +241,7 @@ def test_loads_the_present_subset_by_wnid(tmp_path, hierarchy):
     assert [s["train_images"] for g in record["superclasses"] for s in g["subclasses"]] == [3] * 4
     assert record["options"]["groups"] == cls.source
     params = dataset_params(data)
-    assert params["dataset"] == "living17" and params["data.num_subclasses"] == "4"
+    assert params["dataset"] == "living17" and params["num_subclasses"] == "4"
 
 
 @needs_shared
