@@ -29,13 +29,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from clusterprobe.runners.cluster import DeadLayerWarning
 from clusterprobe.tracker.errors import UsageError
 
 PRECISIONS = ("fp32", "bf16")
-
-
-class DeadLayerWarning(UserWarning):
-    """A tapped layer whose activations are constant (zero or identical) in a superclass."""
 
 
 @dataclass
