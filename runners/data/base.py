@@ -58,22 +58,17 @@ class HierarchicalData:
 
     def groups(self) -> list[list[int]]:
         """Global subclass ids of each superclass, in label order."""
-        pairs = set(
-            zip(
-                self.eval_labels.superclass.tolist(),
-                self.eval_labels.subclass.tolist(),
-                strict=True,
-            )
-        )
-        pairs |= set(
-            zip(
-                self.train_labels.superclass.tolist(),
-                self.train_labels.subclass.tolist(),
-                strict=True,
-            )
+        pairs = np.unique(
+            np.concatenate(
+                [
+                    np.stack([lab.superclass, lab.subclass], axis=1)
+                    for lab in (self.train_labels, self.eval_labels)
+                ]
+            ),
+            axis=0,
         )
         out: list[list[int]] = [[] for _ in range(self.num_superclasses)]
-        for sup, sub in sorted(pairs):
+        for sup, sub in pairs.tolist():
             out[sup].append(sub)
         return out
 
