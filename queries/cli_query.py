@@ -8,24 +8,12 @@ import sys
 from clusterprobe.queries import output
 from clusterprobe.queries.connect import connect, load_query, parse_params, query_names
 from clusterprobe.tracker.errors import UsageError
+from clusterprobe.tracker.store import add_store_arguments
 
 
 def add_database_arguments(parser: argparse.ArgumentParser) -> None:
-    """--store / --tracking-uri / --storage and the output options (query, sql, plot)."""
-    group = parser.add_argument_group("store")
-    group.add_argument(
-        "--store",
-        metavar="DIR",
-        default=None,
-        help="store folder holding mlflow.db, optuna.db and artifacts/ (default: ./mlruns)",
-    )
-    group.add_argument(
-        "--tracking-uri",
-        metavar="URI",
-        default=None,
-        help="MLflow database instead of --store: sqlite:///... or postgresql://... "
-        "(default: $MLFLOW_TRACKING_URI)",
-    )
+    """--store / --tracking-uri as for `run`, plus --storage (query, sql, plot)."""
+    group = add_store_arguments(parser, artifact_root=False)
     group.add_argument(
         "--storage",
         metavar="URL",

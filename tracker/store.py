@@ -214,8 +214,12 @@ def _postgres_driver(uri: str) -> str:
     return f"postgresql://{rest}"
 
 
-def add_store_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--store``, ``--tracking-uri`` and ``--artifact-root`` to a subcommand."""
+def add_store_arguments(parser: argparse.ArgumentParser, *, artifact_root: bool = True):
+    """Add ``--store``, ``--tracking-uri`` (and ``--artifact-root``) to a subcommand.
+
+    Returns the argument group, so read-only commands can add their own store
+    options (the query commands add ``--storage``) and leave ``--artifact-root`` out.
+    """
     group = parser.add_argument_group("store")
     group.add_argument(
         "--store",
@@ -229,13 +233,15 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"any MLflow tracking URI instead of --store (default: ${ENV_TRACKING_URI})",
     )
-    group.add_argument(
-        "--artifact-root",
-        metavar="URI",
-        default=None,
-        help=f"artifact root for server/database URIs (default: ${ENV_ARTIFACT_ROOT} "
-        "or the server's own)",
-    )
+    if artifact_root:
+        group.add_argument(
+            "--artifact-root",
+            metavar="URI",
+            default=None,
+            help=f"artifact root for server/database URIs (default: ${ENV_ARTIFACT_ROOT} "
+            "or the server's own)",
+        )
+    return group
 
 
 def store_from_args(args: argparse.Namespace) -> Store:
