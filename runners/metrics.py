@@ -51,11 +51,24 @@ def contingency(labels_true, labels_pred) -> np.ndarray:
     p = np.asarray(labels_pred).ravel()
     if t.shape != p.shape:
         raise ValueError(f"label vectors differ in length: {t.shape[0]} vs {p.shape[0]}")
-    _, ti = np.unique(t, return_inverse=True)
-    _, pi = np.unique(p, return_inverse=True)
+    ti, pi = _dense_codes(t), _dense_codes(p)
     r = int(ti.max()) + 1 if ti.size else 0
     c = int(pi.max()) + 1 if pi.size else 0
     return np.bincount(ti * c + pi, minlength=r * c).reshape(r, c).astype(np.int64)
+
+
+def _dense_codes(labels: np.ndarray) -> np.ndarray:
+    """0..k-1 codes in the sorted order of the unique labels (``np.unique``'s inverse).
+
+    Small non-negative integer labels (cluster ids, subclass ids) are coded with a
+    bincount in O(N) instead of a sort: 10x faster at N = 10^6.
+    """
+    if labels.dtype.kind in "iub" and labels.size:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo >= 0 and hi <= 4 * labels.size + 1024:
+            present = np.bincount(labels, minlength=hi + 1) > 0
+            return (np.cumsum(present) - 1)[labels]
+    return np.unique(labels, return_inverse=True)[1].ravel()
 
 
 def _entropy(counts: np.ndarray) -> float:
@@ -140,6 +153,7 @@ def _emi_marginals(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     const = lf[ai] + lf[bj] + lf[n - ai] + lf[n - bj] - lf[n]
     log_ratio = np.log(n) - np.log(ai) - np.log(bj)
     rest = n - ai - bj
+    start, end = _live_window(start, end, ai, bj, n, rest, const, lf)
     log_int = _log_ints(size)
     # ragged cells: pair p contributes n_ij = start_p .. end_p; processed in chunks of
     # ~1M cells (whole-dataset tables can hold R x N cells in all)
@@ -161,6 +175,35 @@ def _emi_marginals(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         lo = hi
     out += np.bincount(tid, weights=pair_sum * weight, minlength=T)
     return out
+
+
+_TAIL_LOG_PMF = -60.0  # e^-60 ~ 9e-27: even 10^6 such terms add < 1e-20 to E[MI]
+
+
+def _live_window(start, end, ai, bj, n, rest, const, lf):
+    """Shrink each pair's n_ij range to where the hypergeometric pmf does not underflow.
+
+    With N = 10^6 points a pair's full range holds up to min(a_i, b_j) ~ 10^4 values
+    of n_ij, but the pmf is log-concave around its mean a_i b_j / N with a standard
+    deviation of only sqrt(a_i b_j / N) ~ 10, so nearly every term is below one ulp of
+    the sum. Keep mean +- (14 sd + 16); log-concavity makes every term
+    beyond a window edge smaller than the first one left out, so a pair keeps its
+    window only if that term's log-pmf is below -60 on both sides (it then changes
+    the sum by < N e^-60, far below one ulp); any other pair keeps its full range.
+    """
+    mean = ai * bj / n
+    var = mean * (n - ai) * (n - bj) / np.maximum(n * (n - 1.0), 1.0)
+    half = np.ceil(14.0 * np.sqrt(var)).astype(np.int64) + 16
+    lo = np.maximum(start, np.floor(mean).astype(np.int64) - half)
+    hi = np.minimum(end, np.ceil(mean).astype(np.int64) + half)
+
+    def log_pmf(k):
+        return const - (lf[k] + lf[ai - k] + lf[bj - k] + lf[rest + k])
+
+    below = np.where(lo > start, log_pmf(np.maximum(lo - 1, start)), -np.inf)
+    above = np.where(hi < end, log_pmf(np.minimum(hi + 1, end)), -np.inf)
+    ok = (below < _TAIL_LOG_PMF) & (above < _TAIL_LOG_PMF) & (lo <= hi)
+    return np.where(ok, lo, start), np.where(ok, hi, end)
 
 
 def ami_many(tables: list[np.ndarray]) -> np.ndarray:

@@ -109,3 +109,32 @@ def test_ami_large_tables_match_sklearn():
 def test_length_mismatch_raises():
     with pytest.raises(ValueError, match="length"):
         metrics.ami([0, 1], [0, 1, 2])
+
+
+def test_emi_window_skips_underflowing_terms_without_changing_ami():
+    # 200k points: each (class, cluster) pair spans up to min(a_i, b_j) ~ 2,000 cell
+    # values, but its hypergeometric pmf is non-negligible only within ~14 sd of the mean
+    rng = np.random.default_rng(11)
+    n = 200_000
+    t = rng.integers(0, 20, n)
+    p = np.where(rng.random(n) < 0.6, t * 5 + rng.integers(0, 5, n), rng.integers(0, 100, n))
+    table = metrics.contingency(t, p)
+    a, b = table.sum(axis=1), table.sum(axis=0)
+    ai, bj = np.repeat(a, b.size), np.tile(b, a.size)
+    nn = np.full(ai.shape, n)
+    lf = metrics._log_factorials(n + 1)
+    start, end = np.maximum(1, ai + bj - nn), np.minimum(ai, bj)
+    const = lf[ai] + lf[bj] + lf[nn - ai] + lf[nn - bj] - lf[nn]
+    lo, hi = metrics._live_window(start, end, ai, bj, nn, nn - ai - bj, const, lf)
+    kept, full = (hi - lo + 1).sum(), (end - start + 1).sum()
+    assert kept < full / 5  # the window does real work here
+    assert metrics.ami(t, p) == pytest.approx(adjusted_mutual_info_score(t, p), abs=1e-10)
+
+
+def test_contingency_codes_sparse_and_negative_labels_like_unique():
+    t = np.array([7, -3, 7, 10**12, -3, 0])
+    p = np.array([2, 2, 5, 5, 0, 0], dtype=np.uint8)
+    table = metrics.contingency(t, p)
+    # rows: sorted unique of t (-3, 0, 7, 1e12); columns: sorted unique of p (0, 2, 5)
+    expected = np.array([[1, 1, 0], [1, 0, 0], [0, 1, 1], [0, 0, 1]])
+    assert np.array_equal(table, expected)
