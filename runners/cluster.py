@@ -7,8 +7,9 @@ leaves it). Squared Euclidean distances follow without the features,
 ``d_ij^2 = G_ii + G_jj - 2 G_ij`` (not ``2 - 2 G_ij``, so zero rows keep their
 distance 1 to unit rows and 0 to each other), clipped at 0 against rounding.
 
-Ward's tree is built ONCE per (superclass, layer) by ``scipy.cluster.hierarchy
-.linkage`` on the condensed distances, exactly what
+Ward's tree is built ONCE per (superclass, layer) by scipy's nn-chain Ward
+(:mod:`clusterprobe.runners.ward`, = ``scipy.cluster.hierarchy.linkage``) on the
+condensed distances, exactly what
 ``sklearn.cluster.AgglomerativeClustering(linkage="ward")`` runs on the
 features (it calls ``scipy.cluster.hierarchy.ward`` after ``pdist``), and cut
 at every factor by merge order (sklearn's ``_hc_cut``): n_clusters =
@@ -28,8 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from clusterprobe.runners import metrics
+from clusterprobe.runners.ward import ward
 from clusterprobe.tracker.errors import UsageError
-from scipy.cluster.hierarchy import linkage
 
 
 class DeadLayerWarning(UserWarning):
@@ -158,7 +159,7 @@ def _score_one(gram: np.ndarray, true_idx: np.ndarray, n_sub: int, factors: tupl
         return amis, purs, labels, ks, bool(diag.max(initial=0.0) == 0.0)
     y = gram_distances(gram)
     dead = bool(y.max() ** 2 <= _dead_tolerance(gram.dtype) * max(1.0, float(diag.max())))
-    merges = linkage(y, method="ward")
+    merges = ward(y, n)
     r = int(true_idx.max()) + 1
     tables = []
     for fi, k in enumerate(ks):
@@ -307,7 +308,7 @@ def cluster_protocol(
         )
     params = {
         "algorithm": "ward",
-        "ward_impl": "scipy.cluster.hierarchy.linkage",
+        "ward_impl": "scipy nn_chain (= scipy.cluster.hierarchy.linkage ward)",
         "distance": "euclidean from gram: sqrt(max(G_ii+G_jj-2G_ij, 0)), float64",
         "cut": "merge order (= sklearn _hc_cut)",
         "n_clusters": "subclasses_in_superclass*factor, clamped to n",

@@ -23,10 +23,14 @@ NPZ_KEYS = ("features", "superclass", "subclass")
 CHUNK_BYTES = 64 << 20  # float64 working set per column chunk
 
 
-def check_arrays(features, superclass, subclass, *, need_superclass: bool = True) -> tuple:
+def check_arrays(
+    features, superclass, subclass, *, need_superclass: bool = True, check_finite: bool = True
+) -> tuple:
     """Validate the three arrays (UsageError naming the problem); return them cleaned.
 
     features: [N, ...] real numbers, finite. superclass, subclass: [N] integers.
+    check_finite=False skips the one full pass over the features for callers that
+    find NaN/Inf on the way (:func:`protocol` reads it off the Gram diagonals).
     Returns (features [N, D] (a view where possible), superclass int64, subclass int64).
     """
     features = np.asarray(features)
@@ -59,11 +63,15 @@ def check_arrays(features, superclass, subclass, *, need_superclass: bool = True
         if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
             raise UsageError(f"{name} has dtype {arr.dtype}; labels must be integers")
         out.append(arr.astype(np.int64))
-    if np.issubdtype(features.dtype, np.floating):
+    if check_finite and np.issubdtype(features.dtype, np.floating):
         bad = _first_nonfinite_row(features)
         if bad is not None:
-            raise UsageError(f"features row {bad} holds NaN or Inf; every value must be finite")
+            raise _nonfinite(bad)
     return features, out[0], out[1]
+
+
+def _nonfinite(row: int) -> UsageError:
+    return UsageError(f"features row {row} holds NaN or Inf; every value must be finite")
 
 
 def _first_nonfinite_row(features: np.ndarray) -> int | None:
@@ -123,9 +131,12 @@ def protocol(
     multi-threaded BLAS on these small products spin-waits for descheduled
     partners and was measured 10-20x slower than one thread per superclass.
     """
-    features, superclass, subclass = check_arrays(features, superclass, subclass)
+    # NaN/Inf are found from the Grams below instead of by an extra pass over the features
+    features, superclass, subclass = check_arrays(
+        features, superclass, subclass, check_finite=False
+    )
     sups = [int(s) for s in np.unique(superclass)]
-    rows = {s: np.flatnonzero(superclass == s) for s in sups}
+    rows = {s: _rows(superclass, s) for s in sups}
     workers = resolve_workers(n_jobs, len(sups))
     bar = _bar(len(sups), progress)
     with _single_threaded_blas():
@@ -142,8 +153,34 @@ def protocol(
                 grams[s] = unit_gram(features[rows[s]])
                 bar.update(1)
     bar.close()
+    for s in sups:
+        _check_gram_finite(grams[s], features, rows[s])
     subs = {s: subclass[rows[s]] for s in sups}
     return cluster_protocol(grams, subs, factors, n_jobs=n_jobs)
+
+
+def _rows(superclass: np.ndarray, s: int) -> slice | np.ndarray:
+    """The rows of superclass s: a slice (a view, no copy) when they are contiguous."""
+    idx = np.flatnonzero(superclass == s)
+    if idx[-1] - idx[0] + 1 == idx.size:
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return idx
+
+
+def _check_gram_finite(gram: np.ndarray, features: np.ndarray, rows) -> None:
+    """A unit Gram's diagonal is NaN exactly where a row holds NaN or Inf (or its float64
+    squared norm overflows): name the first such row of the whole file."""
+    bad = np.flatnonzero(~np.isfinite(np.diagonal(gram)))
+    if bad.size == 0:
+        return
+    global_rows = np.arange(features.shape[0])[rows]
+    row = int(global_rows[bad[0]])
+    if np.isfinite(features[row]).all():
+        raise UsageError(
+            f"features row {row} is too large: its squared norm overflows float64; rescale "
+            "the features"
+        )
+    raise _nonfinite(int(global_rows[_first_nonfinite_row(features[rows])]))
 
 
 class _NoBar:
@@ -248,8 +285,13 @@ def _mapped_member(path: Path, name: str) -> np.ndarray | None:
         return None
 
 
-def load_npz(path, *, need_superclass: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Read and check ``features``, ``superclass``, ``subclass`` from an .npz (no pickles)."""
+def load_npz(
+    path, *, need_superclass: bool = True, check_finite: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read and check ``features``, ``superclass``, ``subclass`` from an .npz (no pickles).
+
+    check_finite: as in :func:`check_arrays`.
+    """
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: no such file; give an .npz with features, superclass, subclass")
@@ -278,4 +320,5 @@ def load_npz(path, *, need_superclass: bool = True) -> tuple[np.ndarray, np.ndar
         arrays.get("superclass"),
         arrays["subclass"],
         need_superclass=need_superclass,
+        check_finite=check_finite,
     )

@@ -222,14 +222,14 @@ def _log(quiet: bool, msg: str) -> None:
 
 
 def _exact_children(x: np.ndarray, quiet: bool, timings: dict) -> np.ndarray:
-    from scipy.cluster.hierarchy import linkage
+    from clusterprobe.runners.ward import ward
 
     t0 = time.perf_counter()
     y = condensed_distances(x)
     timings["distances"] = time.perf_counter() - t0
     _log(quiet, f"distances of {x.shape[0]} points: {timings['distances']:.1f}s; Ward linkage")
     t0 = time.perf_counter()
-    z = linkage(y, method="ward")
+    z = ward(y, x.shape[0])
     del y
     timings["ward"] = time.perf_counter() - t0
     return z[:, :2].astype(np.int64)

@@ -6,7 +6,13 @@ import warnings
 
 import numpy as np
 import pytest
-from clusterprobe.runners.cluster import DeadLayerWarning, ari_matrix, cluster_protocol, cut_tree
+from clusterprobe.runners.cluster import (
+    DeadLayerWarning,
+    ari_matrix,
+    cluster_protocol,
+    cut_tree,
+    gram_distances,
+)
 from clusterprobe.tracker.errors import UsageError
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
@@ -210,3 +216,25 @@ def test_ari_matrix_layer_by_layer():
     assert ari_matrix(res.assignments, res.assignments, factor_index=1)[0, 2] == pytest.approx(
         expected, abs=1e-12
     )
+
+
+@pytest.mark.parametrize("case", ["random", "duplicates", "ties", "two"])
+def test_lean_ward_equals_scipy_linkage(case):
+    from clusterprobe.runners.ward import _nn_chain, ward
+    from scipy.cluster.hierarchy import linkage
+
+    assert _nn_chain is not None  # the lean path is the one under test, not the fallback
+    rng = np.random.default_rng(3)
+    if case == "random":
+        x = rng.normal(size=(60, 7))
+    elif case == "duplicates":
+        x = np.repeat(rng.normal(size=(9, 4)), 5, axis=0)
+    elif case == "ties":
+        x = rng.integers(0, 3, size=(40, 2)).astype(float)  # many equal distances
+    else:
+        x = rng.normal(size=(2, 3))
+    y = gram_distances(x @ x.T)
+    before = y.copy()
+    z = ward(y, len(x))
+    assert np.array_equal(z, linkage(y, method="ward"))
+    assert np.array_equal(y, before)  # the distances are not consumed

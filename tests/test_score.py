@@ -137,6 +137,22 @@ BAD_CASES = {
         },
         "row 2 holds NaN or Inf",
     ),
+    "nan in a later, interleaved superclass": (
+        {
+            "features": np.array([[1.0, 0], [0, 1], [1, 1], [0, 2], [2, 1], [np.nan, 0]]),
+            "superclass": np.array([0, 1, 0, 1, 0, 1]),
+            "subclass": np.arange(6),
+        },
+        "row 5 holds NaN or Inf",
+    ),
+    "overflowing norm": (
+        {
+            "features": np.array([[1.0, 0], [1e300, 1e300], [1, 1], [0, 1]]),
+            "superclass": np.zeros(4, int),
+            "subclass": np.arange(4),
+        },
+        "row 1 is too large",
+    ),
     "float labels": (
         {"features": np.ones((4, 2)), "superclass": np.zeros(4), "subclass": np.zeros(4, int)},
         "labels must be integers",
@@ -156,8 +172,11 @@ def test_cli_bad_files_exit_2_with_one_line(tmp_path, capsys, case):
     assert cli.main(["score", path]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], captured.err
+    # progress may come first (NaN/Inf are found while the Grams are formed); the error
+    # is one line, the last
+    errors = [line for line in captured.err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], captured.err
+    assert captured.err.strip().splitlines()[-1] == errors[0]
 
 
 @pytest.mark.parametrize(
@@ -185,7 +204,7 @@ def test_cli_imports_neither_torch_nor_mlflow(tmp_path):
         "import sys, json\n"
         "from clusterprobe.runners import cli\n"
         f"rc = cli.main(['score', {path!r}, '--quiet'])\n"
-        "heavy = sorted(m for m in ('torch', 'mlflow', 'sklearn', 'optuna', 'duckdb') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('torch', 'mlflow', 'sklearn', 'optuna', 'duckdb', 'scipy.spatial') if m in sys.modules)\n"
         "print(json.dumps({'rc': rc, 'heavy': heavy}), file=sys.stderr)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
