@@ -15,7 +15,9 @@ compare only what happens after the forward pass:
 It checks that both give the same AMI, measures bf16 vs fp32 AMI, the speed-up
 of parallel host-side work, and (section "cli") ``clusterprobe score`` in a
 subprocess, start-up included, vs the paper-style path on wide features saved
-to an .npz.
+to an .npz. The "floor" line times the bare Gram products on the same outputs:
+exact Ward needs every pairwise distance, so paper-style time / floor bounds the
+ratio any exact method can reach on the machine at hand.
 
     python benchmarks/protocol.py                 # all sections (~ a few minutes on 2 cores)
     python benchmarks/protocol.py --sections cli  # only the CLI comparison
@@ -40,6 +42,7 @@ from clusterprobe.runners.embed import flatten, gram_block, unit_rows
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_mutual_info_score
 from sklearn.preprocessing import normalize
+from threadpoolctl import threadpool_limits
 
 FACTORS = (1, 2, 3, 4, 5)
 
@@ -125,6 +128,46 @@ def paper_style(outputs, subclass_of):
     return ami
 
 
+def gram_floor(outputs, t_paper: float) -> dict:
+    """The bare matrix products every exact method needs, timed on the same outputs.
+
+    Exact Ward needs every pairwise distance of the full features: n^2 d / 2
+    multiply-adds per (superclass, layer) at the least. Timing just those
+    products (best of torch/MKL and numpy/OpenBLAS, and bf16 for reference) bounds
+    the ratio any exact implementation can reach on this machine.
+    """
+    feats = [
+        a.reshape(a.shape[0], -1).float().contiguous() for acts in outputs.values() for a in acts
+    ]
+    arrays = [f.numpy() for f in feats]
+    flops = sum(2.0 * f.shape[0] ** 2 * f.shape[1] for f in feats)
+
+    def numpy_one_thread():
+        with threadpool_limits(1):  # OpenBLAS threads fight torch's spinning OpenMP pool
+            return [a @ a.T for a in arrays]
+
+    candidates = {
+        "torch fp32": lambda: [f @ f.T for f in feats],
+        "numpy fp32": lambda: [a @ a.T for a in arrays],
+        "numpy fp32 1 thread": numpy_one_thread,
+    }
+    times = {}
+    for name, fn in candidates.items():
+        fn()
+        times[name] = min(timed(fn)[1] for _ in range(3))
+    bf16 = [f.bfloat16() for f in feats]
+    times["torch bf16 (inexact)"] = min(timed(lambda: [b @ b.T for b in bf16])[1] for _ in range(3))
+    best = min(v for k, v in times.items() if "fp32" in k)
+    line = ", ".join(f"{k} {v:.3f} s" for k, v in times.items())
+    print(
+        f"floor       : Gram products alone ({flops / 1e9:.1f} GFLOP): {line}; best fp32 "
+        f"{flops / best / 1e9:.0f} GFLOP/s, so no exact method can beat paper-style by more "
+        f"than {t_paper / best:.0f}x here",
+        flush=True,
+    )
+    return dict(gflop=flops / 1e9, seconds=times, max_exact_ratio=t_paper / best)
+
+
 def timed(fn, *args, **kwargs):
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
@@ -164,6 +207,7 @@ def section_protocol(args, report):
     report["protocol"] = dict(
         seconds_ours=t_ours, seconds_paper=t_paper, ratio=t_paper / t_ours, max_ami_diff=diff
     )
+    report["floor"] = gram_floor(outputs, t_paper)
 
     # bf16 vs fp32: forward under bf16 autocast, the rest identical
     out_bf16 = forward_outputs(model, blocks, images, sup, "bf16")
@@ -281,10 +325,11 @@ def main(argv=None) -> int:
     p.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="torch intra-op threads for our Gram products (default 1: on a shared 2-core "
-        "machine torch's 2-thread GEMM spin-waits and was measured ~10x slower; the "
-        "paper-style path is single-threaded anyway); 0 = torch's default",
+        default=0,
+        help="torch intra-op threads for our Gram products (default 0 = torch's default, "
+        "all cores). On a machine shared with other busy processes use 1: torch's "
+        "multi-thread GEMM spin-waits for descheduled partners and was measured ~10x "
+        "slower there",
     )
     args = p.parse_args(argv)
     if args.threads:
