@@ -8,9 +8,10 @@ compare only what happens after the forward pass:
   flatten, copy to host numpy, ``sklearn.preprocessing.normalize``, then per
   factor ``AgglomerativeClustering(linkage="ward")`` on the features and
   ``adjusted_mutual_info_score``;
-- ours: per superclass and layer the Gram matrix of the unit vectors (torch,
-  the same functions ``embed_eval`` uses), then ``cluster_protocol``: Ward once
-  from Gram distances, cut at every factor, AMI + purity.
+- ours: per superclass and layer the features copied into the engine's reused
+  buffer and their unit-vector Gram matrix (torch, the same functions
+  ``embed_eval`` uses), then ``cluster_protocol``: Ward once from Gram
+  distances, cut at every factor, AMI + purity.
 
 It checks that both give the same AMI, measures bf16 vs fp32 AMI, the speed-up
 of parallel host-side work, and (section "cli") ``clusterprobe score`` in a
@@ -38,7 +39,7 @@ import numpy as np
 import timm
 import torch
 from clusterprobe.runners.cluster import cluster_protocol
-from clusterprobe.runners.embed import flatten, gram_block, unit_rows
+from clusterprobe.runners.embed import FeatureArena, flatten, unit_gram
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_mutual_info_score
 from sklearn.preprocessing import normalize
@@ -100,13 +101,16 @@ def forward_outputs(model, blocks, images, sup, precision: str) -> dict[int, lis
 
 
 def ours(outputs, subclass_of, n_jobs=None, backend="thread"):
-    """Gram per (superclass, layer) with the engine's functions, then cluster_protocol."""
+    """The engine's steps: features copied into its reused buffer, unit Gram, cluster_protocol."""
+    arena = FeatureArena(torch.device("cpu"), torch.float32)
     grams = {}
     for s, acts in outputs.items():
+        flat = [flatten(a) for a in acts]
+        bufs = arena.views(flat[0].shape[0], [f.shape[1] for f in flat])
         layers = []
-        for a in acts:
-            f = unit_rows(flatten(a))
-            layers.append(gram_block(f, f))
+        for buf, f in zip(bufs, flat, strict=True):
+            buf.copy_(f)
+            layers.append(unit_gram(buf))
         grams[s] = torch.stack(layers).numpy()
     return cluster_protocol(grams, subclass_of, FACTORS, n_jobs=n_jobs, backend=backend)
 
@@ -226,9 +230,7 @@ def section_protocol(args, report):
     # parallel host-side work (Ward + AMI) on identical Grams
     grams = {}
     for s, acts in outputs.items():
-        grams[s] = torch.stack(
-            [gram_block(unit_rows(flatten(a)), unit_rows(flatten(a))) for a in acts]
-        ).numpy()
+        grams[s] = torch.stack([unit_gram(flatten(a)) for a in acts]).numpy()
     times = {}
     for label, kw in (
         ("serial", dict(n_jobs=1)),

@@ -7,8 +7,9 @@ superclass and layer we keep just ``G = X X^T`` (n x n) of the flattened,
 L2-normalised activations X. Everything up to G happens on the compute device;
 only the n x n matrices (and small pooled vectors) reach the host.
 
-Memory bound: a superclass's normalised features of several layers are held on
-the device only while they fit ``memory_budget``; layers are grouped into forward
+Memory bound: a superclass's flattened features of several layers are held on
+the device (raw, in one reused buffer; normalised only at the Gram, from its
+diagonal) only while they fit ``memory_budget``; layers are grouped into forward
 passes that fit, and a layer too wide even alone is done in row blocks, re-running
 the forward for the blocks it pairs with (G[p, q] = X_p X_q^T). So a superclass
 of 1,000 images at 224 px fits a 24 GB card at the cost of extra forward passes.
@@ -71,24 +72,23 @@ def flatten(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1)
 
 
-def unit_rows(f: torch.Tensor) -> torch.Tensor:
-    """L2-normalise rows in fp32; an all-zero row stays zero (sklearn ``normalize``)."""
-    f = f.float()
-    norms = torch.linalg.vector_norm(f, dim=1, keepdim=True)
-    return f / torch.where(norms == 0, torch.ones_like(norms), norms)
+def scale_to_unit(gram: torch.Tensor) -> torch.Tensor:
+    """Turn ``X X^T`` into the Gram of X's L2-normalised rows, in place; zero rows stay zero.
 
-
-def unit_rows_into(dest: torch.Tensor, f: torch.Tensor) -> None:
-    """``dest[:] = unit_rows(f)`` without fp32 temporaries of the whole batch.
-
-    Norms accumulate in fp32 straight from ``f`` (bf16 under autocast); the copy
-    and the in-place scale compute in fp32 and round once into ``dest``'s dtype,
-    as ``unit_rows(f).to(dest.dtype)`` would, at a third of the memory traffic.
+    ``G_ij / (|x_i| |x_j|)`` with the norms read off the diagonal: the features are
+    stored raw, so the two full passes over them that normalising first would take
+    (norms, then scale) shrink to n^2 work on the Gram.
     """
-    norms = torch.linalg.vector_norm(f, dim=1, dtype=torch.float32)
+    norms = torch.sqrt(torch.diagonal(gram).clamp_min(0))
     inv = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, 1.0), 0.0)
-    dest.copy_(f)
-    dest.mul_(inv[:, None])
+    gram.mul_(inv[:, None])
+    gram.mul_(inv[None, :])
+    return gram
+
+
+def unit_gram(x: torch.Tensor) -> torch.Tensor:
+    """fp32 Gram of the L2-normalised rows of ``x`` [n, D] (zero rows stay zero)."""
+    return scale_to_unit(gram_block(x, x))
 
 
 def pool(t: torch.Tensor) -> torch.Tensor:
@@ -297,28 +297,59 @@ def _plan(widths: list[int], n: int, itemsize: int, budget: int) -> list[list[in
 # --- the evaluation pass -------------------------------------------------------------------
 
 
-class _Superclass:
-    """Accumulates Grams and pooled vectors of one superclass, one pass at a time."""
+class FeatureArena:
+    """One flat feature buffer reused by every pass of every superclass.
 
-    def __init__(self, n, device, store_dtype):
+    A fresh large CPU allocation is zero pages that the OS faults in on first
+    touch, which costs about as much as copying the features in; reusing one
+    buffer (never larger than a pass needs, so within the memory budget) pays that
+    once per evaluation instead of once per superclass.
+    """
+
+    def __init__(self, device, dtype):
+        self.device = device
+        self.dtype = dtype
+        self._flat = torch.empty(0, dtype=dtype, device=device)
+
+    def views(self, n: int, widths: list[int]) -> list[torch.Tensor]:
+        need = n * sum(widths)
+        if self._flat.numel() < need:
+            self._flat = torch.empty(0, dtype=self.dtype, device=self.device)  # free first
+            self._flat = torch.empty(need, dtype=self.dtype, device=self.device)
+        out, offset = [], 0
+        for w in widths:
+            out.append(self._flat[offset : offset + n * w].view(n, w))
+            offset += n * w
+        return out
+
+
+class _Superclass:
+    """Accumulates Grams and pooled vectors of one superclass, one pass at a time.
+
+    Features are copied raw into the arena as the hooks see them (a later in-place
+    op such as VGG's ReLU would change a kept reference) and normalised only at
+    the Gram (:func:`scale_to_unit`).
+    """
+
+    def __init__(self, n, device, store_dtype, arena):
         self.n = n
         self.device = device
         self.store_dtype = store_dtype
+        self.arena = arena
 
     def full_pass(
         self, model, taps, positions, dataset, rows, batch_size, precision, widths, workers
     ):
         """One forward over all n rows holding the features of ``positions``: exact Grams."""
-        feats = {
-            p: torch.empty((self.n, widths[p]), dtype=self.store_dtype, device=self.device)
-            for p in positions
-        }
+        feats = dict(
+            zip(positions, self.arena.views(self.n, [widths[p] for p in positions]), strict=True)
+        )
         pooled: dict[int, list[torch.Tensor]] = {p: [] for p in positions if p >= 0}
         cursor = [0]
 
         def consume(pos, t):
             b = t.shape[0]
-            unit_rows_into(feats[pos][cursor[0] : cursor[0] + b], flatten(t))
+            feats[pos][cursor[0] : cursor[0] + b].copy_(flatten(t))
             if pos >= 0:
                 pooled[pos].append(pool(t))
 
@@ -331,7 +362,7 @@ class _Superclass:
                 with hooks:
                     hooks.run(model, x, precision)
             cursor[0] += x.shape[0]
-        grams = {p: gram_block(f, f) for p, f in feats.items()}
+        grams = {p: unit_gram(f) for p, f in feats.items()}
         return grams, {p: torch.cat(v) for p, v in pooled.items()}
 
     def blocked_pass(
@@ -364,7 +395,7 @@ class _Superclass:
 
                 self._stream(model, taps, pos, dataset, rows[q0:q1], bs, precision, workers, cross)
             del held
-        return gram, (torch.cat(pooled) if pooled and pos >= 0 else None)
+        return scale_to_unit(gram), (torch.cat(pooled) if pooled and pos >= 0 else None)
 
     def _stream(self, model, taps, pos, dataset, rows, bs, precision, workers, sink):
         """Forward ``rows`` in batches; ``sink(row offset, unit features, activation)`` per batch."""
@@ -382,10 +413,7 @@ class _Superclass:
                 with hooks:
                     hooks.run(model, x, precision)
                 t = box.pop("t")
-            flat = flatten(t)
-            unit = torch.empty(flat.shape, dtype=self.store_dtype, device=flat.device)
-            unit_rows_into(unit, flat)
-            sink(offset[0], unit, t)
+            sink(offset[0], flatten(t).to(self.store_dtype), t)
             offset[0] += x.shape[0]
 
 
@@ -447,6 +475,7 @@ def embed_eval(
     eval_index: dict[int, np.ndarray] = {}
     dead: dict[int, list[int]] = {}
     passes = 0
+    arena = FeatureArena(device, store_dtype)
     with _eval_mode(model, precision, device):
         shapes = _probe_shapes(model, taps, dataset, 0, device, precision)
         pooled = [np.zeros((n_eval, c), dtype=np.float32) for _, c in shapes]
@@ -456,7 +485,7 @@ def embed_eval(
         for s in sups:
             rows = np.flatnonzero(sup == s).astype(np.int64)
             n = rows.shape[0]
-            acc = _Superclass(n, device, store_dtype)
+            acc = _Superclass(n, device, store_dtype, arena)
             widths = {p: d for p, (d, _) in enumerate(shapes)}
             widths[-1] = pix_width
             order = ([-1] if pixels else []) + list(range(L))
