@@ -51,6 +51,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from clusterprobe.runners import metrics
 from clusterprobe.tracker.errors import UsageError
 
 METHODS = ("auto", "exact", "knn-ward", "two-stage", "kmeans")
@@ -366,24 +367,6 @@ def lloyd_refine(x: np.ndarray, labels: np.ndarray, steps: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- scoring
 
 
-def _scorers():
-    try:
-        from clusterprobe.runners.metrics import ami, purity
-
-        return ami, purity
-    except ImportError:  # metrics module not installed yet: sklearn's AMI, own purity
-        from sklearn.metrics import adjusted_mutual_info_score
-
-        def purity(t, p):
-            _, ti = np.unique(t, return_inverse=True)
-            _, pi = np.unique(p, return_inverse=True)
-            table = np.zeros((ti.max() + 1, pi.max() + 1), np.int64)
-            np.add.at(table, (ti, pi), 1)
-            return float(table.max(0).sum() / len(t))
-
-        return adjusted_mutual_info_score, purity
-
-
 def _check_features(features) -> np.ndarray:
     x = np.asarray(features)
     if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 1:
@@ -565,9 +548,9 @@ def score_whole(
     )
     labels = {f: res.labels[asked[f]] for f in facs}
     t0 = time.perf_counter()
-    ami_fn, purity_fn = _scorers()
-    ami = {f: float(ami_fn(y, labels[f])) for f in facs}
-    purity = {f: float(purity_fn(y, labels[f])) for f in facs}
+    tables = [metrics.contingency(y, labels[f]) for f in facs]
+    ami = dict(zip(facs, map(float, metrics.ami_many(tables)), strict=True))
+    purity = {f: metrics.purity_from_table(t) for f, t in zip(facs, tables, strict=True)}
     timings = dict(res.timings)
     timings["scores"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_all
