@@ -70,6 +70,7 @@ def test_quick_preset_first_then_explicit_flags():
         (["--eval-epochs", "40"], "--eval-epochs 40"),
         (["--epochs", "0"], "--epochs 0"),
         (["--classes", "1"], "--classes 1"),
+        (["--threads", "0"], "--threads 0"),
         (["--device", "cuda:7"] if not _cuda() else ["--epochs", "-1"], "--"),
     ],
 )
@@ -104,7 +105,7 @@ def test_cli_quick_run_end_to_end(tmp_path):
         [str(script)] if script.exists() else [sys.executable, "-m", "clusterprobe.runners.cli"]
     )
     proc = subprocess.run(
-        [*command, "run", "--quick", "--quiet", "--store", str(store)],
+        [*command, "run", "--quick", "--quiet", "--threads", "1", "--store", str(store)],
         capture_output=True,
         text=True,
         env=env,
@@ -124,6 +125,7 @@ def test_cli_quick_run_end_to_end(tmp_path):
     tracker = Tracker(local_store(store))
     train = tracker.get_run(train_id)
     assert train.info.status == "FINISHED" and train.data.params["epochs"] == "3"
+    assert train.data.tags["clusterprobe.torch_threads"] == "1"  # --threads took effect
     (ev,) = tracker.search_runs(kind="eval", parent_run_id=train_id)
     assert ev.info.status == "FINISHED" and 0 <= ev.data.metrics["best_ami"] <= 1
     assert tracker.artifact_path(ev.info.run_id, "layer_profile.png").stat().st_size > 0

@@ -35,6 +35,7 @@ TAG_ERROR = "clusterprobe.error"  # one line: exception type and message of a fa
 TAG_SCHEMA = "clusterprobe.store_schema"
 TAG_GIT = "clusterprobe.git_commit"
 TAG_DEVICE = "clusterprobe.device"
+TAG_THREADS = "clusterprobe.torch_threads"  # intra-op CPU threads: speed, and BLAS sum order
 TAG_VERSIONS = "clusterprobe.versions"  # JSON {package: version}
 TAG_STUDY = "clusterprobe.study"  # study name, on study and trial runs
 TAG_TRIAL = "clusterprobe.trial"  # Optuna trial number, on trial train runs

@@ -46,6 +46,7 @@ from clusterprobe.tracker.conventions import (
     TAG_PARENT,
     TAG_PID,
     TAG_SCHEMA,
+    TAG_THREADS,
     TAG_VERSIONS,
 )
 from clusterprobe.tracker.errors import UsageError
@@ -419,7 +420,11 @@ def provenance_tags() -> dict[str, str]:
             tags[TAG_GIT] = commit
             tags["mlflow.source.git.commit"] = commit
         _PROVENANCE = tags
-    return {**_PROVENANCE, TAG_DEVICE: _device()}
+    tags = {**_PROVENANCE, TAG_DEVICE: _device()}
+    torch = sys.modules.get("torch")  # never imported here: only a runner that uses it has threads
+    if torch is not None:
+        tags[TAG_THREADS] = str(torch.get_num_threads())
+    return tags
 
 
 def owner_tags() -> dict[str, str]:

@@ -87,6 +87,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--weight-decay", type=float, default=None)
     m.add_argument("--seed", type=int, default=None)
     m.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    m.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's, one per core). Use 1 when other "
+        "busy processes share the cores: torch's threads spin-wait for each other and "
+        "were measured ~17x slower on a shared 2-core machine",
+    )
     e = parser.add_argument_group("measurement")
     e.add_argument(
         "--factors",
@@ -194,8 +202,15 @@ def main(args: argparse.Namespace) -> int:
     from clusterprobe.tracker.store import store_from_args
 
     config = config_from_args(args)
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads {args.threads}: give a number of threads >= 1")
     store = store_from_args(args)
     from clusterprobe.runners import pipeline
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     try:
         with _sigterm_guard():
