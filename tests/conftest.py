@@ -97,7 +97,7 @@ def postgres_url(postgres_database) -> str:
 
 @pytest.fixture(scope="session")
 def _template_store(tmp_path_factory) -> Store:
-    from clusterprobe.tracker.tracking import prepare_store
+    from clusterprobe.tracker.schema import prepare_store
 
     template = resolve_store(tmp_path_factory.mktemp("template") / "mlruns")
     prepare_store(template)

@@ -28,14 +28,9 @@ from clusterprobe.tracker.conventions import (
     TAG_VERSIONS,
 )
 from clusterprobe.tracker.errors import UsageError
+from clusterprobe.tracker.provenance import TAG_PROCESS, process_identity
 from clusterprobe.tracker.store import resolve_store
-from clusterprobe.tracker.tracking import (
-    ORPHAN_ERROR,
-    TAG_PROCESS,
-    Tracker,
-    handle_sigterm,
-    process_identity,
-)
+from clusterprobe.tracker.tracking import ORPHAN_ERROR, Tracker, handle_sigterm
 
 # --- one contract, every backend ---------------------------------------------
 

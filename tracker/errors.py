@@ -7,3 +7,10 @@ class UsageError(Exception):
     The message is one line naming the bad value and what would be valid; the
     CLI prints it and exits with status 2. Raise it before anything is stored.
     """
+
+
+def error_line(exc: BaseException, limit: int = 1000) -> str:
+    """One line: "Type: message", newlines folded, cut to ``limit`` characters."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
