@@ -237,8 +237,11 @@ def test_exception_in_on_eval_ends_both_runs_failed(store, tiny_config):
 def test_dead_layer_is_warned_about_and_recorded(store, tiny_config):
     """A block whose output is all zero (ReLU after a huge negative bias) is measured,
     warned about and recorded as param + tag, never a crash."""
-    from clusterprobe.runners import models, pipeline
+    from clusterprobe.runners import models
     from clusterprobe.runners.data.registry import load_dataset
+    from clusterprobe.runners.measure import measure, probe_indices
+    from clusterprobe.runners.recording import record_measurement
+    from clusterprobe.tracker.conventions import PARAM_DEAD_LAYERS, TAG_DEAD_LAYERS
     from clusterprobe.tracker.tracking import Tracker
 
     config = tiny_config.replace(classes=2, save=())
@@ -246,18 +249,18 @@ def test_dead_layer_is_warned_about_and_recorded(store, tiny_config):
     model = models.create_model(config, data.num_superclasses, data.image_size)
     with torch.no_grad():
         model.layer1[0].bn2.bias.fill_(-1e6)  # relu(-1e6 + x) == 0 for every image
-    probe_index = pipeline.probe_indices(data.train_labels, config.probe_per_subclass, 0)
+    probe_index = probe_indices(data.train_labels, config.probe_per_subclass, 0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        meas = pipeline.measure(model, config, data, "cpu", probe_index=probe_index, quiet=True)
+        meas = measure(model, config, data, "cpu", probe_index=probe_index, quiet=True)
     assert any("layer 0" in str(w.message) for w in caught)  # the engine's DeadLayerWarning
     tracker = Tracker(store)
     with tracker.start_run("eval") as ctx, pytest.warns(RuntimeWarning, match="layer1.0"):
-        summary = pipeline.record_measurement(ctx, meas, data, config)
+        summary = record_measurement(ctx, meas, data, config)
     run = tracker.get_run(ctx.run_id)
     assert run.info.status == "FINISHED"
     # Zeros propagate: every later layer sees one constant input, so all are constant.
-    dead = run.data.params[pipeline.PARAM_DEAD_LAYERS].split(",")
+    dead = run.data.params[PARAM_DEAD_LAYERS].split(",")
     assert dead[0] == "0" and len(dead) == len(meas.layer_names)
-    assert json.loads(run.data.tags[pipeline.TAG_DEAD_LAYERS])["0"] == [0, 1]
+    assert json.loads(run.data.tags[TAG_DEAD_LAYERS])["0"] == [0, 1]
     assert np.isfinite(summary["best_ami"])

@@ -214,7 +214,7 @@ def test_seed_stability_query_via_cli(second_seed, capsys):
 
 
 def test_unreadable_seed_artifact_is_a_warning(tiny_run, tmp_path):
-    from clusterprobe.runners import pipeline
+    from clusterprobe.runners.stability_runs import find_seed_runs
     from clusterprobe.tracker.store import local_store
     from clusterprobe.tracker.tracking import Tracker
 
@@ -225,14 +225,14 @@ def test_unreadable_seed_artifact_is_a_warning(tiny_run, tmp_path):
     params = {**tracker.get_run(final).data.params, "seed": "7"}  # as a new run would log
     _, _, index = stability.assignments_from_frame(_read(tracker, final, cv.ART_ASSIGNMENTS))
 
-    found = pipeline.find_seed_runs(tracker, "new-run", params, index)
+    found = find_seed_runs(tracker, "new-run", params, index)
     assert list(found) == [final]
     other_images = {s: idx[::-1] for s, idx in index.items()}
-    assert pipeline.find_seed_runs(tracker, "new-run", params, other_images) == {}
-    assert pipeline.find_seed_runs(tracker, "new-run", {**params, "lr": "9.9"}, index) == {}
+    assert find_seed_runs(tracker, "new-run", params, other_images) == {}
+    assert find_seed_runs(tracker, "new-run", {**params, "lr": "9.9"}, index) == {}
 
     tracker.artifact_path(final, cv.ART_ASSIGNMENTS).write_bytes(b"not parquet")
     with pytest.warns(RuntimeWarning, match=f"skipped run {final}"):
-        assert pipeline.find_seed_runs(tracker, "new-run", params, index) == {}
+        assert find_seed_runs(tracker, "new-run", params, index) == {}
     tracker.artifact_path(final, cv.ART_ASSIGNMENTS).unlink()  # a run from before: silent
-    assert pipeline.find_seed_runs(tracker, "new-run", params, index) == {}
+    assert find_seed_runs(tracker, "new-run", params, index) == {}

@@ -253,7 +253,8 @@ def rescore(
     quiet: bool = True,
 ) -> dict:
     """Re-cluster eval run ``run_id`` into a new eval run; returns its id, summary, layers."""
-    from clusterprobe.runners import pipeline
+    from clusterprobe.runners import recording
+    from clusterprobe.runners.measure import relative_depth, summarise
 
     source = open_eval_run(tracker, run_id)
     params = dict(source.data.params)
@@ -292,7 +293,7 @@ def rescore(
         purity = np.asarray(result.purity, dtype=float)
         superclasses = list(result.superclasses)
         how = {f"cluster.{k}": str(v) for k, v in (getattr(result, "params", {}) or {}).items()}
-        how[pipeline.PARAM_PROTOCOL] = "per_superclass"
+        how[cv.PARAM_PROTOCOL] = "per_superclass"
         pixel = None
         if stored.pixel_grams:
             pixel = float(np.mean(cluster_protocol(stored.pixel_grams, stored.subclass, (1,)).ami))
@@ -313,7 +314,7 @@ def rescore(
         purity = np.array([[[w.purity[f] for f in factors]] for w in per_layer], dtype=float)
         superclasses = [None]  # one whole-dataset clustering: superclass NULL in the table
         how = {f"whole.{k}": str(v) for k, v in per_layer[0].params.items()}
-        how[pipeline.PARAM_PROTOCOL] = "whole"
+        how[cv.PARAM_PROTOCOL] = "whole"
         pixel = None
 
     new_params = {
@@ -336,18 +337,18 @@ def rescore(
         tags=tags,
         run_name=f"rescore {source.info.run_name or run_id}",
     ) as ctx:
-        pipeline.log_layer_series(
-            ctx, pipeline.per_layer_metric_series(factors, mean_ami, mean_purity, None)
+        recording.log_layer_series(
+            ctx, recording.per_layer_metric_series(factors, mean_ami, mean_purity, None)
         )
-        summary = pipeline.summarise(mean_ami[:, factors.index(1)], None, pixel)
+        summary = summarise(mean_ami[:, factors.index(1)], None, pixel)
         ctx.log_metrics(summary)
         ctx.log_parquet(
-            pipeline.layer_metrics_table(
+            recording.layer_metrics_table(
                 ctx.run_id, names, superclasses, factors, ami, purity, None
             ),
             cv.ART_LAYER_METRICS,
         )
-        ctx.log_json(pipeline.layers_json(names), cv.ART_LAYERS)
+        ctx.log_json(recording.layers_json(names), cv.ART_LAYERS)
         if dataset_json is not None:
             ctx.log_json(dataset_json, cv.ART_DATASET_RECORD)
     f1 = factors.index(1)
@@ -355,7 +356,7 @@ def rescore(
         {
             "index": i,
             "name": n,
-            "relative_depth": pipeline.relative_depth(i, len(names)),
+            "relative_depth": relative_depth(i, len(names)),
             "ami_f1": float(mean_ami[i, f1]),
             "purity_f1": float(mean_purity[i, f1]),
             "probe_acc": float("nan"),
