@@ -259,7 +259,8 @@ def _study(store, train_ids: list[str]) -> None:
 
 
 def time_ours(root: Path, repeats: int = 3) -> tuple[float, dict[str, float], object]:
-    from clusterprobe.queries.connect import connect, query_names, run_query
+    from clusterprobe.queries.canned import query_names, run_query
+    from clusterprobe.queries.connect import connect
 
     start, start_cpu = time.perf_counter(), time.process_time()
     analysis = connect(root)

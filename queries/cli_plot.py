@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from clusterprobe.queries.canned import load_query, parse_params
 from clusterprobe.queries.cli_query import add_database_arguments
-from clusterprobe.queries.connect import connect, load_query, parse_params
+from clusterprobe.queries.connect import connect
 from clusterprobe.queries.plots import PLOTS
 from clusterprobe.tracker.errors import UsageError
 

@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from clusterprobe.queries import output
-from clusterprobe.queries.connect import connect, load_query, parse_params, query_names
+from clusterprobe.queries.canned import load_query, parse_params, query_names
+from clusterprobe.queries.connect import connect
 from clusterprobe.tracker.errors import UsageError
 from clusterprobe.tracker.store import add_store_arguments
 

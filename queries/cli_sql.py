@@ -8,7 +8,8 @@ import sys
 import duckdb
 from clusterprobe.queries import output
 from clusterprobe.queries.cli_query import add_database_arguments, add_output_arguments
-from clusterprobe.queries.connect import VIEW_COLUMNS, connect
+from clusterprobe.queries.connect import connect
+from clusterprobe.queries.view_columns import VIEW_COLUMNS
 from clusterprobe.tracker.errors import UsageError
 
 # Statement types that only read. Everything else (INSERT, CREATE, COPY, ATTACH, ...)

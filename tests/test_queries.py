@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import querystore
-from clusterprobe.queries.connect import VIEW_COLUMNS, connect, query_df, query_names
+from clusterprobe.queries.canned import query_df, query_names
+from clusterprobe.queries.connect import connect
+from clusterprobe.queries.view_columns import VIEW_COLUMNS
 from clusterprobe.runners.config import RunConfig
 from clusterprobe.tracker.store import local_store
 from scipy import stats

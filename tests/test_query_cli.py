@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from clusterprobe.queries.connect import query_names
+from clusterprobe.queries.canned import query_names
 from clusterprobe.runners.cli import main
 
 
@@ -130,7 +130,7 @@ def test_sql_refuses_writes_and_changes_nothing(real, capsys):
 def test_sql_setup_rebuilds_the_views_in_a_plain_duckdb(real, capsys, tmp_path):
     import duckdb
     import duckdb_extensions
-    from clusterprobe.queries.connect import load_query
+    from clusterprobe.queries.canned import load_query
 
     root, _, _ = real
     code, out, _ = _cli(capsys, "sql", "--store", root, "--setup")

@@ -1,0 +1,107 @@
+"""Views over the runs' Parquet artifacts: ``layer_metrics`` and ``ari``.
+
+The files are listed once per connection (runs that have ended only) and read
+lazily by DuckDB at query time. A store folder that moved is followed: artifact
+locations still naming the old folder are looked up under the new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import duckdb
+from clusterprobe.queries.sources import Sources
+from clusterprobe.queries.sql_text import empty_select, execute, ident, quote
+from clusterprobe.tracker import conventions as cv
+from clusterprobe.tracker.conventions import ART_ARI  # the `ari` view reads these files
+
+
+def _artifact_dir(uri: str | None, run_id: str, root: Path | None) -> Path | None:
+    """Local folder of a run's artifacts; follows a moved store folder."""
+    if not uri:
+        return None
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        path = Path(unquote(parsed.path))
+    elif parsed.scheme == "" and uri.startswith("/"):
+        path = Path(uri)
+    else:
+        return None  # object stores are not read here
+    if path.is_dir() or root is None:
+        return path
+    # The store folder moved and nobody has rewritten the locations yet:
+    # <old root>/artifacts/<experiment>/<run_id>/artifacts -> <root>/artifacts/...
+    parts = path.parts
+    if run_id in parts:
+        i = parts.index(run_id)
+        if i >= 1:
+            return root.joinpath("artifacts", *parts[i - 1 :])
+    return path
+
+
+def _artifact_files(con: duckdb.DuckDBPyConnection, root: Path | None, name: str) -> list[str]:
+    """Files ``name`` of every ended run (a RUNNING run may still be writing them)."""
+    rows = con.execute(
+        "SELECT run_id, artifact_uri FROM snap.runs WHERE status <> 'RUNNING' ORDER BY run_id"
+    ).fetchall()
+    out = []
+    for run_id, uri in rows:
+        folder = _artifact_dir(uri, run_id, root)
+        if folder is not None and (folder / name).is_file():
+            out.append(str(folder / name))
+    return out
+
+
+def _parquet_view(
+    con: duckdb.DuckDBPyConnection,
+    setup: list[str],
+    view: str,
+    files: Sequence[str],
+    columns: Mapping[str, str],
+) -> None:
+    if files:
+        listing = "[" + ", ".join(quote(f) for f in files) + "]"
+        cols = ", ".join(f"TRY_CAST({ident(c)} AS {t}) AS {ident(c)}" for c, t in columns.items())
+        body = (
+            # Schema from the first file (every file has the conventions' columns);
+            # union_by_name would open all files whenever the view is bound.
+            f"SELECT {cols} FROM read_parquet({listing})\n"
+            "WHERE run_id IN (SELECT run_id FROM snap.runs)"
+        )
+    else:
+        body = empty_select(columns)
+    execute(con, setup, f"CREATE VIEW {view} AS\n{body}")
+
+
+def define_artifact_views(
+    con: duckdb.DuckDBPyConnection, setup: list[str], sources: Sources
+) -> None:
+    layer_cols = {
+        "run_id": "VARCHAR",
+        "layer_index": "INTEGER",
+        "layer_name": "VARCHAR",
+        "relative_depth": "DOUBLE",
+        "superclass": "INTEGER",
+        "factor": "INTEGER",
+        "metric": "VARCHAR",
+        "value": "DOUBLE",
+    }
+    _parquet_view(
+        con,
+        setup,
+        "layer_metrics",
+        _artifact_files(con, sources.root, cv.ART_LAYER_METRICS),
+        layer_cols,
+    )
+    ari_cols = {
+        "run_id": "VARCHAR",
+        "other_run_id": "VARCHAR",
+        "kind": "VARCHAR",
+        "layer_a": "INTEGER",
+        "layer_b": "INTEGER",
+        "factor": "INTEGER",
+        "value": "DOUBLE",
+    }
+    _parquet_view(con, setup, "ari", _artifact_files(con, sources.root, ART_ARI), ari_cols)

@@ -1,0 +1,82 @@
+"""Views of the runs' scores, shaped for the canned queries: ``layer_scores``,
+``evals`` and ``epoch_metrics``.
+
+They read the ``snap`` tables that `run_views` builds (``run_tags``, ``run_params``):
+per-layer metrics of eval runs with their relative depth, one design row per eval
+run, and train runs' per-epoch metrics.
+"""
+
+from __future__ import annotations
+
+import duckdb
+from clusterprobe.queries.sql_text import execute, quote
+from clusterprobe.tracker import conventions as cv
+
+# Per-layer metrics of eval runs (step = layer index): ami_f<k>, purity_f<k>, and
+# accuracies measured per layer. Anything else on an eval run is a run-level summary.
+LAYER_METRIC_RE = r"^((ami|purity)_f[0-9]+|probe_acc|knn_acc)$"
+
+
+def define_score_views(con: duckdb.DuckDBPyConnection, setup: list[str]) -> None:
+    summaries = ", ".join(quote(k) for k in cv.SUMMARY_METRICS)
+    execute(
+        con,
+        setup,
+        f"""CREATE TABLE snap.layer_scores AS
+WITH keys AS (  -- the few distinct metric names, parsed once (not per row)
+  SELECT metric AS key, regexp_extract(metric, '^(.*?)(_f[0-9]+)?$', 1) AS name,
+         TRY_CAST(regexp_extract(metric, '_f([0-9]+)$', 1) AS INTEGER) AS factor
+  FROM (SELECT DISTINCT metric FROM snap.metrics)
+  WHERE regexp_matches(metric, {quote(LAYER_METRIC_RE)})
+), s AS (
+  SELECT m.run_id, CAST(m.step AS INTEGER) AS layer_index, k.name AS metric, k.factor, m.value
+  FROM snap.metrics m JOIN keys k ON m.metric = k.key JOIN snap.run_tags t USING (run_id)
+  WHERE t.kind = {quote("eval")}
+    AND NOT isnan(m.value)  -- a metric that could not be computed: kept in `metrics` only
+), n AS (
+  SELECT run_id, CAST(max(layer_index) + 1 AS INTEGER) AS n_layers FROM s GROUP BY run_id
+)
+SELECT s.run_id, s.layer_index, n.n_layers,
+       (s.layer_index + 1) / n.n_layers::DOUBLE AS relative_depth, s.metric, s.factor, s.value
+FROM s JOIN n USING (run_id)""",
+    )
+    execute(
+        con,
+        setup,
+        "CREATE VIEW layer_scores AS SELECT run_id, layer_index, n_layers, relative_depth, "
+        "metric, factor, value FROM snap.layer_scores",
+    )
+    # One row per eval run: what the canned queries group by. norm (VGG only, as
+    # runners/models.py resolves it): the `norm` param when it names one (none, bn,
+    # ln), else from the timm name (vgg16_bn -> bn); NULL for other families.
+    execute(
+        con,
+        setup,
+        f"""CREATE TABLE snap.evals AS
+SELECT p.run_id, t.parent_run_id AS train_run_id, r.status, p.dataset,
+       coalesce(p.shuffled, p.shuffle, false) AS shuffled, p.arch,
+       coalesce(regexp_extract(p.arch, '^(resnet|resnext|vgg|vit|deit|convnext|efficientnet|mobilenet)', 1),
+                p.arch) AS arch_family,
+       CASE WHEN p.norm IN ('none', 'bn', 'ln') THEN p.norm
+            WHEN p.arch LIKE 'vgg%\\_bn' ESCAPE '\\' THEN 'bn'
+            WHEN p.arch LIKE 'vgg%' THEN 'none' END AS norm,
+       p.taps, p.labels, p.seed, p.epochs, p.{cv.PARAM_CHECKPOINT_EPOCH},
+       p.{cv.PARAM_EVAL_SET},
+       coalesce(p.protocol, 'per_superclass') AS protocol,
+       (p.{cv.PARAM_CHECKPOINT_EPOCH} IS NULL OR p.epochs IS NULL
+        OR p.{cv.PARAM_CHECKPOINT_EPOCH} >= p.epochs) AS is_final,
+       coalesce(NOT starts_with(lower(p.{cv.PARAM_EVAL_SET}), lower(p.dataset)), false)
+         AS is_transfer,
+       t.source_run IS NOT NULL AS rescored
+FROM snap.run_params p JOIN snap.runs r USING (run_id) JOIN snap.run_tags t USING (run_id)
+WHERE t.kind = 'eval'""",
+    )
+    execute(con, setup, "CREATE VIEW evals AS SELECT * FROM snap.evals")
+    execute(
+        con,
+        setup,
+        f"""CREATE VIEW epoch_metrics AS
+SELECT m.run_id, CAST(m.step AS INTEGER) AS epoch, m.metric, m.value, m.timestamp
+FROM snap.metrics m JOIN snap.run_tags t USING (run_id)
+WHERE t.kind = {quote("train")} AND m.metric NOT IN ({summaries})""",
+    )
