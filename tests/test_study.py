@@ -22,9 +22,15 @@ from pathlib import Path
 
 import optuna
 import pytest
-from clusterprobe.runners import study as st
 from clusterprobe.runners.cli import main as cli_main
 from clusterprobe.runners.config import PRESETS
+from clusterprobe.runners.space import build_config, load_space, parse_space
+from clusterprobe.runners.study import run_study
+from clusterprobe.runners.study.objective import ATTR_EVAL_RUN_IDS, ATTR_HOST, ATTR_PID, ATTR_RUN_ID
+from clusterprobe.runners.study.options import StudyOptions
+from clusterprobe.runners.study.orphans import STALE_ERROR, fail_orphan_trials, on_stale
+from clusterprobe.runners.study.settings import ATTR_SETTINGS, StudySettings, parse_objectives
+from clusterprobe.runners.study.storage import open_storage, resolve_storage
 from clusterprobe.tracker.conventions import TAG_KIND, TAG_PARENT, TAG_STUDY, TAG_TRIAL
 from clusterprobe.tracker.errors import UsageError
 from clusterprobe.tracker.store import local_store
@@ -89,7 +95,7 @@ def _check_linkage(tracker: Tracker, study, study_run_id: str) -> list:
     train_runs = tracker.search_runs(kind="train", parent_run_id=study_run_id)
     by_id = {r.info.run_id: r for r in train_runs}
     for trial in complete:
-        run = by_id[trial.user_attrs[st.ATTR_RUN_ID]]  # trial -> run
+        run = by_id[trial.user_attrs[ATTR_RUN_ID]]  # trial -> run
         assert run.info.status == "FINISHED"
         assert run.data.tags[TAG_TRIAL] == str(trial.number)  # run -> trial
         assert run.data.tags[TAG_STUDY] == study.study_name
@@ -97,7 +103,7 @@ def _check_linkage(tracker: Tracker, study, study_run_id: str) -> list:
         for key, value in trial.params.items():
             assert run.data.params[key] == str(value)
         evals = tracker.search_runs(kind="eval", parent_run_id=run.info.run_id)
-        assert [e.info.run_id for e in evals] == trial.user_attrs[st.ATTR_EVAL_RUN_IDS]
+        assert [e.info.run_id for e in evals] == trial.user_attrs[ATTR_EVAL_RUN_IDS]
         assert len(evals) == 1 and evals[0].info.status == "FINISHED"
         assert trial.values[0] == pytest.approx(evals[0].data.metrics["best_ami"])
     return train_runs
@@ -107,7 +113,7 @@ def _check_linkage(tracker: Tracker, study, study_run_id: str) -> list:
 
 
 def test_default_space_parses_and_is_conditional():
-    space = st.load_space()
+    space = load_space()
     names = [p.name for p in space.params]
     assert names[:3] == ["arch", "norm", "taps"]
     vgg = FixedTrial(
@@ -134,7 +140,7 @@ def test_default_space_parses_and_is_conditional():
     )
     values = space.suggest(res)
     assert values["taps"] == "stages" and "norm" not in values
-    config = st.build_config(space, values, quick=True)
+    config = build_config(space, values, quick=True)
     # defaults < --quick preset < [fixed] < suggested
     assert config.epochs == PRESETS["quick"]["epochs"]  # not searched: the preset's
     assert config.batch_size == 64 and config.labels == "subclass"  # searched: beat defaults
@@ -164,24 +170,24 @@ def test_default_space_parses_and_is_conditional():
 )
 def test_bad_space_is_a_usage_error(text, message):
     with pytest.raises(UsageError) as err:
-        st.parse_space(text, "bad.toml")
+        parse_space(text, "bad.toml")
     assert message in str(err.value)
     assert "\n" not in str(err.value)
 
 
 def test_unknown_field_lists_the_valid_fields():
     with pytest.raises(UsageError, match="valid fields: dataset, shuffle"):
-        st.parse_space("[params.nrom]\nchoices=['bn']")
+        parse_space("[params.nrom]\nchoices=['bn']")
 
 
 def test_objectives_parse():
-    assert st.parse_objectives(None) == [("best_ami", "maximize")]
-    assert st.parse_objectives(["best_ami:max", "best_probe_acc:min"]) == [
+    assert parse_objectives(None) == [("best_ami", "maximize")]
+    assert parse_objectives(["best_ami:max", "best_probe_acc:min"]) == [
         ("best_ami", "maximize"),
         ("best_probe_acc", "minimize"),
     ]
     with pytest.raises(UsageError, match="did you mean best_ami"):
-        st.parse_objectives(["best_amii"])
+        parse_objectives(["best_amii"])
 
 
 def test_bad_flags_exit_2_before_any_work(tmp_path, capsys, space_file):
@@ -198,21 +204,21 @@ def test_bad_flags_exit_2_before_any_work(tmp_path, capsys, space_file):
     sqlite_file = tmp_path / "x.db"
     optuna.create_study(storage=f"sqlite:///{sqlite_file}")
     with pytest.raises(UsageError, match="is a SQLite database"):
-        st.resolve_storage(str(sqlite_file), local_store(store))
+        resolve_storage(str(sqlite_file), local_store(store))
 
 
 def test_dead_owner_trial_is_failed(tmp_path):
     """A RUNNING trial whose worker pid on this host is gone is FAILed (journal: no heartbeat)."""
-    storage = st.open_storage(str(tmp_path / "optuna.journal"))
+    storage = open_storage(str(tmp_path / "optuna.journal"))
     study = optuna.create_study(study_name="s", storage=storage)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     orphan, live = study.ask(), study.ask()
-    orphan.set_user_attr(st.ATTR_HOST, socket.gethostname())
-    orphan.set_user_attr(st.ATTR_PID, dead.pid)
-    live.set_user_attr(st.ATTR_HOST, socket.gethostname())
-    live.set_user_attr(st.ATTR_PID, os.getppid())
-    assert st.fail_orphan_trials(study) == [orphan.number]
+    orphan.set_user_attr(ATTR_HOST, socket.gethostname())
+    orphan.set_user_attr(ATTR_PID, dead.pid)
+    live.set_user_attr(ATTR_HOST, socket.gethostname())
+    live.set_user_attr(ATTR_PID, os.getppid())
+    assert fail_orphan_trials(study) == [orphan.number]
     states = {t.number: t.state for t in study.get_trials()}
     assert states == {orphan.number: TrialState.FAIL, live.number: TrialState.RUNNING}
 
@@ -222,19 +228,19 @@ def test_stale_heartbeat_fails_the_runs_of_another_host(store):
     (the reaper cannot: their owner pid lived on another host)."""
     tracker = Tracker(store)
     study = optuna.create_study(study_name="h")
-    settings = st.StudySettings("h", 1, "", "x.toml", (("best_ami", "maximize"),))
-    study.set_user_attr(st.ATTR_SETTINGS, settings.to_json())
+    settings = StudySettings("h", 1, "", "x.toml", (("best_ami", "maximize"),))
+    study.set_user_attr(ATTR_SETTINGS, settings.to_json())
     trial = study.ask()
     with tracker.start_run("study", tags={TAG_STUDY: "h"}) as parent:
         tags = {TAG_STUDY: "h", TAG_TRIAL: str(trial.number)}
         train = tracker.start_run("train", parent_run_id=parent.run_id, tags=tags)
         evaluation = tracker.start_run("eval", parent_run_id=train.run_id, tags=tags)
         other = tracker.start_run("train", parent_run_id=parent.run_id, tags={TAG_STUDY: "h"})
-        st._on_stale(tracker)(study, study.trials[0])
+        on_stale(tracker)(study, study.trials[0])
         for run_id in (train.run_id, evaluation.run_id):
             run = tracker.get_run(run_id)
             assert run.info.status == "FAILED"
-            assert run.data.tags["clusterprobe.error"] == st.STALE_ERROR
+            assert run.data.tags["clusterprobe.error"] == STALE_ERROR
         assert tracker.get_run(other.run_id).info.status == "RUNNING"  # not this trial's
         other.end()
 
@@ -250,8 +256,8 @@ def sqlite_study(_template_store, tmp_path_factory):
     store = local_store(root)
     space = root.parent / "tiny.toml"
     space.write_text(TINY_SPACE)
-    opts = st.StudyOptions(name="s4", trials=4, space=str(space), quick=True, seed=3, quiet=True)
-    outcome = st.run_study(opts, store)
+    opts = StudyOptions(name="s4", trials=4, space=str(space), quick=True, seed=3, quiet=True)
+    outcome = run_study(opts, store)
     return store, outcome
 
 
@@ -268,7 +274,7 @@ def test_sqlite_study_links_trials_and_runs(sqlite_study, capsys):
     assert len(train_runs) == 4
     # the best trial's params are its run's params, and --quick sits under [fixed]
     best = study.best_trial
-    run = tracker.get_run(best.user_attrs[st.ATTR_RUN_ID])
+    run = tracker.get_run(best.user_attrs[ATTR_RUN_ID])
     assert {k: run.data.params[k] for k in best.params} == {
         k: str(v) for k, v in best.params.items()
     }
@@ -315,7 +321,7 @@ def test_dashboard_lists_the_study(sqlite_study):
 
 def test_three_workers_on_postgresql(postgres_url, store, space_file):
     """3 worker processes x 3 trials: exactly 9 complete trials, each with its runs."""
-    opts = st.StudyOptions(
+    opts = StudyOptions(
         name="pg9",
         trials=9,
         space=str(space_file),
@@ -325,32 +331,32 @@ def test_three_workers_on_postgresql(postgres_url, store, space_file):
         heartbeat=2,
         quiet=True,
     )
-    outcome = st.run_study(opts, store)
+    outcome = run_study(opts, store)
     assert (outcome.complete, outcome.failed) == (9, 0)
     study = optuna.load_study(study_name="pg9", storage=postgres_url)
     trials = study.get_trials()
     assert sorted(t.number for t in trials) == list(range(9))  # no lost, no extra trials
     assert {t.state for t in trials} == {TrialState.COMPLETE}
-    pids = {t.user_attrs[st.ATTR_PID] for t in trials}
+    pids = {t.user_attrs[ATTR_PID] for t in trials}
     assert os.getpid() not in pids and len(pids) >= 2  # the worker processes shared them
     tracker = Tracker(store)
     study_run = _study_runs(tracker, "pg9")
     train_runs = _check_linkage(tracker, study, study_run.info.run_id)
     assert len(train_runs) == 9
     assert sorted(int(r.data.tags[TAG_TRIAL]) for r in train_runs) == list(range(9))
-    run_ids = [t.user_attrs[st.ATTR_RUN_ID] for t in trials]
+    run_ids = [t.user_attrs[ATTR_RUN_ID] for t in trials]
     assert len(set(run_ids)) == 9  # no duplicate runs
 
 
 def test_two_workers_on_a_journal_file(store, space_file):
     """The one-machine parallel storage: exactly N complete trials from 2 processes."""
     journal = store.root / "optuna.journal"
-    opts = st.StudyOptions(
+    opts = StudyOptions(
         name="j", trials=2, space=str(space_file), storage=str(journal), workers=2, quiet=True
     )
-    outcome = st.run_study(opts, store)
+    outcome = run_study(opts, store)
     assert (outcome.complete, outcome.failed, outcome.storage) == (2, 0, str(journal))
-    study = optuna.load_study(study_name="j", storage=st.open_storage(str(journal)))
+    study = optuna.load_study(study_name="j", storage=open_storage(str(journal)))
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     tracker = Tracker(store)
     assert len(_check_linkage(tracker, study, _study_runs(tracker, "j").info.run_id)) == 2
@@ -386,7 +392,7 @@ def test_sigkill_mid_trial_then_resume(store, space_file):
     number = int(killed_run.data.tags[TAG_TRIAL])
 
     # Optuna's heartbeat: the trial stops beating and is failed after the grace period (3 s).
-    storage = st.open_storage(store.optuna_url, heartbeat=1)
+    storage = open_storage(store.optuna_url, heartbeat=1)
     study = optuna.load_study(study_name="k", storage=storage)
     assert study.trials[number].state == TrialState.RUNNING
     time.sleep(4)

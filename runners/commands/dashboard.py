@@ -27,11 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from clusterprobe.runners import study
+    from clusterprobe.runners.study import storage as study_storage
 
     store = store_from_args(args)
-    spec = study.resolve_storage(args.storage, store)
-    kind = study.storage_kind(spec)
+    spec = study_storage.resolve_storage(args.storage, store)
+    kind = study_storage.storage_kind(spec)
     path = spec.split(":///", 1)[1] if kind == "sqlite" else spec if kind == "journal" else None
     if path is not None and not Path(path).is_file():
         raise UsageError(
@@ -41,10 +41,10 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"--port {args.port}: must be 1..65535")
     from optuna_dashboard import run_server
 
-    storage = study.open_storage(spec)
+    storage = study_storage.open_storage(spec)
     print(
         f"clusterprobe dashboard: optuna-dashboard on http://{args.host}:{args.port}/dashboard "
-        f"(storage {study.redact(spec)}); Ctrl-C stops it",
+        f"(storage {study_storage.redact(spec)}); Ctrl-C stops it",
         file=sys.stderr,
         flush=True,
     )

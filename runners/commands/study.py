@@ -1,6 +1,6 @@
 """`clusterprobe study`: an Optuna study over design choices; each trial is one `run`.
 
-Thin edge: parse flags, call `study.run_study` (or `study.run_worker` for the
+Thin edge: parse flags, call `study.run_study` (or `study.worker.run_worker` for the
 worker processes it spawns), print the best trial(s) with their run ids and the
 command that opens optuna-dashboard on the study.
 """
@@ -71,11 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from clusterprobe.runners import study
+    from clusterprobe.runners.study.worker import StudyFailed
 
     try:
-        return _main(args, study)
-    except study.StudyFailed as err:
+        return _main(args)
+    except StudyFailed as err:
         print(f"clusterprobe study: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the trial is FAIL, its runs KILLED
@@ -84,11 +84,17 @@ def main(args: argparse.Namespace) -> int:
         return 130
 
 
-def _main(args: argparse.Namespace, study) -> int:
+def _main(args: argparse.Namespace) -> int:
+    from clusterprobe.runners.study import run_study
+    from clusterprobe.runners.study.options import StudyOptions
+    from clusterprobe.runners.study.report import format_outcome
+    from clusterprobe.runners.study.storage import resolve_storage
+    from clusterprobe.runners.study.worker import run_worker
+
     store = store_from_args(args)
     if args.worker is not None:  # a process spawned by --workers N: run trials, print nothing
-        spec = study.resolve_storage(args.storage, store)
-        study.run_worker(
+        spec = resolve_storage(args.storage, store)
+        run_worker(
             spec,
             args.resume,
             store,
@@ -97,7 +103,7 @@ def _main(args: argparse.Namespace, study) -> int:
             quiet=args.quiet,
         )
         return 0
-    opts = study.StudyOptions(
+    opts = StudyOptions(
         name=args.name,
         resume=args.resume,
         trials=args.trials,
@@ -111,6 +117,6 @@ def _main(args: argparse.Namespace, study) -> int:
         heartbeat=args.heartbeat,
         quiet=args.quiet,
     )
-    outcome = study.run_study(opts, store)
-    print(study.format_outcome(outcome, store))
+    outcome = run_study(opts, store)
+    print(format_outcome(outcome, store))
     return 0
