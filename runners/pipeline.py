@@ -92,11 +92,14 @@ def run(
     *,
     parent_run_id: str | None = None,
     tags: dict | None = None,
+    on_start: Callable[[str], None] | None = None,
     on_eval: Callable[[int, dict], None] | None = None,
     quiet: bool = False,
 ) -> RunResult:
     """Train, measure and record one model; see the module docstring.
 
+    ``on_start(train_run_id)`` is called as soon as the train run exists, before any
+    training, so a caller (an Optuna trial) is linked to its run even if the run dies.
     ``on_eval(epoch, summary)`` is called inside each eval run after it is recorded
     (``config.eval_epochs`` and the final epoch); an exception from it (e.g.
     ``optuna.TrialPruned``) ends the eval and train runs FAILED and propagates.
@@ -131,6 +134,8 @@ def run(
         tags=run_tags,
         run_name=_run_name(config, data),
     ) as train_ctx:
+        if on_start is not None:
+            on_start(train_ctx.run_id)
         if not quiet:
             _say(
                 f"train run {train_ctx.run_id}: {config.arch} on {data.name}"

@@ -221,11 +221,13 @@ def test_exception_in_on_eval_ends_both_runs_failed(store, tiny_config):
         assert set(summary) == set(cv.SUMMARY_METRICS)
         raise Pruned(f"stop at epoch {epoch}")
 
+    started = []
     config = tiny_config.replace(classes=2, epochs=1, eval_epochs=(), save=())
     with pytest.raises(Pruned):
-        pipeline.run(config, store, on_eval=on_eval, quiet=True)
+        pipeline.run(config, store, on_start=started.append, on_eval=on_eval, quiet=True)
     tracker = Tracker(store)
     (train,) = tracker.search_runs(kind="train")
+    assert started == [train.info.run_id]  # known to the caller although the run failed
     (ev,) = tracker.search_runs(kind="eval")
     for run in (train, ev):
         assert run.info.status == "FAILED"

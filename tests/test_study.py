@@ -400,6 +400,8 @@ def test_sigkill_mid_trial_then_resume(store, space_file):
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     assert study.trials[number].state == TrialState.FAIL
+    # linked when its run started, so the dead trial still names its run
+    assert study.trials[number].user_attrs[ATTR_RUN_ID] == killed_run.info.run_id
     # MLflow: the owner pid is gone, so the reaper fails the train run it left RUNNING
     assert killed_run.info.run_id in tracker.reap_orphans()
     assert tracker.get_run(killed_run.info.run_id).info.status == "FAILED"

@@ -8,7 +8,6 @@ run ids as user attrs, and the host and pid of the worker that owns it while RUN
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 from dataclasses import dataclass
@@ -67,6 +66,9 @@ class Objective:
                 self.store,
                 parent_run_id=self.settings.study_run_id,
                 tags=tags,
+                # linked at once: a trial that dies (or is failed by the heartbeat later)
+                # still names its train run
+                on_start=lambda run_id: trial.set_user_attr(ATTR_RUN_ID, run_id),
                 on_eval=on_eval,
                 quiet=self.quiet,
             )
@@ -75,24 +77,13 @@ class Objective:
             raise
         except BaseException as err:
             self.last_error = f"{type(err).__name__}: {err}".splitlines()[0][:300]
-            self._link_failed(trial)
             raise
-        trial.set_user_attr(ATTR_RUN_ID, result.train_run_id)
         trial.set_user_attr(ATTR_EVAL_RUN_IDS, list(result.eval_run_ids))
         missing = [n for n in names if n not in result.summary]
         if missing:
             raise KeyError(f"objective {missing} not in the run's summary {sorted(result.summary)}")
         out = [float(result.summary[n]) for n in names]
         return out[0] if len(out) == 1 else out
-
-    def _link_failed(self, trial) -> None:
-        """Link a failed trial to its (FAILED) train run, found by its tags."""
-        with contextlib.suppress(Exception):
-            from clusterprobe.tracker.tracking import Tracker
-
-            runs = trial_runs(Tracker(self.store), self.settings.name, trial.number)
-            if runs:
-                trial.set_user_attr(ATTR_RUN_ID, runs[0].info.run_id)
 
 
 def trial_runs(tracker, study_name: str, number: int, status: str | None = None) -> list:
