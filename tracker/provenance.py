@@ -64,13 +64,18 @@ def process_identity(pid: int) -> str | None:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs; a zombie (killed, not yet waited for) counts as dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True  # exists, owned by someone else
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def _git_commit() -> str | None:

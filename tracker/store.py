@@ -192,7 +192,7 @@ def resolve_store(
             optuna_url=sqlite_url(root / OPTUNA_DB_NAME),
         )
     if scheme in ("postgresql", "postgres"):
-        uri = _postgres_driver(uri)
+        uri = postgres_driver(uri)
     art = _normalise_artifact_root(artifact_root or os.environ.get(ENV_ARTIFACT_ROOT))
     if art is None and kind == "database":
         # A bare database has no server to hold artifacts: keep them in the local folder.
@@ -200,7 +200,7 @@ def resolve_store(
     return Store(tracking_uri=uri, root=None, artifact_root=art, optuna_url=None)
 
 
-def _postgres_driver(uri: str) -> str:
+def postgres_driver(uri: str) -> str:
     """Name the installed driver: SQLAlchemy 2.1 means psycopg 3 by ``postgresql://``.
 
     The project installs psycopg2-binary; a bare ``postgresql://`` (or ``postgres://``,

@@ -23,22 +23,9 @@ from clusterprobe.runners.study.objective import (
 )
 from clusterprobe.runners.study.settings import read_settings
 from clusterprobe.tracker.conventions import TAG_ERROR
+from clusterprobe.tracker.provenance import pid_alive
 
 STALE_ERROR = "trial heartbeat stopped: its worker died"
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed child not yet waited for is a zombie: dead for our purposes
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def fail_orphan_trials(study, tracker=None) -> list[int]:
@@ -56,7 +43,7 @@ def fail_orphan_trials(study, tracker=None) -> list[int]:
         pid = t.user_attrs.get(ATTR_PID)
         if t.user_attrs.get(ATTR_HOST) != host or pid is None or pid == os.getpid():
             continue
-        if _process_alive(int(pid)):
+        if pid_alive(int(pid)):
             continue
         try:
             if tracker is not None and ATTR_RUN_ID not in t.user_attrs:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from clusterprobe.tracker.errors import UsageError
-from clusterprobe.tracker.store import Store
+from clusterprobe.tracker.store import Store, postgres_driver
 
 
 def storage_kind(spec: str) -> str:
@@ -43,7 +43,7 @@ def resolve_storage(storage: str | None, store: Store) -> str:
         if kind == "sqlite":
             path = storage.split(":///", 1)[-1]
             return "sqlite:///" + os.path.abspath(path)
-        return _postgres_driver(storage)
+        return postgres_driver(storage)
     path = Path(os.path.abspath(os.path.expanduser(storage)))
     if path.is_dir():
         raise UsageError(f"--storage {storage!r} is a folder; give a journal file path")
@@ -54,18 +54,6 @@ def resolve_storage(storage: str | None, store: Store) -> str:
                     f"--storage {storage!r} is a SQLite database; write sqlite:///{path}"
                 )
     return str(path)
-
-
-def _postgres_driver(url: str) -> str:
-    """``postgresql://`` means psycopg 3 to SQLAlchemy 2.1; name psycopg2 where only it is here."""
-    head, rest = url.split("://", 1)
-    if "+" in head:
-        return url
-    import importlib.util
-
-    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
-        return f"postgresql+psycopg2://{rest}"
-    return f"postgresql://{rest}"
 
 
 def redact(url: str) -> str:
