@@ -10,7 +10,6 @@ time, with one-line UsageErrors; ``runners/default_space.toml`` documents the fo
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import os
 import typing
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterprobe.runners.config import PRESETS, RunConfig, parse_factors
-from clusterprobe.tracker.errors import UsageError
+from clusterprobe.tracker.errors import UsageError, did_you_mean
 
 try:  # Python >= 3.11
     import tomllib
@@ -90,8 +89,7 @@ def _field_types() -> dict[str, Any]:
 
 def _unknown_field(name: str, where: str) -> UsageError:
     valid = [f for f in _field_types() if f not in SEARCHABLE_EXCLUDED]
-    close = difflib.get_close_matches(name, valid, n=3)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    hint = did_you_mean(name, valid)
     return UsageError(f"{where}: unknown field {name!r}{hint}; valid fields: {', '.join(valid)}")
 
 

@@ -64,7 +64,7 @@ def test_quick_preset_first_then_explicit_flags():
     ("argv", "names"),
     [
         (["--arch", "resnet999"], "resnet999"),
-        (["--dataset", "synthetc"], "synthetc"),
+        (["--dataset", "synthetc"], "'synthetc' is not known (did you mean synthetic"),
         (["--factors", "1-x"], "--factors"),
         (["--save", "weights"], "--save weights"),
         (["--eval-epochs", "40"], "--eval-epochs 40"),

@@ -14,3 +14,11 @@ def error_line(exc: BaseException, limit: int = 1000) -> str:
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def did_you_mean(name: str, choices, n: int = 3) -> str:
+    """`` (did you mean a, b?)`` naming the choices closest to a mistyped ``name``, or ''."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(choices), n=n)
+    return f" (did you mean {', '.join(close)}?)" if close else ""

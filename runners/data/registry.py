@@ -7,11 +7,10 @@ when their dataset is used, so no loader's dependencies leak into another's.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from dataclasses import dataclass
 
-from clusterprobe.tracker.errors import UsageError
+from clusterprobe.tracker.errors import UsageError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -63,8 +62,7 @@ def resolve(name: str) -> DatasetEntry:
     try:
         return DATASETS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, DATASETS, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        hint = did_you_mean(name, DATASETS)
         raise UsageError(
             f"--dataset {name!r} is not known{hint}; choose from {', '.join(sorted(DATASETS))}"
         ) from None

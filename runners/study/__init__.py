@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import difflib
 import warnings
 from pathlib import Path
 
@@ -55,7 +54,7 @@ from clusterprobe.runners.study.storage import (
     storage_kind,
 )
 from clusterprobe.runners.study.worker import StudyFailed, log_progress
-from clusterprobe.tracker.errors import UsageError
+from clusterprobe.tracker.errors import UsageError, did_you_mean
 from clusterprobe.tracker.store import Store
 
 
@@ -112,8 +111,7 @@ def run_study(opts: StudyOptions, store: Store) -> StudyOutcome:
         if opts.resume is not None:
             name = opts.resume
             if name not in names:
-                close = difflib.get_close_matches(name, names, n=3)
-                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                hint = did_you_mean(name, names)
                 raise UsageError(
                     f"--resume {name!r}: no such study in {redact(spec)}{hint}; "
                     f"studies there: {', '.join(names) or '(none)'}"

@@ -8,12 +8,11 @@ the settings it was created with wherever its trials run.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass
 
 from clusterprobe.runners.space import Space, parse_space
 from clusterprobe.tracker.conventions import SUMMARY_METRICS
-from clusterprobe.tracker.errors import UsageError
+from clusterprobe.tracker.errors import UsageError, did_you_mean
 
 ATTR_SETTINGS = "clusterprobe"  # study user attr: JSON-able StudySettings
 DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
@@ -28,8 +27,7 @@ def parse_objectives(specs: list[str] | tuple[str, ...] | None) -> list[tuple[st
         if direction.lower() not in DIRECTIONS:
             raise UsageError(f"--objective {spec!r}: direction must be max or min")
         if name not in SUMMARY_METRICS:
-            close = difflib.get_close_matches(name, SUMMARY_METRICS, n=2)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            hint = did_you_mean(name, SUMMARY_METRICS, n=2)
             raise UsageError(
                 f"--objective {spec!r}: unknown metric {name!r}{hint}; "
                 f"choose from {', '.join(SUMMARY_METRICS)}"
