@@ -19,6 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("clusterprobe.runners.commands.score", "cluster your own embeddings (.npz)"),
     "rescore": ("clusterprobe.runners.commands.rescore", "re-cluster a stored eval run"),
     "export": ("clusterprobe.runners.commands.export", "write a layer's pooled embeddings"),
+    "transfer": (
+        "clusterprobe.runners.commands.transfer",
+        "cluster a transfer set with a stored model",
+    ),
     "datasets": ("clusterprobe.runners.commands.datasets", "list or show datasets"),
     "study": ("clusterprobe.runners.commands.study", "Optuna study over design choices"),
     "query": ("clusterprobe.queries.cli_query", "run a canned SQL query"),

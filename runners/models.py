@@ -210,14 +210,19 @@ def save_checkpoint(model: torch.nn.Module, cfg: dict, directory) -> list[Path]:
     return [weights, config_path]
 
 
+def checkpoint_config(directory) -> dict:
+    """The ``model_config.json`` of a saved checkpoint (arch, classes, image size, ...)."""
+    config_path = Path(directory) / CONFIG_FILE
+    if not config_path.is_file():
+        raise UsageError(f"checkpoint {str(directory)!r} has no {CONFIG_FILE}")
+    return json.loads(config_path.read_text())
+
+
 def load_checkpoint(directory, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Rebuild the model from ``model_config.json`` and load its weights (eval mode)."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    config_path = directory / CONFIG_FILE
-    if not config_path.is_file():
-        raise UsageError(f"checkpoint {str(directory)!r} has no {CONFIG_FILE}")
-    model = build_model(json.loads(config_path.read_text()))
+    model = build_model(checkpoint_config(directory))
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE), device="cpu"))
     return model.to(device).eval()

@@ -1,0 +1,133 @@
+"""`clusterprobe transfer`: a stored model clusters an out-of-distribution image folder.
+
+Runs on a copy of the tiny pipeline run's store (its final checkpoint) and a folder
+of coloured-noise images the test draws; the recorded AMI is checked against
+sklearn's Ward + AMI on the same pooled features.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from clusterprobe.runners.cli import main as cli_main
+from clusterprobe.tracker import conventions as cv
+from PIL import Image
+from sklearn.cluster import AgglomerativeClustering
+from sklearn.metrics import adjusted_mutual_info_score
+from sklearn.preprocessing import normalize
+
+CLASSES = ("crimson", "olive", "teal")
+
+
+@pytest.fixture(scope="module")
+def transfer_folder(tmp_path_factory):
+    """root/<class>/<12 PNGs>: per class a base colour plus noise, 20 x 20 px."""
+    root = tmp_path_factory.mktemp("transfer") / "colours"
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True)
+        base = np.zeros(3)
+        base[k] = 200
+        for i in range(12):
+            pixels = np.clip(base + rng.normal(0, 40, size=(20, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i:02d}.png")
+    return root
+
+
+@pytest.fixture()
+def store_copy(tiny_run, tmp_path):
+    from clusterprobe.tracker.store import local_store
+    from clusterprobe.tracker.tracking import Tracker
+
+    store, config, result = tiny_run
+    target = tmp_path / "mlruns"
+    shutil.copytree(store.root, target, ignore=shutil.ignore_patterns("*.npy"))
+    copy = local_store(target)
+    return copy, Tracker(copy), result.train_run_id
+
+
+def _argv(store, *extra):
+    return [*extra, "--store", str(store.root), "--quiet"]
+
+
+def test_transfer_run_is_recorded_and_equals_sklearn(store_copy, transfer_folder, capsys):
+    from clusterprobe.queries.connect import connect, query_df
+    from clusterprobe.runners import models
+    from clusterprobe.runners.config import RunConfig
+    from clusterprobe.runners.data.transfer import load_transfer
+    from clusterprobe.runners.embed import pooled_features
+
+    store, tracker, train_id = store_copy
+    argv = ["transfer", train_id, "--set", str(transfer_folder), "--factors", "1-3"]
+    assert cli_main(_argv(store, *argv)) == 0
+    out = capsys.readouterr().out
+    assert "AMI f1" in out and f"nested under train run {train_id}" in out
+
+    (ev,) = [
+        r
+        for r in tracker.search_runs(kind="eval", parent_run_id=train_id)
+        if r.data.params.get(cv.PARAM_EVAL_SET) == "colours"
+    ]
+    params = ev.data.params
+    assert ev.info.status == "FINISHED"
+    assert params[cv.PARAM_PROTOCOL] == "whole" and params["factors"] == "1,2,3"
+    assert params["whole.algorithm"] == "exact" and params["transfer.classes"] == "3"
+    assert params[cv.PARAM_CHECKPOINT_EPOCH] == params["epochs"]
+
+    # independent reference: sklearn Ward + AMI on the checkpoint's pooled features
+    folder = tracker.artifact_path(train_id, cv.ART_CHECKPOINT_DIR)
+    model = models.load_checkpoint(folder)
+    taps = models.layer_taps(model, RunConfig(arch=params["arch"], taps=params["taps"]))
+    size = models.checkpoint_config(folder)["image_size"]
+    data = load_transfer(str(transfer_folder), image_size=size, arch=params["arch"])
+    pooled = pooled_features(model, taps, data.images, device="cpu")
+    history = tracker.client.get_metric_history(ev.info.run_id, "ami_f2")
+    recorded = {m.step: m.value for m in history}
+    assert sorted(recorded) == list(range(len(taps)))
+    for li in (0, len(taps) - 1):
+        x = normalize(pooled[li].astype(np.float64))
+        pred = AgglomerativeClustering(n_clusters=6, linkage="ward").fit_predict(x)
+        assert recorded[li] == pytest.approx(
+            adjusted_mutual_info_score(data.labels, pred), abs=1e-9
+        )
+
+    table = tracker.artifact_path(ev.info.run_id, cv.ART_LAYER_METRICS)
+    import pandas as pd
+
+    rows = pd.read_parquet(table)
+    assert len(rows) == len(taps) * 3 * 2 and rows["superclass"].isna().all()
+
+    with connect(store.root) as analysis:
+        found = query_df(analysis, "transfer_by_pretraining_labels")
+    assert set(found["eval_set"]) == {"colours"} and (found["n"] == 1).all()
+    assert sorted(found["factor"]) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("case", ["unknown run", "missing folder", "no checkpoint", "corrupt"])
+def test_bad_input_is_one_line_exit_2_and_stores_nothing(store_copy, transfer_folder, capsys, case):
+    store, tracker, train_id = store_copy
+    run_id, source = train_id, str(transfer_folder)
+    folder = tracker.artifact_path(train_id, cv.ART_CHECKPOINT_DIR)
+    message = {
+        "unknown run": "no such run",
+        "missing folder": "neither a folder nor a torchvision dataset",
+        "no checkpoint": "no stored checkpoint",
+        "corrupt": "checkpoint does not load",
+    }[case]
+    if case == "unknown run":
+        run_id = "0" * 32
+    elif case == "missing folder":
+        source = str(transfer_folder.parent / "absent")
+    elif case == "no checkpoint":
+        shutil.rmtree(folder)
+    else:
+        (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    before = len(tracker.search_runs())
+    assert cli_main(_argv(store, "transfer", run_id, "--set", source)) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert captured.out == "" and len(lines) == 1, captured.err
+    assert lines[0].startswith("clusterprobe transfer: error: ") and message in lines[0]
+    assert len(tracker.search_runs()) == before
