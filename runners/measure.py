@@ -9,7 +9,7 @@ per-layer table and summary metrics an eval run records.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from clusterprobe.runners.config import RunConfig
@@ -30,6 +30,7 @@ class Measurement:
     protocol: object  # runners.cluster.ProtocolResult
     cluster_params: dict
     seconds: dict[str, float]
+    knn_acc: list[float] = field(default_factory=list)  # per layer
 
     @property
     def num_layers(self) -> int:
@@ -43,7 +44,10 @@ class Measurement:
 
     def summary(self) -> dict[str, float]:
         return summarise(
-            self.mean_ami()[:, self.factors.index(1)], self.probe_acc, self.pixel_ami_f1
+            self.mean_ami()[:, self.factors.index(1)],
+            self.probe_acc,
+            self.pixel_ami_f1,
+            self.knn_acc,
         )
 
     def layers(self) -> list[dict]:
@@ -57,6 +61,7 @@ class Measurement:
                 "ami_f1": float(ami[i, f1]),
                 "purity_f1": float(pur[i, f1]),
                 "probe_acc": float(self.probe_acc[i]) if self.probe_acc else float("nan"),
+                "knn_acc": float(self.knn_acc[i]) if self.knn_acc else float("nan"),
             }
             for i, name in enumerate(self.layer_names)
         ]
@@ -66,13 +71,17 @@ def relative_depth(index: int, num_layers: int) -> float:
     return (index + 1) / num_layers
 
 
-def summarise(ami_f1: np.ndarray, probe_acc, pixel_ami_f1: float | None) -> dict[str, float]:
+def summarise(
+    ami_f1: np.ndarray, probe_acc, pixel_ami_f1: float | None, knn_acc=None
+) -> dict[str, float]:
     """The eval run's summary metrics (tracker.conventions.SUMMARY_METRICS)."""
     ami_f1 = np.asarray(ami_f1, dtype=float)
     best = int(np.nanargmax(ami_f1))
     out = {"best_ami": float(ami_f1[best]), "best_layer": float(best)}
     if probe_acc is not None and len(probe_acc):
         out["best_probe_acc"] = float(np.nanmax(probe_acc))
+    if knn_acc is not None and len(knn_acc):
+        out["best_knn_acc"] = float(np.nanmax(knn_acc))
     if pixel_ami_f1 is not None:
         out["pixel_ami_f1"] = float(pixel_ami_f1)
     return out
@@ -98,7 +107,7 @@ def measure(
     from clusterprobe.runners.cluster import cluster_protocol
     from clusterprobe.runners.embed import embed_eval, pooled_features
     from clusterprobe.runners.models import layer_taps
-    from clusterprobe.runners.probe import probe_layers
+    from clusterprobe.runners.probe import knn_layers, probe_layers
 
     factors = tuple(sorted(set(config.factors) | {1}))  # f1 always: best_ami is defined on it
     model.eval()
@@ -127,6 +136,7 @@ def measure(
 
     t0 = time.perf_counter()
     probe_acc: list[float] = []
+    knn_acc: list[float] = []
     if len(probe_index):
         train_pooled = pooled_features(
             model,
@@ -147,6 +157,12 @@ def measure(
                 seed=config.seed,
             )
         ]
+        knn_acc = knn_layers(
+            train_pooled,
+            data.train_labels.subclass[probe_index],
+            emb.pooled,
+            data.eval_labels.subclass,
+        )
     seconds["probe"] = time.perf_counter() - t0
 
     return Measurement(
@@ -161,4 +177,5 @@ def measure(
         protocol=result,
         cluster_params=dict(getattr(result, "params", {}) or {}),
         seconds=seconds,
+        knn_acc=knn_acc,
     )

@@ -1,4 +1,4 @@
-"""Linear probes: how linearly decodable the subclass is from each layer.
+"""Linear and k-NN probes: how decodable the subclass is from each layer.
 
 Per layer: standardise the pooled features (train statistics), fit a
 multinomial logistic regression (L-BFGS) for each L2 strength of a small grid on
@@ -6,6 +6,11 @@ a stratified 80 % of the training features, keep the strength with the best
 accuracy on the other 20 %, refit on all training features and report the
 accuracy on the test features. The paper's probe does the same on flattened
 features after a sparse random projection; pooled features keep it fast here.
+
+The k-NN probe classifies every test feature by a majority vote of its k nearest
+training features under cosine similarity (exact, brute force: the probe sets
+hold thousands of images, not millions), ties going to the smallest label: the
+same rule as ``sklearn.neighbors.KNeighborsClassifier(metric="cosine")``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)  # inverse L2 strength, strong to weak
+K_NEIGHBOURS = 20  # the common choice for k-NN evaluation of learned features
 MAX_ITER = 200
 HELD_OUT = 0.2
 
@@ -80,3 +86,38 @@ def probe_layers(
             probe_accuracy(tr, train_y, te, test_y, seed=seed)[0]
             for tr, te in zip(train_pooled, test_pooled, strict=True)
         ]
+
+
+def knn_accuracy(train_x, train_y, test_x, test_y, *, k: int = K_NEIGHBOURS) -> float:
+    """Accuracy of a k-NN vote (cosine similarity, k capped at the training size)."""
+    train_y, test_y = np.asarray(train_y), np.asarray(test_y)
+    classes, train_codes = np.unique(train_y, return_inverse=True)
+    a = _unit(np.asarray(train_x, dtype=np.float64).reshape(len(train_y), -1))
+    b = _unit(np.asarray(test_x, dtype=np.float64).reshape(len(test_y), -1))
+    k = max(1, min(int(k), len(train_y)))
+    correct = 0
+    for start in range(0, len(test_y), 1024):  # bounded memory: 1,024 x n_train at a time
+        sim = b[start : start + 1024] @ a.T
+        # stable sort on -sim: equal similarities keep training order, as sklearn's brute force
+        nearest = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+        votes = np.zeros((sim.shape[0], len(classes)), dtype=np.int64)
+        np.add.at(votes, (np.arange(sim.shape[0])[:, None], train_codes[nearest]), 1)
+        pred = classes[np.argmax(votes, axis=1)]  # argmax: ties to the smallest label
+        correct += int((pred == test_y[start : start + 1024]).sum())
+    return correct / len(test_y) if len(test_y) else float("nan")
+
+
+def knn_layers(train_pooled, train_y, test_pooled, test_y, *, k: int = K_NEIGHBOURS) -> list[float]:
+    """k-NN accuracy per layer (features [n, C_l] per layer, same rows)."""
+    if len(train_pooled) != len(test_pooled):
+        raise ValueError("train_pooled and test_pooled must list the same layers")
+    with threadpool_limits(limits=1):
+        return [
+            knn_accuracy(tr, train_y, te, test_y, k=k)
+            for tr, te in zip(train_pooled, test_pooled, strict=True)
+        ]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)

@@ -29,9 +29,11 @@ def layer_metrics_table(
     ami: np.ndarray,
     purity: np.ndarray,
     probe_acc: list[float] | None,
+    knn_acc: list[float] | None = None,
 ) -> pd.DataFrame:
     """Tidy rows (LAYER_METRICS_COLUMNS): per (layer, superclass, factor) ami and purity,
-    then per layer probe_acc with superclass and factor NULL. Means are left to SQL."""
+    then per layer probe_acc and knn_acc with superclass and factor NULL. Means are left
+    to SQL."""
     n = len(layer_names)
     rows = []
     for i, name in enumerate(layer_names):
@@ -42,6 +44,8 @@ def layer_metrics_table(
                 rows.append((run_id, i, name, depth, s, f, "purity", float(purity[i, j, k])))
         if probe_acc:
             rows.append((run_id, i, name, depth, None, None, cv.PROBE_METRIC, float(probe_acc[i])))
+        if knn_acc:
+            rows.append((run_id, i, name, depth, None, None, cv.KNN_METRIC, float(knn_acc[i])))
     df = pd.DataFrame(rows, columns=list(cv.LAYER_METRICS_COLUMNS))
     df["layer_index"] = df["layer_index"].astype("int64")
     df["superclass"] = df["superclass"].astype("Int64")  # nullable: NULL in SQL
@@ -63,7 +67,7 @@ def layers_json(layer_names: list[str], kinds: list[str] | None = None) -> list[
 
 
 def per_layer_metric_series(
-    factors, mean_ami: np.ndarray, mean_purity: np.ndarray, probe_acc
+    factors, mean_ami: np.ndarray, mean_purity: np.ndarray, probe_acc, knn_acc=None
 ) -> dict[str, list[float]]:
     """metric name -> value per layer (step = layer index)."""
     series: dict[str, list[float]] = {}
@@ -72,6 +76,8 @@ def per_layer_metric_series(
         series[cv.purity_metric(f)] = [float(v) for v in mean_purity[:, k]]
     if probe_acc:
         series[cv.PROBE_METRIC] = [float(v) for v in probe_acc]
+    if knn_acc:
+        series[cv.KNN_METRIC] = [float(v) for v in knn_acc]
     return series
 
 
@@ -111,7 +117,7 @@ def record_measurement(
     ctx.log_params(params)
 
     series = per_layer_metric_series(
-        meas.factors, meas.mean_ami(), meas.mean_purity(), meas.probe_acc
+        meas.factors, meas.mean_ami(), meas.mean_purity(), meas.probe_acc, meas.knn_acc
     )
     log_layer_series(ctx, series)
     summary = meas.summary()
@@ -126,6 +132,7 @@ def record_measurement(
             meas.ami,
             meas.purity,
             meas.probe_acc,
+            meas.knn_acc,
         ),
         cv.ART_LAYER_METRICS,
     )

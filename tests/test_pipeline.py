@@ -82,7 +82,7 @@ def test_per_layer_metrics_step_is_layer_index(recorded):
     run_id = evals[config.epochs].info.run_id
     n_layers = len(result.layers)
     assert n_layers == 8  # resnet18: 4 stages x 2 BasicBlocks
-    for key in [cv.ami_metric(f) for f in config.factors] + [cv.PROBE_METRIC]:
+    for key in [cv.ami_metric(f) for f in config.factors] + [cv.PROBE_METRIC, cv.KNN_METRIC]:
         history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
         assert [m.step for m in history] == list(range(n_layers)), key
     # The curves equal the means of the tidy table (means are left to SQL, so check them).
@@ -94,6 +94,8 @@ def test_per_layer_metrics_step_is_layer_index(recorded):
     np.testing.assert_allclose([r["ami_f1"] for r in result.layers], means, atol=1e-12)
     probe = sorted(client.get_metric_history(run_id, "probe_acc"), key=lambda m: m.step)
     assert all(0.0 <= m.value <= 1.0 for m in probe)
+    knn = sorted(client.get_metric_history(run_id, cv.KNN_METRIC), key=lambda m: m.step)
+    assert [m.value for m in knn] == [r["knn_acc"] for r in result.layers]
 
 
 def test_summary_metrics(recorded):
@@ -103,6 +105,7 @@ def test_summary_metrics(recorded):
     assert metrics["best_ami"] == pytest.approx(max(ami1))
     assert metrics["best_layer"] == int(np.argmax(ami1))
     assert metrics["best_probe_acc"] == pytest.approx(max(r["probe_acc"] for r in result.layers))
+    assert metrics["best_knn_acc"] == pytest.approx(max(r["knn_acc"] for r in result.layers))
     assert -0.5 < metrics["pixel_ami_f1"] <= 1.0
     assert result.summary == {k: metrics[k] for k in cv.SUMMARY_METRICS}
     assert result.evaluations[1]["best_ami"] == evals[1].data.metrics["best_ami"]
@@ -115,11 +118,13 @@ def test_layer_metrics_parquet(recorded):
     table = pd.read_parquet(_artifact(tracker, run_id, cv.ART_LAYER_METRICS))
     assert tuple(table.columns) == cv.LAYER_METRICS_COLUMNS
     L, S, F = len(result.layers), 4, len(config.factors)
-    assert len(table) == 2 * L * S * F + L  # ami + purity per (layer, superclass, factor) + probe
+    # ami + purity per (layer, superclass, factor), then probe and kNN accuracy per layer
+    assert len(table) == 2 * L * S * F + 2 * L
     assert (table.run_id == run_id).all()
-    probe = table[table.metric == cv.PROBE_METRIC]
-    assert len(probe) == L and probe.superclass.isna().all() and probe.factor.isna().all()
-    per_sup = table[table.metric != cv.PROBE_METRIC]
+    for metric in (cv.PROBE_METRIC, cv.KNN_METRIC):
+        probe = table[table.metric == metric]
+        assert len(probe) == L and probe.superclass.isna().all() and probe.factor.isna().all()
+    per_sup = table[~table.metric.isin([cv.PROBE_METRIC, cv.KNN_METRIC])]
     assert per_sup.superclass.notna().all() and set(per_sup.superclass) == {0, 1, 2, 3}
     assert set(per_sup.factor) == set(config.factors)
     depth = table.groupby("layer_index")["relative_depth"].first().to_numpy()

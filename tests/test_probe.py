@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from clusterprobe.runners.probe import C_GRID, probe_accuracy, probe_layers
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
@@ -55,3 +56,24 @@ def test_probe_with_too_few_images_for_a_stratified_hold_out():
     x = rng.normal(size=(16, 5)) + 3 * np.eye(8)[y][:, :5]
     acc, c = probe_accuracy(x, y, x, y, seed=0)
     assert 0.0 <= acc <= 1.0 and c in C_GRID
+
+
+@pytest.mark.parametrize("k", [1, 4, 20, 500])
+def test_knn_accuracy_equals_sklearn_cosine_knn(k):
+    """Same votes and tie rule (smallest label) as KNeighborsClassifier(metric='cosine');
+    k = 4 makes 2-2 vote ties, k = 500 is capped at the 200 training points."""
+    from clusterprobe.runners.probe import knn_accuracy, knn_layers
+    from sklearn.neighbors import KNeighborsClassifier
+
+    rng = np.random.default_rng(k)
+    y = rng.integers(0, 5, 200)
+    x = rng.normal(size=(200, 16)) + 0.3 * y[:, None]
+    yt = rng.integers(0, 5, 300)
+    xt = rng.normal(size=(300, 16)) + 0.3 * yt[:, None]
+    ref = (
+        KNeighborsClassifier(n_neighbors=min(k, 200), metric="cosine", algorithm="brute")
+        .fit(x, y)
+        .score(xt, yt)
+    )
+    assert knn_accuracy(x, y, xt, yt, k=k) == ref
+    assert knn_layers([x, x[:, :8]], y, [xt, xt[:, :8]], yt, k=k)[0] == ref

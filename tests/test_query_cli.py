@@ -141,7 +141,8 @@ def test_sql_setup_rebuilds_the_views_in_a_plain_duckdb(real, capsys, tmp_path):
     duckdb_extensions.import_extension("sqlite", con=con)  # what a shell user installs once
     con.execute(out)
     rows = con.sql(load_query("best_layers").sql).fetchall()
-    assert len(rows) == 11  # no variables set, as in a shell: (ami, purity) x 5 factors + probe
+    # no variables set, as in a shell: (ami, purity) x 5 factors + probe + kNN
+    assert len(rows) == 12
 
 
 def test_empty_store_returns_empty_json(tmp_path, capsys):

@@ -18,8 +18,9 @@ Runs (tag ``clusterprobe.kind``):
   + ``checkpoint/model_config.json``.
 * ``eval``: one per (checkpoint, evaluation set), nested under its train run
   (``mlflow.parentRunId``), repeating the train run's params. Per-layer metrics
-  with step = layer index: ``ami_f{k}``, ``purity_f{k}`` (k = factor), ``probe_acc``.
-  Summaries: ``best_ami``, ``best_layer``, ``best_probe_acc``, ``pixel_ami_f1``.
+  with step = layer index: ``ami_f{k}``, ``purity_f{k}`` (k = factor), ``probe_acc``,
+  ``knn_acc``. Summaries: ``best_ami``, ``best_layer``, ``best_probe_acc``,
+  ``best_knn_acc``, ``pixel_ami_f1``.
   Artifacts listed below.
 * ``study``: one per Optuna study; its trials' train runs nested under it.
 """
@@ -65,7 +66,8 @@ def purity_metric(factor: int) -> str:
 
 
 PROBE_METRIC = "probe_acc"  # eval run, step = layer index
-SUMMARY_METRICS = ("best_ami", "best_layer", "best_probe_acc", "pixel_ami_f1")
+KNN_METRIC = "knn_acc"  # eval run, step = layer index: k-NN accuracy on pooled features
+SUMMARY_METRICS = ("best_ami", "best_layer", "best_probe_acc", "best_knn_acc", "pixel_ami_f1")
 
 # --- artifacts (paths inside the run's artifact folder) ---------------------
 ART_CHECKPOINT_DIR = "checkpoint"

@@ -167,13 +167,17 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def format_table(layers: list[dict]) -> str:
     """The per-layer table printed at the end (a probe not run shows as '-')."""
     width = max([len("name")] + [len(str(r["name"])) for r in layers])
-    lines = [f"{'layer':>5}  {'name':<{width}}  {'AMI f1':>7}  {'purity f1':>9}  {'probe acc':>9}"]
+    lines = [
+        f"{'layer':>5}  {'name':<{width}}  {'AMI f1':>7}  {'purity f1':>9}  {'probe acc':>9}"
+        f"  {'kNN acc':>7}"
+    ]
     for r in layers:
-        probe = r.get("probe_acc", float("nan"))
+        probe, knn = (r.get(key, float("nan")) for key in ("probe_acc", "knn_acc"))
         probe_text = "-" if probe != probe else f"{probe:.3f}"  # NaN: no probe
+        knn_text = "-" if knn != knn else f"{knn:.3f}"
         lines.append(
             f"{r['index']:>5}  {r['name']:<{width}}  {r['ami_f1']:>7.3f}  "
-            f"{r['purity_f1']:>9.3f}  {probe_text:>9}"
+            f"{r['purity_f1']:>9.3f}  {probe_text:>9}  {knn_text:>7}"
         )
     return "\n".join(lines)
 
@@ -229,6 +233,7 @@ def main(args: argparse.Namespace) -> int:
     print(
         f"\nbest layer {int(s['best_layer'])} (AMI f1 {s['best_ami']:.3f}); "
         f"best probe acc {s.get('best_probe_acc', float('nan')):.3f}; "
+        f"best kNN acc {s.get('best_knn_acc', float('nan')):.3f}; "
         f"raw pixels AMI f1 {s.get('pixel_ami_f1', float('nan')):.3f}"
     )
     if result.seconds:
