@@ -35,6 +35,7 @@ class TransferResult:
     num_classes: int
     params: dict[str, str] = field(default_factory=dict)  # how the clustering was made
     seconds: dict[str, float] = field(default_factory=dict)
+    pooled: list[np.ndarray] = field(default_factory=list)  # per layer float32 [N, C_l]
 
 
 def transfer_scores(
@@ -82,6 +83,7 @@ def transfer_scores(
         num_classes=int(len(np.unique(data.labels))),
         params=params,
         seconds=seconds,
+        pooled=[np.ascontiguousarray(x, dtype=np.float32) for x in pooled],
     )
 
 

@@ -104,6 +104,24 @@ def test_transfer_run_is_recorded_and_equals_sklearn(store_copy, transfer_folder
     assert set(found["eval_set"]) == {"colours"} and (found["n"] == 1).all()
     assert sorted(found["factor"]) == [1, 2, 3]
 
+    # the pooled embeddings are stored in the eval-run layout: export and rescore read them
+    out = transfer_folder.parent / "last.npz"
+    argv = ["export", ev.info.run_id, "--layer", "-1", "--out", str(out)]
+    assert cli_main([*argv, "--store", str(store.root)]) == 0
+    exported = np.load(out)
+    np.testing.assert_allclose(exported["features"], pooled[-1], rtol=1e-6)
+    assert np.array_equal(exported["subclass"], data.labels)
+    argv = ["rescore", ev.info.run_id, "--method", "exact", "--factors", "1-3"]
+    assert cli_main(_argv(store, *argv)) == 0
+    (again,) = tracker.search_runs(kind="eval", tags={cv.TAG_SOURCE_RUN: ev.info.run_id})
+    redone = {
+        m.step: m.value for m in tracker.client.get_metric_history(again.info.run_id, "ami_f2")
+    }
+    assert redone == pytest.approx(recorded, abs=1e-12)
+    capsys.readouterr()
+    assert cli_main(_argv(store, "rescore", ev.info.run_id)) == 2  # no superclasses: --method
+    assert "clustered as a whole dataset" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize("case", ["unknown run", "missing folder", "no checkpoint", "corrupt"])
 def test_bad_input_is_one_line_exit_2_and_stores_nothing(store_copy, transfer_folder, capsys, case):

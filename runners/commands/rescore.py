@@ -262,6 +262,11 @@ def rescore(
     if not parent:
         raise UsageError(f"RUN_ID {run_id!r} is not nested under a train run")
     factors = tuple(sorted(set(factors or _source_factors(params)) | {1}))
+    if method is None and params.get(cv.PARAM_PROTOCOL) == "whole":
+        raise UsageError(
+            f"RUN_ID {run_id!r} was clustered as a whole dataset (no superclasses); "
+            "re-score it with --method auto|exact|knn-ward|two-stage|kmeans"
+        )
 
     # Read and check everything before a run exists: a bad file stores nothing.
     if method is None:

@@ -15,6 +15,7 @@ import argparse
 import sys
 
 import numpy as np
+import pandas as pd
 from clusterprobe.tracker import conventions as cv
 from clusterprobe.tracker.errors import UsageError
 
@@ -185,6 +186,19 @@ def transfer_run(tracker, train, args, factors):
             cv.ART_LAYER_METRICS,
         )
         ctx.log_json(recording.layers_json(result.layer_names), cv.ART_LAYERS)
+        # pooled embeddings + labels in the eval runs' layout: `export` and
+        # `rescore --method` read them (one "superclass": the whole set)
+        for i, x in enumerate(result.pooled):
+            ctx.log_numpy(x, f"{cv.ART_EMBED_DIR}/pooled_{i:02d}.npy")
+        n = len(data.labels)
+        labels = pd.DataFrame(
+            {
+                "eval_index": np.arange(n, dtype=np.int64),
+                "superclass": np.zeros(n, dtype=np.int64),
+                "subclass": np.asarray(data.labels, dtype=np.int64),
+            }
+        )
+        ctx.log_parquet(labels, f"{cv.ART_EMBED_DIR}/labels.parquet")
         ctx.log_json(
             {
                 **data.record,
