@@ -23,10 +23,11 @@ def layer_profile(
     factors: Sequence[int],
     probe_acc: Sequence[float] | None = None,
     *,
+    knn_acc: Sequence[float] | None = None,
     pixel_ami: float | None = None,
     title: str = "",
 ) -> Figure:
-    """AMI per factor (solid lines) and linear-probe accuracy (dashed) over layer index.
+    """AMI per factor (solid lines), linear-probe and k-NN accuracy (dashed) over layer index.
 
     ``ami`` is [L, F] (mean over superclasses), columns in the order of ``factors``.
     ``pixel_ami`` draws the raw-pixel AMI (factor 1) as a dotted baseline.
@@ -49,6 +50,10 @@ def layer_profile(
             lw=1.8,
             color="tab:red",
             label="linear probe acc",
+        )
+    if knn_acc is not None and len(knn_acc):
+        ax.plot(
+            x, knn_acc, ls="--", marker="^", ms=3.5, lw=1.4, color="tab:orange", label="k-NN acc"
         )
     if pixel_ami is not None and np.isfinite(pixel_ami):
         ax.axhline(pixel_ami, ls=":", lw=1.4, color="grey", label="raw pixels AMI f1")

@@ -164,6 +164,7 @@ def record_measurement(
             meas.mean_ami(),
             meas.factors,
             meas.probe_acc,
+            knn_acc=meas.knn_acc,
             pixel_ami=meas.pixel_ami_f1,
             title=_plot_title(config, data),
         )
