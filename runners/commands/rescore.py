@@ -179,13 +179,6 @@ def load_pooled(tracker, run_id: str, layers: list[int] | None = None) -> Stored
     )
 
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """L2-normalise rows as ``score`` does (an all-zero row stays zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
-
-
 # --- the command ------------------------------------------------------------------------
 
 
@@ -303,6 +296,7 @@ def rescore(
         if stored.pixel_grams:
             pixel = float(np.mean(cluster_protocol(stored.pixel_grams, stored.subclass, (1,)).ami))
     else:
+        from clusterprobe.runners.score import unit_rows
         from clusterprobe.runners.whole import score_whole
 
         per_layer = [
