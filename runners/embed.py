@@ -581,6 +581,7 @@ def pooled_features(
     precision: str = "fp32",
     batch_size: int = 256,
     workers: int = 0,
+    quiet: bool = True,
 ) -> list[np.ndarray]:
     """Per layer float32 [n, C_l]: global-average-pooled activations of ``dataset[indices]``."""
     _check_precision(precision)
@@ -592,10 +593,13 @@ def pooled_features(
         chunks[pos].append(pool(t).cpu())
 
     hooks = _Taps(taps, range(len(taps)), consume)
+    progress = _progress(len(rows), quiet, desc="pooled", unit="image")
     with _eval_mode(model, precision, device):
         for x in _batches(dataset, rows, batch_size, device, workers):
             with hooks:
                 hooks.run(model, x, precision)
+            progress.update(x.shape[0])
+    progress.close()
     if len(rows) == 0:
         return [np.zeros((0, 0), dtype=np.float32) for _ in taps]
     return [torch.cat(c).numpy().astype(np.float32, copy=False) for c in chunks]
@@ -609,11 +613,11 @@ class _NoProgress:
         pass
 
 
-def _progress(total: int, quiet: bool):
+def _progress(total: int, quiet: bool, desc: str = "embed", unit: str = "superclass"):
     if quiet:
         return _NoProgress()
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency
         return _NoProgress()
-    return tqdm(total=total, desc="embed", unit="superclass", file=sys.stderr, leave=False)
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)

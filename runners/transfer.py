@@ -59,7 +59,13 @@ def transfer_scores(
     factors = tuple(sorted({int(f) for f in factors}))
     t0 = time.perf_counter()
     pooled = pooled_features(
-        model, taps, data.images, device=device, precision=precision, batch_size=batch_size
+        model,
+        taps,
+        data.images,
+        device=device,
+        precision=precision,
+        batch_size=batch_size,
+        quiet=quiet,
     )
     seconds = {"embed": time.perf_counter() - t0}
     _say(quiet, f"pooled features of {len(data.labels)} images: {seconds['embed']:.1f} s")
