@@ -377,7 +377,8 @@ class _Superclass:
         starts = list(range(0, self.n, m))
         for bi, p0 in enumerate(starts):
             p1 = min(self.n, p0 + m)
-            held = torch.empty((p1 - p0, width), dtype=self.store_dtype, device=self.device)
+            # from the arena too: a second buffer beside it would double the memory budget
+            held = self.arena.views(p1 - p0, [width])[0]
 
             def keep(r0, f, t, _held=held):
                 _held[r0 : r0 + f.shape[0]] = f
