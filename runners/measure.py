@@ -51,20 +51,35 @@ class Measurement:
         )
 
     def layers(self) -> list[dict]:
-        f1 = self.factors.index(1)
-        ami, pur = self.mean_ami(), self.mean_purity()
-        return [
-            {
-                "index": i,
-                "name": name,
-                "relative_depth": relative_depth(i, self.num_layers),
-                "ami_f1": float(ami[i, f1]),
-                "purity_f1": float(pur[i, f1]),
-                "probe_acc": float(self.probe_acc[i]) if self.probe_acc else float("nan"),
-                "knn_acc": float(self.knn_acc[i]) if self.knn_acc else float("nan"),
-            }
-            for i, name in enumerate(self.layer_names)
-        ]
+        return layer_rows(
+            self.layer_names,
+            self.factors,
+            self.mean_ami(),
+            self.mean_purity(),
+            self.probe_acc,
+            self.knn_acc,
+        )
+
+
+def layer_rows(
+    layer_names, factors, mean_ami: np.ndarray, mean_purity: np.ndarray, probe_acc=(), knn_acc=()
+) -> list[dict]:
+    """The per-layer table a command prints: factor-1 AMI and purity (means over
+    superclasses, [L, F] in), probe and k-NN accuracy (NaN where not measured)."""
+    f1 = list(factors).index(1)
+    n = len(layer_names)
+    return [
+        {
+            "index": i,
+            "name": name,
+            "relative_depth": relative_depth(i, n),
+            "ami_f1": float(mean_ami[i, f1]),
+            "purity_f1": float(mean_purity[i, f1]),
+            "probe_acc": float(probe_acc[i]) if len(probe_acc) else float("nan"),
+            "knn_acc": float(knn_acc[i]) if len(knn_acc) else float("nan"),
+        }
+        for i, name in enumerate(layer_names)
+    ]
 
 
 def relative_depth(index: int, num_layers: int) -> float:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from clusterprobe.runners.config import RunConfig
 from clusterprobe.runners.data.record import dataset_record
-from clusterprobe.runners.measure import Measurement, relative_depth
+from clusterprobe.runners.measure import Measurement, relative_depth, summarise
 from clusterprobe.tracker import conventions as cv
 from clusterprobe.tracker.conventions import PARAM_DEAD_LAYERS, PARAM_PROTOCOL, TAG_DEAD_LAYERS
 
@@ -86,6 +86,35 @@ def log_layer_series(ctx, series: dict[str, list[float]]) -> None:
     ctx.log_metric_table(series)
 
 
+def log_layer_scores(
+    ctx,
+    layer_names: list[str],
+    superclasses: list,
+    factors: tuple[int, ...],
+    ami: np.ndarray,
+    purity: np.ndarray,
+    *,
+    probe_acc=None,
+    knn_acc=None,
+    pixel_ami_f1: float | None = None,
+) -> dict[str, float]:
+    """What every eval run records about its layers, from ami/purity [L, S, F]: the
+    per-layer series (step = layer index), the summary metrics, layer_metrics.parquet
+    and layers.json. Returns the summary."""
+    mean_ami, mean_purity = ami.mean(axis=1), purity.mean(axis=1)
+    log_layer_series(
+        ctx, per_layer_metric_series(factors, mean_ami, mean_purity, probe_acc, knn_acc)
+    )
+    summary = summarise(mean_ami[:, factors.index(1)], probe_acc, pixel_ami_f1, knn_acc)
+    ctx.log_metrics(summary)
+    table = layer_metrics_table(
+        ctx.run_id, layer_names, superclasses, factors, ami, purity, probe_acc, knn_acc
+    )
+    ctx.log_parquet(table, cv.ART_LAYER_METRICS)
+    ctx.log_json(layers_json(layer_names), cv.ART_LAYERS)
+    return summary
+
+
 # --- recording ----------------------------------------------------------------------------
 
 
@@ -116,27 +145,18 @@ def record_measurement(
         ctx.set_tags({TAG_DEAD_LAYERS: _json({str(k): v for k, v in dead.items()})})
     ctx.log_params(params)
 
-    series = per_layer_metric_series(
-        meas.factors, meas.mean_ami(), meas.mean_purity(), meas.probe_acc, meas.knn_acc
+    summary = log_layer_scores(
+        ctx,
+        meas.layer_names,
+        meas.superclasses,
+        meas.factors,
+        meas.ami,
+        meas.purity,
+        probe_acc=meas.probe_acc,
+        knn_acc=meas.knn_acc,
+        pixel_ami_f1=meas.pixel_ami_f1,
     )
-    log_layer_series(ctx, series)
-    summary = meas.summary()
-    ctx.log_metrics({**summary, **{f"seconds_{k}": v for k, v in meas.seconds.items()}})
-
-    ctx.log_parquet(
-        layer_metrics_table(
-            ctx.run_id,
-            meas.layer_names,
-            meas.superclasses,
-            meas.factors,
-            meas.ami,
-            meas.purity,
-            meas.probe_acc,
-            meas.knn_acc,
-        ),
-        cv.ART_LAYER_METRICS,
-    )
-    ctx.log_json(layers_json(meas.layer_names), cv.ART_LAYERS)
+    ctx.log_metrics({f"seconds_{k}": v for k, v in meas.seconds.items()})
     ctx.log_json(dataset_record(data), cv.ART_DATASET_RECORD)
     if "embeddings" in config.save:
         for i, pooled in enumerate(emb.pooled):

@@ -247,7 +247,7 @@ def rescore(
 ) -> dict:
     """Re-cluster eval run ``run_id`` into a new eval run; returns its id, summary, layers."""
     from clusterprobe.runners import recording
-    from clusterprobe.runners.measure import relative_depth, summarise
+    from clusterprobe.runners.measure import layer_rows
 
     source = open_eval_run(tracker, run_id)
     params = dict(source.data.params)
@@ -328,7 +328,6 @@ def rescore(
     for key in (cv.TAG_DEVICE,):
         if key in source.data.tags:
             tags[key] = source.data.tags[key]
-    mean_ami, mean_purity = ami.mean(axis=1), purity.mean(axis=1)
     with tracker.start_run(
         "eval",
         params=new_params,
@@ -336,30 +335,10 @@ def rescore(
         tags=tags,
         run_name=f"rescore {source.info.run_name or run_id}",
     ) as ctx:
-        recording.log_layer_series(
-            ctx, recording.per_layer_metric_series(factors, mean_ami, mean_purity, None)
+        summary = recording.log_layer_scores(
+            ctx, names, superclasses, factors, ami, purity, pixel_ami_f1=pixel
         )
-        summary = summarise(mean_ami[:, factors.index(1)], None, pixel)
-        ctx.log_metrics(summary)
-        ctx.log_parquet(
-            recording.layer_metrics_table(
-                ctx.run_id, names, superclasses, factors, ami, purity, None
-            ),
-            cv.ART_LAYER_METRICS,
-        )
-        ctx.log_json(recording.layers_json(names), cv.ART_LAYERS)
         if dataset_json is not None:
             ctx.log_json(dataset_json, cv.ART_DATASET_RECORD)
-    f1 = factors.index(1)
-    layers = [
-        {
-            "index": i,
-            "name": n,
-            "relative_depth": relative_depth(i, len(names)),
-            "ami_f1": float(mean_ami[i, f1]),
-            "purity_f1": float(mean_purity[i, f1]),
-            "probe_acc": float("nan"),
-        }
-        for i, n in enumerate(names)
-    ]
+    layers = layer_rows(names, factors, ami.mean(axis=1), purity.mean(axis=1))
     return {"run_id": ctx.run_id, "parent_run_id": parent, "summary": summary, "layers": layers}

@@ -100,7 +100,6 @@ def transfer_run(tracker, train, args, factors):
     from clusterprobe.runners.config import RunConfig
     from clusterprobe.runners.data.transfer import load_transfer
     from clusterprobe.runners.device import resolve_device
-    from clusterprobe.runners.measure import summarise
     from clusterprobe.runners.transfer import transfer_scores
 
     params = dict(train.data.params)
@@ -175,17 +174,7 @@ def transfer_run(tracker, train, args, factors):
         tags={cv.TAG_DEVICE: str(device)},
         run_name=f"transfer {data.name} {train.info.run_name or train_id}",
     ) as ctx:
-        recording.log_layer_series(
-            ctx, recording.per_layer_metric_series(factors, result.ami, result.purity, None)
-        )
-        ctx.log_metrics(summarise(result.ami[:, factors.index(1)], None, None))
-        ctx.log_parquet(
-            recording.layer_metrics_table(
-                ctx.run_id, result.layer_names, [None], factors, ami, purity, None
-            ),
-            cv.ART_LAYER_METRICS,
-        )
-        ctx.log_json(recording.layers_json(result.layer_names), cv.ART_LAYERS)
+        recording.log_layer_scores(ctx, result.layer_names, [None], factors, ami, purity)
         # pooled embeddings + labels in the eval runs' layout: `export` and
         # `rescore --method` read them (one "superclass": the whole set)
         for i, x in enumerate(result.pooled):
