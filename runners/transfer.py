@@ -53,8 +53,7 @@ def transfer_scores(
 ) -> TransferResult:
     """Pooled features of every tap on ``data`` (a TransferData), clustered whole per layer."""
     from clusterprobe.runners.embed import pooled_features
-    from clusterprobe.runners.score import unit_rows
-    from clusterprobe.runners.whole import score_whole
+    from clusterprobe.runners.whole import score_layers
 
     factors = tuple(sorted({int(f) for f in factors}))
     t0 = time.perf_counter()
@@ -70,15 +69,14 @@ def transfer_scores(
     seconds = {"embed": time.perf_counter() - t0}
     _say(quiet, f"pooled features of {len(data.labels)} images: {seconds['embed']:.1f} s")
     t0 = time.perf_counter()
-    ami = np.empty((len(taps), len(factors)))
-    purity = np.empty_like(ami)
-    params: dict[str, str] = {}
-    for li, (tap, x) in enumerate(zip(taps, pooled, strict=True)):
-        res = score_whole(unit_rows(x), data.labels, factors, method=method, seed=seed, quiet=True)
-        ami[li] = [res.ami[f] for f in factors]
-        purity[li] = [res.purity[f] for f in factors]
-        params = params or {str(k): str(v) for k, v in res.params.items()}
-        _say(quiet, f"layer {li} ({tap.name}): AMI f1 {ami[li, 0]:.3f}")
+    ami, purity, params = score_layers(
+        pooled,
+        data.labels,
+        factors,
+        method=method,
+        seed=seed,
+        on_layer=lambda li, row: _say(quiet, f"layer {li} ({taps[li].name}): AMI f1 {row[0]:.3f}"),
+    )
     seconds["cluster"] = time.perf_counter() - t0
     return TransferResult(
         layer_names=[t.name for t in taps],

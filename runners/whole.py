@@ -564,3 +564,34 @@ def score_whole(
         n_clusters=n_clusters,
         timings=timings,
     )
+
+
+def score_layers(
+    pooled: list[np.ndarray],
+    labels: np.ndarray,
+    factors,
+    *,
+    method: str = "auto",
+    seed: int = 0,
+    on_layer=None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """:func:`score_whole` of every layer's pooled features, L2-normalised as ``score`` does.
+
+    Returns ami and purity [L, F] (F = ``factors`` in order) and how the first layer was
+    clustered (the method is the same for all). ``on_layer(index, ami_row)`` reports
+    progress after each layer.
+    """
+    from clusterprobe.runners.score import unit_rows
+
+    factors = tuple(factors)
+    ami = np.empty((len(pooled), len(factors)))
+    purity = np.empty_like(ami)
+    params: dict[str, str] = {}
+    for li, x in enumerate(pooled):
+        res = score_whole(unit_rows(x), labels, factors, method=method, seed=seed, quiet=True)
+        ami[li] = [res.ami[f] for f in factors]
+        purity[li] = [res.purity[f] for f in factors]
+        params = params or {str(k): str(v) for k, v in res.params.items()}
+        if on_layer is not None:
+            on_layer(li, ami[li])
+    return ami, purity, params

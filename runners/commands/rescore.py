@@ -296,23 +296,18 @@ def rescore(
         if stored.pixel_grams:
             pixel = float(np.mean(cluster_protocol(stored.pixel_grams, stored.subclass, (1,)).ami))
     else:
-        from clusterprobe.runners.score import unit_rows
-        from clusterprobe.runners.whole import score_whole
+        from clusterprobe.runners.whole import score_layers
 
-        per_layer = [
-            score_whole(
-                unit_rows(x),
-                pooled.subclass,
-                factors,
-                method=method,
-                seed=int(params.get("seed", 0) or 0),
-            )
-            for x in pooled.pooled
-        ]
-        ami = np.array([[[w.ami[f] for f in factors]] for w in per_layer], dtype=float)
-        purity = np.array([[[w.purity[f] for f in factors]] for w in per_layer], dtype=float)
+        ami, purity, whole_params = score_layers(
+            pooled.pooled,
+            pooled.subclass,
+            factors,
+            method=method,
+            seed=int(params.get("seed", 0) or 0),
+        )
+        ami, purity = ami[:, None, :], purity[:, None, :]  # [L, 1, F]
         superclasses = [None]  # one whole-dataset clustering: superclass NULL in the table
-        how = {f"whole.{k}": str(v) for k, v in per_layer[0].params.items()}
+        how = {f"whole.{k}": v for k, v in whole_params.items()}
         how[cv.PARAM_PROTOCOL] = "whole"
         pixel = None
 
