@@ -475,6 +475,16 @@ class Tracker:
     def get_run(self, run_id: str) -> Run:
         return self.client.get_run(run_id)
 
+    def open_run(self, run_id: str) -> Run:
+        """``get_run`` for an id a user typed: a UsageError naming it when it is unknown."""
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise UsageError(
+                f"RUN_ID {run_id!r}: no such run in {self.store.tracking_uri} ({first})"
+            ) from None
+
     def _all_experiment_ids(self) -> list[str]:
         ids, token = [], None
         while True:

@@ -45,13 +45,7 @@ class StoredPooled:
 
 def open_eval_run(tracker, run_id: str):
     """The stored eval run ``run_id``; UsageError if unknown or of another kind."""
-    try:
-        run = tracker.get_run(run_id)
-    except Exception as err:  # MlflowException (unknown id): tracker owns mlflow's types
-        raise UsageError(
-            f"RUN_ID {run_id!r}: no such run in {tracker.store.tracking_uri} "
-            f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
-        ) from None
+    run = tracker.open_run(run_id)
     kind = run.data.tags.get(cv.TAG_KIND)
     if kind != "eval":
         raise UsageError(

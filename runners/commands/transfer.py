@@ -55,13 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def train_run_of(tracker, run_id: str):
     """The train run ``run_id`` names (itself, or the parent of an eval run)."""
-    try:
-        run = tracker.get_run(run_id)
-    except Exception as err:  # MlflowException for an unknown id; tracker owns mlflow's types
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UsageError(
-            f"RUN_ID {run_id!r}: no such run in {tracker.store.tracking_uri} ({first})"
-        ) from None
+    run = tracker.open_run(run_id)
     kind = run.data.tags.get(cv.TAG_KIND)
     if kind == "eval" and run.data.tags.get(cv.TAG_PARENT):
         return train_run_of(tracker, run.data.tags[cv.TAG_PARENT])
