@@ -24,6 +24,7 @@ numpy alone, and the GPU machine (torch, no faiss) uses the torch engines.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import importlib.util
 import sys
@@ -249,33 +250,19 @@ def _knn_faiss(x, k, metric, index, precision):
 
 def _matmul_context(torch, precision):
     """Context under which matmuls run at ``precision`` (TF32 off for "fp32")."""
-    import contextlib
-
     if precision == "bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    if precision == "tf32":
-        prev = torch.backends.cuda.matmul.allow_tf32
+    return _tf32(torch, precision == "tf32")
 
-        @contextlib.contextmanager
-        def ctx():
-            torch.backends.cuda.matmul.allow_tf32 = True
-            try:
-                yield
-            finally:
-                torch.backends.cuda.matmul.allow_tf32 = prev
 
-        return ctx()
-
-    @contextlib.contextmanager
-    def fp32():
-        prev = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = prev
-
-    return fp32()
+@contextlib.contextmanager
+def _tf32(torch, enabled: bool):
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
 
 
 def _chunk_rows(n: int, device_is_cuda: bool) -> int:
