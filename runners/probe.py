@@ -18,6 +18,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from clusterprobe.runners.score import unit_rows
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
@@ -92,8 +93,8 @@ def knn_accuracy(train_x, train_y, test_x, test_y, *, k: int = K_NEIGHBOURS) -> 
     """Accuracy of a k-NN vote (cosine similarity, k capped at the training size)."""
     train_y, test_y = np.asarray(train_y), np.asarray(test_y)
     classes, train_codes = np.unique(train_y, return_inverse=True)
-    a = _unit(np.asarray(train_x, dtype=np.float64).reshape(len(train_y), -1))
-    b = _unit(np.asarray(test_x, dtype=np.float64).reshape(len(test_y), -1))
+    a = unit_rows(np.asarray(train_x).reshape(len(train_y), -1), np.float64)
+    b = unit_rows(np.asarray(test_x).reshape(len(test_y), -1), np.float64)
     k = max(1, min(int(k), len(train_y)))
     correct = 0
     for start in range(0, len(test_y), 1024):  # bounded memory: 1,024 x n_train at a time
@@ -116,8 +117,3 @@ def knn_layers(train_pooled, train_y, test_pooled, test_y, *, k: int = K_NEIGHBO
             knn_accuracy(tr, train_y, te, test_y, k=k)
             for tr, te in zip(train_pooled, test_pooled, strict=True)
         ]
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
