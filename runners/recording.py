@@ -159,12 +159,8 @@ def record_measurement(
     ctx.log_metrics({f"seconds_{k}": v for k, v in meas.seconds.items()})
     ctx.log_json(dataset_record(data), cv.ART_DATASET_RECORD)
     if "embeddings" in config.save:
-        for i, pooled in enumerate(emb.pooled):
-            ctx.log_numpy(
-                np.ascontiguousarray(pooled, dtype=np.float32),
-                f"{cv.ART_EMBED_DIR}/pooled_{i:02d}.npy",
-            )
-        ctx.log_parquet(eval_labels_frame(data), f"{cv.ART_EMBED_DIR}/labels.parquet")
+        labels = data.eval_labels
+        log_embeddings(ctx, emb.pooled, labels.superclass, labels.subclass)
     if "distances" in config.save:
         for s in sorted(emb.grams):
             ctx.log_numpy(
@@ -195,15 +191,22 @@ def record_measurement(
     return summary
 
 
-def eval_labels_frame(data) -> pd.DataFrame:
-    n = len(data.eval_labels.superclass)
-    return pd.DataFrame(
+def log_embeddings(ctx, pooled: list[np.ndarray], superclass, subclass) -> None:
+    """Pooled embeddings per layer and their labels, in the layout ``export`` and
+    ``rescore --method`` read: embeddings/pooled_{i:02d}.npy + embeddings/labels.parquet."""
+    for i, x in enumerate(pooled):
+        ctx.log_numpy(
+            np.ascontiguousarray(x, dtype=np.float32), f"{cv.ART_EMBED_DIR}/pooled_{i:02d}.npy"
+        )
+    n = len(subclass)
+    labels = pd.DataFrame(
         {
             "eval_index": np.arange(n, dtype=np.int64),
-            "superclass": np.asarray(data.eval_labels.superclass, dtype=np.int64),
-            "subclass": np.asarray(data.eval_labels.subclass, dtype=np.int64),
+            "superclass": np.asarray(superclass, dtype=np.int64),
+            "subclass": np.asarray(subclass, dtype=np.int64),
         }
     )
+    ctx.log_parquet(labels, f"{cv.ART_EMBED_DIR}/labels.parquet")
 
 
 def distance_index_frame(emb, data) -> pd.DataFrame:

@@ -15,7 +15,6 @@ import argparse
 import sys
 
 import numpy as np
-import pandas as pd
 from clusterprobe.tracker import conventions as cv
 from clusterprobe.tracker.errors import UsageError
 
@@ -169,19 +168,8 @@ def transfer_run(tracker, train, args, factors):
         run_name=f"transfer {data.name} {train.info.run_name or train_id}",
     ) as ctx:
         recording.log_layer_scores(ctx, result.layer_names, [None], factors, ami, purity)
-        # pooled embeddings + labels in the eval runs' layout: `export` and
-        # `rescore --method` read them (one "superclass": the whole set)
-        for i, x in enumerate(result.pooled):
-            ctx.log_numpy(x, f"{cv.ART_EMBED_DIR}/pooled_{i:02d}.npy")
-        n = len(data.labels)
-        labels = pd.DataFrame(
-            {
-                "eval_index": np.arange(n, dtype=np.int64),
-                "superclass": np.zeros(n, dtype=np.int64),
-                "subclass": np.asarray(data.labels, dtype=np.int64),
-            }
-        )
-        ctx.log_parquet(labels, f"{cv.ART_EMBED_DIR}/labels.parquet")
+        # one "superclass", the whole set: export and rescore --method read these
+        recording.log_embeddings(ctx, result.pooled, np.zeros_like(data.labels), data.labels)
         ctx.log_json(
             {
                 **data.record,
