@@ -15,10 +15,16 @@ from mlflow.tracking import MlflowClient
 
 
 @pytest.fixture(scope="module")
-def final_eval(tiny_run):
+def final_eval(tiny_run, tmp_path_factory):
+    """The tiny run's final eval run, in a copy of its store: rescoring adds runs, and
+    the session's tiny store is shared read-only with the pipeline tests."""
+    from clusterprobe.tracker.store import local_store
     from clusterprobe.tracker.tracking import Tracker
 
-    store, config, result = tiny_run
+    shared, config, result = tiny_run
+    target = tmp_path_factory.mktemp("rescore") / "mlruns"
+    shutil.copytree(shared.root, target)
+    store = local_store(target)
     client = MlflowClient(tracking_uri=store.tracking_uri)
     run = client.get_run(result.eval_run_ids[-1])
     assert run.data.params[cv.PARAM_CHECKPOINT_EPOCH] == str(config.epochs)
