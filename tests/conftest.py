@@ -52,6 +52,18 @@ def _database_url(name: str) -> str:
     return f"postgresql+psycopg2://{auth}@{u.hostname or '127.0.0.1'}:{u.port or 5432}/{name}"
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: small models on a shared 2-core machine spin-wait
+    between two busy threads (measured several times slower under load)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def postgres_database():
     """Factory: ``postgres_database() -> URL`` of a fresh database, dropped at session end."""

@@ -19,15 +19,7 @@ from clusterprobe.runners.models import (
 )
 from clusterprobe.tracker.errors import UsageError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small models on a shared 2-core machine: one torch thread avoids spin-waiting
-    # between two busy threads (measured several times faster under load).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _taps(arch: str, meta: bool = False, **kw):

@@ -13,15 +13,7 @@ from clusterprobe.runners.models import create_model
 from clusterprobe.runners.train import lr_at, seed_everything, train
 from clusterprobe.tracker.errors import UsageError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small models on a shared 2-core machine: one torch thread avoids spin-waiting
-    # between two busy threads (measured several times faster under load).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 CFG = RunConfig(
