@@ -18,7 +18,7 @@ import sys
 import time
 
 import numpy as np
-from clusterprobe.runners.metrics import ami_many, contingency, purity_from_table
+from clusterprobe.runners.engine.metrics import ami_many, contingency, purity_from_table
 from sklearn.metrics import adjusted_mutual_info_score
 
 

@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_protocol  # noqa: E402,F401  (installs the clusterprobe namespace shim)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from clusterprobe.runners.cluster import cluster_protocol  # noqa: E402
 from clusterprobe.runners.config import RunConfig  # noqa: E402
 from clusterprobe.runners.data.synthetic import load  # noqa: E402
-from clusterprobe.runners.embed import embed_eval  # noqa: E402
+from clusterprobe.runners.engine.cluster import cluster_protocol  # noqa: E402
+from clusterprobe.runners.engine.embed import embed_eval  # noqa: E402
 from clusterprobe.runners.models import create_model, layer_taps  # noqa: E402
 from clusterprobe.runners.train import train  # noqa: E402
 
@@ -102,7 +102,7 @@ def check_embed(model, config, data, device, report) -> None:
 
 
 def check_neighbors(device, report) -> None:
-    from clusterprobe.runners import neighbors
+    from clusterprobe.runners.engine import neighbors
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((20000, 128)).astype(np.float32)

@@ -11,7 +11,7 @@ factors 1..5, AMI + purity. Prints:
 - a memory-bounded embedding (small budget: grouped and row-blocked passes)
   checked against the unbounded Grams;
 - whole-dataset clustering of 1,000,000 x 512 points through
-  ``clusterprobe.runners.whole`` / ``neighbors`` (torch on CUDA), if present.
+  ``clusterprobe.runners.engine.whole`` / ``neighbors`` (torch on CUDA), if present.
 
 Needs torch, timm, numpy, scipy (scikit-learn optional) and this checkout;
 nothing else (no mlflow/optuna/duckdb/faiss, no pip install): the repo's
@@ -54,8 +54,8 @@ install_shim()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from clusterprobe.runners.cluster import cluster_protocol  # noqa: E402
-from clusterprobe.runners.embed import embed_eval  # noqa: E402
+from clusterprobe.runners.engine.cluster import cluster_protocol  # noqa: E402
+from clusterprobe.runners.engine.embed import embed_eval  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -180,7 +180,7 @@ def whole_section(args, device, report):
     y = y.cpu().numpy()
     out: dict = {}
     try:
-        from clusterprobe.runners import neighbors
+        from clusterprobe.runners.engine import neighbors
     except Exception as err:  # noqa: BLE001
         log(f"whole: runners.neighbors not importable ({type(err).__name__}: {err}); skipped")
         neighbors = None
@@ -210,7 +210,7 @@ def whole_section(args, device, report):
         except Exception as err:  # noqa: BLE001
             log(f"whole: k-means failed: {type(err).__name__}: {err}")
     try:
-        from clusterprobe.runners.whole import score_whole
+        from clusterprobe.runners.engine.whole import score_whole
 
         t0 = time.perf_counter()
         res = score_whole(x.numpy(), y, (1, 2, 3, 4, 5), method=args.whole_method, quiet=True)
@@ -250,7 +250,7 @@ def main(argv=None) -> int:
     p.add_argument("--check-imports", action="store_true", help="import the engine and exit")
     args = p.parse_args(argv)
     if args.check_imports:
-        import clusterprobe.runners.embed as e
+        import clusterprobe.runners.engine.embed as e
 
         log(json.dumps({"embed": e.__file__, "modules": sorted(sys.modules)}))
         return 0

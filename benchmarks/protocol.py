@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
-from clusterprobe.runners.cluster import cluster_protocol
-from clusterprobe.runners.embed import FeatureArena, flatten, unit_gram
+from clusterprobe.runners.engine.cluster import cluster_protocol
+from clusterprobe.runners.engine.embed import FeatureArena, flatten, unit_gram
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_mutual_info_score
 from sklearn.preprocessing import normalize

@@ -76,7 +76,7 @@ def worker(args) -> None:
         params = {"algorithm": "sklearn AgglomerativeClustering(linkage='ward')"}
         timings = {}
     else:
-        from clusterprobe.runners.whole import score_whole
+        from clusterprobe.runners.engine.whole import score_whole
 
         res = score_whole(
             x, y, factors, method=args.method, k=args.k, seed=args.seed, refine=args.refine

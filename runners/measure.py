@@ -119,10 +119,10 @@ def measure(
     model, config: RunConfig, data, device, *, probe_index: np.ndarray, quiet: bool = False
 ) -> Measurement:
     """Embed the eval split, cluster every layer per superclass, probe every layer."""
-    from clusterprobe.runners.cluster import cluster_protocol
-    from clusterprobe.runners.embed import embed_eval, pooled_features
+    from clusterprobe.runners.engine.cluster import cluster_protocol
+    from clusterprobe.runners.engine.embed import embed_eval, pooled_features
+    from clusterprobe.runners.engine.probe import knn_layers, probe_layers
     from clusterprobe.runners.models import layer_taps
-    from clusterprobe.runners.probe import knn_layers, probe_layers
 
     factors = tuple(sorted(set(config.factors) | {1}))  # f1 always: best_ami is defined on it
     model.eval()

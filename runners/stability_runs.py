@@ -37,7 +37,7 @@ def record_stability(ctx, meas: Measurement, *, earlier: dict | None = None, see
     and 'seed' rows against each of ``seed_runs`` (run id -> (assignments, factors),
     see :func:`find_seed_runs`). Returns the number of ARI rows.
     """
-    from clusterprobe.runners import stability
+    from clusterprobe.runners.engine import stability
 
     t0 = time.perf_counter()
     assignments = meas.protocol.assignments
@@ -91,7 +91,7 @@ def find_seed_runs(tracker, run_id: str, params: dict[str, str], eval_index: dic
     stored assignments of the same eval images (``eval_index``). A run whose artifact
     cannot be read is skipped with a warning: this never fails the run.
     """
-    from clusterprobe.runners import stability
+    from clusterprobe.runners.engine import stability
 
     keys = design_keys(params)
     narrow = ("arch", "epochs", "dataset_digest", cv.PARAM_CHECKPOINT_EPOCH)
@@ -132,7 +132,7 @@ def find_seed_runs(tracker, run_id: str, params: dict[str, str], eval_index: dic
 
 
 def _load_assignments(tracker, run_id: str):
-    from clusterprobe.runners import stability
+    from clusterprobe.runners.engine import stability
 
     try:
         path = tracker.artifact_path(run_id, cv.ART_ASSIGNMENTS)

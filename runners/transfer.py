@@ -5,7 +5,7 @@ trained model, every tapped layer is reduced to pooled features (global average
 pool; token mean for ViTs), L2-normalised, and clustered as one whole dataset
 (no superclasses) into #classes x factor clusters, factors 1..10 by default; each
 partition is scored against the transfer set's class labels (AMI, purity). The
-clustering is :func:`clusterprobe.runners.whole.score_whole` (exact Ward while the
+clustering is :func:`clusterprobe.runners.engine.whole.score_whole` (exact Ward while the
 distances fit memory, else two-stage), so every number records how it was made.
 
 Pure results here; ``commands/transfer.py`` reads the checkpoint from the store and
@@ -52,8 +52,8 @@ def transfer_scores(
     quiet: bool = True,
 ) -> TransferResult:
     """Pooled features of every tap on ``data`` (a TransferData), clustered whole per layer."""
-    from clusterprobe.runners.embed import pooled_features
-    from clusterprobe.runners.whole import score_layers
+    from clusterprobe.runners.engine.embed import pooled_features
+    from clusterprobe.runners.engine.whole import score_layers
 
     factors = tuple(sorted({int(f) for f in factors}))
     t0 = time.perf_counter()

@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
-from clusterprobe.runners.cluster import (
+from clusterprobe.runners.engine.cluster import (
     DeadLayerWarning,
     ari_matrix,
     cluster_protocol,
@@ -220,7 +220,7 @@ def test_ari_matrix_layer_by_layer():
 
 @pytest.mark.parametrize("case", ["random", "duplicates", "ties", "two"])
 def test_lean_ward_equals_scipy_linkage(case):
-    from clusterprobe.runners.ward import _nn_chain, ward
+    from clusterprobe.runners.engine.ward import _nn_chain, ward
     from scipy.cluster.hierarchy import linkage
 
     assert _nn_chain is not None  # the lean path is the one under test, not the fallback

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import timm
 import torch
-from clusterprobe.runners.cluster import DeadLayerWarning as ClusterDeadWarning
-from clusterprobe.runners.cluster import cluster_protocol
 from clusterprobe.runners.data.base import Labels
-from clusterprobe.runners.embed import DeadLayerWarning, embed_eval, pooled_features
+from clusterprobe.runners.engine.cluster import DeadLayerWarning as ClusterDeadWarning
+from clusterprobe.runners.engine.cluster import cluster_protocol
+from clusterprobe.runners.engine.embed import DeadLayerWarning, embed_eval, pooled_features
 from clusterprobe.runners.models import Tap
 from clusterprobe.tracker.errors import UsageError
 from sklearn.cluster import AgglomerativeClustering
@@ -279,5 +279,5 @@ def test_gpu_benchmark_shim_imports_engine_without_heavy_packages():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report["embed"] == str(repo / "runners" / "embed.py")
+    assert report["embed"] == str(repo / "runners" / "engine" / "embed.py")
     assert not {"mlflow", "optuna", "duckdb", "faiss"} & set(report["modules"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from clusterprobe.runners import metrics
+from clusterprobe.runners.engine import metrics
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
 
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from clusterprobe.runners import neighbors
+from clusterprobe.runners.engine import neighbors
 from clusterprobe.tracker.errors import UsageError
 from scipy.spatial.distance import cdist
 

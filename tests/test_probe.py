@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from clusterprobe.runners.probe import C_GRID, probe_accuracy, probe_layers
+from clusterprobe.runners.engine.probe import C_GRID, probe_accuracy, probe_layers
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -62,7 +62,7 @@ def test_probe_with_too_few_images_for_a_stratified_hold_out():
 def test_knn_accuracy_equals_sklearn_cosine_knn(k):
     """Same votes and tie rule (smallest label) as KNeighborsClassifier(metric='cosine');
     k = 4 makes 2-2 vote ties, k = 500 is capped at the 200 training points."""
-    from clusterprobe.runners.probe import knn_accuracy, knn_layers
+    from clusterprobe.runners.engine.probe import knn_accuracy, knn_layers
     from sklearn.neighbors import KNeighborsClassifier
 
     rng = np.random.default_rng(k)

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 from clusterprobe.runners import cli
-from clusterprobe.runners.score import score_features
+from clusterprobe.runners.engine.score import score_features
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_mutual_info_score
 from sklearn.preprocessing import normalize
@@ -95,7 +95,7 @@ def test_cli_json_format_and_factor_spec(tmp_path, capsys):
 
 
 def test_cli_whole(tmp_path, capsys):
-    from clusterprobe.runners.whole import score_whole
+    from clusterprobe.runners.engine.whole import score_whole
 
     features, sup, sub = make_embeddings(2, n=90)
     path = _write(tmp_path, features=features, subclass=sub)  # no superclass needed
@@ -216,7 +216,7 @@ def test_cli_imports_neither_torch_nor_mlflow(tmp_path):
 @pytest.mark.parametrize("saver", [np.savez, np.savez_compressed])
 def test_npz_stored_or_compressed_read_alike(tmp_path, saver):
     """Uncompressed members are memory-mapped, compressed ones read: same arrays either way."""
-    from clusterprobe.runners.score import load_npz
+    from clusterprobe.runners.engine.score import load_npz
 
     features, sup, sub = make_embeddings(5, n=40)
     path = tmp_path / "emb.npz"
@@ -228,7 +228,7 @@ def test_npz_stored_or_compressed_read_alike(tmp_path, saver):
 
 
 def test_constant_features_warn_and_still_score(tmp_path, capsys):
-    from clusterprobe.runners.cluster import DeadLayerWarning
+    from clusterprobe.runners.engine.cluster import DeadLayerWarning
 
     features = np.zeros((12, 5), dtype=np.float32)  # every row zero: a dead layer
     sup = np.repeat([0, 1], 6)

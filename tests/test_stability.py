@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from clusterprobe.runners import stability
+from clusterprobe.runners.engine import stability
 from clusterprobe.tracker import conventions as cv
 from clusterprobe.tracker.errors import UsageError
 from sklearn.metrics import adjusted_rand_score

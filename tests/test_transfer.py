@@ -57,7 +57,7 @@ def test_transfer_run_is_recorded_and_equals_sklearn(store_copy, transfer_folder
     from clusterprobe.runners import models
     from clusterprobe.runners.config import RunConfig
     from clusterprobe.runners.data.transfer import load_transfer
-    from clusterprobe.runners.embed import pooled_features
+    from clusterprobe.runners.engine.embed import pooled_features
 
     store, tracker, train_id = store_copy
     argv = ["transfer", train_id, "--set", str(transfer_folder), "--factors", "1-3"]

@@ -4,7 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
-from clusterprobe.runners import neighbors, whole
+from clusterprobe.runners.engine import neighbors, whole
 from clusterprobe.tracker.errors import UsageError
 from scipy import sparse
 from scipy.cluster.hierarchy import linkage

@@ -211,7 +211,7 @@ def main(args: argparse.Namespace) -> int:
 
     factors = parse_factors(args.factors) if args.factors is not None else None
     if args.method is not None:
-        from clusterprobe.runners.whole import METHODS
+        from clusterprobe.runners.engine.whole import METHODS
 
         if args.method not in METHODS:
             raise UsageError(f"--method {args.method!r}: choose from {', '.join(METHODS)}")
@@ -278,7 +278,7 @@ def rescore(
             file=sys.stderr,
         )
     if method is None:
-        from clusterprobe.runners.cluster import cluster_protocol
+        from clusterprobe.runners.engine.cluster import cluster_protocol
 
         result = cluster_protocol(stored.grams, stored.subclass, factors)
         ami = np.asarray(result.ami, dtype=float)  # [L, S, F]
@@ -290,7 +290,7 @@ def rescore(
         if stored.pixel_grams:
             pixel = float(np.mean(cluster_protocol(stored.pixel_grams, stored.subclass, (1,)).ami))
     else:
-        from clusterprobe.runners.whole import score_layers
+        from clusterprobe.runners.engine.whole import score_layers
 
         ami, purity, whole_params = score_layers(
             pooled.pooled,

@@ -50,7 +50,7 @@ def main(args) -> int:
         out_dir = Path(args.json).resolve().parent
         if not out_dir.is_dir():
             raise UsageError(f"--json {args.json}: folder {out_dir} does not exist")
-    from clusterprobe.runners import score
+    from clusterprobe.runners.engine import score
 
     t0 = time.perf_counter()
     # the per-superclass protocol finds NaN/Inf from its Grams: no extra pass over the file
@@ -74,10 +74,10 @@ def main(args) -> int:
 
 def _whole(features, subclass, factors, args) -> dict:
     try:
-        from clusterprobe.runners.whole import score_whole
+        from clusterprobe.runners.engine.whole import score_whole
     except ImportError as err:  # pragma: no cover - whole.py ships with the package
         raise UsageError(f"--whole is not available in this install ({err})") from None
-    from clusterprobe.runners.score import unit_rows
+    from clusterprobe.runners.engine.score import unit_rows
 
     x = unit_rows(features)
     res = score_whole(x, subclass, factors, method=args.method, quiet=args.quiet)

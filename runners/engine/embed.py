@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from clusterprobe.runners.cluster import DeadLayerWarning
+from clusterprobe.runners.engine.cluster import DeadLayerWarning
 from clusterprobe.tracker.errors import UsageError
 
 PRECISIONS = ("fp32", "bf16")

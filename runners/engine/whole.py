@@ -30,7 +30,7 @@ backend, precision, micro-clusters, ...).
 
 GPU use (e.g. 1,000,000 x 512 points on one H100; torch installed, faiss not):
 
-    from clusterprobe.runners.whole import score_whole, cluster_whole
+    from clusterprobe.runners.engine.whole import score_whole, cluster_whole
     res = score_whole(x, subclass, (1,), method="two-stage", micro_clusters=2000)
     res.timings["cluster"]   # clustering alone; res.timings["scores"]: AMI/purity
     res.params["backend"]    # "torch-cuda": k-means ran on the GPU
@@ -51,7 +51,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from clusterprobe.runners import metrics
+from clusterprobe.runners.engine import metrics
 from clusterprobe.tracker.errors import UsageError
 
 METHODS = ("auto", "exact", "knn-ward", "two-stage", "kmeans")
@@ -223,7 +223,7 @@ def _log(quiet: bool, msg: str) -> None:
 
 
 def _exact_children(x: np.ndarray, quiet: bool, timings: dict) -> np.ndarray:
-    from clusterprobe.runners.ward import ward
+    from clusterprobe.runners.engine.ward import ward
 
     t0 = time.perf_counter()
     y = condensed_distances(x)
@@ -238,7 +238,7 @@ def _exact_children(x: np.ndarray, quiet: bool, timings: dict) -> np.ndarray:
 
 def _knn_ward_children(x, k, backend, index, precision, quiet, timings, params) -> np.ndarray:
     """Merge order of Ward under a symmetrised k-NN connectivity, components explicit."""
-    from clusterprobe.runners import neighbors
+    from clusterprobe.runners.engine import neighbors
     from scipy import sparse
     from scipy.sparse.csgraph import connected_components
     from sklearn.cluster import ward_tree
@@ -311,7 +311,7 @@ def _join_components(x, pieces, n) -> np.ndarray:
 
 
 def _two_stage(x, ks, m, seed, niter, backend, quiet, timings, params) -> dict[int, np.ndarray]:
-    from clusterprobe.runners import neighbors
+    from clusterprobe.runners.engine import neighbors
 
     t0 = time.perf_counter()
     km = neighbors.kmeans(x, m, seed=seed, niter=niter, backend=backend)
@@ -346,7 +346,7 @@ def lloyd_refine(x: np.ndarray, labels: np.ndarray, steps: int) -> np.ndarray:
     A cluster that loses all its points disappears (fewer clusters, labels
     renumbered 0..c-1).
     """
-    from clusterprobe.runners.neighbors import _member_means
+    from clusterprobe.runners.engine.neighbors import _member_means
 
     lab = np.asarray(labels, dtype=np.int64)
     rows = 4096
@@ -466,7 +466,7 @@ def cluster_whole(
         )
         labels = {c: by_k[ks[c]] for c in asked}
     else:  # kmeans
-        from clusterprobe.runners import neighbors
+        from clusterprobe.runners.engine import neighbors
 
         params.update(niter=str(niter), seed=str(seed), precision="fp32")
         xf = np.ascontiguousarray(x, dtype=np.float32)
@@ -581,7 +581,7 @@ def score_layers(
     clustered (the method is the same for all). ``on_layer(index, ami_row)`` reports
     progress after each layer.
     """
-    from clusterprobe.runners.score import unit_rows
+    from clusterprobe.runners.engine.score import unit_rows
 
     factors = tuple(factors)
     ami = np.empty((len(pooled), len(factors)))

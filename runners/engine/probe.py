@@ -18,7 +18,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from clusterprobe.runners.score import unit_rows
+from clusterprobe.runners.engine.score import unit_rows
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split

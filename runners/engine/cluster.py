@@ -8,14 +8,14 @@ leaves it). Squared Euclidean distances follow without the features,
 distance 1 to unit rows and 0 to each other), clipped at 0 against rounding.
 
 Ward's tree is built ONCE per (superclass, layer) by scipy's nn-chain Ward
-(:mod:`clusterprobe.runners.ward`, = ``scipy.cluster.hierarchy.linkage``) on the
+(:mod:`clusterprobe.runners.engine.ward`, = ``scipy.cluster.hierarchy.linkage``) on the
 condensed distances, exactly what
 ``sklearn.cluster.AgglomerativeClustering(linkage="ward")`` runs on the
 features (it calls ``scipy.cluster.hierarchy.ward`` after ``pdist``), and cut
 at every factor by merge order (sklearn's ``_hc_cut``): n_clusters =
 #subclasses of that superclass x factor, clamped to the superclass's size.
 Each cut is scored by AMI and purity against the subclass labels
-(:mod:`clusterprobe.runners.metrics`). Nguyen & Kornblith (arXiv 2311.07864).
+(:mod:`clusterprobe.runners.engine.metrics`). Nguyen & Kornblith (arXiv 2311.07864).
 
 numpy + scipy only; importing this module never imports torch.
 """
@@ -28,8 +28,8 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from clusterprobe.runners import metrics
-from clusterprobe.runners.ward import ward
+from clusterprobe.runners.engine import metrics
+from clusterprobe.runners.engine.ward import ward
 from clusterprobe.tracker.errors import UsageError
 
 

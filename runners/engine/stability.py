@@ -1,6 +1,6 @@
 """How stable the clusterings are: ARI between cluster assignments (the paper's matrices).
 
-Input is :attr:`clusterprobe.runners.cluster.ProtocolResult.assignments`
+Input is :attr:`clusterprobe.runners.engine.cluster.ProtocolResult.assignments`
 (``(layer, superclass) -> int [F, n]``, rows in the superclass's ``eval_index``
 order). Output is tidy rows in ``tracker.conventions.ARI_COLUMNS``, one per
 (layer_a, layer_b, factor) with the ARI averaged over superclasses (unweighted,
@@ -22,8 +22,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from clusterprobe.runners import metrics
-from clusterprobe.runners.cluster import ari_matrix
+from clusterprobe.runners.engine import metrics
+from clusterprobe.runners.engine.cluster import ari_matrix
 from clusterprobe.tracker import conventions as cv
 from clusterprobe.tracker.errors import UsageError
 

@@ -5,7 +5,7 @@ command starts in well under a second. Features are flattened and L2-normalised
 per example (an all-zero row stays zero); per superclass their Gram matrix is
 formed in float64, in column chunks so that wide features (hundreds of
 thousands of values per example) never need a float64 copy, and handed to the
-same :func:`clusterprobe.runners.cluster.cluster_protocol` that ``run`` uses.
+same :func:`clusterprobe.runners.engine.cluster.cluster_protocol` that ``run`` uses.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from clusterprobe.runners.cluster import ProtocolResult, cluster_protocol, resolve_workers
+from clusterprobe.runners.engine.cluster import ProtocolResult, cluster_protocol, resolve_workers
 from clusterprobe.tracker.errors import UsageError
 
 NPZ_KEYS = ("features", "superclass", "subclass")

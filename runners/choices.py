@@ -1,0 +1,35 @@
+"""Every set of legal values, declared once.
+
+argparse ``choices``, ``RunConfig.validate``, the search-space checks and the engine
+all read these tuples, so a value cannot be legal in one place and refused in
+another. This module imports nothing: ``clusterprobe score`` and ``--help`` load it
+without torch, sklearn or scipy.
+"""
+
+from __future__ import annotations
+
+# --- the model and its training (RunConfig) ---
+LABELS = ("superclass", "subclass")  # which labels a model is trained on
+STEMS = ("standard", "cifar")  # timm's stem, or a stride-1 3x3 stem (ResNets only)
+TAPS = ("blocks", "stages")  # every residual block, or every stage output
+NORMS = ("default", "none", "bn", "ln")  # VGG only; "default": as the timm name says
+SPLITS = ("none", "rand", "good", "bad")  # BREEDS source/target splits
+SAVE = ("checkpoint", "embeddings", "distances", "plots")  # heavy artifacts a run may keep
+
+# --- the measurement (engine) ---
+PRECISIONS = ("fp32", "bf16")  # the embedding forward pass
+WHOLE_METHODS = ("auto", "exact", "knn-ward", "two-stage", "kmeans")  # whole-dataset clustering
+CLUSTER_BACKENDS = ("thread", "process")  # parallel Ward trees of the per-superclass protocol
+NEIGHBOR_BACKENDS = ("auto", "faiss", "torch")  # k-NN graphs and k-means
+NEIGHBOR_INDEXES = ("flat", "ivf", "hnsw")
+NEIGHBOR_METRICS = ("l2", "ip")
+NEIGHBOR_PRECISIONS = ("fp32", "tf32", "bf16")  # torch matmuls; FAISS is always fp32
+
+# --- studies ---
+PRUNERS = ("none", "median")
+
+
+def check_choice(name: str, value, choices: tuple) -> None:
+    """ValueError naming ``name``, the bad ``value`` and the legal ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} {value!r} is not known; choose one of {', '.join(choices)}")
