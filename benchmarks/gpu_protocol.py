@@ -213,7 +213,7 @@ def whole_section(args, device, report):
         from clusterprobe.runners.engine.whole import score_whole
 
         t0 = time.perf_counter()
-        res = score_whole(x.numpy(), y, (1, 2, 3, 4, 5), method=args.whole_method, quiet=True)
+        res = score_whole(x.numpy(), y, (1, 2, 3, 4, 5), method=args.whole_method)
         dt = time.perf_counter() - t0
         out.update(
             score_whole_s=dt,
@@ -231,7 +231,7 @@ def whole_section(args, device, report):
     report["whole"] = out
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="gpu_protocol.json", help="JSON file for the measurements")
     p.add_argument("--small", action="store_true", help="tiny CPU-sized run (smoke test)")
@@ -249,16 +249,21 @@ def main(argv=None) -> int:
     p.add_argument("--skip-knn", action="store_true", help="skip the exact 1M k-NN graph timing")
     p.add_argument("--check-imports", action="store_true", help="import the engine and exit")
     args = p.parse_args(argv)
-    if args.check_imports:
-        import clusterprobe.runners.engine.embed as e
-
-        log(json.dumps({"embed": e.__file__, "modules": sorted(sys.modules)}))
-        return 0
     if args.small:
         args.superclasses, args.per_superclass, args.size = 3, 16, 32
         args.batch, args.whole_n = 32, 4_000
         if args.device == "auto":
             args.device = "cpu"
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.check_imports:
+        import clusterprobe.runners.engine.embed as e
+
+        log(json.dumps({"embed": e.__file__, "modules": sorted(sys.modules)}))
+        return 0
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
@@ -268,6 +273,41 @@ def main(argv=None) -> int:
         torch.backends.cudnn.benchmark = True
     log(f"device {device} {report.get('gpu', '')}, torch {torch.__version__}")
 
+    model, taps = build_model(args, device)
+    per_sub = args.per_superclass // args.subclasses
+    images, sup, sub = gratings(args.superclasses, args.subclasses, per_sub, args.size, device)
+    images = images.contiguous(memory_format=torch.channels_last)
+    n = images.shape[0]
+    log(
+        f"{args.arch}: {len(taps)} taps; {args.superclasses} superclasses x {args.subclasses} "
+        f"subclasses, {n} images at {args.size} px"
+    )
+    ips, secs = forward_floor(model, images, device, args.batch, repeats=1 if args.small else 3)
+    report["forward"] = dict(img_per_s=ips, seconds=secs)
+    log(
+        f"forward only (bf16, channels_last, batch {args.batch}): {ips:,.0f} img/s, {secs:.3f} s for {n} images: the floor"
+    )
+    results = precision_section(args, model, taps, images, sup, sub, device, secs, report)
+    bounded_section(args, model, taps, images, sup, sub, device, results["fp32"][0], report)
+    if device.type == "cuda":
+        report["max_memory_allocated_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+        log(f"peak GPU memory allocated: {report['max_memory_allocated_gb']:.1f} GB")
+
+    if not args.skip_whole:
+        del images, results
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        whole_section(args, device, report)
+
+    heavy = sorted(m for m in ("mlflow", "optuna", "duckdb", "faiss") if m in sys.modules)
+    report["heavy_modules_imported"] = heavy
+    Path(args.out).write_text(json.dumps(report, indent=2, default=str))
+    log(f"wrote {args.out}; heavy modules imported: {heavy or 'none'}")
+    return 0
+
+
+def build_model(args, device):
+    """The timm model (random init, channels_last, eval) on ``device`` and its block taps."""
     import timm
 
     torch.manual_seed(0)
@@ -277,55 +317,34 @@ def main(argv=None) -> int:
         args.arch, pretrained=False, num_classes=args.superclasses, zero_init_last=False
     )
     model = model.to(device).eval().to(memory_format=torch.channels_last)
-    taps = make_taps(model)
-    per_sub = args.per_superclass // args.subclasses
-    images, sup, sub = gratings(args.superclasses, args.subclasses, per_sub, args.size, device)
-    images = images.contiguous(memory_format=torch.channels_last)
-    labels = _Labels(sup, sub)
-    n = images.shape[0]
-    log(
-        f"{args.arch}: {len(taps)} taps; {args.superclasses} superclasses x {args.subclasses} "
-        f"subclasses, {n} images at {args.size} px"
-    )
+    return model, make_taps(model)
 
-    ips, secs = forward_floor(model, images, device, args.batch, repeats=1 if args.small else 3)
-    report["forward"] = dict(img_per_s=ips, seconds=secs)
-    log(
-        f"forward only (bf16, channels_last, batch {args.batch}): {ips:,.0f} img/s, {secs:.3f} s for {n} images: the floor"
-    )
 
+def precision_section(args, model, taps, images, sup, sub, device, floor_s, report) -> dict:
+    """The full protocol in bf16 and fp32 (after a warm-up each), and their AMI difference."""
     factors = (1, 2, 3, 4, 5)
+    labels = _Labels(sup, sub)
     results = {}
     for precision in ("bf16", "fp32"):
         warm = 2 * args.per_superclass  # the first two superclasses: the same batch shapes
-        protocol(
-            model,
-            taps,
-            images[:warm],
-            _Labels(sup[:warm], sub[:warm]),
-            device,
-            precision,
-            args.batch,
-            factors,
-            args.jobs,
-        )  # warm-up
-        emb, res, t_embed, t_host = protocol(
-            model, taps, images, labels, device, precision, args.batch, factors, args.jobs
-        )
+        warm_labels = _Labels(sup[:warm], sub[:warm])
+        run = (device, precision, args.batch, factors, args.jobs)
+        protocol(model, taps, images[:warm], warm_labels, *run)  # warm-up
+        emb, res, t_embed, t_host = protocol(model, taps, images, labels, *run)
         results[precision] = (emb, res)
         total = t_embed + t_host
         report[precision] = dict(
             seconds_total=total,
             seconds_embed=t_embed,
             seconds_host=t_host,
-            floor_multiple=total / secs,
+            floor_multiple=total / floor_s,
             mean_ami_f1_by_layer=res.mean_ami()[:, 0].round(4).tolist(),
             params=res.params,
             embed_params=emb.params,
         )
         log(
             f"protocol {precision}: {total:.3f} s = embed+Gram {t_embed:.3f} s + Ward/cuts/AMI "
-            f"{t_host:.3f} s ({res.params['n_jobs']} host workers); {total / secs:.1f}x the forward floor"
+            f"{t_host:.3f} s ({res.params['n_jobs']} host workers); {total / floor_s:.1f}x the forward floor"
         )
     d = np.abs(results["bf16"][1].ami - results["fp32"][1].ami)
     dm = np.abs(results["bf16"][1].mean_ami() - results["fp32"][1].mean_ami())
@@ -339,9 +358,12 @@ def main(argv=None) -> int:
         "mean AMI f1 by layer (fp32): "
         + " ".join(f"{v:.3f}" for v in results["fp32"][1].mean_ami()[:, 0])
     )
+    return results
 
-    # memory-bounded path: a budget of 1/8 of one superclass's features forces grouped
-    # passes and row blocks (block 1 alone is wider); Grams must match the unbounded ones.
+
+def bounded_section(args, model, taps, images, sup, sub, device, emb_fp32, report) -> None:
+    """Memory-bounded path: a budget of 1/8 of one superclass's features forces grouped
+    passes and row blocks (block 1 alone is wider); Grams must match the unbounded ones."""
     rows = np.flatnonzero(sup == 0)
     budget = int(len(rows) * feature_bytes_per_image(model, taps, images[:1]) / 8)
     t0 = time.perf_counter()
@@ -358,28 +380,13 @@ def main(argv=None) -> int:
     )
     sync(device)
     tb = time.perf_counter() - t0
-    err = float(np.abs(emb_b.grams[0] - results["fp32"][0].grams[0]).max())
+    err = float(np.abs(emb_b.grams[0] - emb_fp32.grams[0]).max())
     report["bounded"] = dict(
         budget_bytes=budget, seconds=tb, max_gram_diff=err, passes=emb_b.params["forward_passes"]
     )
     log(
         f"memory-bounded embed of superclass 0 (budget {budget / 1e9:.2f} GB, {emb_b.params['forward_passes']} passes): {tb:.2f} s, max |G - G_unbounded| {err:.2e}"
     )
-    if device.type == "cuda":
-        report["max_memory_allocated_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
-        log(f"peak GPU memory allocated: {report['max_memory_allocated_gb']:.1f} GB")
-
-    if not args.skip_whole:
-        del images, results, emb_b
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        whole_section(args, device, report)
-
-    heavy = sorted(m for m in ("mlflow", "optuna", "duckdb", "faiss") if m in sys.modules)
-    report["heavy_modules_imported"] = heavy
-    Path(args.out).write_text(json.dumps(report, indent=2, default=str))
-    log(f"wrote {args.out}; heavy modules imported: {heavy or 'none'}")
-    return 0
 
 
 if __name__ == "__main__":

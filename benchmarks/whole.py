@@ -33,8 +33,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from clusterprobe.runners.choices import WHOLE_METHODS
 
-OURS = ("exact", "knn-ward", "two-stage", "kmeans", "auto")
+OURS = (*(m for m in WHOLE_METHODS if m != "auto"), "auto")  # exact, knn-ward, ..., auto
 ALL = ("sklearn-ward", *OURS)
 
 
@@ -76,11 +77,10 @@ def worker(args) -> None:
         params = {"algorithm": "sklearn AgglomerativeClustering(linkage='ward')"}
         timings = {}
     else:
-        from clusterprobe.runners.engine.whole import score_whole
+        from clusterprobe.runners.engine.whole import WholeOptions, score_whole
 
-        res = score_whole(
-            x, y, factors, method=args.method, k=args.k, seed=args.seed, refine=args.refine
-        )
+        options = WholeOptions(k=args.k, seed=args.seed, refine=args.refine)
+        res = score_whole(x, y, factors, method=args.method, options=options)
         elapsed = time.perf_counter() - t0
         labels, ami, params, timings = res.labels, res.ami, res.params, res.timings
     r1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -115,7 +115,7 @@ def run_one(n, method, args, tmp) -> dict | None:
     return info
 
 
-def main() -> int:
+def parse_args(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -145,18 +145,19 @@ def main() -> int:
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     p.add_argument("--method", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    return p, p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    p, args = parse_args(argv)
     if args.worker:
         worker(args)
         return 0
-    from sklearn.metrics import adjusted_mutual_info_score
-
     sizes = [int(s) for s in args.sizes.split(",")]
     methods = [m.strip() for m in args.methods.split(",")]
     bad = [m for m in methods if m not in ALL]
     if bad:
         p.error(f"unknown methods {bad}; use {', '.join(ALL)}")
-    f0 = args.factors[0]
     print(
         f"# d={args.dim}, {args.supers}x{args.subs} blobs, spread {args.spread}, factors {args.factors}, "
         f"{os.cpu_count()} CPUs, load avg at start {os.getloadavg()[0]:.1f}"
@@ -166,7 +167,6 @@ def main() -> int:
         f"{'AMI_vs_full':>11} {'x_faster':>9}  how"
     )
     print(header)
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
             res = {}
@@ -178,40 +178,46 @@ def main() -> int:
                 info = run_one(n, m, args, tmp)
                 if info is not None:
                     res[m] = info
-            ref_name = (
-                "sklearn-ward" if "sklearn-ward" in res else ("exact" if "exact" in res else None)
-            )
-            base = res.get("sklearn-ward")
-            for m, info in res.items():
-                vs_full = (
-                    adjusted_mutual_info_score(res[ref_name]["labels"][0], info["labels"][0])
-                    if ref_name and m != ref_name
-                    else float("nan")
-                )
-                speed = base["time"] / info["time"] if base else float("nan")
-                how = info["params"].get("algorithm", "")
-                for key in ("backend", "micro_clusters", "k", "graph_components", "refine_steps"):
-                    if key in info["params"]:
-                        how += f" {key}={info['params'][key]}"
-                ami0 = info["ami"][str(f0)] if str(f0) in info["ami"] else info["ami"][f0]
-                print(
-                    f"{n:>7} {m:<13} {info['time']:>8.2f} {info['cpu']:>8.2f} {info['rss_gb']:>8.2f} {ami0:>10.4f} "
-                    f"{vs_full:>11.4f} {speed:>9.1f}  {how}",
-                    flush=True,
-                )
-                rows.append((n, m, info, ami0))
-            if base:
-                for m in ("exact", "two-stage", "knn-ward"):
-                    if m in res:
-                        ami_m = res[m]["ami"][str(f0)]
-                        ami_b = base["ami"][str(f0)]
-                        print(
-                            f"# N={n}: {m} {base['time'] / res[m]['time']:.1f}x faster than sklearn full "
-                            f"Ward (CPU time {base['cpu'] / res[m]['cpu']:.1f}x less); AMI vs labels "
-                            f"{ami_m:.6f} vs {ami_b:.6f} (diff {ami_m - ami_b:+.2e})"
-                        )
+            report_size(n, res, args.factors[0])
     print(f"# load avg at end {os.getloadavg()[0]:.1f}")
     return 0
+
+
+def report_size(n: int, res: dict, f0: int) -> None:
+    """One line per method at N = n (AMI at factor f0, against full Ward too), then the
+    speed-ups over sklearn's full Ward when it ran."""
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    ref_name = "sklearn-ward" if "sklearn-ward" in res else ("exact" if "exact" in res else None)
+    base = res.get("sklearn-ward")
+    for m, info in res.items():
+        vs_full = (
+            adjusted_mutual_info_score(res[ref_name]["labels"][0], info["labels"][0])
+            if ref_name and m != ref_name
+            else float("nan")
+        )
+        speed = base["time"] / info["time"] if base else float("nan")
+        how = info["params"].get("algorithm", "")
+        for key in ("backend", "micro_clusters", "k", "graph_components", "refine_steps"):
+            if key in info["params"]:
+                how += f" {key}={info['params'][key]}"
+        ami0 = info["ami"][str(f0)] if str(f0) in info["ami"] else info["ami"][f0]
+        print(
+            f"{n:>7} {m:<13} {info['time']:>8.2f} {info['cpu']:>8.2f} {info['rss_gb']:>8.2f} {ami0:>10.4f} "
+            f"{vs_full:>11.4f} {speed:>9.1f}  {how}",
+            flush=True,
+        )
+    if not base:
+        return
+    for m in ("exact", "two-stage", "knn-ward"):
+        if m in res:
+            ami_m = res[m]["ami"][str(f0)]
+            ami_b = base["ami"][str(f0)]
+            print(
+                f"# N={n}: {m} {base['time'] / res[m]['time']:.1f}x faster than sklearn full "
+                f"Ward (CPU time {base['cpu'] / res[m]['cpu']:.1f}x less); AMI vs labels "
+                f"{ami_m:.6f} vs {ami_b:.6f} (diff {ami_m - ami_b:+.2e})"
+            )
 
 
 if __name__ == "__main__":

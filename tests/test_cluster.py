@@ -10,10 +10,9 @@ from clusterprobe.runners.engine.cluster import (
     DeadLayerWarning,
     ari_matrix,
     cluster_protocol,
-    cut_tree,
     gram_distances,
 )
-from clusterprobe.tracker.errors import UsageError
+from clusterprobe.runners.engine.ward import cut_tree
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
 from sklearn.preprocessing import normalize
@@ -145,20 +144,24 @@ def test_constant_layer_warns_and_scores():
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_nonfinite_gram_is_a_usage_error(bad):
+def test_nonfinite_gram_is_a_value_error(bad):
     g = np.eye(4)
     g[1, 2] = bad
-    with pytest.raises(UsageError, match="superclass 7, layer 1.*NaN/Inf"):
+    with pytest.raises(ValueError, match="superclass 7, layer 1.*NaN/Inf"):
         cluster_protocol({7: np.stack([np.eye(4), g])}, {7: np.arange(4)}, n_jobs=1)
 
 
-def test_bad_inputs_are_usage_errors():
-    with pytest.raises(UsageError, match="labels"):
+def test_bad_inputs_are_value_errors():
+    with pytest.raises(ValueError, match="labels"):
         cluster_protocol({0: np.eye(4)}, {0: np.arange(3)})
-    with pytest.raises(UsageError, match="different superclasses"):
+    with pytest.raises(ValueError, match="different superclasses"):
         cluster_protocol({0: np.eye(4)}, {1: np.arange(4)})
-    with pytest.raises(UsageError, match="factors"):
+    with pytest.raises(ValueError, match="factors"):
         cluster_protocol({0: np.eye(4)}, {0: np.arange(4)}, (0, 1))
+    with pytest.raises(ValueError, match="backend 'fork' is not known; choose one of thread"):
+        cluster_protocol({0: np.eye(4)}, {0: np.arange(4)}, backend="fork")
+    with pytest.raises(ValueError, match="share no superclass"):
+        ari_matrix({(0, 1): np.zeros((1, 4))}, {(0, 2): np.zeros((1, 4))})
 
 
 def test_layers_parallel_backends_agree_and_rows():

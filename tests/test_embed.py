@@ -13,7 +13,6 @@ from clusterprobe.runners.engine.cluster import DeadLayerWarning as ClusterDeadW
 from clusterprobe.runners.engine.cluster import cluster_protocol
 from clusterprobe.runners.engine.embed import DeadLayerWarning, embed_eval, pooled_features
 from clusterprobe.runners.models import Tap
-from clusterprobe.tracker.errors import UsageError
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_mutual_info_score
 from sklearn.preprocessing import normalize
@@ -237,22 +236,22 @@ def test_dead_layer_warns_and_is_recorded():
     assert np.isfinite(result.ami).all()
 
 
-def test_nan_activations_are_a_usage_error():
+def test_nan_activations_are_a_value_error():
     model = tiny_model()
     with torch.no_grad():
         model[2].weight[0, 0, 0, 0] = float("nan")
     x, sup, sub = structured_images(n_sup=1, n_sub=2, per=3)
-    with pytest.raises(UsageError, match=r"layer 1 \(2\).*NaN/Inf"):
+    with pytest.raises(ValueError, match=r"layer 1 \(2\).*NaN/Inf"):
         embed_eval(model, tiny_taps(model), x, Labels(sup, sub), device="cpu", quiet=True)
 
 
 def test_bad_precision_and_missing_tap():
     model = tiny_model()
     x, sup, sub = structured_images(n_sup=1, n_sub=2, per=2)
-    with pytest.raises(UsageError, match="precision"):
+    with pytest.raises(ValueError, match="precision 'fp16' is not known; choose one of fp32, bf16"):
         embed_eval(model, tiny_taps(model), x, Labels(sup, sub), device="cpu", precision="fp16")
     stray = Tap(0, "stray", torch.nn.Linear(2, 2), "fc")
-    with pytest.raises(UsageError, match="never ran"):
+    with pytest.raises(ValueError, match="never ran"):
         embed_eval(model, [stray], x, Labels(sup, sub), device="cpu", quiet=True)
 
 

@@ -62,7 +62,7 @@ def test_folder_without_split_roots_holds_out_per_subclass(tmp_path):
     other = load_dataset(config.replace(data_seed=1))
     assert other.eval.paths != data.eval.paths
 
-    shuffled = load_dataset(config.replace(shuffle=True, eval_per_subclass=2))
+    shuffled = load_dataset(config.replace(shuffled=True, eval_per_subclass=2))
     assert [[shuffled.subclass_names[k] for k in g] for g in shuffled.groups()] == shuffle_groups(
         [[f"{s}/{c}" for c in TREE[s]] for s in sorted(TREE)]
     )
@@ -102,7 +102,7 @@ def test_folder_errors(tmp_path):
     write_images(tmp_path / "uneven" / "a" / "y", 3, 0)
     write_images(tmp_path / "uneven" / "b" / "x", 3, 0)
     with pytest.raises(UsageError, match="--shuffle needs superclasses with equal"):
-        load_dataset(RunConfig(dataset="folder", data_dir=str(tmp_path / "uneven"), shuffle=True))
+        load_dataset(RunConfig(dataset="folder", data_dir=str(tmp_path / "uneven"), shuffled=True))
 
 
 def test_transfer_folder(tmp_path):

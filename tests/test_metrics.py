@@ -1,6 +1,14 @@
-"""Clustering metrics: a property table plus parity with scikit-learn."""
+"""Clustering metrics: a property table plus parity with scikit-learn.
+
+The scores under test are ``metrics.SCORES``, the module's own registry; the guards
+below fail when a public score of the module is missing from it, or when a
+registered score has no reference or is left out of a property table (as in
+scikit-learn's ``sklearn/metrics/cluster/tests/test_common.py``).
+"""
 
 from __future__ import annotations
+
+import inspect
 
 import numpy as np
 import pytest
@@ -16,12 +24,41 @@ def sk_purity(t, p):
     ) / len(t)
 
 
-METRICS = {"ami": metrics.ami, "ari": metrics.ari, "purity": metrics.purity}
+METRICS = metrics.SCORES
 REFERENCE = {"ami": adjusted_mutual_info_score, "ari": adjusted_rand_score, "purity": sk_purity}
+# Property tables: every score sits in exactly one set of each pair.
 SYMMETRIC = {"ami", "ari"}
+NOT_SYMMETRIC = {"purity"}
 ADJUSTED_FOR_CHANCE = {"ami", "ari"}  # ~0 for independent labellings
-# Every metric must be classified above; this guard fails if one is added without a row.
-assert set(METRICS) == set(REFERENCE)
+NOT_ADJUSTED = {"purity"}  # rises with the number of clusters
+
+
+def _public_scores() -> set[str]:
+    """Public functions of the metrics module with the score contract:
+    ``(labels_true, labels_pred, ...) -> float``."""
+    found = set()
+    for name, fn in inspect.getmembers(metrics, inspect.isfunction):
+        if name.startswith("_") or fn.__module__ != metrics.__name__:
+            continue
+        sig = inspect.signature(fn)
+        if list(sig.parameters)[:2] == ["labels_true", "labels_pred"] and sig.return_annotation in (
+            float,
+            "float",
+        ):
+            found.add(name)
+    return found
+
+
+def test_registry_lists_every_public_score():
+    assert _public_scores() == set(metrics.SCORES)
+    assert all(metrics.SCORES[name].__name__ == name for name in metrics.SCORES)
+
+
+def test_every_score_has_a_reference_and_is_classified():
+    names = set(metrics.SCORES)
+    assert set(REFERENCE) == names
+    for yes, no in ((SYMMETRIC, NOT_SYMMETRIC), (ADJUSTED_FOR_CHANCE, NOT_ADJUSTED)):
+        assert yes | no == names and not yes & no
 
 
 def _pairs(seed, count=12):
@@ -60,6 +97,20 @@ def test_permutation_invariant(name):
 def test_symmetric(name):
     for t, p in _pairs(2, 6):
         assert METRICS[name](t, p) == pytest.approx(METRICS[name](p, t), abs=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(NOT_SYMMETRIC))
+def test_not_symmetric(name):
+    t, p = [0, 0, 0, 1, 1, 2], [0, 1, 2, 3, 4, 5]
+    assert METRICS[name](t, p) != pytest.approx(METRICS[name](p, t), abs=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(NOT_ADJUSTED))
+def test_not_adjusted_for_chance_rises_with_clusters(name):
+    rng = np.random.default_rng(6)
+    t = rng.integers(0, 4, 400)
+    coarse, fine = rng.integers(0, 4, 400), rng.integers(0, 100, 400)
+    assert METRICS[name](t, fine) > METRICS[name](t, coarse) + 0.1
 
 
 def test_purity_not_symmetric_and_bounded():

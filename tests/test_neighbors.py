@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 from clusterprobe.runners.engine import neighbors
-from clusterprobe.tracker.errors import UsageError
 from scipy.spatial.distance import cdist
 
 BACKENDS = [b for b in ("faiss", "torch") if getattr(neighbors, f"_have_{b}")()]
@@ -93,20 +92,26 @@ def test_kmeans_deterministic_with_seed(backend):
 def test_resolve_backend_auto_picks_an_installed_engine():
     assert neighbors.resolve_backend("auto") in BACKENDS
     assert neighbors.resolve_backend("auto", work=1e12, dim=32) in BACKENDS  # probes once
-    with pytest.raises(UsageError, match="backend"):
+    with pytest.raises(ValueError, match="backend 'cuvs' is not known; choose one of auto"):
         neighbors.resolve_backend("cuvs")
 
 
-def test_bad_input_is_a_usage_error():
+def test_bad_input_is_a_value_or_type_error():
     x = _points(n=50)
-    with pytest.raises(UsageError, match="k=50"):
+    with pytest.raises(ValueError, match="k=50"):
         neighbors.knn(x, 50)
+    with pytest.raises(TypeError, match="k=2.5"):
+        neighbors.knn(x, 2.5)
+    with pytest.raises(ValueError, match="niter=0"):
+        neighbors.kmeans(x, 3, niter=0)
     x[4, 2] = np.nan
-    with pytest.raises(UsageError, match="NaN"):
+    with pytest.raises(ValueError, match="NaN"):
         neighbors.knn(x, 3)
-    with pytest.raises(UsageError, match="NaN"):
+    with pytest.raises(ValueError, match="NaN"):
         neighbors.kmeans(x, 3)
-    with pytest.raises(UsageError, match="index"):
+    with pytest.raises(ValueError, match="index 'lsh' is not known"):
         neighbors.knn(_points(n=50), 3, index="lsh")
-    with pytest.raises(UsageError, match="needs backend 'faiss'"):
+    with pytest.raises(ValueError, match="metric 'cosine' is not known; choose one of l2, ip"):
+        neighbors.knn(_points(n=50), 3, metric="cosine")
+    with pytest.raises(ValueError, match="needs backend 'faiss'"):
         neighbors.knn(_points(n=50), 3, index="hnsw", backend="torch")

@@ -179,11 +179,62 @@ def test_cli_bad_files_exit_2_with_one_line(tmp_path, capsys, case):
     assert captured.err.strip().splitlines()[-1] == errors[0]
 
 
+def test_cli_whole_needs_two_rows_exit_2(tmp_path, capsys):
+    path = _write(tmp_path, features=np.ones((1, 3)), subclass=np.zeros(1, int))
+    assert cli.main(["score", path, "--whole", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("clusterprobe score: error: ") and "N >= 2" in err[0]
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_cli_engine_failure_after_checks_is_a_crash_not_a_usage_error(
+    tmp_path, capsys, monkeypatch, whole
+):
+    """The file passed every check, so an error of the clustering itself is ours: exit 1."""
+    from clusterprobe.runners.engine import cluster
+    from clusterprobe.runners.engine import whole as whole_module
+
+    def boom(*args, **kwargs):
+        raise ValueError("boom\nsecond line")
+
+    monkeypatch.setattr(cluster, "cluster_protocol", boom)
+    monkeypatch.setattr(whole_module, "score_whole", boom)
+    features, sup, sub = make_embeddings(6, n=30)
+    path = _write(tmp_path, features=features, superclass=sup, subclass=sub)
+    argv = ["score", path, "--quiet"] + (["--whole"] if whole else [])
+    assert cli.main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == ["clusterprobe score: failed: ValueError: boom second line"]
+
+
+def test_superclass_grams_are_the_checked_input_of_the_protocol():
+    from clusterprobe.runners.engine.cluster import cluster_protocol
+    from clusterprobe.runners.engine.score import protocol, superclass_grams
+
+    features, sup, sub = make_embeddings(7, n=60)
+    grams, subs = superclass_grams(features, sup, sub)
+    assert sorted(grams) == [5, 6, 7]
+    for s in grams:
+        rows = sup == s
+        x = normalize(features[rows].reshape(rows.sum(), -1).astype(np.float64))
+        np.testing.assert_allclose(grams[s], x @ x.T, atol=1e-12)
+        np.testing.assert_array_equal(subs[s], sub[rows])
+    direct = protocol(features, sup, sub, (1, 2))
+    np.testing.assert_array_equal(cluster_protocol(grams, subs, (1, 2)).ami, direct.ami)
+    bad = features.copy()
+    bad[3, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="row 3 holds NaN or Inf"):
+        superclass_grams(bad, sup, sub)
+    with pytest.raises(TypeError, match="labels must be integers"):
+        superclass_grams(features, sup.astype(float), sub)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["--factors", "0"], ">= 1"),
-        (["--factors", "a-b"], "not a factor list"),
+        (["--factors", "a-b"], "--factors 'a-b'"),
         (["--method", "kmeans"], "--whole"),
     ],
 )

@@ -4,8 +4,12 @@ The .npz holds ``features`` (N x ... floats; flattened and L2-normalised here),
 ``superclass`` (N ints) and ``subclass`` (N ints). Inside each superclass, Ward
 into #subclasses x factor clusters; AMI and purity per superclass and averaged.
 ``--whole`` clusters all N points at once (no superclass needed) with
-``runners.whole``. stdout carries only the JSON; progress and the summary go
+``runners.engine.whole``. stdout carries only the JSON; progress and the summary go
 to stderr. No torch or mlflow import on this path.
+
+Everything that can be wrong with the file is found before any clustering starts
+and reported as a usage error (one line, exit 2); an error of the clustering itself
+is a crash (one line ``clusterprobe score: failed: Type: message``, exit 1).
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ import sys
 import time
 from pathlib import Path
 
+from clusterprobe.runners.choices import WHOLE_METHODS
 from clusterprobe.runners.config import parse_factors
-from clusterprobe.tracker.errors import UsageError
+from clusterprobe.tracker.errors import UsageError, error_line
 
-WHOLE_METHODS = ("auto", "exact", "knn-ward", "two-stage", "kmeans")  # = runners.whole.METHODS
+EXIT_CRASH = 1
 
 
 def add_arguments(parser) -> None:
@@ -50,20 +55,16 @@ def main(args) -> int:
         out_dir = Path(args.json).resolve().parent
         if not out_dir.is_dir():
             raise UsageError(f"--json {args.json}: folder {out_dir} does not exist")
-    from clusterprobe.runners.engine import score
-
     t0 = time.perf_counter()
-    # the per-superclass protocol finds NaN/Inf from its Grams: no extra pass over the file
-    features, superclass, subclass = score.load_npz(
-        args.npz, need_superclass=not args.whole, check_finite=args.whole
-    )
-    _log(args, f"loaded {features.shape[0]} x {features.shape[1]} features from {args.npz}")
-    if args.whole:
-        result = _whole(features, subclass, factors, args)
-    else:
-        result = score.score_features(
-            features, superclass, subclass, factors, n_jobs=args.jobs, progress=not args.quiet
-        )
+    try:
+        checked = _read(args)
+    except (ValueError, TypeError) as err:  # the file's fault: a usage error
+        raise UsageError(str(err)) from None
+    try:
+        result = _score(checked, factors, args)
+    except Exception as err:  # the input was fine, so this is ours: a crash, in one line
+        print(f"clusterprobe score: failed: {error_line(err)}", file=sys.stderr)
+        return EXIT_CRASH
     text = json.dumps(result, indent=2)
     if args.json:
         Path(args.json).write_text(text + "\n")
@@ -72,21 +73,49 @@ def main(args) -> int:
     return 0
 
 
-def _whole(features, subclass, factors, args) -> dict:
-    try:
-        from clusterprobe.runners.engine.whole import score_whole
-    except ImportError as err:  # pragma: no cover - whole.py ships with the package
-        raise UsageError(f"--whole is not available in this install ({err})") from None
-    from clusterprobe.runners.engine.score import unit_rows
+def _read(args) -> tuple:
+    """Read and check the file; ValueError/TypeError name what is wrong with it.
 
-    x = unit_rows(features)
-    res = score_whole(x, subclass, factors, method=args.method, quiet=args.quiet)
-    return {
-        "ami": {str(f): float(res.ami[f]) for f in sorted(res.ami)},
-        "purity": {str(f): float(res.purity[f]) for f in sorted(res.purity)},
-        "per_superclass": [],
-        "params": {str(k): str(v) for k, v in res.params.items()},
-    }
+    Returns what the clustering needs and can no longer refuse: with ``--whole``
+    the L2-normalised rows and the subclass labels, otherwise every superclass's
+    unit Gram matrix and subclass labels (NaN/Inf show on the Grams' diagonals, so
+    the per-superclass path needs no extra pass over the file to find them).
+    """
+    from clusterprobe.runners.engine import score
+
+    features, superclass, subclass = score.load_npz(
+        args.npz, need_superclass=not args.whole, check_finite=args.whole
+    )
+    _log(args, f"loaded {features.shape[0]} x {features.shape[1]} features from {args.npz}")
+    if args.whole:
+        from clusterprobe.runners.engine.whole import check_features
+
+        return check_features(score.unit_rows(features)), subclass
+    return score.superclass_grams(
+        features, superclass, subclass, n_jobs=args.jobs, progress=not args.quiet
+    )
+
+
+def _score(checked: tuple, factors: tuple[int, ...], args) -> dict:
+    """The JSON result of the checked input."""
+    if args.whole:
+        from clusterprobe.runners.engine.whole import WholeOptions, score_whole
+
+        x, subclass = checked
+        res = score_whole(
+            x, subclass, factors, method=args.method, options=WholeOptions(quiet=args.quiet)
+        )
+        return {
+            "ami": {str(f): float(res.ami[f]) for f in sorted(res.ami)},
+            "purity": {str(f): float(res.purity[f]) for f in sorted(res.purity)},
+            "per_superclass": [],
+            "params": {str(k): str(v) for k, v in res.params.items()},
+        }
+    from clusterprobe.runners.engine.cluster import cluster_protocol
+    from clusterprobe.runners.engine.score import result_json
+
+    grams, subclass = checked
+    return result_json(cluster_protocol(grams, subclass, factors, n_jobs=args.jobs))
 
 
 def _log(args, msg: str) -> None:

@@ -39,87 +39,22 @@ def scan(root: Path) -> dict[str, list[str]]:
 
 def load(config):
     """The folder hierarchy at ``config.data_dir`` (natural or shuffled)."""
-    from clusterprobe.runners.data import transforms
-    from clusterprobe.runners.data.base import HierarchicalData, Labels
-
-    if not config.data_dir:
-        raise UsageError(
-            "--dataset folder needs --data-dir DIR laid out as DIR/<superclass>/<subclass>/<images> "
-            "(optionally DIR/train/... and DIR/val/...)"
-        )
-    root = Path(config.data_dir).expanduser()
-    if not root.is_dir():
-        raise UsageError(f"--data-dir {config.data_dir}: no such folder")
-    split_roots = (root / "train").is_dir() and (root / "val").is_dir()
+    root, split_roots = _root(config)
     train_root = root / "train" if split_roots else root
-    tree = scan(train_root)
-    supers = sorted(tree)
-    natural = [[f"{s}/{c}" for c in tree[s]] for s in supers]
-    picked, groups = subsample_groups(
-        natural, classes=config.classes, subclasses=config.subclasses, dataset=f"folder {root}"
-    )
-    names = [supers[i] for i in picked]
-    if config.shuffle:
-        if len({len(g) for g in groups}) != 1:
-            raise UsageError(
-                "--shuffle needs superclasses with equal subclass counts; add --subclasses K"
-            )
-        groups = shuffle_groups(groups)
-        names = [f"group-{j:02d}" for j in range(len(groups))]
+    supers, picked, groups, names = _groups(config, root, train_root)
     order = [k for g in groups for k in g]  # global subclass id -> "super/sub"
     ids = iter(range(len(order)))
     sup_of = superclass_of([[next(ids) for _ in g] for g in groups], len(order))
-
-    train_paths: list[str] = []
-    eval_paths: list[str] = []
-    train_sub: list[int] = []
-    eval_sub: list[int] = []
-    for k, rel in enumerate(order):
-        seed = config.data_seed * 100_003 + k
-        if split_roots:
-            val_dir = root / "val" / rel
-            if not val_dir.is_dir():
-                raise UsageError(f"{root}/val lacks {rel}/ (present in {root}/train)")
-            tr = take(list_images(train_root / rel), config.train_per_subclass, seed)
-            ev = take(list_images(val_dir), config.eval_per_subclass, seed)
-        else:
-            files = list_images(root / rel)
-            if len(files) < 2:
-                raise UsageError(
-                    f"{root / rel}: {len(files)} image(s); need 2+ to split train/eval"
-                )
-            perm = np.random.default_rng(seed).permutation(len(files))
-            n_eval = config.eval_per_subclass or max(1, round(EVAL_FRACTION * len(files)))
-            n_eval = min(n_eval, len(files) - 1)
-            ev = sorted(files[i] for i in perm[:n_eval])
-            tr = take(sorted(files[i] for i in perm[n_eval:]), config.train_per_subclass, seed)
-        if not tr or not ev:
-            raise UsageError(f"{rel}: no images for {'training' if not tr else 'evaluation'}")
-        train_paths += tr
-        eval_paths += ev
-        train_sub += [k] * len(tr)
-        eval_sub += [k] * len(ev)
-
-    tr_sub = np.asarray(train_sub, dtype=np.int64)
-    ev_sub = np.asarray(eval_sub, dtype=np.int64)
-    size = config.image_size or IMAGE_SIZE
-    mean, std = transforms.normalisation(config.arch)
-    eval_tf = transforms.eval_transform(size, mean, std)
-    eval_draft = transforms.decode_size(size, train=False)
-    train_plain = ImageFiles(train_paths, sup_of[tr_sub], tr_sub, eval_tf, eval_draft)
-    return HierarchicalData(
-        name="folder",
-        shuffled=bool(config.shuffle),
-        train=train_plain.with_transform(
-            transforms.train_transform(size, mean, std), transforms.decode_size(size, train=True)
-        ),
-        eval=ImageFiles(eval_paths, sup_of[ev_sub], ev_sub, eval_tf, eval_draft),
-        train_plain=train_plain,
-        train_labels=Labels(sup_of[tr_sub], tr_sub),
-        eval_labels=Labels(sup_of[ev_sub], ev_sub),
-        superclass_names=names,
-        subclass_names=order,
-        image_size=size,
+    train_paths, eval_paths, tr_sub, ev_sub = _split(config, root, train_root, split_roots, order)
+    return _hierarchical_data(
+        config,
+        train_paths,
+        eval_paths,
+        sup_of,
+        tr_sub,
+        ev_sub,
+        names=names,
+        order=order,
         record={
             "source": f"image folders {root}",
             "split_roots": split_roots,
@@ -130,8 +65,114 @@ def load(config):
             "train_per_subclass": config.train_per_subclass,
             "eval_per_subclass": config.eval_per_subclass,
             "data_seed": config.data_seed,
-            "transforms": transforms.describe(size, mean, std),
         },
+    )
+
+
+def _root(config) -> tuple[Path, bool]:
+    """The checked ``--data-dir`` and whether it holds train/ and val/ roots."""
+    if not config.data_dir:
+        raise UsageError(
+            "--dataset folder needs --data-dir DIR laid out as DIR/<superclass>/<subclass>/<images> "
+            "(optionally DIR/train/... and DIR/val/...)"
+        )
+    root = Path(config.data_dir).expanduser()
+    if not root.is_dir():
+        raise UsageError(f"--data-dir {config.data_dir}: no such folder")
+    return root, (root / "train").is_dir() and (root / "val").is_dir()
+
+
+def _groups(config, root: Path, train_root: Path):
+    """(natural superclasses, picked ones, subclass groups as "super/sub", group names)."""
+    tree = scan(train_root)
+    supers = sorted(tree)
+    natural = [[f"{s}/{c}" for c in tree[s]] for s in supers]
+    picked, groups = subsample_groups(
+        natural, classes=config.classes, subclasses=config.subclasses, dataset=f"folder {root}"
+    )
+    names = [supers[i] for i in picked]
+    if config.shuffled:
+        if len({len(g) for g in groups}) != 1:
+            raise UsageError(
+                "--shuffle needs superclasses with equal subclass counts; add --subclasses K"
+            )
+        groups = shuffle_groups(groups)
+        names = [f"group-{j:02d}" for j in range(len(groups))]
+    return supers, picked, groups, names
+
+
+def _split(config, root: Path, train_root: Path, split_roots: bool, order: list[str]):
+    """Train and eval image paths of every subclass (in ``order``) and their subclass ids."""
+    train_paths: list[str] = []
+    eval_paths: list[str] = []
+    train_sub: list[int] = []
+    eval_sub: list[int] = []
+    for k, rel in enumerate(order):
+        seed = config.data_seed * 100_003 + k
+        if split_roots:
+            tr, ev = _from_split_roots(config, root, train_root, rel, seed)
+        else:
+            tr, ev = _held_out(config, root, rel, seed)
+        if not tr or not ev:
+            raise UsageError(f"{rel}: no images for {'training' if not tr else 'evaluation'}")
+        train_paths += tr
+        eval_paths += ev
+        train_sub += [k] * len(tr)
+        eval_sub += [k] * len(ev)
+    tr_sub = np.asarray(train_sub, dtype=np.int64)
+    ev_sub = np.asarray(eval_sub, dtype=np.int64)
+    return train_paths, eval_paths, tr_sub, ev_sub
+
+
+def _from_split_roots(config, root: Path, train_root: Path, rel: str, seed: int):
+    """One subclass's train images from train/, eval images from val/."""
+    val_dir = root / "val" / rel
+    if not val_dir.is_dir():
+        raise UsageError(f"{root}/val lacks {rel}/ (present in {root}/train)")
+    tr = take(list_images(train_root / rel), config.train_per_subclass, seed)
+    ev = take(list_images(val_dir), config.eval_per_subclass, seed)
+    return tr, ev
+
+
+def _held_out(config, root: Path, rel: str, seed: int):
+    """One subclass's images split once, seeded: ``eval_per_subclass`` (or 20%) held out."""
+    files = list_images(root / rel)
+    if len(files) < 2:
+        raise UsageError(f"{root / rel}: {len(files)} image(s); need 2+ to split train/eval")
+    perm = np.random.default_rng(seed).permutation(len(files))
+    n_eval = config.eval_per_subclass or max(1, round(EVAL_FRACTION * len(files)))
+    n_eval = min(n_eval, len(files) - 1)
+    ev = sorted(files[i] for i in perm[:n_eval])
+    tr = take(sorted(files[i] for i in perm[n_eval:]), config.train_per_subclass, seed)
+    return tr, ev
+
+
+def _hierarchical_data(
+    config, train_paths, eval_paths, sup_of, tr_sub, ev_sub, *, names, order, record
+):
+    """The splits as image-file datasets with the arch's transforms, and their record."""
+    from clusterprobe.runners.data import transforms
+    from clusterprobe.runners.data.base import HierarchicalData, Labels
+
+    size = config.image_size or IMAGE_SIZE
+    mean, std = transforms.normalisation(config.arch)
+    eval_tf = transforms.eval_transform(size, mean, std)
+    eval_draft = transforms.decode_size(size, train=False)
+    train_plain = ImageFiles(train_paths, sup_of[tr_sub], tr_sub, eval_tf, eval_draft)
+    return HierarchicalData(
+        name="folder",
+        shuffled=bool(config.shuffled),
+        train=train_plain.with_transform(
+            transforms.train_transform(size, mean, std), transforms.decode_size(size, train=True)
+        ),
+        eval=ImageFiles(eval_paths, sup_of[ev_sub], ev_sub, eval_tf, eval_draft),
+        train_plain=train_plain,
+        train_labels=Labels(sup_of[tr_sub], tr_sub),
+        eval_labels=Labels(sup_of[ev_sub], ev_sub),
+        superclass_names=names,
+        subclass_names=order,
+        image_size=size,
+        record={**record, "transforms": transforms.describe(size, mean, std)},
     )
 
 

@@ -22,15 +22,16 @@ numpy + scipy only; importing this module never imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+from clusterprobe.runners.choices import CLUSTER_BACKENDS, check_choice
 from clusterprobe.runners.engine import metrics
-from clusterprobe.runners.engine.ward import ward
-from clusterprobe.tracker.errors import UsageError
+from clusterprobe.runners.engine.ward import cut_tree, ward
 
 
 class DeadLayerWarning(UserWarning):
@@ -108,35 +109,6 @@ def _triu(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return _TRIU_CACHE[n]
 
 
-def cut_tree(merges: np.ndarray, n: int, n_clusters: int) -> np.ndarray:
-    """Labels 0..k-1 of the k clusters left after the first n-k merges of a linkage.
-
-    Cutting by merge order rather than by height reproduces sklearn's ``_hc_cut``
-    also when merge heights tie. Each leaf climbs to its highest ancestor created
-    within the first n-k merges, by pointer doubling (O(n log n), no Python loop
-    over points).
-    """
-    k = int(n_clusters)
-    if k >= n:
-        return np.arange(n, dtype=np.int64)
-    if n == 1:
-        return np.zeros(1, dtype=np.int64)
-    kept = n - k  # merges that happen; node n+i exists iff i < kept
-    parent = np.arange(2 * n - 1)
-    children = merges[:kept, :2].astype(np.int64)
-    parent[children[:, 0]] = n + np.arange(kept)
-    parent[children[:, 1]] = n + np.arange(kept)
-    # after t doublings every node points 2^t levels up (or to its root): depth <= kept
-    up = parent
-    for _ in range(max(1, int(kept).bit_length())):
-        up = up[up]
-    roots = up[:n]
-    # number the k roots 0..k-1 in node order (no sort needed)
-    is_root = np.zeros(2 * n - 1, dtype=np.int64)
-    is_root[roots] = 1
-    return (np.cumsum(is_root) - 1)[roots]
-
-
 def _dead_tolerance(dtype) -> float:
     # Distances of identical float32 unit vectors computed from a Gram carry ~1e-7 noise.
     return 64.0 * float(np.finfo(np.float32 if dtype == np.float32 else np.float64).eps)
@@ -183,10 +155,11 @@ def _score_task(task):
 
 
 def _check_inputs(grams: dict, subclass: dict) -> dict[int, np.ndarray]:
+    """Every superclass's Grams as a float [L, n, n] array; ValueError naming the first problem."""
     if not grams:
-        raise UsageError("no superclasses given: grams is empty")
+        raise ValueError("no superclasses given: grams is empty")
     if set(grams) != set(subclass):
-        raise UsageError(
+        raise ValueError(
             f"grams and subclass cover different superclasses: {sorted(grams)} vs {sorted(subclass)}"
         )
     out: dict[int, np.ndarray] = {}
@@ -196,32 +169,36 @@ def _check_inputs(grams: dict, subclass: dict) -> dict[int, np.ndarray]:
         if g.ndim == 2:
             g = g[None]
         if g.ndim != 3 or g.shape[1] != g.shape[2]:
-            raise UsageError(
+            raise ValueError(
                 f"superclass {s}: Gram must be [L, n, n] or [n, n], got shape {tuple(g.shape)}"
             )
         if not np.issubdtype(g.dtype, np.floating):
             g = g.astype(np.float64)
         labels = np.asarray(subclass[s]).ravel()
         if labels.shape[0] != g.shape[1]:
-            raise UsageError(
+            raise ValueError(
                 f"superclass {s}: {labels.shape[0]} subclass labels for a {g.shape[1]} x {g.shape[1]} Gram"
             )
         if g.shape[1] == 0:
-            raise UsageError(f"superclass {s} has no images")
+            raise ValueError(f"superclass {s} has no images")
         if num_layers is None:
             num_layers = g.shape[0]
         elif g.shape[0] != num_layers:
-            raise UsageError(f"superclass {s}: {g.shape[0]} layers, others have {num_layers}")
-        finite = np.isfinite(g)
-        if not finite.all():
-            li = int(np.argwhere(~finite.reshape(g.shape[0], -1).all(axis=1))[0, 0])
-            bad = int((~finite).sum())
-            raise UsageError(
-                f"superclass {s}, layer {li}: the Gram matrix holds {bad} NaN/Inf values; "
-                "features must be finite"
-            )
+            raise ValueError(f"superclass {s}: {g.shape[0]} layers, others have {num_layers}")
+        _check_finite(s, g)
         out[s] = g
     return out
+
+
+def _check_finite(s: int, g: np.ndarray) -> None:
+    finite = np.isfinite(g)
+    if not finite.all():
+        li = int(np.argwhere(~finite.reshape(g.shape[0], -1).all(axis=1))[0, 0])
+        bad = int((~finite).sum())
+        raise ValueError(
+            f"superclass {s}, layer {li}: the Gram matrix holds {bad} NaN/Inf values; "
+            "features must be finite"
+        )
 
 
 def cluster_protocol(
@@ -247,77 +224,128 @@ def cluster_protocol(
     A constant layer (every vector zero or all equal) warns
     (:class:`DeadLayerWarning`), is listed in ``.dead`` and is still scored:
     Ward on all-zero distances merges arbitrarily, so its AMI is ~0.
+    Bad input raises ValueError naming it.
     """
     factors = tuple(int(f) for f in factors)
     if not factors or min(factors) < 1:
-        raise UsageError(f"factors {factors!r}: give integers >= 1, e.g. (1, 2, 3, 4, 5)")
-    if backend not in ("thread", "process"):
-        raise UsageError(f"backend {backend!r}: choose 'thread' or 'process'")
+        raise ValueError(f"factors {factors!r}: give integers >= 1, e.g. (1, 2, 3, 4, 5)")
+    check_choice("backend", backend, CLUSTER_BACKENDS)
     checked = _check_inputs(grams, subclass)
     sups = sorted(checked)
-    L = next(iter(checked.values())).shape[0]
-    S, F = len(sups), len(factors)
-
-    tasks = []
-    n_sub = {}
+    num_layers = next(iter(checked.values())).shape[0]
     serial = n_jobs is None and backend == "thread"
-    workers = 1 if serial else resolve_workers(n_jobs, S * L)
-    # Split each superclass's layers into blocks so that there are ~4 tasks per worker.
-    per_task = max(1, (S * L) // max(1, 4 * workers)) if workers > 1 else L
+    workers = 1 if serial else resolve_workers(n_jobs, len(sups) * num_layers)
+    tasks = _tasks(checked, subclass, factors, workers)
+    with _mapper(workers, backend) as run:
+        trees = _Trees.collect(run(_score_task, tasks), sups, num_layers, len(factors))
+    ami = trees.ami()
+    _warn_dead(trees.dead)
+    return ProtocolResult(
+        factors=factors,
+        superclasses=[int(s) for s in sups],
+        ami=ami,
+        purity=trees.purity,
+        assignments=trees.assignments,
+        params=_params(factors, next(iter(checked.values())).dtype, workers, backend),
+        dead=trees.dead,
+        n_clusters=trees.n_clusters,
+    )
+
+
+def _tasks(checked: dict, subclass: dict, factors: tuple[int, ...], workers: int) -> list:
+    """Units of work: one superclass and a block of its layers, ~4 tasks per worker."""
+    sups = sorted(checked)
+    num_layers = next(iter(checked.values())).shape[0]
+    per_task = (
+        max(1, (len(sups) * num_layers) // max(1, 4 * workers)) if workers > 1 else num_layers
+    )
+    tasks = []
     for s in sups:
         _, true_idx = np.unique(np.asarray(subclass[s]).ravel(), return_inverse=True)
-        n_sub[s] = int(true_idx.max()) + 1
-        for start in range(0, L, per_task):
-            layers = list(range(start, min(L, start + per_task)))
-            tasks.append((s, checked[s], true_idx, n_sub[s], factors, layers))
+        n_sub = int(true_idx.max()) + 1
+        for start in range(0, num_layers, per_task):
+            layers = list(range(start, min(num_layers, start + per_task)))
+            tasks.append((s, checked[s], true_idx, n_sub, factors, layers))
+    return tasks
 
+
+@contextlib.contextmanager
+def _mapper(workers: int, backend: str):
+    """``map`` in this thread, or a thread / fork-process pool's ``map``, shut down after."""
     if workers <= 1:
-        results = map(_score_task, tasks)
-        pool = None
-    elif backend == "thread":
+        yield map
+        return
+    if backend == "thread":
         pool = ThreadPoolExecutor(workers)
-        results = pool.map(_score_task, tasks)
     else:
         import multiprocessing as mp
 
         pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"))
-        results = pool.map(_score_task, tasks)
-
-    ami = np.empty((L, S, F))
-    pur = np.empty((L, S, F))
-    n_clusters = np.empty((S, F), dtype=np.int64)
-    assignments: dict[tuple[int, int], np.ndarray] = {}
-    dead: dict[int, list[int]] = {}
-    index = {s: i for i, s in enumerate(sups)}
-    tables: list[np.ndarray] = []  # every tree's cuts, in (layer, superclass, factor) order
-    where: list[tuple[int, int]] = []
     try:
+        yield pool.map
+    finally:
+        pool.shutdown()
+
+
+@dataclass
+class _Trees:
+    """Every tree's cuts gathered from the tasks: purity, labels, and contingency tables."""
+
+    purity: np.ndarray  # [L, S, F]
+    n_clusters: np.ndarray  # int [S, F]
+    assignments: dict[tuple[int, int], np.ndarray]
+    dead: dict[int, list[int]]
+    tables: list[np.ndarray]  # every tree's cuts, in the order of ``where``
+    where: list[tuple[int, int]]  # (layer, superclass index) of each tree
+
+    @classmethod
+    def collect(cls, results, sups: list[int], num_layers: int, num_factors: int) -> _Trees:
+        index = {s: i for i, s in enumerate(sups)}
+        out = cls(
+            purity=np.empty((num_layers, len(sups), num_factors)),
+            n_clusters=np.empty((len(sups), num_factors), dtype=np.int64),
+            assignments={},
+            dead={},
+            tables=[],
+            where=[],
+        )
         for s, layers, outs in results:
             si = index[s]
             for li, (tabs, p, lab, ks, is_dead) in zip(layers, outs, strict=True):
-                tables.extend(tabs)
-                where.append((li, si))
-                pur[li, si] = p
-                assignments[(li, s)] = lab
-                n_clusters[si] = ks
+                out.tables.extend(tabs)
+                out.where.append((li, si))
+                out.purity[li, si] = p
+                out.assignments[(li, s)] = lab
+                out.n_clusters[si] = ks
                 if is_dead:
-                    dead.setdefault(li, []).append(s)
-    finally:
-        if pool is not None:
-            pool.shutdown()
-    # AMI of all cuts of all trees at once: E[MI] is one vectorised pass, not one per tree
-    amis = metrics.ami_many(tables).reshape(len(where), F)
-    for (li, si), a in zip(where, amis, strict=True):
-        ami[li, si] = a
+                    out.dead.setdefault(li, []).append(s)
+        for li in out.dead:
+            out.dead[li].sort()
+        return out
+
+    def ami(self) -> np.ndarray:
+        """[L, S, F] AMI of all cuts of all trees: E[MI] in one vectorised pass, not one per tree."""
+        num_factors = self.purity.shape[2]
+        amis = metrics.ami_many(self.tables).reshape(len(self.where), num_factors)
+        out = np.empty_like(self.purity)
+        for (li, si), a in zip(self.where, amis, strict=True):
+            out[li, si] = a
+        return out
+
+
+def _warn_dead(dead: dict[int, list[int]]) -> None:
     for li in sorted(dead):
-        dead[li].sort()
         warnings.warn(
             f"layer {li}: features are constant (all zero or all identical) in superclass(es) "
             f"{dead[li]}; Ward on all-zero distances is arbitrary there, AMI ~0",
             DeadLayerWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    params = {
+
+
+def _params(factors: tuple[int, ...], gram_dtype, workers: int, backend: str) -> dict[str, str]:
+    """How the protocol's numbers were made (logged as the eval run's cluster.* params)."""
+    return {
         "algorithm": "ward",
         "ward_impl": "scipy nn_chain (= scipy.cluster.hierarchy.linkage ward)",
         "distance": "euclidean from gram: sqrt(max(G_ii+G_jj-2G_ij, 0)), float64",
@@ -326,20 +354,10 @@ def cluster_protocol(
         "ami": "adjusted_mutual_info_score, arithmetic",
         "purity": "sum of majority counts / n",
         "factors": ",".join(str(f) for f in factors),
-        "gram_dtype": str(next(iter(checked.values())).dtype),
+        "gram_dtype": str(gram_dtype),
         "n_jobs": str(workers),
         "backend": backend if workers > 1 else "serial",
     }
-    return ProtocolResult(
-        factors=factors,
-        superclasses=[int(s) for s in sups],
-        ami=ami,
-        purity=pur,
-        assignments=assignments,
-        params=params,
-        dead=dead,
-        n_clusters=n_clusters,
-    )
 
 
 def resolve_workers(n_jobs: int | None, n_tasks: int) -> int:
@@ -366,7 +384,7 @@ def ari_matrix(assign_a: dict, assign_b: dict, factor_index: int = 0) -> np.ndar
     layers_b = sorted({li for li, _ in assign_b})
     sups = sorted({s for _, s in assign_a} & {s for _, s in assign_b})
     if not sups:
-        raise UsageError("the two assignment sets share no superclass")
+        raise ValueError("the two assignment sets share no superclass")
     out = np.zeros((len(layers_a), len(layers_b)))
     for s in sups:
         for i, la in enumerate(layers_a):
@@ -374,7 +392,7 @@ def ari_matrix(assign_a: dict, assign_b: dict, factor_index: int = 0) -> np.ndar
             for j, lb in enumerate(layers_b):
                 xb = assign_b[(lb, s)][factor_index]
                 if xa.shape != xb.shape:
-                    raise UsageError(
+                    raise ValueError(
                         f"superclass {s}: {xa.shape[0]} vs {xb.shape[0]} assignments; "
                         "compare clusterings of the same images"
                     )

@@ -24,16 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from clusterprobe.runners.choices import PRECISIONS, check_choice
 from clusterprobe.runners.engine.cluster import DeadLayerWarning
-from clusterprobe.tracker.errors import UsageError
-
-PRECISIONS = ("fp32", "bf16")
+from clusterprobe.runners.engine.progress import progress_bar
 
 
 @dataclass
@@ -116,9 +114,7 @@ def _tensor_of(x):
         return x
     if isinstance(x, (tuple, list)) and x and isinstance(x[0], torch.Tensor):
         return x[0]
-    raise UsageError(
-        f"a tapped module produced {type(x).__name__}, not a tensor; tap another layer"
-    )
+    raise TypeError(f"a tapped module produced {type(x).__name__}, not a tensor; tap another layer")
 
 
 class _Stop(Exception):
@@ -183,7 +179,7 @@ class _Taps:
         missing = set(self.positions) - self.seen
         if missing:
             names = [self.taps[p].name for p in sorted(missing)]
-            raise UsageError(f"taps {names} never ran in the forward pass; are they in this model?")
+            raise ValueError(f"taps {names} never ran in the forward pass; are they in this model?")
 
 
 @contextlib.contextmanager
@@ -204,11 +200,6 @@ def _eval_mode(model, precision, device):
         model.train(was_training)
         if cuda:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-
-def _check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise UsageError(f"precision {precision!r}: choose {' or '.join(PRECISIONS)}")
 
 
 # --- streaming images ---------------------------------------------------------------------
@@ -323,6 +314,29 @@ class FeatureArena:
         return out
 
 
+@dataclass(frozen=True)
+class _Forward:
+    """What every forward pass of one evaluation shares: model, taps, images, settings."""
+
+    model: torch.nn.Module
+    taps: list
+    dataset: object
+    device: torch.device
+    precision: str
+    batch_size: int
+    workers: int
+
+    def batches(self, rows: np.ndarray, batch_size: int | None = None):
+        """Image batches of ``dataset[rows]`` on the device, in order."""
+        size = batch_size or self.batch_size
+        return _batches(self.dataset, rows, size, self.device, self.workers)
+
+    def run(self, hooks: _Taps, x: torch.Tensor) -> None:
+        """One forward of ``x`` with ``hooks`` attached (it stops after the last tap)."""
+        with hooks:
+            hooks.run(self.model, x, self.precision)
+
+
 class _Superclass:
     """Accumulates Grams and pooled vectors of one superclass, one pass at a time.
 
@@ -337,9 +351,7 @@ class _Superclass:
         self.store_dtype = store_dtype
         self.arena = arena
 
-    def full_pass(
-        self, model, taps, positions, dataset, rows, batch_size, precision, widths, workers
-    ):
+    def full_pass(self, fwd: _Forward, positions, rows, widths):
         """One forward over all n rows holding the features of ``positions``: exact Grams."""
         feats = dict(
             zip(positions, self.arena.views(self.n, [widths[p] for p in positions]), strict=True)
@@ -354,23 +366,20 @@ class _Superclass:
                 pooled[pos].append(pool(t))
 
         tap_positions = [p for p in positions if p >= 0]
-        hooks = _Taps(taps, tap_positions, consume)
-        for x in _batches(dataset, rows, batch_size, self.device, workers):
+        hooks = _Taps(fwd.taps, tap_positions, consume)
+        for x in fwd.batches(rows):
             if -1 in feats:  # raw pixels, as the model sees them
                 consume(-1, x)
             if tap_positions:
-                with hooks:
-                    hooks.run(model, x, precision)
+                fwd.run(hooks, x)
             cursor[0] += x.shape[0]
         grams = {p: unit_gram(f) for p, f in feats.items()}
         return grams, {p: torch.cat(v) for p, v in pooled.items()}
 
-    def blocked_pass(
-        self, model, taps, pos, dataset, rows, batch_size, precision, width, budget, workers
-    ):
+    def blocked_pass(self, fwd: _Forward, pos, rows, width, budget):
         """One layer too wide for n rows: row blocks X_p held in turn, G[p, q] = X_p X_q^T."""
         itemsize = torch.empty((), dtype=self.store_dtype).element_size()
-        bs = max(1, min(batch_size, budget // (2 * width * itemsize)))
+        bs = max(1, min(fwd.batch_size, budget // (2 * width * itemsize)))
         m = max(1, budget // (width * itemsize) - bs)  # rows held, leaving room for one batch
         gram = torch.zeros((self.n, self.n), dtype=torch.float32, device=self.device)
         pooled: list[torch.Tensor] = []
@@ -384,7 +393,7 @@ class _Superclass:
                 _held[r0 : r0 + f.shape[0]] = f
                 pooled.append(pool(t))
 
-            self._stream(model, taps, pos, dataset, rows[p0:p1], bs, precision, workers, keep)
+            self._stream(fwd, pos, rows[p0:p1], bs, keep)
             gram[p0:p1, p0:p1] = gram_block(held, held)
             for q0 in starts[bi + 1 :]:
                 q1 = min(self.n, q0 + m)
@@ -394,11 +403,11 @@ class _Superclass:
                     gram[_p0:_p1, _q0 + r0 : _q0 + r0 + f.shape[0]] = block
                     gram[_q0 + r0 : _q0 + r0 + f.shape[0], _p0:_p1] = block.T
 
-                self._stream(model, taps, pos, dataset, rows[q0:q1], bs, precision, workers, cross)
+                self._stream(fwd, pos, rows[q0:q1], bs, cross)
             del held
         return scale_to_unit(gram), (torch.cat(pooled) if pooled and pos >= 0 else None)
 
-    def _stream(self, model, taps, pos, dataset, rows, bs, precision, workers, sink):
+    def _stream(self, fwd: _Forward, pos, rows, bs, sink):
         """Forward ``rows`` in batches; ``sink(row offset, unit features, activation)`` per batch."""
         offset = [0]
         box: dict[str, torch.Tensor] = {}
@@ -406,13 +415,12 @@ class _Superclass:
         def consume(p, t):
             box["t"] = t
 
-        hooks = _Taps(taps, [pos], consume) if pos >= 0 else None
-        for x in _batches(dataset, rows, bs, self.device, workers):
+        hooks = _Taps(fwd.taps, [pos], consume) if pos >= 0 else None
+        for x in fwd.batches(rows, bs):
             if hooks is None:
                 t = x
             else:
-                with hooks:
-                    hooks.run(model, x, precision)
+                fwd.run(hooks, x)
                 t = box.pop("t")
             sink(offset[0], flatten(t).to(self.store_dtype), t)
             offset[0] += x.shape[0]
@@ -456,120 +464,128 @@ def embed_eval(
     first input). dataset: the eval split (items ``(image, superclass, subclass)``),
     or a tensor of images; labels: its :class:`Labels`. Returns an
     :class:`Embedding`; constant layers are listed in ``.dead`` with a warning.
+    Bad arguments raise ValueError (TypeError for a tap that yields no tensor).
     """
-    _check_precision(precision)
+    check_choice("precision", precision, PRECISIONS)
     device = torch.device(device)
     if not taps:
-        raise UsageError("no layers to tap: the taps list is empty")
+        raise ValueError("no layers to tap: the taps list is empty")
     sup = np.asarray(labels.superclass)
-    n_eval = sup.shape[0]
-    if n_eval == 0:
-        raise UsageError("the evaluation set is empty")
+    if sup.shape[0] == 0:
+        raise ValueError("the evaluation set is empty")
     budget = int(memory_budget) if memory_budget is not None else default_budget(device)
-    store_dtype = (
-        torch.bfloat16 if (precision == "bf16" and device.type == "cuda") else torch.float32
-    )
-    itemsize = torch.empty((), dtype=store_dtype).element_size()
-    L = len(taps)
-    grams: dict[int, np.ndarray] = {}
-    pixel_grams: dict[int, np.ndarray] = {}
-    eval_index: dict[int, np.ndarray] = {}
-    dead: dict[int, list[int]] = {}
-    passes = 0
-    arena = FeatureArena(device, store_dtype)
+    fwd = _Forward(model, list(taps), dataset, device, precision, batch_size, workers)
     with _eval_mode(model, precision, device):
-        shapes = _probe_shapes(model, taps, dataset, 0, device, precision)
-        pooled = [np.zeros((n_eval, c), dtype=np.float32) for _, c in shapes]
-        pix_width = int(_first_image(dataset, 0)[0].numel())
+        run = _Evaluation(fwd, budget, n_eval=sup.shape[0], pixels=pixels)
         sups = sorted(int(s) for s in np.unique(sup))
-        progress = _progress(len(sups), quiet)
+        bar = progress_bar(len(sups), show=not quiet, desc="embed", unit="superclass")
         for s in sups:
-            rows = np.flatnonzero(sup == s).astype(np.int64)
-            n = rows.shape[0]
-            acc = _Superclass(n, device, store_dtype, arena)
-            widths = {p: d for p, (d, _) in enumerate(shapes)}
-            widths[-1] = pix_width
-            order = ([-1] if pixels else []) + list(range(L))
-            groups = _plan([widths[p] for p in order], n, itemsize, budget)
-            out: dict[int, torch.Tensor] = {}
-            for group in groups:
-                positions = [order[i] for i in group]
-                fits = n * sum(widths[p] for p in positions) * itemsize <= budget
-                if fits:
-                    g, pl = acc.full_pass(
-                        model,
-                        taps,
-                        positions,
-                        dataset,
-                        rows,
-                        batch_size,
-                        precision,
-                        widths,
-                        workers,
-                    )
-                    passes += 1
-                    out.update(g)
-                    for p, v in pl.items():
-                        pooled[p][rows] = _host(v)
-                else:  # a single layer wider than the budget allows for n rows
-                    (pos,) = positions
-                    g, pl = acc.blocked_pass(
-                        model,
-                        taps,
-                        pos,
-                        dataset,
-                        rows,
-                        batch_size,
-                        precision,
-                        widths[pos],
-                        budget,
-                        workers,
-                    )
-                    passes += 1
-                    out[pos] = g
-                    if pl is not None and pos >= 0:
-                        pooled[pos][rows] = _host(pl)
-            stack = np.stack([_host(out[p]) for p in range(L)])
-            if not np.isfinite(stack).all():
-                li = int(np.argwhere(~np.isfinite(stack).reshape(L, -1).all(axis=1))[0, 0])
-                raise UsageError(
-                    f"layer {li} ({taps[li].name}): activations hold NaN/Inf for superclass {s} "
-                    "(a diverged model, or an fp16/bf16 overflow?)"
-                )
-            grams[s] = stack
-            if pixels:
-                pixel_grams[s] = _host(out[-1])
-            eval_index[s] = rows
-            for li in range(L):
-                if _is_constant(stack[li]):
-                    dead.setdefault(li, []).append(s)
-            progress.update(1)
-        progress.close()
-    for li in sorted(dead):
+            run.add_superclass(s, np.flatnonzero(sup == s).astype(np.int64))
+            bar.update(1)
+        bar.close()
+    for li in sorted(run.dead):
         warnings.warn(
-            f"layer {li} ({taps[li].name}) is dead: constant activations (all zero or all "
-            f"identical) in superclass(es) {dead[li]}",
+            f"layer {li} ({fwd.taps[li].name}) is dead: constant activations (all zero or all "
+            f"identical) in superclass(es) {run.dead[li]}",
             DeadLayerWarning,
             stacklevel=2,
         )
-    params = {
-        "precision": precision,
-        "feature_store": str(store_dtype).replace("torch.", ""),
-        "gram": "tf32" if (precision == "bf16" and device.type == "cuda") else "fp32",
-        "device": str(device),
-        "memory_budget_bytes": str(budget),
-        "forward_passes": str(passes),
-        "normalisation": "l2 per example, zero rows stay zero",
-    }
-    return Embedding(
-        layer_names=[t.name for t in taps],
-        grams=grams,
-        eval_index=eval_index,
-        pixel_grams=pixel_grams,
-        pooled=pooled,
-        dead=dead,
-        params=params,
-    )
+    return run.embedding()
+
+
+def _store_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """Features are held in bf16 on CUDA under bf16 (Grams still accumulate in fp32)."""
+    return torch.bfloat16 if (precision == "bf16" and device.type == "cuda") else torch.float32
+
+
+class _Evaluation:
+    """One :func:`embed_eval` in progress: what every superclass adds up to.
+
+    Construct it under :func:`_eval_mode`: it probes the taps' widths with a
+    one-image forward.
+    """
+
+    def __init__(self, fwd: _Forward, budget: int, *, n_eval: int, pixels: bool):
+        self.fwd = fwd
+        self.budget = budget
+        self.pixels = pixels
+        self.store_dtype = _store_dtype(fwd.precision, fwd.device)
+        self.itemsize = torch.empty((), dtype=self.store_dtype).element_size()
+        self.arena = FeatureArena(fwd.device, self.store_dtype)
+        shapes = _probe_shapes(fwd.model, fwd.taps, fwd.dataset, 0, fwd.device, fwd.precision)
+        self.pooled = [np.zeros((n_eval, c), dtype=np.float32) for _, c in shapes]
+        self.widths = {p: d for p, (d, _) in enumerate(shapes)}
+        self.widths[-1] = int(_first_image(fwd.dataset, 0)[0].numel())  # position -1: pixels
+        self.order = ([-1] if pixels else []) + list(range(len(fwd.taps)))
+        self.grams: dict[int, np.ndarray] = {}
+        self.pixel_grams: dict[int, np.ndarray] = {}
+        self.eval_index: dict[int, np.ndarray] = {}
+        self.dead: dict[int, list[int]] = {}
+        self.passes = 0
+
+    def add_superclass(self, s: int, rows: np.ndarray) -> None:
+        """Grams (every tap, pixels) and pooled vectors of superclass ``s`` = ``dataset[rows]``."""
+        out = self._unit_grams(rows)
+        num_layers = len(self.fwd.taps)
+        stack = np.stack([_host(out[p]) for p in range(num_layers)])
+        if not np.isfinite(stack).all():
+            li = int(np.argwhere(~np.isfinite(stack).reshape(num_layers, -1).all(axis=1))[0, 0])
+            raise ValueError(
+                f"layer {li} ({self.fwd.taps[li].name}): activations hold NaN/Inf for "
+                f"superclass {s} (a diverged model, or an fp16/bf16 overflow?)"
+            )
+        self.grams[s] = stack
+        if self.pixels:
+            self.pixel_grams[s] = _host(out[-1])
+        self.eval_index[s] = rows
+        for li in range(num_layers):
+            if _is_constant(stack[li]):
+                self.dead.setdefault(li, []).append(s)
+
+    def _unit_grams(self, rows: np.ndarray) -> dict[int, torch.Tensor]:
+        """Position -> unit Gram of one superclass, in as few forward passes as the budget
+        allows; pooled vectors are written into ``self.pooled`` on the way."""
+        n = rows.shape[0]
+        acc = _Superclass(n, self.fwd.device, self.store_dtype, self.arena)
+        out: dict[int, torch.Tensor] = {}
+        for group in _plan([self.widths[p] for p in self.order], n, self.itemsize, self.budget):
+            positions = [self.order[i] for i in group]
+            if n * sum(self.widths[p] for p in positions) * self.itemsize <= self.budget:
+                grams, pooled = acc.full_pass(self.fwd, positions, rows, self.widths)
+                out.update(grams)
+                for p, v in pooled.items():
+                    self.pooled[p][rows] = _host(v)
+            else:  # a single layer wider than the budget allows for n rows
+                (pos,) = positions
+                out[pos], pooled = acc.blocked_pass(
+                    self.fwd, pos, rows, self.widths[pos], self.budget
+                )
+                if pooled is not None and pos >= 0:
+                    self.pooled[pos][rows] = _host(pooled)
+            self.passes += 1
+        return out
+
+    def embedding(self) -> Embedding:
+        fwd = self.fwd
+        bf16_cuda = fwd.precision == "bf16" and fwd.device.type == "cuda"
+        params = {
+            "precision": fwd.precision,
+            "feature_store": str(self.store_dtype).replace("torch.", ""),
+            "gram": "tf32" if bf16_cuda else "fp32",
+            "device": str(fwd.device),
+            "memory_budget_bytes": str(self.budget),
+            "forward_passes": str(self.passes),
+            "normalisation": "l2 per example, zero rows stay zero",
+        }
+        return Embedding(
+            layer_names=[t.name for t in fwd.taps],
+            grams=self.grams,
+            eval_index=self.eval_index,
+            pixel_grams=self.pixel_grams,
+            pooled=self.pooled,
+            dead=self.dead,
+            params=params,
+        )
 
 
 def pooled_features(
@@ -585,7 +601,7 @@ def pooled_features(
     quiet: bool = True,
 ) -> list[np.ndarray]:
     """Per layer float32 [n, C_l]: global-average-pooled activations of ``dataset[indices]``."""
-    _check_precision(precision)
+    check_choice("precision", precision, PRECISIONS)
     device = torch.device(device)
     rows = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
     chunks: list[list[torch.Tensor]] = [[] for _ in taps]
@@ -594,7 +610,7 @@ def pooled_features(
         chunks[pos].append(pool(t).cpu())
 
     hooks = _Taps(taps, range(len(taps)), consume)
-    progress = _progress(len(rows), quiet, desc="pooled", unit="image")
+    progress = progress_bar(len(rows), show=not quiet, desc="pooled", unit="image")
     with _eval_mode(model, precision, device):
         for x in _batches(dataset, rows, batch_size, device, workers):
             with hooks:
@@ -604,21 +620,3 @@ def pooled_features(
     if len(rows) == 0:
         return [np.zeros((0, 0), dtype=np.float32) for _ in taps]
     return [torch.cat(c).numpy().astype(np.float32, copy=False) for c in chunks]
-
-
-class _NoProgress:
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(total: int, quiet: bool, desc: str = "embed", unit: str = "superclass"):
-    if quiet:
-        return _NoProgress()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return _NoProgress()
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)

@@ -1,8 +1,9 @@
 """Scores that compare a clustering with the true subclass labels.
 
-Every function takes two label vectors (any hashable integer values, same
-length) and returns a plain ``float``; ``*_score``-style functions are higher is
-better. They follow scikit-learn's definitions (``sklearn.metrics.cluster``) to
+Every score takes two label vectors (any hashable integer values, same
+length) and returns a plain ``float``, higher is better; :data:`SCORES` lists
+them by name (``*_from_table`` variants take a precomputed contingency table).
+They follow scikit-learn's definitions (``sklearn.metrics.cluster``) to
 1e-9 but skip its input validation and sparse machinery, which dominate the cost
 for the few-hundred-point problems of the per-superclass protocol (the protocol
 scores every (superclass, layer, factor): ~1,000 calls for ResNet-50).
@@ -353,3 +354,9 @@ def ari_from_table(table: np.ndarray) -> float:
     if mean == expected:
         return 1.0
     return float((sum_comb - expected) / (mean - expected))
+
+
+# The public scores, by name: two label vectors in, a float out. tests/test_metrics.py
+# checks each against its scikit-learn reference and its property tables, and fails on a
+# public score function of this module that is missing here.
+SCORES = {f.__name__: f for f in (ami, ari, purity)}

@@ -32,12 +32,13 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from clusterprobe.tracker.errors import UsageError
-
-BACKENDS = ("auto", "faiss", "torch")
-INDEXES = ("flat", "ivf", "hnsw")
-METRICS = ("l2", "ip")
-PRECISIONS = ("fp32", "tf32", "bf16")  # torch matmul precision; FAISS is always fp32
+from clusterprobe.runners.choices import (
+    NEIGHBOR_BACKENDS,
+    NEIGHBOR_INDEXES,
+    NEIGHBOR_METRICS,
+    NEIGHBOR_PRECISIONS,
+    check_choice,
+)
 
 # Work (multiply-adds) below which "auto" does not bother probing: a few seconds at worst.
 _PROBE_WORK = 2e11
@@ -87,19 +88,18 @@ def resolve_backend(
     ``work`` is the job's multiply-add count; "auto" probes both CPU engines only
     when it exceeds ``_PROBE_WORK`` (the probe costs ~0.2 s plus torch's import).
     """
-    if backend not in BACKENDS:
-        raise UsageError(f"backend {backend!r} is not known; use one of {', '.join(BACKENDS)}")
+    check_choice("backend", backend, NEIGHBOR_BACKENDS)
     if backend == "faiss":
         if not _have_faiss():
-            raise UsageError("backend 'faiss' asked but faiss is not installed; use 'torch'")
+            raise ValueError("backend 'faiss' asked but faiss is not installed; use 'torch'")
         return "faiss"
     if backend == "torch":
         if not _have_torch():
-            raise UsageError("backend 'torch' asked but torch is not installed; use 'faiss'")
+            raise ValueError("backend 'torch' asked but torch is not installed; use 'faiss'")
         return "torch"
     has_faiss, has_torch = _have_faiss(), _have_torch()
     if not has_faiss and not has_torch:
-        raise UsageError("neither faiss nor torch is installed; install faiss-cpu or torch")
+        raise ValueError("neither faiss nor torch is installed; install faiss-cpu or torch")
     if _faiss_gpu():
         return "faiss"
     if has_torch and _torch_cuda():
@@ -152,13 +152,22 @@ def probe_decisions() -> dict[str, str]:
 def _check_x(x) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
-        raise UsageError(f"points must be a non-empty 2-D array [N, d]; got shape {x.shape}")
+        raise ValueError(f"points must be a non-empty 2-D array [N, d]; got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.number):
-        raise UsageError(f"points must be numeric; got dtype {x.dtype}")
+        raise TypeError(f"points must be numeric; got dtype {x.dtype}")
     x = np.ascontiguousarray(x, dtype=np.float32)
     if not np.isfinite(x).all():
-        raise UsageError("points contain NaN or Inf; remove or impute them before clustering")
+        raise ValueError("points contain NaN or Inf; remove or impute them before clustering")
     return x
+
+
+def _check_count(name: str, value, high: int | None, what: str) -> None:
+    """An integer in 1..high (no upper bound when ``high`` is None), or TypeError/ValueError."""
+    allowed = "an integer >= 1" if high is None else f"1 <= {name} <= {high}"
+    if not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}={value!r} {what} is not an integer; use {allowed}")
+    if value < 1 or (high is not None and value > high):
+        raise ValueError(f"{name}={value!r} {what} is invalid; use {allowed}")
 
 
 def knn(
@@ -184,16 +193,10 @@ def knn(
     """
     x = _check_x(x)
     n, d = x.shape
-    if not isinstance(k, (int, np.integer)) or not 1 <= k < n:
-        raise UsageError(f"k={k!r} neighbours is invalid for {n} points; use 1 <= k < {n}")
-    if metric not in METRICS:
-        raise UsageError(f"metric {metric!r} is not known; use one of {', '.join(METRICS)}")
-    if index not in INDEXES:
-        raise UsageError(f"index {index!r} is not known; use one of {', '.join(INDEXES)}")
-    if precision not in PRECISIONS:
-        raise UsageError(
-            f"precision {precision!r} is not known; use one of {', '.join(PRECISIONS)}"
-        )
+    _check_count("k", k, n - 1, f"neighbours for {n} points")
+    check_choice("metric", metric, NEIGHBOR_METRICS)
+    check_choice("index", index, NEIGHBOR_INDEXES)
+    check_choice("precision", precision, NEIGHBOR_PRECISIONS)
     engine = knn_backend(n, d, backend=backend, index=index)
     if engine == "torch":
         return _knn_torch(x, int(k), metric, index, precision)
@@ -204,7 +207,7 @@ def knn_backend(n: int, d: int, *, backend: str = "auto", index: str = "flat") -
     """The engine ``knn`` uses for ``n`` points in ``d`` dimensions (for the record)."""
     if index != "flat":
         if backend == "torch":
-            raise UsageError(f"index {index!r} needs backend 'faiss'; the torch backend is exact")
+            raise ValueError(f"index {index!r} needs backend 'faiss'; the torch backend is exact")
         return resolve_backend("faiss")
     return resolve_backend(backend, work=float(n) * n * d, dim=d, task="knn")
 
@@ -276,7 +279,7 @@ def _knn_torch(x, k, metric, index, precision, device=None):
     import torch
 
     if index != "flat":
-        raise UsageError(f"index {index!r} needs backend 'faiss'; the torch backend is exact only")
+        raise ValueError(f"index {index!r} needs backend 'faiss'; the torch backend is exact only")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     xt = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
     xt = xt.to(dev, torch.float32)
@@ -338,12 +341,10 @@ def kmeans(
     """
     x = _check_x(x)
     n, d = x.shape
-    if not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
-        raise UsageError(f"k={k!r} clusters is invalid for {n} points; use 1 <= k <= {n}")
-    if not isinstance(niter, (int, np.integer)) or niter < 1:
-        raise UsageError(f"niter={niter!r} is invalid; use an integer >= 1")
+    _check_count("k", k, n, f"clusters for {n} points")
+    _check_count("niter", niter, None, "iterations")
     if gpu not in ("auto", True, False):
-        raise UsageError(f"gpu={gpu!r} is invalid; use 'auto', True or False")
+        raise ValueError(f"gpu={gpu!r} is invalid; use 'auto', True or False")
     engine = resolve_backend(backend, work=float(n) * k * d * niter, dim=d, task="kmeans")
     if gpu is False:
         if engine == "torch":
@@ -354,13 +355,13 @@ def kmeans(
         if gpu is True and not use_gpu:
             if _have_torch() and _torch_cuda():
                 return _kmeans_torch(x, int(k), seed, int(niter), "cuda")
-            raise UsageError(
+            raise ValueError(
                 "gpu=True asked but no GPU is usable by faiss or torch; use gpu='auto'"
             )
         return _kmeans_faiss(x, int(k), seed, int(niter), use_gpu)
     cuda = _torch_cuda()
     if gpu is True and not cuda:
-        raise UsageError("gpu=True asked but torch sees no CUDA device; use gpu='auto'")
+        raise ValueError("gpu=True asked but torch sees no CUDA device; use gpu='auto'")
     return _kmeans_torch(x, int(k), seed, int(niter), "cuda" if cuda else "cpu")
 
 

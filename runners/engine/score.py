@@ -6,18 +6,22 @@ per example (an all-zero row stays zero); per superclass their Gram matrix is
 formed in float64, in column chunks so that wide features (hundreds of
 thousands of values per example) never need a float64 copy, and handed to the
 same :func:`clusterprobe.runners.engine.cluster.cluster_protocol` that ``run`` uses.
+
+Bad input raises ValueError (TypeError for a non-numeric array) naming the
+problem: :func:`load_npz` and :func:`superclass_grams` find everything that can be
+wrong with a file before any clustering starts, so ``clusterprobe score`` can
+report it as a usage error.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from clusterprobe.runners.engine.cluster import ProtocolResult, cluster_protocol, resolve_workers
-from clusterprobe.tracker.errors import UsageError
+from clusterprobe.runners.engine.progress import progress_bar
 
 NPZ_KEYS = ("features", "superclass", "subclass")
 CHUNK_BYTES = 64 << 20  # float64 working set per column chunk
@@ -26,7 +30,7 @@ CHUNK_BYTES = 64 << 20  # float64 working set per column chunk
 def check_arrays(
     features, superclass, subclass, *, need_superclass: bool = True, check_finite: bool = True
 ) -> tuple:
-    """Validate the three arrays (UsageError naming the problem); return them cleaned.
+    """Validate the three arrays (ValueError/TypeError naming the problem); return them cleaned.
 
     features: [N, ...] real numbers, finite. superclass, subclass: [N] integers.
     check_finite=False skips the one full pass over the features for callers that
@@ -35,18 +39,18 @@ def check_arrays(
     """
     features = np.asarray(features)
     if features.ndim < 2:
-        raise UsageError(
+        raise ValueError(
             f"features has shape {features.shape}; expected [N, ...] with one row per example"
         )
     if features.shape[0] == 0:
-        raise UsageError("features has no rows (N = 0)")
+        raise ValueError("features has no rows (N = 0)")
     if not (
         np.issubdtype(features.dtype, np.floating) or np.issubdtype(features.dtype, np.integer)
     ):
-        raise UsageError(f"features has dtype {features.dtype}; expected floats")
+        raise TypeError(f"features has dtype {features.dtype}; expected floats")
     features = features.reshape(features.shape[0], -1)
     if features.shape[1] == 0:
-        raise UsageError(f"features has shape {features.shape}: zero values per example")
+        raise ValueError(f"features has shape {features.shape}: zero values per example")
     n = features.shape[0]
     out = []
     for name, arr in (("superclass", superclass), ("subclass", subclass)):
@@ -54,14 +58,14 @@ def check_arrays(
             if name == "superclass" and not need_superclass:
                 out.append(np.zeros(n, dtype=np.int64))
                 continue
-            raise UsageError(f"missing array {name!r}")
+            raise ValueError(f"missing array {name!r}")
         arr = np.asarray(arr)
         if arr.ndim != 1 or arr.shape[0] != n:
-            raise UsageError(
+            raise ValueError(
                 f"{name} has shape {arr.shape}; expected ({n},), one label per row of features"
             )
         if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
-            raise UsageError(f"{name} has dtype {arr.dtype}; labels must be integers")
+            raise TypeError(f"{name} has dtype {arr.dtype}; labels must be integers")
         out.append(arr.astype(np.int64))
     if check_finite and np.issubdtype(features.dtype, np.floating):
         bad = _first_nonfinite_row(features)
@@ -70,8 +74,8 @@ def check_arrays(
     return features, out[0], out[1]
 
 
-def _nonfinite(row: int) -> UsageError:
-    return UsageError(f"features row {row} holds NaN or Inf; every value must be finite")
+def _nonfinite(row: int) -> ValueError:
+    return ValueError(f"features row {row} holds NaN or Inf; every value must be finite")
 
 
 def _first_nonfinite_row(features: np.ndarray) -> int | None:
@@ -124,39 +128,47 @@ def unit_rows(features: np.ndarray, dtype=np.float32) -> np.ndarray:
 def protocol(
     features, superclass, subclass, factors=(1, 2, 3, 4, 5), *, n_jobs=None, progress=False
 ) -> ProtocolResult:
-    """The per-superclass protocol on one feature matrix (one "layer").
+    """The per-superclass protocol on one feature matrix (one "layer")."""
+    grams, subs = superclass_grams(features, superclass, subclass, n_jobs=n_jobs, progress=progress)
+    return cluster_protocol(grams, subs, factors, n_jobs=n_jobs)
 
-    Grams of the superclasses are formed in parallel threads (numpy's BLAS
-    releases the GIL), each with a single-threaded BLAS: on a shared machine a
-    multi-threaded BLAS on these small products spin-waits for descheduled
-    partners and was measured 10-20x slower than one thread per superclass.
+
+def superclass_grams(
+    features, superclass, subclass, *, n_jobs=None, progress=False
+) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """Checked input of :func:`cluster_protocol`: per superclass, the unit Gram and subclasses.
+
+    Validates the arrays (:func:`check_arrays`); NaN/Inf are found from the Gram
+    diagonals instead of by an extra pass over the features, so after this returns
+    nothing about the input is left to fail. Grams of the superclasses are formed in
+    parallel threads (numpy's BLAS releases the GIL), each with a single-threaded
+    BLAS: on a shared machine a multi-threaded BLAS on these small products
+    spin-waits for descheduled partners and was measured 10-20x slower than one
+    thread per superclass.
     """
-    # NaN/Inf are found from the Grams below instead of by an extra pass over the features
     features, superclass, subclass = check_arrays(
         features, superclass, subclass, check_finite=False
     )
     sups = [int(s) for s in np.unique(superclass)]
     rows = {s: _rows(superclass, s) for s in sups}
     workers = resolve_workers(n_jobs, len(sups))
-    bar = _bar(len(sups), progress)
+    bar = progress_bar(len(sups), show=progress, desc="gram", unit="superclass")
+    grams = {}
     with _single_threaded_blas():
         if workers > 1:
             with ThreadPoolExecutor(workers) as pool:
                 done = pool.map(lambda s: unit_gram(features[rows[s]]), sups)
-                grams = {}
                 for s, g in zip(sups, done, strict=True):
                     grams[s] = g
                     bar.update(1)
         else:
-            grams = {}
             for s in sups:
                 grams[s] = unit_gram(features[rows[s]])
                 bar.update(1)
     bar.close()
     for s in sups:
         _check_gram_finite(grams[s], features, rows[s])
-    subs = {s: subclass[rows[s]] for s in sups}
-    return cluster_protocol(grams, subs, factors, n_jobs=n_jobs)
+    return grams, {s: subclass[rows[s]] for s in sups}
 
 
 def _rows(superclass: np.ndarray, s: int) -> slice | np.ndarray:
@@ -176,30 +188,11 @@ def _check_gram_finite(gram: np.ndarray, features: np.ndarray, rows) -> None:
     global_rows = np.arange(features.shape[0])[rows]
     row = int(global_rows[bad[0]])
     if np.isfinite(features[row]).all():
-        raise UsageError(
+        raise ValueError(
             f"features row {row} is too large: its squared norm overflows float64; rescale "
             "the features"
         )
     raise _nonfinite(int(global_rows[_first_nonfinite_row(features[rows])]))
-
-
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
-
-
-def _bar(total: int, on: bool):
-    """tqdm over superclasses on stderr, or nothing (tqdm imported only when shown)."""
-    if not on:
-        return _NoBar()
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, desc="gram", unit="superclass", file=sys.stderr, leave=False)
 
 
 @contextlib.contextmanager
@@ -290,23 +283,24 @@ def load_npz(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read and check ``features``, ``superclass``, ``subclass`` from an .npz (no pickles).
 
-    check_finite: as in :func:`check_arrays`.
+    check_finite: as in :func:`check_arrays`. Every problem with the file is a
+    ValueError (TypeError for arrays of the wrong dtype) naming it.
     """
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"{path}: no such file; give an .npz with features, superclass, subclass")
+        raise ValueError(f"{path}: no such file; give an .npz with features, superclass, subclass")
     try:
         npz = np.load(path, allow_pickle=False)
     except Exception as err:  # numpy raises several types for non-npz bytes
-        raise UsageError(f"{path}: not a readable .npz file ({type(err).__name__})") from None
+        raise ValueError(f"{path}: not a readable .npz file ({type(err).__name__})") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise UsageError(f"{path}: a bare .npy array, not an .npz with keys {', '.join(NPZ_KEYS)}")
+        raise ValueError(f"{path}: a bare .npy array, not an .npz with keys {', '.join(NPZ_KEYS)}")
     with npz:
         keys = set(npz.files)
         required = [k for k in NPZ_KEYS if need_superclass or k != "superclass"]
         missing = [k for k in required if k not in keys]
         if missing:
-            raise UsageError(
+            raise ValueError(
                 f"{path}: missing array(s) {', '.join(missing)}; found {', '.join(sorted(keys)) or 'none'}"
             )
         try:
@@ -314,7 +308,7 @@ def load_npz(
             features = _mapped_member(path, "features")
             arrays["features"] = npz["features"] if features is None else features
         except ValueError as err:  # object arrays need pickles, which we refuse
-            raise UsageError(f"{path}: cannot read arrays without pickle ({err})") from None
+            raise ValueError(f"{path}: cannot read arrays without pickle ({err})") from None
     return check_arrays(
         arrays["features"],
         arrays.get("superclass"),

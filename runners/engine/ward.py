@@ -1,4 +1,4 @@
-"""Ward linkage from condensed distances: scipy's nearest-neighbour chain, imported lean.
+"""Ward trees: scipy's nearest-neighbour chain imported lean, and cutting a tree by merge order.
 
 ``scipy.cluster.hierarchy.linkage(y, "ward")`` validates ``y`` and then runs one
 compiled function, ``scipy.cluster._hierarchy.nn_chain``. Importing
@@ -12,6 +12,10 @@ If scipy ever moves or renames it, :func:`ward` falls back to the public
 
 Callers pass finite, non-negative condensed distances (``cluster.gram_distances``
 makes them); that is the validation ``linkage`` would do.
+
+:func:`cut_tree` cuts any tree given in merge order (scipy's ``Z``, sklearn's
+``children_``, the whole-dataset methods' merge lists) into a number of clusters;
+the per-superclass protocol and whole-dataset clustering share it.
 """
 
 from __future__ import annotations
@@ -64,3 +68,34 @@ def ward(y: np.ndarray, n: int) -> np.ndarray:
     from scipy.cluster.hierarchy import linkage
 
     return linkage(y, method="ward")
+
+
+def cut_tree(merges: np.ndarray, n: int, n_clusters: int) -> np.ndarray:
+    """Labels 0..c-1 of the ``n`` leaves after the first ``n - n_clusters`` merges.
+
+    ``merges``: ``[m, >= 2]`` in merge order, merge ``i`` joining the nodes in its
+    first two columns into node ``n + i`` (scipy's linkage ``Z`` or sklearn's
+    ``children_``). Cutting by merge order rather than by height reproduces
+    sklearn's ``_hc_cut`` also when merge heights tie. A forest (``m < n - 1``)
+    cannot go below ``n - m`` clusters: it stops there. Clusters are numbered in
+    the order of their root node. Each leaf climbs to its highest ancestor among
+    the applied merges by pointer doubling (O(n log n), no Python loop over points).
+    """
+    merges = np.asarray(merges)
+    applied = min(max(n - int(n_clusters), 0), merges.shape[0])
+    if applied == 0:
+        return np.arange(n, dtype=np.int64)
+    children = merges[:applied, :2].astype(np.int64)
+    made = n + np.arange(applied)
+    parent = np.arange(n + applied)
+    parent[children[:, 0]] = made
+    parent[children[:, 1]] = made
+    # after t doublings every node points 2^t levels up (or to its root): depth <= applied
+    up = parent
+    for _ in range(int(applied).bit_length()):
+        up = up[up]
+    roots = up[:n]
+    # number the roots 0..c-1 in node order (no sort needed)
+    is_root = np.zeros(n + applied, dtype=np.int64)
+    is_root[roots] = 1
+    return (np.cumsum(is_root) - 1)[roots]

@@ -3,7 +3,8 @@
 ``score_whole(features, subclass, factors)`` clusters the rows of ``features``
 into ``n_subclasses * factor`` clusters for every factor and scores each
 partition against ``subclass`` (AMI, purity). Hierarchical methods build one
-tree and cut it at every factor (never refit per factor). Methods (``METHODS``):
+tree and cut it at every factor (never refit per factor). Methods
+(``choices.WHOLE_METHODS``):
 
 - ``exact``: Ward's method on all points. Euclidean distances come from a matrix
   product (BLAS, float64, blockwise into scipy's condensed vector) rather than
@@ -25,19 +26,24 @@ tree and cut it at every factor (never refit per factor). Methods (``METHODS``):
 - ``auto``: ``exact`` while its distance matrices fit ``memory_budget_gb``
   (default 2 GB: N <~ 15,800), else ``two-stage``.
 
+Every other choice (k, index, precision, micro-clusters, iterations, seed,
+backend, memory budget, refinement, quiet) is one frozen :class:`WholeOptions`
+that :func:`cluster_whole`, :func:`score_whole` and :func:`score_layers` share.
 ``WholeResult.params`` records how every number was made (algorithm, k, index,
-backend, precision, micro-clusters, ...).
+backend, precision, micro-clusters, ...). Bad input raises ValueError (TypeError
+for a wrong type) naming the bad value.
 
 GPU use (e.g. 1,000,000 x 512 points on one H100; torch installed, faiss not):
 
-    from clusterprobe.runners.engine.whole import score_whole, cluster_whole
-    res = score_whole(x, subclass, (1,), method="two-stage", micro_clusters=2000)
+    from clusterprobe.runners.engine.whole import WholeOptions, score_whole
+    res = score_whole(x, subclass, (1,), method="two-stage",
+                      options=WholeOptions(micro_clusters=2000))
     res.timings["cluster"]   # clustering alone; res.timings["scores"]: AMI/purity
     res.params["backend"]    # "torch-cuda": k-means ran on the GPU
 
 With faiss absent and CUDA present, ``backend="auto"`` runs the k-means through
-torch on CUDA (Lloyd, fp32 matmuls with TF32 off; pass ``backend="torch"`` to
-force it); the size-weighted Ward on the centroids then runs on the host
+torch on CUDA (Lloyd, fp32 matmuls with TF32 off; ``WholeOptions(backend="torch")``
+forces it); the size-weighted Ward on the centroids then runs on the host
 (~0.5 s for 2,000). ``cluster_whole(x, [100, 200])`` gives the partitions
 without scoring. An exact k-NN graph on the GPU: ``neighbors.knn(x, 10,
 backend="torch")`` (chunked matmul + topk; ``precision="tf32"`` is faster,
@@ -48,14 +54,68 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+from clusterprobe.runners.choices import (
+    NEIGHBOR_BACKENDS,
+    NEIGHBOR_INDEXES,
+    NEIGHBOR_PRECISIONS,
+    WHOLE_METHODS,
+    check_choice,
+)
 from clusterprobe.runners.engine import metrics
-from clusterprobe.tracker.errors import UsageError
+from clusterprobe.runners.engine.ward import cut_tree, ward
 
-METHODS = ("auto", "exact", "knn-ward", "two-stage", "kmeans")
 DEFAULT_MEMORY_BUDGET_GB = 2.0
+
+
+@dataclass(frozen=True)
+class WholeOptions:
+    """How whole-dataset clustering runs, apart from the method.
+
+    Each field matters to some methods only, as its comment says; the fields a
+    method uses are recorded in its ``params``. ``validate()`` raises ValueError
+    (TypeError for a wrong type) naming the bad field.
+    """
+
+    k: int = 10  # knn-ward: neighbours per point in the k-NN graph
+    index: str = "flat"  # knn-ward: "flat" exact; "ivf"/"hnsw" approximate (FAISS, N >= 10^5)
+    precision: str = "fp32"  # knn-ward, torch engine: "tf32"/"bf16" faster, near ties may swap
+    micro_clusters: int | None = None  # two-stage: k-means size; None: max(1000, 4 x clusters)
+    niter: int = 20  # two-stage and kmeans: k-means iterations
+    seed: int = 0  # two-stage and kmeans: k-means initialisation
+    backend: str = "auto"  # engine of the k-NN graph and k-means: "auto", "faiss", "torch"
+    memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB  # auto: exact while its distances fit
+    refine: int = 0  # Lloyd steps from each partition; 0 keeps pure Ward (see lloyd_refine)
+    quiet: bool = True  # no progress lines on stderr
+
+    def validate(self) -> WholeOptions:
+        """Return self, or raise naming the first bad field."""
+        _check_int("k", self.k, 1, "neighbours")
+        _check_int("niter", self.niter, 1, "k-means iterations")
+        _check_int("refine", self.refine, 0, "Lloyd steps")
+        if self.micro_clusters is not None:
+            _check_int("micro_clusters", self.micro_clusters, 1, "k-means centroids")
+        check_choice("backend", self.backend, NEIGHBOR_BACKENDS)
+        check_choice("index", self.index, NEIGHBOR_INDEXES)
+        check_choice("precision", self.precision, NEIGHBOR_PRECISIONS)
+        if self.index != "flat" and self.backend == "torch":
+            raise ValueError(
+                f"index {self.index!r} needs backend 'faiss' or 'auto'; torch is exact"
+            )
+        if not float(self.memory_budget_gb) > 0:
+            raise ValueError(
+                f"memory_budget_gb={self.memory_budget_gb!r} is invalid; use a number > 0"
+            )
+        return self
+
+
+def _check_int(name: str, value, low: int, what: str) -> None:
+    if not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}={value!r} is not an integer; use an integer >= {low} ({what})")
+    if value < low:
+        raise ValueError(f"{name}={value!r} is invalid; use an integer >= {low} ({what})")
 
 
 @dataclass
@@ -69,37 +129,6 @@ class WholeResult:
 
 
 # ----------------------------------------------------------------------------- trees
-
-
-def cut_tree(children: np.ndarray, n: int, n_clusters: int) -> np.ndarray:
-    """Labels 0..c-1 of the ``n`` leaves after applying the first ``n - n_clusters``
-    merges of ``children`` (``[n_merges, 2]``, merge ``m`` creating node ``n + m``,
-    in merge order), as sklearn's ``_hc_cut`` does for a tree in the same order.
-
-    A forest (fewer than n - 1 merges) cannot go below ``n - n_merges`` clusters:
-    it stops there. Vectorised by pointer jumping (log2(depth) passes of O(n)).
-    """
-    children = np.asarray(children, dtype=np.int64).reshape(-1, 2)
-    n_merges = children.shape[0]
-    applied = min(max(n - int(n_clusters), 0), n_merges)
-    n_nodes = n + n_merges
-    parent = np.full(n_nodes, -1, dtype=np.int64)
-    made = n + np.arange(n_merges, dtype=np.int64)
-    parent[children[:, 0]] = made
-    parent[children[:, 1]] = made
-    node = np.arange(n_nodes, dtype=np.int64)
-    below = node < n + applied  # leaves and the merges applied
-    # A node points to its parent while that parent is below the cut; cluster roots
-    # (and nodes above the cut, never reached from a leaf) point to themselves.
-    up = below & (parent >= 0) & (parent < n + applied)
-    ptr = np.where(up, parent, node)
-    while True:
-        nxt = ptr[ptr]
-        if np.array_equal(nxt, ptr):
-            break
-        ptr = nxt
-    _, labels = np.unique(ptr[:n], return_inverse=True)
-    return labels.astype(np.int64)
 
 
 def weighted_ward(centroids: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -222,33 +251,50 @@ def _log(quiet: bool, msg: str) -> None:
         print(f"[whole] {msg}", file=sys.stderr, flush=True)
 
 
-def _exact_children(x: np.ndarray, quiet: bool, timings: dict) -> np.ndarray:
-    from clusterprobe.runners.engine.ward import ward
-
+def _exact(x: np.ndarray, ks: dict[int, int], opts: WholeOptions, params, timings) -> dict:
+    """Ward on all points from matmul distances; one tree cut at every count."""
+    params.update(distances="matmul-float64", linkage="scipy-ward", precision="fp64")
     t0 = time.perf_counter()
     y = condensed_distances(x)
     timings["distances"] = time.perf_counter() - t0
-    _log(quiet, f"distances of {x.shape[0]} points: {timings['distances']:.1f}s; Ward linkage")
+    _log(opts.quiet, f"distances of {x.shape[0]} points: {timings['distances']:.1f}s; Ward linkage")
     t0 = time.perf_counter()
     z = ward(y, x.shape[0])
     del y
     timings["ward"] = time.perf_counter() - t0
-    return z[:, :2].astype(np.int64)
+    children = z[:, :2].astype(np.int64)
+    return {c: cut_tree(children, x.shape[0], kc) for c, kc in ks.items()}
 
 
-def _knn_ward_children(x, k, backend, index, precision, quiet, timings, params) -> np.ndarray:
+def _knn_ward(x: np.ndarray, ks: dict[int, int], opts: WholeOptions, params, timings) -> dict:
+    """Ward under a symmetrised k-NN connectivity; one tree cut at every count."""
+    n = x.shape[0]
+    if opts.k >= n:
+        raise ValueError(f"k={opts.k} neighbours needs more than {opts.k} points; got {n}")
+    params.update(
+        k=str(opts.k),
+        index=opts.index,
+        precision=opts.precision,
+        linkage="sklearn-ward-connectivity",
+    )
+    xf = np.ascontiguousarray(x, dtype=np.float32)
+    children = _knn_ward_children(xf, opts, timings, params)
+    return {c: cut_tree(children, n, kc) for c, kc in ks.items()}
+
+
+def _knn_ward_children(x, opts: WholeOptions, timings, params) -> np.ndarray:
     """Merge order of Ward under a symmetrised k-NN connectivity, components explicit."""
     from clusterprobe.runners.engine import neighbors
     from scipy import sparse
     from scipy.sparse.csgraph import connected_components
     from sklearn.cluster import ward_tree
 
-    n = x.shape[0]
+    n, k = x.shape[0], opts.k
     t0 = time.perf_counter()
-    _, idx = neighbors.knn(x, k, backend=backend, index=index, precision=precision)
+    _, idx = neighbors.knn(x, k, backend=opts.backend, index=opts.index, precision=opts.precision)
     timings["knn"] = time.perf_counter() - t0
-    params["backend"] = neighbors.knn_backend(n, x.shape[1], backend=backend, index=index)
-    _log(quiet, f"{k}-NN graph of {n} points ({params['backend']}): {timings['knn']:.1f}s")
+    params["backend"] = neighbors.knn_backend(n, x.shape[1], backend=opts.backend, index=opts.index)
+    _log(opts.quiet, f"{k}-NN graph of {n} points ({params['backend']}): {timings['knn']:.1f}s")
     graph = sparse.csr_matrix(
         (np.ones(idx.size, dtype=np.int8), (np.repeat(np.arange(n), idx.shape[1]), idx.ravel())),
         shape=(n, n),
@@ -270,7 +316,9 @@ def _knn_ward_children(x, k, backend, index, precision, quiet, timings, params) 
         pieces.append((ids, np.asarray(ch, np.int64), np.asarray(dist, np.float64)))
     timings["ward"] = time.perf_counter() - t0
     if n_comp > 1:
-        _log(quiet, f"k-NN graph has {n_comp} components: joined by weighted Ward on centroids")
+        _log(
+            opts.quiet, f"k-NN graph has {n_comp} components: joined by weighted Ward on centroids"
+        )
     return _join_components(x, pieces, n)
 
 
@@ -310,14 +358,30 @@ def _join_components(x, pieces, n) -> np.ndarray:
     return children
 
 
-def _two_stage(x, ks, m, seed, niter, backend, quiet, timings, params) -> dict[int, np.ndarray]:
+def _two_stage(x: np.ndarray, ks: dict[int, int], opts: WholeOptions, params, timings) -> dict:
+    """k-means to micro-clusters, size-weighted Ward on their means, cut at every count."""
+    params.update(
+        micro_clusters=str(opts.micro_clusters),
+        niter=str(opts.niter),
+        seed=str(opts.seed),
+        precision="fp32",
+    )
+    params["linkage"] = "weighted-ward-centroids"
+    xf = np.ascontiguousarray(x, dtype=np.float32)
+    by_k = _micro_ward(xf, sorted(set(ks.values())), opts, timings, params)
+    return {c: by_k[kc] for c, kc in ks.items()}
+
+
+def _micro_ward(x, counts, opts: WholeOptions, timings, params) -> dict[int, np.ndarray]:
+    """Labels per cluster count: k-means to ``opts.micro_clusters``, then weighted Ward."""
     from clusterprobe.runners.engine import neighbors
 
+    m = opts.micro_clusters
     t0 = time.perf_counter()
-    km = neighbors.kmeans(x, m, seed=seed, niter=niter, backend=backend)
+    km = neighbors.kmeans(x, m, seed=opts.seed, niter=opts.niter, backend=opts.backend)
     timings["kmeans"] = time.perf_counter() - t0
     params["backend"] = km.backend
-    _log(quiet, f"k-means to {m} micro-clusters ({km.backend}): {timings['kmeans']:.1f}s")
+    _log(opts.quiet, f"k-means to {m} micro-clusters ({km.backend}): {timings['kmeans']:.1f}s")
     sizes = km.sizes.astype(np.float64)
     used = np.flatnonzero(sizes > 0)  # an empty micro-cluster would be a phantom leaf
     # Ward needs the member means of the final assignment (k-means' own centroids
@@ -331,7 +395,27 @@ def _two_stage(x, ks, m, seed, niter, backend, quiet, timings, params) -> dict[i
     z = weighted_ward(cent, sizes[used])
     timings["ward"] = time.perf_counter() - t0
     children = z[:, :2].astype(np.int64)
-    return {kc: cut_tree(children, used.size, kc)[point_leaf] for kc in ks}
+    return {kc: cut_tree(children, used.size, kc)[point_leaf] for kc in counts}
+
+
+def _kmeans(x: np.ndarray, ks: dict[int, int], opts: WholeOptions, params, timings) -> dict:
+    """k-means straight into every count (one fit per count, not hierarchical)."""
+    from clusterprobe.runners.engine import neighbors
+
+    params.update(niter=str(opts.niter), seed=str(opts.seed), precision="fp32")
+    xf = np.ascontiguousarray(x, dtype=np.float32)
+    labels = {}
+    t0 = time.perf_counter()
+    for c, kc in ks.items():
+        km = neighbors.kmeans(xf, kc, seed=opts.seed, niter=opts.niter, backend=opts.backend)
+        labels[c] = km.labels
+        params["backend"] = km.backend
+    timings["kmeans"] = time.perf_counter() - t0
+    return labels
+
+
+# method -> labels per cluster count; "auto" picks one of these (choices.WHOLE_METHODS)
+_ALGORITHMS = {"exact": _exact, "knn-ward": _knn_ward, "two-stage": _two_stage, "kmeans": _kmeans}
 
 
 def lloyd_refine(x: np.ndarray, labels: np.ndarray, steps: int) -> np.ndarray:
@@ -364,18 +448,19 @@ def lloyd_refine(x: np.ndarray, labels: np.ndarray, steps: int) -> np.ndarray:
     return lab.astype(np.int64)
 
 
-# ----------------------------------------------------------------------------- scoring
+# ----------------------------------------------------------------------------- entry points
 
 
-def _check_features(features) -> np.ndarray:
+def check_features(features) -> np.ndarray:
+    """``features`` as an array [N >= 2, d >= 1] of finite numbers, or ValueError/TypeError."""
     x = np.asarray(features)
     if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 1:
-        raise UsageError(f"features must be a 2-D array [N >= 2, d >= 1]; got shape {x.shape}")
+        raise ValueError(f"features must be a 2-D array [N >= 2, d >= 1]; got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.number):
-        raise UsageError(f"features must be numeric; got dtype {x.dtype}")
+        raise TypeError(f"features must be numeric; got dtype {x.dtype}")
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).any(axis=1).sum())
-        raise UsageError(
+        raise ValueError(
             f"features contain NaN or Inf in {bad} of {x.shape[0]} rows; clean them first"
         )
     return x
@@ -393,98 +478,68 @@ def cluster_whole(
     n_clusters,
     *,
     method: str = "auto",
-    k: int = 10,
-    seed: int = 0,
-    quiet: bool = True,
-    memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
-    micro_clusters: int | None = None,
-    backend: str = "auto",
-    index: str = "flat",
-    precision: str = "fp32",
-    niter: int = 20,
-    refine: int = 0,
+    options: WholeOptions | None = None,
 ) -> WholeClustering:
     """Partition the rows of ``features`` into each count of ``n_clusters`` (no
     labels needed: what ``score_whole`` and the transfer protocol build on).
 
-    Counts above N are capped at N (the key stays the count asked). Options as
-    in :func:`score_whole`.
+    Counts above N are capped at N (the key stays the count asked). ``method`` and
+    ``options`` as in :func:`score_whole`.
     """
-    if method not in METHODS:
-        raise UsageError(f"--method {method!r} is not known; use one of {', '.join(METHODS)}")
-    x = _check_features(features)
-    n = x.shape[0]
+    check_choice("method", method, WHOLE_METHODS)
+    opts = (options or WholeOptions()).validate()
+    x = check_features(features)
     asked = sorted({int(c) for c in n_clusters})
     if not asked or asked[0] < 1:
-        raise UsageError(f"cluster counts {n_clusters!r} must be integers >= 1")
-    if not isinstance(k, (int, np.integer)) or k < 1:
-        raise UsageError(f"k={k!r} neighbours is invalid; use an integer >= 1")
-    if not isinstance(refine, (int, np.integer)) or refine < 0:
-        raise UsageError(f"refine={refine!r} is invalid; use an integer >= 0 (Lloyd steps)")
+        raise ValueError(f"cluster counts {n_clusters!r} must be integers >= 1")
+    return _cluster(x, asked, method, opts)
+
+
+def _cluster(x: np.ndarray, asked: list[int], method: str, opts: WholeOptions) -> WholeClustering:
+    """:func:`cluster_whole` of checked inputs (``asked``: sorted counts >= 1)."""
+    n = x.shape[0]
     ks = {c: min(n, c) for c in asked}
-    kmax = max(ks.values())
     params: dict[str, str] = {"method": method, "n_points": str(n), "dim": str(x.shape[1])}
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
-    algo = method
-    if method == "auto":
-        fits = exact_bytes(n) <= memory_budget_gb * 1e9
-        algo = "exact" if fits else "two-stage"
-        params["memory_budget_gb"] = str(memory_budget_gb)
-    m = None
-    if algo == "two-stage":
-        m = int(micro_clusters) if micro_clusters else max(1000, 4 * kmax)
-        if m < kmax:
-            raise UsageError(
-                f"micro_clusters={m} is fewer than the {kmax} clusters asked; "
-                f"use at least {kmax} (default: 4x that)"
-            )
-        if m >= n:  # every point its own micro-cluster: that is exact Ward
-            params["two_stage_note"] = f"micro_clusters {m} >= N {n}: exact Ward on the points"
-            algo = "exact"
+    algo, opts = _resolve(method, n, max(ks.values()), opts, params)
     params["algorithm"] = algo
-    labels: dict[int, np.ndarray]
-    if algo == "exact":
-        params.update(distances="matmul-float64", linkage="scipy-ward", precision="fp64")
-        children = _exact_children(x, quiet, timings)
-        labels = {c: cut_tree(children, n, ks[c]) for c in asked}
-    elif algo == "knn-ward":
-        if k >= n:
-            raise UsageError(f"k={k} neighbours needs more than {k} points; got {n}")
-        params.update(
-            k=str(k), index=index, precision=precision, linkage="sklearn-ward-connectivity"
-        )
-        xf = np.ascontiguousarray(x, dtype=np.float32)
-        children = _knn_ward_children(xf, k, backend, index, precision, quiet, timings, params)
-        labels = {c: cut_tree(children, n, ks[c]) for c in asked}
-    elif algo == "two-stage":
-        params.update(micro_clusters=str(m), niter=str(niter), seed=str(seed), precision="fp32")
-        params["linkage"] = "weighted-ward-centroids"
-        xf = np.ascontiguousarray(x, dtype=np.float32)
-        by_k = _two_stage(
-            xf, sorted(set(ks.values())), m, seed, niter, backend, quiet, timings, params
-        )
-        labels = {c: by_k[ks[c]] for c in asked}
-    else:  # kmeans
-        from clusterprobe.runners.engine import neighbors
-
-        params.update(niter=str(niter), seed=str(seed), precision="fp32")
-        xf = np.ascontiguousarray(x, dtype=np.float32)
-        labels = {}
-        t0 = time.perf_counter()
-        for c in asked:
-            km = neighbors.kmeans(xf, ks[c], seed=seed, niter=niter, backend=backend)
-            labels[c] = km.labels
-            params["backend"] = km.backend
-        timings["kmeans"] = time.perf_counter() - t0
-    if refine:
-        t0 = time.perf_counter()
-        xf = np.ascontiguousarray(x, dtype=np.float32)
-        labels = {c: lloyd_refine(xf, lab, refine) for c, lab in labels.items()}
-        params["refine_steps"] = str(refine)
-        timings["refine"] = time.perf_counter() - t0
+    labels = _ALGORITHMS[algo](x, ks, opts, params, timings)
+    if opts.refine:
+        labels = _refined(x, labels, opts.refine, params, timings)
     timings["cluster"] = time.perf_counter() - t_all
     return WholeClustering(labels=labels, params=params, timings=timings)
+
+
+def _resolve(method: str, n: int, kmax: int, opts: WholeOptions, params) -> tuple:
+    """(algorithm, options) for ``n`` points: ``auto`` decided by the memory budget,
+    two-stage's micro-cluster count settled (and two-stage on every point is exact)."""
+    algo = method
+    if method == "auto":
+        fits = exact_bytes(n) <= opts.memory_budget_gb * 1e9
+        algo = "exact" if fits else "two-stage"
+        params["memory_budget_gb"] = str(opts.memory_budget_gb)
+    if algo != "two-stage":
+        return algo, opts
+    m = int(opts.micro_clusters) if opts.micro_clusters else max(1000, 4 * kmax)
+    if m < kmax:
+        raise ValueError(
+            f"micro_clusters={m} is fewer than the {kmax} clusters asked; "
+            f"use at least {kmax} (default: 4x that)"
+        )
+    if m >= n:  # every point its own micro-cluster: that is exact Ward
+        params["two_stage_note"] = f"micro_clusters {m} >= N {n}: exact Ward on the points"
+        return "exact", opts
+    return algo, replace(opts, micro_clusters=m)
+
+
+def _refined(x: np.ndarray, labels: dict, steps: int, params, timings) -> dict:
+    t0 = time.perf_counter()
+    xf = np.ascontiguousarray(x, dtype=np.float32)
+    out = {c: lloyd_refine(xf, lab, steps) for c, lab in labels.items()}
+    params["refine_steps"] = str(steps)
+    timings["refine"] = time.perf_counter() - t0
+    return out
 
 
 def score_whole(
@@ -493,59 +548,33 @@ def score_whole(
     factors=(1, 2, 3, 4, 5),
     *,
     method: str = "auto",
-    k: int = 10,
-    seed: int = 0,
-    quiet: bool = True,
-    memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
-    micro_clusters: int | None = None,
-    backend: str = "auto",
-    index: str = "flat",
-    precision: str = "fp32",
-    niter: int = 20,
-    refine: int = 0,
+    options: WholeOptions | None = None,
 ) -> WholeResult:
     """Cluster all rows of ``features`` into ``#subclasses * factor`` clusters per
     factor and score each partition against ``subclass`` (AMI, purity).
 
     ``features`` should be L2-normalised by the caller (as ``score`` does); no
-    method here relies on unit norm. ``method``: one of ``METHODS`` (module
-    docstring). ``k``, ``index``, ``precision``: the k-NN graph of ``knn-ward``.
-    ``micro_clusters``, ``niter``: ``two-stage``'s k-means (also ``kmeans``'
-    iterations). ``backend``: "auto" | "faiss" | "torch" for k-NN and k-means.
-    ``memory_budget_gb``: ``auto`` takes ``exact`` while its distances fit.
-    ``refine``: Lloyd steps from each partition (default 0: pure Ward; see
-    ``lloyd_refine``, recorded as ``refine_steps``). A
-    cluster count above N is capped at N (recorded in ``n_clusters``).
-    ``timings``: seconds per stage; ``cluster`` is the clustering alone,
-    ``scores`` the AMI/purity, ``total`` both.
+    method here relies on unit norm. ``method``: one of ``choices.WHOLE_METHODS``
+    (module docstring). ``options``: a :class:`WholeOptions` (default: its
+    defaults), e.g. ``WholeOptions(k=15)`` for knn-ward's graph or
+    ``WholeOptions(refine=3)`` for Lloyd steps after each partition (recorded as
+    ``refine_steps``). A cluster count above N is capped at N (recorded in
+    ``n_clusters``). ``timings``: seconds per stage; ``cluster`` is the clustering
+    alone, ``scores`` the AMI/purity, ``total`` both.
     """
     t_all = time.perf_counter()
-    if method not in METHODS:
-        raise UsageError(f"--method {method!r} is not known; use one of {', '.join(METHODS)}")
-    x = _check_features(features)
+    check_choice("method", method, WHOLE_METHODS)
+    opts = (options or WholeOptions()).validate()
+    x = check_features(features)
     y = np.asarray(subclass).ravel()
     if y.shape[0] != x.shape[0]:
-        raise UsageError(f"subclass has {y.shape[0]} labels but features have {x.shape[0]} rows")
+        raise ValueError(f"subclass has {y.shape[0]} labels but features have {x.shape[0]} rows")
     facs = tuple(sorted({int(f) for f in factors}))
     if not facs or facs[0] < 1:
-        raise UsageError(f"factors {factors!r} must be integers >= 1, e.g. (1, 2, 3, 4, 5)")
+        raise ValueError(f"factors {factors!r} must be integers >= 1, e.g. (1, 2, 3, 4, 5)")
     n_sub = int(np.unique(y).size)
     asked = {f: n_sub * f for f in facs}
-    res = cluster_whole(
-        x,
-        sorted(set(asked.values())),
-        method=method,
-        k=k,
-        seed=seed,
-        quiet=quiet,
-        memory_budget_gb=memory_budget_gb,
-        micro_clusters=micro_clusters,
-        backend=backend,
-        index=index,
-        precision=precision,
-        niter=niter,
-        refine=refine,
-    )
+    res = _cluster(x, sorted(set(asked.values())), method, opts)
     labels = {f: res.labels[asked[f]] for f in facs}
     t0 = time.perf_counter()
     tables = [metrics.contingency(y, labels[f]) for f in facs]
@@ -554,14 +583,14 @@ def score_whole(
     timings = dict(res.timings)
     timings["scores"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_all
-    _log(quiet, f"{res.params['algorithm']}: AMI " + ", ".join(f"f{f}={ami[f]:.3f}" for f in facs))
-    n_clusters = {f: min(x.shape[0], asked[f]) for f in facs}
+    summary = ", ".join(f"f{f}={ami[f]:.3f}" for f in facs)
+    _log(opts.quiet, f"{res.params['algorithm']}: AMI {summary}")
     return WholeResult(
         ami=ami,
         purity=purity,
         labels=labels,
         params=res.params,
-        n_clusters=n_clusters,
+        n_clusters={f: min(x.shape[0], asked[f]) for f in facs},
         timings=timings,
     )
 
@@ -578,17 +607,19 @@ def score_layers(
     """:func:`score_whole` of every layer's pooled features, L2-normalised as ``score`` does.
 
     Returns ami and purity [L, F] (F = ``factors`` in order) and how the first layer was
-    clustered (the method is the same for all). ``on_layer(index, ami_row)`` reports
-    progress after each layer.
+    clustered (the method is the same for all). ``seed``: ``WholeOptions.seed``, the
+    other options at their defaults. ``on_layer(index, ami_row)`` reports progress
+    after each layer.
     """
     from clusterprobe.runners.engine.score import unit_rows
 
     factors = tuple(factors)
+    options = WholeOptions(seed=seed)
     ami = np.empty((len(pooled), len(factors)))
     purity = np.empty_like(ami)
     params: dict[str, str] = {}
     for li, x in enumerate(pooled):
-        res = score_whole(unit_rows(x), labels, factors, method=method, seed=seed, quiet=True)
+        res = score_whole(unit_rows(x), labels, factors, method=method, options=options)
         ami[li] = [res.ami[f] for f in factors]
         purity[li] = [res.purity[f] for f in factors]
         params = params or {str(k): str(v) for k, v in res.params.items()}
