@@ -1,105 +1,38 @@
-"""Measure one checkpoint on the eval split: pure results, nothing stored.
+"""Measure one checkpoint on its dataset's eval split: pure results, nothing stored.
 
-``measure`` embeds the eval images (``embed.embed_eval``), clusters every layer
-inside every superclass (``cluster.cluster_protocol``) and fits the linear probes
-(``probe.probe_layers``); a :class:`Measurement` holds what they return, with the
-per-layer table and summary metrics an eval run records.
+``measure`` embeds the eval images (``engine.embed.embed_eval``), clusters every
+layer inside every superclass (``engine.cluster.cluster_protocol``, raw pixels too,
+as a baseline) and fits the linear and k-NN probes (``engine.probe``); a
+:class:`Measurement` holds what they return. ``evalrun.record_measurement`` writes it.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from clusterprobe.runners.config import RunConfig
+from clusterprobe.runners.evalrun import LayerScores
 
 
 @dataclass
 class Measurement:
     """One checkpoint measured on the eval split (pure results, nothing stored yet)."""
 
-    layer_names: list[str]
-    factors: tuple[int, ...]
-    ami: np.ndarray  # [L, S, F]
-    purity: np.ndarray  # [L, S, F]
-    superclasses: list[int]
-    probe_acc: list[float]  # per layer
-    pixel_ami_f1: float
-    embedding: object  # runners.embed.Embedding
-    protocol: object  # runners.cluster.ProtocolResult
-    cluster_params: dict
-    seconds: dict[str, float]
-    knn_acc: list[float] = field(default_factory=list)  # per layer
+    scores: LayerScores
+    embedding: object  # engine.embed.Embedding: Grams, pooled features, eval_index
+    protocol: object  # engine.cluster.ProtocolResult: assignments, dead layers
+    cluster_params: dict  # how the clustering was computed
+    seconds: dict[str, float]  # embed, cluster, probe
 
     @property
-    def num_layers(self) -> int:
-        return len(self.layer_names)
+    def layer_names(self) -> list[str]:
+        return self.scores.layer_names
 
-    def mean_ami(self) -> np.ndarray:
-        return self.ami.mean(axis=1)  # [L, F]
-
-    def mean_purity(self) -> np.ndarray:
-        return self.purity.mean(axis=1)
-
-    def summary(self) -> dict[str, float]:
-        return summarise(
-            self.mean_ami()[:, self.factors.index(1)],
-            self.probe_acc,
-            self.pixel_ami_f1,
-            self.knn_acc,
-        )
-
-    def layers(self) -> list[dict]:
-        return layer_rows(
-            self.layer_names,
-            self.factors,
-            self.mean_ami(),
-            self.mean_purity(),
-            self.probe_acc,
-            self.knn_acc,
-        )
-
-
-def layer_rows(
-    layer_names, factors, mean_ami: np.ndarray, mean_purity: np.ndarray, probe_acc=(), knn_acc=()
-) -> list[dict]:
-    """The per-layer table a command prints: factor-1 AMI and purity (means over
-    superclasses, [L, F] in), probe and k-NN accuracy (NaN where not measured)."""
-    f1 = list(factors).index(1)
-    n = len(layer_names)
-    return [
-        {
-            "index": i,
-            "name": name,
-            "relative_depth": relative_depth(i, n),
-            "ami_f1": float(mean_ami[i, f1]),
-            "purity_f1": float(mean_purity[i, f1]),
-            "probe_acc": float(probe_acc[i]) if len(probe_acc) else float("nan"),
-            "knn_acc": float(knn_acc[i]) if len(knn_acc) else float("nan"),
-        }
-        for i, name in enumerate(layer_names)
-    ]
-
-
-def relative_depth(index: int, num_layers: int) -> float:
-    return (index + 1) / num_layers
-
-
-def summarise(
-    ami_f1: np.ndarray, probe_acc, pixel_ami_f1: float | None, knn_acc=None
-) -> dict[str, float]:
-    """The eval run's summary metrics (tracker.conventions.SUMMARY_METRICS)."""
-    ami_f1 = np.asarray(ami_f1, dtype=float)
-    best = int(np.nanargmax(ami_f1))
-    out = {"best_ami": float(ami_f1[best]), "best_layer": float(best)}
-    if probe_acc is not None and len(probe_acc):
-        out["best_probe_acc"] = float(np.nanmax(probe_acc))
-    if knn_acc is not None and len(knn_acc):
-        out["best_knn_acc"] = float(np.nanmax(knn_acc))
-    if pixel_ami_f1 is not None:
-        out["pixel_ami_f1"] = float(pixel_ami_f1)
-    return out
+    @property
+    def factors(self) -> tuple[int, ...]:
+        return self.scores.factors
 
 
 def probe_indices(labels, per_subclass: int, seed: int) -> np.ndarray:
@@ -112,16 +45,12 @@ def probe_indices(labels, per_subclass: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picks)) if picks else np.zeros(0, dtype=np.int64)
 
 
-# --- measurement: one checkpoint, pure results ------------------------------------------
-
-
 def measure(
     model, config: RunConfig, data, device, *, probe_index: np.ndarray, quiet: bool = False
 ) -> Measurement:
     """Embed the eval split, cluster every layer per superclass, probe every layer."""
     from clusterprobe.runners.engine.cluster import cluster_protocol
-    from clusterprobe.runners.engine.embed import embed_eval, pooled_features
-    from clusterprobe.runners.engine.probe import knn_layers, probe_layers
+    from clusterprobe.runners.engine.embed import embed_eval
     from clusterprobe.runners.models import layer_taps
 
     factors = tuple(sorted(set(config.factors) | {1}))  # f1 always: best_ami is defined on it
@@ -146,51 +75,45 @@ def measure(
     sub = {s: data.eval_labels.subclass[idx] for s, idx in emb.eval_index.items()}
     result = cluster_protocol(emb.grams, sub, factors)
     pixels = cluster_protocol(emb.pixel_grams, sub, (1,))
-    pixel_ami = float(np.mean(pixels.ami))  # [1, S, 1]: one "layer", factor 1
     seconds["cluster"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    probe_acc: list[float] = []
-    knn_acc: list[float] = []
-    if len(probe_index):
-        train_pooled = pooled_features(
-            model,
-            taps,
-            data.train_plain,
-            probe_index,
-            device=device,
-            precision=config.precision,
-            batch_size=config.batch_size,
-        )
-        probe_acc = [
-            float(a)
-            for a in probe_layers(
-                train_pooled,
-                data.train_labels.subclass[probe_index],
-                emb.pooled,
-                data.eval_labels.subclass,
-                seed=config.seed,
-            )
-        ]
-        knn_acc = knn_layers(
-            train_pooled,
-            data.train_labels.subclass[probe_index],
-            emb.pooled,
-            data.eval_labels.subclass,
-        )
+    probe_acc, knn_acc = _probes(model, taps, config, data, device, probe_index, emb.pooled)
     seconds["probe"] = time.perf_counter() - t0
 
-    return Measurement(
+    scores = LayerScores(
         layer_names=list(emb.layer_names),
+        superclasses=list(result.superclasses),
         factors=factors,
         ami=np.asarray(result.ami, dtype=float),
         purity=np.asarray(result.purity, dtype=float),
-        superclasses=list(result.superclasses),
         probe_acc=probe_acc,
-        pixel_ami_f1=pixel_ami,
-        embedding=emb,
-        protocol=result,
-        cluster_params=dict(getattr(result, "params", {}) or {}),
-        seconds=seconds,
         knn_acc=knn_acc,
+        pixel_ami_f1=float(np.mean(pixels.ami)),  # [1, S, 1]: one "layer", factor 1
     )
+    return Measurement(scores, emb, result, dict(result.params or {}), seconds)
+
+
+def _probes(model, taps, config, data, device, probe_index, eval_pooled):
+    """Linear- and k-NN-probe accuracy per layer on subclass labels: trained on the pooled
+    features of ``probe_index`` train images, tested on the eval split ([] if no images)."""
+    from clusterprobe.runners.engine.embed import pooled_features
+    from clusterprobe.runners.engine.probe import knn_layers, probe_layers
+
+    if not len(probe_index):
+        return [], []
+    train_pooled = pooled_features(
+        model,
+        taps,
+        data.train_plain,
+        probe_index,
+        device=device,
+        precision=config.precision,
+        batch_size=config.batch_size,
+    )
+    train_y = data.train_labels.subclass[probe_index]
+    eval_y = data.eval_labels.subclass
+    probe_acc = [
+        float(a) for a in probe_layers(train_pooled, train_y, eval_pooled, eval_y, seed=config.seed)
+    ]
+    return probe_acc, knn_layers(train_pooled, train_y, eval_pooled, eval_y)

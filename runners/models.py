@@ -25,10 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from clusterprobe.tracker import conventions as cv
 from clusterprobe.tracker.errors import UsageError
-
-CONFIG_FILE = "model_config.json"
-WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -75,7 +73,7 @@ def _vgg_taps(model, taps: str):
 
 def _vit_taps(model, taps: str):
     if taps == "stages":
-        raise UsageError("--taps stages: ViTs have no stages; use --taps blocks")
+        raise ValueError("taps 'stages': ViTs have no stages; use 'blocks'")
     out = []
     for i, block in enumerate(model.blocks):
         out.append((f"blocks.{i}.norm2", block.norm2, "attn", "input"))
@@ -130,6 +128,8 @@ def model_config(config, num_classes: int, image_size: int | None = None) -> dic
         raise UsageError(f"--norm {norm!r} applies to VGG only; leave it 'default' for {family}")
     if family != "resnet" and config.stem != "standard":
         raise UsageError(f"--stem {config.stem!r} applies to ResNets only; use 'standard'")
+    if family == "vit" and config.taps == "stages":
+        raise UsageError("--taps stages: ViTs have no stages; use --taps blocks")
     timm_name = config.arch
     if family == "vgg":
         base = config.arch.removesuffix("_bn")
@@ -202,19 +202,19 @@ def save_checkpoint(model: torch.nn.Module, cfg: dict, directory) -> list[Path]:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    weights = directory / WEIGHTS_FILE
+    weights = directory / cv.CHECKPOINT_WEIGHTS
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(weights), metadata={"format": "pt"})
-    config_path = directory / CONFIG_FILE
+    config_path = directory / cv.CHECKPOINT_CONFIG
     config_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return [weights, config_path]
 
 
 def checkpoint_config(directory) -> dict:
     """The ``model_config.json`` of a saved checkpoint (arch, classes, image size, ...)."""
-    config_path = Path(directory) / CONFIG_FILE
+    config_path = Path(directory) / cv.CHECKPOINT_CONFIG
     if not config_path.is_file():
-        raise UsageError(f"checkpoint {str(directory)!r} has no {CONFIG_FILE}")
+        raise UsageError(f"checkpoint {str(directory)!r} has no {cv.CHECKPOINT_CONFIG}")
     return json.loads(config_path.read_text())
 
 
@@ -224,5 +224,5 @@ def load_checkpoint(directory, device: str | torch.device = "cpu") -> torch.nn.M
 
     directory = Path(directory)
     model = build_model(checkpoint_config(directory))
-    model.load_state_dict(load_file(str(directory / WEIGHTS_FILE), device="cpu"))
+    model.load_state_dict(load_file(str(directory / cv.CHECKPOINT_WEIGHTS), device="cpu"))
     return model.to(device).eval()

@@ -1,24 +1,18 @@
 """The main job: train a model, measure every layer of its checkpoints, record it all.
 
 ``run(config, store)`` is the one function behind ``clusterprobe run`` and every
-Optuna trial. It owns the I/O; the science lives in the stages it calls::
+Optuna trial. It owns the order of things; the work is done by::
 
-    data   registry.load_dataset      -> HierarchicalData
-    model  models.create_model        -> timm model, layer_taps -> [Tap]
-    train  train.train                -> per-epoch metrics (train run, step = epoch)
-    embed  embed.embed_eval           -> per-superclass Gram matrices + pooled vectors
-    ward   cluster.cluster_protocol   -> AMI / purity per (layer, superclass, factor)
-    probe  probe.probe_layers         -> linear-probe accuracy per layer
+    data     data.registry.load_dataset  -> HierarchicalData
+    model    models.create_model         -> timm model
+    train    train.train                 -> per-epoch metrics (train run, step = epoch)
+    measure  measure.measure             -> Measurement (engine: embed, cluster, probe)
+    record   evalrun                     -> one eval run per measured checkpoint
 
-One checkpoint is measured by ``measure.measure`` (pure results) and written into
-its eval run by ``recording.record_measurement``; ``stability_runs.record_stability``
-adds its cluster assignments and ARI tables: layer x layer; the final checkpoint
-against each earlier one; and against up to MAX_SEED_RUNS earlier runs that differ
-only in the seed.
-
-Runs (tracker.conventions): one ``train`` run; per evaluated checkpoint
-(``config.eval_epochs`` plus the final one) one ``eval`` run nested under it that
-repeats the train run's params. Everything happens inside the Tracker's run
+Runs: one ``train`` run; per evaluated checkpoint (``config.eval_epochs`` plus the
+final one) one ``eval`` run nested under it (``evalrun``), with the ARI tables:
+layer x layer, the final checkpoint against each earlier one, and against earlier
+runs that differ only in the seed. Everything happens inside the tracker's run
 contexts, so an exception ends the open runs FAILED (error tag) and Ctrl-C/SIGTERM
 ends them KILLED; nothing is left RUNNING.
 """
@@ -27,19 +21,16 @@ from __future__ import annotations
 
 import copy
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from clusterprobe.runners import evalrun
 from clusterprobe.runners.config import RunConfig
-from clusterprobe.runners.data.record import dataset_params
+from clusterprobe.runners.data.record import dataset_params, dataset_record, variant
+from clusterprobe.runners.evalrun.stability import find_seed_runs, record_stability
 from clusterprobe.runners.measure import measure, probe_indices
-from clusterprobe.runners.recording import record_measurement
-from clusterprobe.runners.stability_runs import find_seed_runs, record_stability
 from clusterprobe.tracker import conventions as cv
-from clusterprobe.tracker.conventions import PARAM_PROTOCOL
-from clusterprobe.tracker.errors import UsageError
 
 EVAL_SPLIT = "eval"
 
@@ -63,24 +54,14 @@ class RunResult:
 
 
 def prepare(config: RunConfig):
-    """Validate ``config`` and load its dataset; raises UsageError before anything is stored."""
+    """Validate ``config`` (the one place it is validated) and load its dataset; raises
+    UsageError before anything is stored."""
     from clusterprobe.runners import models
     from clusterprobe.runners.data import registry
 
-    config = config.validate()
-    config = registry.canonical(config)
-    models.model_config(config, num_classes=2)  # arch, stem and norm: UsageError if unknown
-    _check_eval_epochs(config)
-    data = registry.load_dataset(config)
-    return config, data
-
-
-def _check_eval_epochs(config: RunConfig) -> None:
-    bad = [e for e in config.eval_epochs if not 1 <= e <= config.epochs]
-    if bad:
-        raise UsageError(
-            f"--eval-epochs {','.join(map(str, bad))}: epochs must lie in 1..{config.epochs}"
-        )
+    config = registry.canonical(config.validate())
+    models.model_config(config, num_classes=2)  # arch, stem, taps and norm: UsageError if bad
+    return config, registry.load_dataset(config)
 
 
 # --- the main job ------------------------------------------------------------------------
@@ -104,9 +85,7 @@ def run(
     (``config.eval_epochs`` and the final epoch); an exception from it (e.g.
     ``optuna.TrialPruned``) ends the eval and train runs FAILED and propagates.
     """
-    from clusterprobe.runners import models
     from clusterprobe.runners.device import resolve_device
-    from clusterprobe.runners.train import train
     from clusterprobe.tracker.tracking import Tracker
 
     config, data = prepare(config)
@@ -115,128 +94,145 @@ def run(
     reaped = tracker.reap_orphans()
     if reaped and not quiet:
         _say(f"marked {len(reaped)} orphaned run(s) FAILED (their process is gone)")
-
-    params = {**config.to_params(), **dataset_params(data)}
-    num_classes = data.num_superclasses if config.labels == "superclass" else data.num_subclasses
-    probe_index = probe_indices(data.train_labels, config.probe_per_subclass, config.seed)
-    eval_set = f"{data.name}:{EVAL_SPLIT}"
-    run_tags = {cv.TAG_DEVICE: str(device), **(tags or {})}
-    eval_run_ids: list[str] = []
-    evaluations: dict[int, dict] = {}
-    seconds: dict[str, float] = {}
-    final: dict = {}
-    checkpoints: dict[str, tuple] = {}  # eval run id -> (assignments, factors), earlier epochs
-
+    job = _Job(tracker, config, data, device, tags or {}, on_eval, quiet)
+    variant_name = "-shuffled" if data.shuffled else ""
     with tracker.start_run(
         "train",
-        params=params,
+        params=job.params,
         parent_run_id=parent_run_id,
-        tags=run_tags,
-        run_name=_run_name(config, data),
+        tags=job.tags,
+        run_name=f"{config.arch} {data.name}{variant_name} s{config.seed}",
     ) as train_ctx:
         if on_start is not None:
             on_start(train_ctx.run_id)
-        if not quiet:
+        job.train_and_measure(train_ctx)
+    return job.result(train_ctx.run_id)
+
+
+class _Job:
+    """One run while it trains and measures: the train run and its eval runs."""
+
+    def __init__(self, tracker, config: RunConfig, data, device, tags: dict, on_eval, quiet):
+        self.tracker, self.config, self.data, self.device = tracker, config, data, device
+        self.on_eval, self.quiet = on_eval, quiet
+        self.params = {**config.to_params(), **dataset_params(data)}
+        self.tags = {cv.TAG_DEVICE: str(device), **tags}
+        self.num_classes = (
+            data.num_superclasses if config.labels == "superclass" else data.num_subclasses
+        )
+        self.probe_index = probe_indices(data.train_labels, config.probe_per_subclass, config.seed)
+        self.eval_set = f"{data.name}:{EVAL_SPLIT}"
+        self.eval_run_ids: list[str] = []
+        self.evaluations: dict[int, dict] = {}
+        self.seconds: dict[str, float] = {}
+        self.history: list[dict] = []
+        self.final: dict = {}
+        self.earlier: dict[str, tuple] = {}  # eval run id -> (assignments, factors)
+
+    def train_and_measure(self, train_ctx) -> None:
+        from clusterprobe.runners import models
+        from clusterprobe.runners.train import train
+
+        config, data = self.config, self.data
+        if not self.quiet:
             _say(
                 f"train run {train_ctx.run_id}: {config.arch} on {data.name}"
                 f"{' (shuffled)' if data.shuffled else ''}, {len(data.train_labels.superclass)}"
-                f" train / {len(data.eval_labels.superclass)} eval images, device {device}"
+                f" train / {len(data.eval_labels.superclass)} eval images, device {self.device}"
             )
-        model = models.create_model(config, num_classes, data.image_size).to(device)
-
-        def evaluate(net, epoch: int) -> None:
-            eval_params = {
-                **params,
-                cv.PARAM_CHECKPOINT_EPOCH: str(epoch),
-                cv.PARAM_EVAL_SET: eval_set,
-            }
-            with tracker.start_run(
-                "eval",
-                params=eval_params,
-                parent_run_id=train_ctx.run_id,
-                tags=run_tags,
-                run_name=f"eval e{epoch} {eval_set}",
-            ) as eval_ctx:
-                eval_run_ids.append(eval_ctx.run_id)
-                if not quiet:
-                    _say(f"eval run {eval_ctx.run_id}: checkpoint epoch {epoch}")
-                meas = measure(net, config, data, device, probe_index=probe_index, quiet=quiet)
-                summary = record_measurement(eval_ctx, meas, data, config, probe_index=probe_index)
-                seed_runs = {}
-                if epoch == config.epochs:
-                    logged = {
-                        **eval_params,
-                        PARAM_PROTOCOL: "per_superclass",
-                        "cluster.algorithm": str(meas.cluster_params.get("algorithm", "")),
-                    }
-                    seed_runs = find_seed_runs(
-                        tracker, eval_ctx.run_id, logged, meas.embedding.eval_index
-                    )
-                record_stability(eval_ctx, meas, earlier=checkpoints, seed_runs=seed_runs)
-                if epoch < config.epochs:
-                    checkpoints[eval_ctx.run_id] = meas.protocol.assignments, meas.factors
-                evaluations[epoch] = summary
-                final.update(layers=meas.layers(), summary=summary, seconds=meas.seconds)
-                if on_eval is not None:
-                    on_eval(epoch, summary)
+        model = models.create_model(config, self.num_classes, data.image_size).to(self.device)
 
         def on_epoch(epoch: int, metrics: dict) -> None:
             train_ctx.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
             if epoch in config.eval_epochs and epoch < config.epochs:
                 # Measure a frozen copy so the training loop's model and mode stay untouched.
                 snapshot = copy.deepcopy(model)
-                if "checkpoint" in config.save:
-                    _log_checkpoint(
-                        train_ctx,
-                        models,
-                        snapshot,
-                        config,
-                        num_classes,
-                        data.image_size,
-                        f"checkpoints/epoch_{epoch:03d}",
-                    )
-                evaluate(snapshot, epoch)
+                self._save_checkpoint(train_ctx, snapshot, epoch)
+                self._evaluate(train_ctx.run_id, snapshot, epoch)
                 del snapshot
 
         t0 = time.perf_counter()
-        history = train(model, data, config, device, on_epoch=on_epoch, quiet=quiet)
-        seconds["train"] = time.perf_counter() - t0
-        train_ctx.log_metrics({"seconds_train": seconds["train"]}, step=config.epochs)
-        if "checkpoint" in config.save:
-            _log_checkpoint(
-                train_ctx,
-                models,
-                model,
-                config,
-                num_classes,
-                data.image_size,
-                cv.ART_CHECKPOINT_DIR,
+        self.history = list(
+            train(model, data, config, self.device, on_epoch=on_epoch, quiet=self.quiet) or []
+        )
+        self.seconds["train"] = time.perf_counter() - t0
+        train_ctx.log_metrics({"seconds_train": self.seconds["train"]}, step=config.epochs)
+        self._save_checkpoint(train_ctx, model, None)
+        self._evaluate(train_ctx.run_id, model, config.epochs)
+
+    def _save_checkpoint(self, train_ctx, model, epoch: int | None) -> None:
+        from clusterprobe.runners import models
+        from clusterprobe.runners.checkpoints import log_checkpoint
+
+        if "checkpoint" in self.config.save:
+            cfg = models.model_config(self.config, self.num_classes, self.data.image_size)
+            log_checkpoint(train_ctx, model, cfg, epoch)
+
+    def _evaluate(self, train_run_id: str, net, epoch: int) -> None:
+        """Measure checkpoint ``epoch`` and record it as an eval run under the train run."""
+        config, data = self.config, self.data
+        spec = evalrun.EvalSpec(
+            parent_run_id=train_run_id,
+            design=self.params,
+            checkpoint_epoch=str(epoch),
+            eval_set=self.eval_set,
+            protocol="per_superclass",
+            run_name=f"eval e{epoch} {self.eval_set}",
+            tags=self.tags,
+        )
+        with evalrun.start_eval_run(self.tracker, spec) as ctx:
+            self.eval_run_ids.append(ctx.run_id)
+            if not self.quiet:
+                _say(f"eval run {ctx.run_id}: checkpoint epoch {epoch}")
+            meas = measure(
+                net, config, data, self.device, probe_index=self.probe_index, quiet=self.quiet
             )
-        evaluate(model, config.epochs)
+            summary = evalrun.record_measurement(
+                ctx,
+                meas,
+                labels=data.eval_labels,
+                dataset=dataset_record(data),
+                save=config.save,
+                title=f"{config.arch} on {data.name} ({variant(data)}), seed {config.seed}",
+                probe_train_images=len(self.probe_index),
+            )
+            self._record_stability(ctx, spec, meas, final=epoch == config.epochs)
+            if epoch < config.epochs:
+                self.earlier[ctx.run_id] = meas.protocol.assignments, meas.factors
+            self.evaluations[epoch] = summary
+            self.final.update(layers=meas.scores.rows(), summary=summary, seconds=meas.seconds)
+            if self.on_eval is not None:
+                self.on_eval(epoch, summary)
 
-    return RunResult(
-        train_run_id=train_ctx.run_id,
-        eval_run_ids=eval_run_ids,
-        summary=dict(final["summary"]),
-        layers=final["layers"],
-        bytes_stored=bytes_stored(tracker, [train_ctx.run_id, *eval_run_ids]),
-        evaluations=evaluations,
-        history=list(history or []),
-        seconds={**seconds, **final["seconds"]},
-    )
+    def _record_stability(self, ctx, spec: evalrun.EvalSpec, meas, *, final: bool) -> None:
+        eval_index = meas.embedding.eval_index
+        seed_runs = {}
+        if final:  # seeds are compared at the final checkpoint only
+            logged = {
+                **spec.params(),
+                "cluster.algorithm": str(meas.cluster_params.get("algorithm", "")),
+            }
+            seed_runs = find_seed_runs(self.tracker, ctx.run_id, logged, eval_index)
+        record_stability(
+            ctx,
+            meas.protocol.assignments,
+            meas.factors,
+            eval_index,
+            earlier=self.earlier,
+            seed_runs=seed_runs,
+        )
 
-
-def _log_checkpoint(ctx, models, model, config, num_classes, image_size, artifact_dir: str) -> None:
-    cfg = models.model_config(config, num_classes, image_size)
-    with tempfile.TemporaryDirectory(prefix="clusterprobe-ckpt-") as tmp:
-        paths = models.save_checkpoint(model, cfg, tmp)
-        for path in paths:
-            ctx.log_artifact(str(path), artifact_dir)
-
-
-def _run_name(config: RunConfig, data) -> str:
-    variant = "-shuffled" if data.shuffled else ""
-    return f"{config.arch} {data.name}{variant} s{config.seed}"
+    def result(self, train_run_id: str) -> RunResult:
+        return RunResult(
+            train_run_id=train_run_id,
+            eval_run_ids=self.eval_run_ids,
+            summary=dict(self.final["summary"]),
+            layers=self.final["layers"],
+            bytes_stored=bytes_stored(self.tracker, [train_run_id, *self.eval_run_ids]),
+            evaluations=self.evaluations,
+            history=self.history,
+            seconds={**self.seconds, **self.final["seconds"]},
+        )
 
 
 def bytes_stored(tracker, run_ids: list[str]) -> int | None:

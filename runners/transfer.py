@@ -4,12 +4,11 @@ The paper's transfer protocol (finding 5): images of another dataset go through 
 trained model, every tapped layer is reduced to pooled features (global average
 pool; token mean for ViTs), L2-normalised, and clustered as one whole dataset
 (no superclasses) into #classes x factor clusters, factors 1..10 by default; each
-partition is scored against the transfer set's class labels (AMI, purity). The
-clustering is :func:`clusterprobe.runners.engine.whole.score_whole` (exact Ward while the
-distances fit memory, else two-stage), so every number records how it was made.
+partition is scored against the transfer set's class labels (AMI, purity) with
+:func:`clusterprobe.runners.engine.whole.score_layers`.
 
-Pure results here; ``commands/transfer.py`` reads the checkpoint from the store and
-records them as an eval run nested under the train run.
+:func:`transfer_scores` is the measurement (pure results); :func:`transfer_run`
+loads a train run's checkpoint, measures and records a new eval run nested under it.
 """
 
 from __future__ import annotations
@@ -19,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from clusterprobe.runners import evalrun
+from clusterprobe.tracker import conventions as cv
 
 DEFAULT_FACTORS = tuple(range(1, 11))
 
@@ -27,10 +28,7 @@ DEFAULT_FACTORS = tuple(range(1, 11))
 class TransferResult:
     """Scores of every layer on one transfer set."""
 
-    layer_names: list[str]
-    factors: tuple[int, ...]
-    ami: np.ndarray  # float64 [L, F]
-    purity: np.ndarray  # float64 [L, F]
+    scores: evalrun.LayerScores  # one "superclass" (None): the whole set
     num_images: int
     num_classes: int
     params: dict[str, str] = field(default_factory=dict)  # how the clustering was made
@@ -78,17 +76,113 @@ def transfer_scores(
         on_layer=lambda li, row: _say(quiet, f"layer {li} ({taps[li].name}): AMI f1 {row[0]:.3f}"),
     )
     seconds["cluster"] = time.perf_counter() - t0
-    return TransferResult(
+    scores = evalrun.LayerScores(
         layer_names=[t.name for t in taps],
+        superclasses=[None],
         factors=factors,
-        ami=ami,
-        purity=purity,
+        ami=ami[:, None, :],
+        purity=purity[:, None, :],
+    )
+    return TransferResult(
+        scores=scores,
         num_images=int(len(data.labels)),
         num_classes=int(len(np.unique(data.labels))),
         params=params,
         seconds=seconds,
         pooled=[np.ascontiguousarray(x, dtype=np.float32) for x in pooled],
     )
+
+
+@dataclass(frozen=True)
+class TransferRequest:
+    """Which transfer set, and how to embed and cluster it."""
+
+    source: str  # a folder root/<class>/<images>, or a torchvision dataset name
+    data_dir: str | None = None
+    download: bool = False
+    per_class: int | None = None  # images per class (None: all)
+    factors: tuple[int, ...] = DEFAULT_FACTORS
+    method: str = "auto"
+    device: str = "auto"
+    batch_size: int = 256
+
+
+def transfer_run(tracker, run_id: str, request: TransferRequest, *, quiet: bool = True):
+    """Measure the transfer set with the final checkpoint of the train run ``run_id`` (or of
+    the train run above eval run ``run_id``); record a new eval run nested under it.
+    Everything is read and checked before the run exists: a bad input stores nothing.
+    Returns ``(TransferResult, new eval run id, train run id)``."""
+    from clusterprobe.runners import models
+    from clusterprobe.runners.checkpoints import load_stored_model
+    from clusterprobe.runners.config import RunConfig
+    from clusterprobe.runners.data.transfer import load_transfer
+    from clusterprobe.runners.device import resolve_device
+    from clusterprobe.runners.evalrun.stored import train_run_of
+
+    train = train_run_of(tracker, run_id)
+    params, train_id = dict(train.data.params), train.info.run_id
+    device = resolve_device(request.device)
+    model, model_cfg = load_stored_model(tracker, train_id, device)
+    config = RunConfig(arch=params.get("arch", "resnet18"), taps=params.get("taps", "blocks"))
+    seed = int(params.get("seed", 0) or 0)
+    data = load_transfer(
+        request.source,
+        data_dir=request.data_dir,
+        image_size=int(model_cfg.get("image_size") or 224),
+        arch=config.arch,
+        per_class=request.per_class,
+        seed=seed,
+        download=request.download,
+    )
+    factors = tuple(sorted(set(request.factors) | {1}))
+    _say(
+        quiet,
+        f"train run {train_id} ({config.arch}) on {data.name}: {len(data.labels)} images, "
+        f"{data.num_classes} classes, factors {','.join(map(str, factors))}",
+    )
+    result = transfer_scores(
+        model,
+        models.layer_taps(model, config),
+        data,
+        factors,
+        device=device,
+        method=request.method,
+        batch_size=request.batch_size,
+        seed=seed,
+        quiet=quiet,
+    )
+    spec = evalrun.EvalSpec(
+        parent_run_id=train_id,
+        design=evalrun.design_params(params),
+        checkpoint_epoch=params.get("epochs", ""),
+        eval_set=data.name,
+        protocol="whole",
+        run_name=f"transfer {data.name} {train.info.run_name or train_id}",
+        tags={cv.TAG_DEVICE: str(device)},
+        extra={
+            "factors": ",".join(map(str, factors)),
+            "transfer.source": request.source,
+            "transfer.images": str(result.num_images),
+            "transfer.classes": str(result.num_classes),
+        },
+    )
+    with evalrun.start_eval_run(tracker, spec) as ctx:
+        evalrun.record_scores(
+            ctx, result.scores, {f"whole.{k}": v for k, v in result.params.items()}
+        )
+        # one "superclass", the whole set: export and rescore --method read these
+        evalrun.log_embeddings(ctx, result.pooled, np.zeros_like(data.labels), data.labels)
+        evalrun.record_dataset(ctx, _dataset_record(data))
+    return result, ctx.run_id, train_id
+
+
+def _dataset_record(data) -> dict:
+    return {
+        **data.record,
+        "name": data.name,
+        "classes": data.class_names,
+        "images_per_class": np.bincount(data.labels).tolist(),
+    }
 
 
 def _say(quiet: bool, message: str) -> None:

@@ -246,8 +246,8 @@ def test_dead_layer_is_warned_about_and_recorded(store, tiny_config):
     warned about and recorded as param + tag, never a crash."""
     from clusterprobe.runners import models
     from clusterprobe.runners.data.registry import load_dataset
+    from clusterprobe.runners.evalrun import record_measurement
     from clusterprobe.runners.measure import measure, probe_indices
-    from clusterprobe.runners.recording import record_measurement
     from clusterprobe.tracker.conventions import PARAM_DEAD_LAYERS, TAG_DEAD_LAYERS
     from clusterprobe.tracker.tracking import Tracker
 
@@ -263,7 +263,15 @@ def test_dead_layer_is_warned_about_and_recorded(store, tiny_config):
     assert any("layer 0" in str(w.message) for w in caught)  # the engine's DeadLayerWarning
     tracker = Tracker(store)
     with tracker.start_run("eval") as ctx, pytest.warns(RuntimeWarning, match="layer1.0"):
-        summary = record_measurement(ctx, meas, data, config)
+        summary = record_measurement(
+            ctx,
+            meas,
+            labels=data.eval_labels,
+            dataset={},
+            save=(),
+            title="",
+            probe_train_images=len(probe_index),
+        )
     run = tracker.get_run(ctx.run_id)
     assert run.info.status == "FINISHED"
     # Zeros propagate: every later layer sees one constant input, so all are constant.

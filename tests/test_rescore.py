@@ -36,11 +36,11 @@ def _curve(client, run_id, key):
 
 
 def test_rescore_per_superclass_reproduces_the_stored_metrics(final_eval):
-    from clusterprobe.runners.commands.rescore import rescore
+    from clusterprobe.runners.rescore import rescore
 
     store, tracker, client, source, result = final_eval
     out = rescore(tracker, source.info.run_id)
-    new = client.get_run(out["run_id"])
+    new = client.get_run(out.run_id)
     assert new.data.tags[cv.TAG_KIND] == "eval"
     assert new.data.tags[cv.TAG_SOURCE_RUN] == source.info.run_id
     assert new.data.tags[cv.TAG_PARENT] == result.train_run_id
@@ -76,13 +76,13 @@ def test_rescore_other_factors_through_the_cli(final_eval, capsys):
 
 
 def test_rescore_whole_dataset_from_pooled_embeddings(final_eval):
-    from clusterprobe.runners.commands.rescore import rescore
+    from clusterprobe.runners.rescore import rescore
     from sklearn.cluster import AgglomerativeClustering
     from sklearn.metrics import adjusted_mutual_info_score
 
     store, tracker, client, source, result = final_eval
     out = rescore(tracker, source.info.run_id, factors=(1, 2), method="exact")
-    new = client.get_run(out["run_id"])
+    new = client.get_run(out.run_id)
     assert new.data.params["protocol"] == "whole"
     assert new.data.tags[cv.TAG_PARENT] == result.train_run_id
     # Reference: sklearn full Ward on the L2-normalised pooled last layer.
@@ -135,12 +135,12 @@ def test_export_then_score_equals_the_stored_metrics(final_eval, tmp_path, capsy
 
 
 def test_export_by_layer_name_and_bad_layer(final_eval, tmp_path):
-    from clusterprobe.runners.commands.export import export
+    from clusterprobe.runners.evalrun.stored import export_layer as export
 
     store, tracker, client, source, result = final_eval
     info = export(tracker, source.info.run_id, "layer2.1", tmp_path / "a.npz")
     assert info["layer"] == 3 and info["shape"] == (64, 128)
-    with pytest.raises(UsageError, match="--layer 99"):
+    with pytest.raises(UsageError, match="layer 99"):
         export(tracker, source.info.run_id, "99", tmp_path / "b.npz")
     with pytest.raises(UsageError, match="is a train run"):
         export(tracker, result.train_run_id, "0", tmp_path / "c.npz")

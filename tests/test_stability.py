@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from clusterprobe.runners.engine import stability
+from clusterprobe.runners.evalrun import tables
 from clusterprobe.tracker import conventions as cv
-from clusterprobe.tracker.errors import UsageError
 from sklearn.metrics import adjusted_rand_score
 
 
@@ -48,11 +48,12 @@ def _random_assignments(rng, layers=3, sups=(0, 2), n=(9, 7), factors=(1, 2)):
     }
 
 
-def test_layer_rows_match_sklearn_symmetric_unit_diagonal():
+def test_layer_ari_matches_sklearn_symmetric_unit_diagonal():
     rng = np.random.default_rng(0)
     factors = (1, 2)
     assign = _random_assignments(rng, factors=factors)
-    rows = stability.layer_ari_rows("r", assign, factors)
+    layers, matrices = stability.layer_ari(assign, factors)
+    rows = tables.ari_frame("r", "r", "layer", layers, layers, matrices)
     assert list(rows.columns) == list(cv.ARI_COLUMNS)
     assert len(rows) == 3 * 3 * 2 and set(rows.kind) == {"layer"}
     assert set(rows.other_run_id) == {"r"}
@@ -70,26 +71,26 @@ def test_layer_rows_match_sklearn_symmetric_unit_diagonal():
     np.testing.assert_array_equal(np.diag(m), 1.0)
 
 
-def test_cross_rows_common_factors_and_round_trip():
+def test_cross_ari_common_factors_and_round_trip():
     rng = np.random.default_rng(1)
     a = _random_assignments(rng, factors=(1, 2))
     b = _random_assignments(rng, factors=(1, 2))
     index = {0: np.arange(10, 19), 2: np.array([3, 1, 4, 0, 5, 9, 2])}
-    frame = stability.assignments_frame(b, (1, 2), index)
+    frame = tables.assignments_frame(b, (1, 2), index)
     assert list(frame.columns) == list(cv.ASSIGNMENTS_COLUMNS) and len(frame) == 3 * 2 * 16
-    back, factors, back_index = stability.assignments_from_frame(frame)
+    back, factors, back_index = tables.assignments_from_frame(frame)
     assert factors == (1, 2) and stability.same_images(index, back_index)
     for key in b:
         np.testing.assert_array_equal(back[key], b[key])
     # the other run measured factor 2 only: rows for the common factor only
     only2 = {k: v[1:] for k, v in back.items()}
-    rows = stability.cross_ari_rows("a", "b", "seed", a, only2, (1, 2), (2,))
+    rows = tables.ari_frame("a", "b", "seed", *stability.cross_ari(a, only2, (1, 2), (2,)))
     assert set(rows.factor) == {2} and len(rows) == 9
     r = rows[(rows.layer_a == 0) & (rows.layer_b == 1)].iloc[0]
     want = np.mean([adjusted_rand_score(a[(0, s)][1], b[(1, s)][1]) for s in (0, 2)])
     assert r.value == pytest.approx(want, abs=1e-12)
-    with pytest.raises(UsageError, match="seed"):
-        stability.cross_ari_rows("a", "b", "layer", a, b, (1, 2))
+    with pytest.raises(ValueError, match="ARI kind 'pairs'"):
+        tables.ari_frame("a", "b", "pairs", [0], [0], {1: np.eye(1)})
 
 
 # --- what the pipeline recorded ----------------------------------------------------------
@@ -214,7 +215,7 @@ def test_seed_stability_query_via_cli(second_seed, capsys):
 
 
 def test_unreadable_seed_artifact_is_a_warning(tiny_run, tmp_path):
-    from clusterprobe.runners.stability_runs import find_seed_runs
+    from clusterprobe.runners.evalrun.stability import find_seed_runs
     from clusterprobe.tracker.store import local_store
     from clusterprobe.tracker.tracking import Tracker
 
@@ -223,7 +224,7 @@ def test_unreadable_seed_artifact_is_a_warning(tiny_run, tmp_path):
     tracker = Tracker(local_store(tmp_path / "mlruns"))
     final = first.eval_run_ids[-1]
     params = {**tracker.get_run(final).data.params, "seed": "7"}  # as a new run would log
-    _, _, index = stability.assignments_from_frame(_read(tracker, final, cv.ART_ASSIGNMENTS))
+    _, _, index = tables.assignments_from_frame(_read(tracker, final, cv.ART_ASSIGNMENTS))
 
     found = find_seed_runs(tracker, "new-run", params, index)
     assert list(found) == [final]

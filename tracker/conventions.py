@@ -70,14 +70,30 @@ KNN_METRIC = "knn_acc"  # eval run, step = layer index: k-NN accuracy on pooled 
 SUMMARY_METRICS = ("best_ami", "best_layer", "best_probe_acc", "best_knn_acc", "pixel_ami_f1")
 
 # --- artifacts (paths inside the run's artifact folder) ---------------------
+# Train runs: the final checkpoint, and one per measured intermediate epoch; each folder
+# holds the weights (safetensors state_dict) and the model config that rebuilds it.
 ART_CHECKPOINT_DIR = "checkpoint"
-ART_WEIGHTS = "checkpoint/model.safetensors"
-ART_MODEL_CONFIG = "checkpoint/model_config.json"
+ART_EPOCH_CHECKPOINT_DIR = "checkpoints/epoch_{epoch:03d}"
+CHECKPOINT_WEIGHTS = "model.safetensors"
+CHECKPOINT_CONFIG = "model_config.json"
+ART_WEIGHTS = f"{ART_CHECKPOINT_DIR}/{CHECKPOINT_WEIGHTS}"
+ART_MODEL_CONFIG = f"{ART_CHECKPOINT_DIR}/{CHECKPOINT_CONFIG}"
+# Eval runs (written and read by runners/evalrun only):
 ART_LAYER_METRICS = "layer_metrics.parquet"
 ART_LAYERS = "layers.json"  # [{"index": i, "name": ..., "relative_depth": ...}, ...]
 ART_DATASET_RECORD = "dataset.json"  # which classes and how many images went in
-ART_EMBED_DIR = "embeddings"  # pooled_{i:02d}.npy per layer + labels.parquet
-ART_DIST_DIR = "distances"  # gram_{superclass:03d}.npy: float32 [L, n, n] + index.parquet
+# Pooled embeddings: one float32 [N, C_l] array per layer, rows in eval-set order, and
+# their labels (eval_index, superclass, subclass).
+ART_EMBED_DIR = "embeddings"
+EMBED_POOLED = "pooled_{layer:02d}.npy"
+EMBED_LABELS = "labels.parquet"
+# Per-superclass Gram matrices of the flattened, unit-normalised features: float32
+# [L, n, n] per superclass (raw pixels: [n, n]), and which eval image each row is
+# (superclass, row, eval_index, subclass).
+ART_DIST_DIR = "distances"
+DIST_GRAM = "gram_{superclass:03d}.npy"
+DIST_PIXEL = "pixel_{superclass:03d}.npy"
+DIST_INDEX = "index.parquet"
 ART_PLOT = "layer_profile.png"
 # Eval runs: the Ward cluster of every eval image per (layer, superclass, factor);
 # columns ASSIGNMENTS_COLUMNS. What the ARI tables are computed from.

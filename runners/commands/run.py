@@ -1,8 +1,9 @@
 """`clusterprobe run`: train a model, measure every layer, record it in the store.
 
 Thin edge: parse flags into a RunConfig (``--quick`` preset first, explicit flags
-override it), validate, call ``pipeline.run``, print the per-layer table, the run
-ids, the bytes stored and the command that opens the MLflow UI on this store.
+override it), call ``pipeline.run`` (which validates it before anything is stored),
+print the per-layer table, the run ids, the bytes stored and the command that opens
+the MLflow UI on this store.
 """
 
 from __future__ import annotations
@@ -11,42 +12,26 @@ import argparse
 import shlex
 import sys
 
-from clusterprobe.runners.config import PRESETS, SAVE_CHOICES, RunConfig, parse_factors
+from clusterprobe.runners import choices
+from clusterprobe.runners.config import PRESETS, RunConfig, parse_factors, parse_int_list
 from clusterprobe.runners.data.cli_args import add_data_arguments, data_config_kwargs
 from clusterprobe.tracker.errors import UsageError
 
 EXIT_CRASH = 1
 
 
-def parse_int_list(spec: str, flag: str) -> tuple[int, ...]:
-    """``"1-3,5"`` -> (1, 2, 3, 5); '' or 'none' -> (). One error line naming ``flag``."""
-    if spec.strip().lower() in ("", "none"):
-        return ()
-    out: set[int] = set()
-    try:
-        for part in spec.split(","):
-            lo, _, hi = part.strip().partition("-")
-            lo_i, hi_i = int(lo), int(hi or lo)
-            if lo_i > hi_i:
-                raise ValueError
-            out.update(range(lo_i, hi_i + 1))
-    except ValueError:
-        raise UsageError(f"{flag} {spec!r}: use ints or ranges such as '5,10' or '1-3'") from None
-    return tuple(sorted(out))
-
-
 def parse_save(spec: str) -> tuple[str, ...]:
-    """``"all"``, ``"none"`` or a comma list of SAVE_CHOICES."""
+    """``"all"``, ``"none"`` or a comma list of ``choices.SAVE``."""
     spec = spec.strip().lower()
     if spec == "all":
-        return SAVE_CHOICES
+        return choices.SAVE
     if spec in ("none", ""):
         return ()
     items = tuple(s.strip() for s in spec.split(",") if s.strip())
-    bad = [s for s in items if s not in SAVE_CHOICES]
+    bad = [s for s in items if s not in choices.SAVE]
     if bad:
         raise UsageError(
-            f"--save {','.join(bad)}: choose from {', '.join(SAVE_CHOICES)}, 'all' or 'none'"
+            f"--save {','.join(bad)}: choose from {', '.join(choices.SAVE)}, 'all' or 'none'"
         )
     return items
 
@@ -60,25 +45,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument(
         "--stem",
         default=None,
-        choices=("standard", "cifar"),
+        choices=choices.STEMS,
         help="standard timm stem (default) or stride-1 CIFAR stem (5-10x slower on CPU)",
     )
     m.add_argument(
         "--taps",
         default=None,
-        choices=("blocks", "stages"),
+        choices=choices.TAPS,
         help="tap every residual block (default) or every stage",
     )
     m.add_argument(
         "--norm",
         default=None,
-        choices=("default", "none", "bn", "ln"),
+        choices=choices.NORMS,
         help="VGG only: normalisation after every conv/fc (default: as named)",
     )
     m.add_argument(
         "--labels",
         default=None,
-        choices=("superclass", "subclass"),
+        choices=choices.LABELS,
         help="train on superclass (default) or subclass labels",
     )
     m.add_argument("--epochs", type=int, default=None)
@@ -105,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument(
         "--precision",
         default=None,
-        choices=("fp32", "bf16"),
+        choices=choices.PRECISIONS,
         help="embedding forward pass precision (default fp32)",
     )
     e.add_argument(
@@ -118,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--save",
         default=None,
         metavar="LIST",
-        help=f"heavy artifacts to keep: comma list of {', '.join(SAVE_CHOICES)}, "
+        help=f"heavy artifacts to keep: comma list of {', '.join(choices.SAVE)}, "
         "'all' (default) or 'none'",
     )
     parser.add_argument(
@@ -131,7 +116,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """RunConfig: defaults < --quick preset < explicit flags; validated."""
+    """RunConfig: defaults < --quick preset < explicit flags (``pipeline.prepare`` validates it)."""
     kwargs: dict = dict(PRESETS["quick"]) if args.quick else {}
     kwargs.update(data_config_kwargs(args))
     for name in (
@@ -161,25 +146,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         config = RunConfig(**kwargs)
     except TypeError as err:  # a flag the RunConfig does not know: a programming error
         raise UsageError(f"bad run options: {err}") from None
-    return config.validate()
-
-
-def format_table(layers: list[dict]) -> str:
-    """The per-layer table printed at the end (a probe not run shows as '-')."""
-    width = max([len("name")] + [len(str(r["name"])) for r in layers])
-    lines = [
-        f"{'layer':>5}  {'name':<{width}}  {'AMI f1':>7}  {'purity f1':>9}  {'probe acc':>9}"
-        f"  {'kNN acc':>7}"
-    ]
-    for r in layers:
-        probe, knn = (r.get(key, float("nan")) for key in ("probe_acc", "knn_acc"))
-        probe_text = "-" if probe != probe else f"{probe:.3f}"  # NaN: no probe
-        knn_text = "-" if knn != knn else f"{knn:.3f}"
-        lines.append(
-            f"{r['index']:>5}  {r['name']:<{width}}  {r['ami_f1']:>7.3f}  "
-            f"{r['purity_f1']:>9.3f}  {probe_text:>9}  {knn_text:>7}"
-        )
-    return "\n".join(lines)
+    return config
 
 
 def format_bytes(n: int | None) -> str:
@@ -210,6 +177,7 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"--threads {args.threads}: give a number of threads >= 1")
     store = store_from_args(args)
     from clusterprobe.runners import pipeline
+    from clusterprobe.runners.evalrun import format_layers
 
     if args.threads is not None:
         import torch
@@ -228,7 +196,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"clusterprobe run: failed: {type(err).__name__}: {err}", file=sys.stderr)
         return EXIT_CRASH
 
-    print(format_table(result.layers))
+    print(format_layers(result.layers))
     s = result.summary
     print(
         f"\nbest layer {int(s['best_layer'])} (AMI f1 {s['best_ami']:.3f}); "

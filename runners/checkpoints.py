@@ -1,0 +1,62 @@
+"""A train run's stored checkpoints: logged while it trains, loaded to measure it again.
+
+Layout (tracker.conventions): the final model in ``checkpoint/``, a measured
+intermediate epoch N in ``checkpoints/epoch_NNN/``; each holds the safetensors
+state_dict and the model config that rebuilds it without network
+(``models.save_checkpoint`` / ``models.load_checkpoint``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from clusterprobe.tracker import conventions as cv
+from clusterprobe.tracker.errors import UsageError
+
+
+def artifact_dir(epoch: int | None = None) -> str:
+    """The artifact folder of the final checkpoint (``epoch=None``) or of epoch ``epoch``."""
+    return (
+        cv.ART_CHECKPOINT_DIR if epoch is None else cv.ART_EPOCH_CHECKPOINT_DIR.format(epoch=epoch)
+    )
+
+
+def log_checkpoint(ctx, model, cfg: dict, epoch: int | None = None) -> None:
+    """Store ``model`` (built from ``cfg``, a ``models.model_config``) on the open run ``ctx``."""
+    from clusterprobe.runners import models
+
+    with tempfile.TemporaryDirectory(prefix="clusterprobe-ckpt-") as tmp:
+        for path in models.save_checkpoint(model, cfg, tmp):
+            ctx.log_artifact(str(path), artifact_dir(epoch))
+
+
+def stored_checkpoint(tracker, train_run_id: str, epoch: int | None = None) -> Path:
+    """The local folder of a train run's checkpoint; UsageError when it has none."""
+    where = artifact_dir(epoch)
+    try:
+        folder = tracker.artifact_path(train_run_id, where)
+    except FileNotFoundError:
+        folder = None
+    if folder is None or not (Path(folder) / cv.CHECKPOINT_WEIGHTS).is_file():
+        raise UsageError(
+            f"train run {train_run_id} has no stored checkpoint ({where}/{cv.CHECKPOINT_WEIGHTS});"
+            " rerun it with --save including checkpoint (the default)"
+        )
+    return Path(folder)
+
+
+def load_stored_model(tracker, train_run_id: str, device, epoch: int | None = None):
+    """``(model in eval mode on device, its model config)`` of a stored checkpoint; a
+    corrupt file or a config this timm cannot build is one UsageError line."""
+    from clusterprobe.runners import models
+
+    folder = stored_checkpoint(tracker, train_run_id, epoch)
+    try:
+        return models.load_checkpoint(folder, device), models.checkpoint_config(folder)
+    except UsageError:
+        raise
+    except Exception as err:
+        raise UsageError(
+            f"train run {train_run_id}: checkpoint does not load ({type(err).__name__}: {err})"
+        ) from None

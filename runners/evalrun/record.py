@@ -1,0 +1,197 @@
+"""Write an eval run: open it (the only code that starts one), then its scores and artifacts.
+
+Every producer of eval runs (``pipeline``: a model trained here; ``rescore``: stored
+Grams or embeddings re-clustered; ``transfer``: a stored model on another set)
+describes the run with an :class:`EvalSpec`, opens it with :func:`start_eval_run`
+and writes through the ``record_*`` / ``log_*`` functions below, so every eval run
+has the same params, metric names and artifact layout (tracker.conventions).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from clusterprobe.runners.evalrun import tables
+from clusterprobe.runners.evalrun.scores import LayerScores
+from clusterprobe.tracker import conventions as cv
+
+PROTOCOLS = ("per_superclass", "whole")  # the paper's in-domain protocol | one whole set
+
+# Params that say how a source eval run was measured, not what model it measured:
+# dropped when a stored eval run or model is measured again (rescore, transfer).
+MEASUREMENT_PARAMS = (
+    "factors",
+    "eval_factors",
+    cv.PARAM_PROTOCOL,
+    "probe_train_images",
+    cv.PARAM_CHECKPOINT_EPOCH,
+    cv.PARAM_EVAL_SET,
+)
+MEASUREMENT_PREFIXES = ("cluster.", "whole.")
+
+
+def design_params(params: Mapping[str, str]) -> dict[str, str]:
+    """A stored run's params less how it was measured: the model's design, to repeat."""
+    return {
+        k: v
+        for k, v in params.items()
+        if k not in MEASUREMENT_PARAMS and not k.startswith(MEASUREMENT_PREFIXES)
+    }
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """Which model an eval run measures, on which set and how; its place in the run tree."""
+
+    parent_run_id: str  # the train run the measured model comes from
+    design: Mapping[str, str]  # the model's design params, repeated on the eval run
+    checkpoint_epoch: str  # which checkpoint of the train run ('' if unknown)
+    eval_set: str  # "<dataset>:eval", or a transfer set's name
+    protocol: str  # one of PROTOCOLS
+    run_name: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, str] = field(default_factory=dict)  # more params (transfer.*, factors)
+
+    def params(self) -> dict[str, str]:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol {self.protocol!r}: choose one of {', '.join(PROTOCOLS)}")
+        out = dict(self.design)
+        if self.checkpoint_epoch != "":
+            out[cv.PARAM_CHECKPOINT_EPOCH] = str(self.checkpoint_epoch)
+        out[cv.PARAM_EVAL_SET] = self.eval_set
+        out[cv.PARAM_PROTOCOL] = self.protocol
+        out.update({k: str(v) for k, v in self.extra.items()})
+        return out
+
+
+def start_eval_run(tracker, spec: EvalSpec):
+    """Create the RUNNING eval run ``spec`` describes, nested under its train run; returns
+    the tracker's run context (use it as ``with``: a crash ends the run FAILED)."""
+    return tracker.start_run(
+        "eval",
+        params=spec.params(),
+        parent_run_id=spec.parent_run_id,
+        tags=dict(spec.tags),
+        run_name=spec.run_name,
+    )
+
+
+# --- what every eval run records ----------------------------------------------------------
+
+
+def record_scores(ctx, scores: LayerScores, how: Mapping[str, str]) -> dict[str, float]:
+    """Log the per-layer scores into the open eval run ``ctx``: how they were computed
+    (``how``: prefixed params such as ``cluster.*`` or ``whole.*``), the factors, the
+    per-layer series (step = layer index, so the MLflow UI draws the profile), the
+    summary metrics, layer_metrics.parquet and layers.json. Returns the summary."""
+    ctx.log_params({**how, "eval_factors": ",".join(map(str, scores.factors))})
+    ctx.log_metric_table(scores.series())
+    summary = scores.summary()
+    ctx.log_metrics(summary)
+    ctx.log_parquet(tables.layer_metrics_table(ctx.run_id, scores), cv.ART_LAYER_METRICS)
+    ctx.log_json(tables.layers_json(scores.layer_names), cv.ART_LAYERS)
+    return summary
+
+
+def record_measurement(
+    ctx, meas, *, labels, dataset: Mapping, save, title: str, probe_train_images: int | None
+) -> dict[str, float]:
+    """Log a checkpoint measured on its training set's eval split (``measure.Measurement``)
+    into the open eval run ``ctx``: how it was embedded and clustered, dead layers, the
+    scores, timings, ``dataset.json``, and the heavy artifacts ``save`` names
+    (embeddings, distances, plots). ``labels``: the eval split's labels. Returns the
+    summary."""
+    emb = meas.embedding
+    params = {f"embed.{k}": str(v) for k, v in (emb.params or {}).items()}
+    if probe_train_images is not None:
+        params["probe_train_images"] = str(probe_train_images)
+    ctx.log_params(params)
+    record_dead_layers(ctx, meas.scores.layer_names, emb.dead, meas.protocol.dead)
+    how = {f"cluster.{k}": str(v) for k, v in meas.cluster_params.items()}
+    summary = record_scores(ctx, meas.scores, how)
+    record_seconds(ctx, meas.seconds)
+    record_dataset(ctx, dataset)
+    if "embeddings" in save:
+        log_embeddings(ctx, emb.pooled, labels.superclass, labels.subclass)
+    if "distances" in save:
+        log_distances(ctx, emb.grams, emb.pixel_grams, emb.eval_index, labels.subclass)
+    if "plots" in save:
+        log_layer_profile(ctx, meas.scores, title)
+    return summary
+
+
+def record_dataset(ctx, record: Mapping) -> None:
+    """``dataset.json``: which classes and how many images went in."""
+    ctx.log_json(dict(record), cv.ART_DATASET_RECORD)
+
+
+def record_seconds(ctx, seconds: Mapping[str, float]) -> None:
+    ctx.log_metrics({f"seconds_{k}": float(v) for k, v in seconds.items()})
+
+
+def record_dead_layers(ctx, layer_names, *sources: Mapping) -> None:
+    """Layers whose activations are all zero for some images (``{layer: superclasses}``
+    from each source): warned about, and recorded as a param and a tag."""
+    dead: dict[int, set[int]] = {}
+    for source in sources:
+        for layer, sups in (source or {}).items():
+            dead.setdefault(int(layer), set()).update(int(s) for s in sups)
+    dead = {k: v for k, v in dead.items() if v}
+    if not dead:
+        return
+    names = ", ".join(f"{i} ({layer_names[i]})" for i in sorted(dead))
+    warnings.warn(
+        f"dead layers (all-zero activations for some images): {names}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    ctx.log_params({cv.PARAM_DEAD_LAYERS: ",".join(map(str, sorted(dead)))})
+    tag = {str(k): sorted(v) for k, v in sorted(dead.items())}
+    ctx.set_tags({cv.TAG_DEAD_LAYERS: json.dumps(tag, sort_keys=True)})
+
+
+def log_embeddings(ctx, pooled, superclass, subclass) -> None:
+    """Pooled embeddings per layer and their labels (read back by ``stored.load_pooled``)."""
+    for i, x in enumerate(pooled):
+        ctx.log_numpy(
+            np.ascontiguousarray(x, dtype=np.float32),
+            f"{cv.ART_EMBED_DIR}/{cv.EMBED_POOLED.format(layer=i)}",
+        )
+    ctx.log_parquet(
+        tables.labels_frame(superclass, subclass), f"{cv.ART_EMBED_DIR}/{cv.EMBED_LABELS}"
+    )
+
+
+def log_distances(ctx, grams: Mapping, pixel_grams: Mapping, eval_index: Mapping, subclass):
+    """Per-superclass Gram matrices (float32) and their row index (read back by
+    ``stored.load_distances``)."""
+    for s in sorted(grams):
+        path = f"{cv.ART_DIST_DIR}/{cv.DIST_GRAM.format(superclass=s)}"
+        ctx.log_numpy(np.asarray(grams[s], dtype=np.float32), path)
+        if s in pixel_grams:
+            path = f"{cv.ART_DIST_DIR}/{cv.DIST_PIXEL.format(superclass=s)}"
+            ctx.log_numpy(np.asarray(pixel_grams[s], dtype=np.float32), path)
+    index = tables.distance_index_frame(eval_index, subclass)
+    ctx.log_parquet(index, f"{cv.ART_DIST_DIR}/{cv.DIST_INDEX}")
+
+
+def log_layer_profile(ctx, scores: LayerScores, title: str) -> None:
+    """``layer_profile.png``: AMI over depth beside probe and k-NN accuracy."""
+    import matplotlib.pyplot as plt
+    from clusterprobe.runners.plots import layer_profile
+
+    fig = layer_profile(
+        scores.layer_names,
+        scores.mean_ami(),
+        scores.factors,
+        scores.probe_acc,
+        knn_acc=scores.knn_acc,
+        pixel_ami=scores.pixel_ami_f1,
+        title=title,
+    )
+    ctx.log_figure(fig, cv.ART_PLOT)
+    plt.close(fig)
