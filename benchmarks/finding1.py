@@ -86,7 +86,7 @@ def one(config: RunConfig, quiet: bool) -> dict:
     amis = [ward_ami(f, sup, sub) for f in layer_features(model, taps, images)]
     pixel = ward_ami(images.numpy(), sup, sub)
     return {
-        "shuffled": config.shuffle,
+        "shuffled": config.shuffled,
         "seed": config.seed,
         "train_s": round(train_s, 1),
         "score_s": round(time.perf_counter() - t0, 1),
@@ -134,7 +134,7 @@ def main() -> int:
     results = []
     for seed in args.seeds:
         for variant in args.variants:
-            res = one(base.replace(seed=seed, shuffle=variant == "shuffled"), args.quiet)
+            res = one(base.replace(seed=seed, shuffled=variant == "shuffled"), args.quiet)
             print(json.dumps(res), flush=True)
             results.append(res)
     for variant in args.variants:

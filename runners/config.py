@@ -9,36 +9,44 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from clusterprobe.runners import choices
 from clusterprobe.tracker.errors import UsageError
 
 
-def parse_factors(spec: str) -> tuple[int, ...]:
-    """``"1-5"`` -> (1, 2, 3, 4, 5); ``"1,3"`` -> (1, 3). Sorted, unique, >= 1."""
+def parse_int_list(
+    spec: str, flag: str, *, allow_empty: bool = True, minimum: int | None = None
+) -> tuple[int, ...]:
+    """``"1-3,5"`` -> (1, 2, 3, 5), sorted and unique; ``''`` or ``'none'`` -> () where
+    ``allow_empty``. One UsageError line naming ``flag`` and the bad ``spec``."""
+    if allow_empty and spec.strip().lower() in ("", "none"):
+        return ()
     out: set[int] = set()
     try:
         for part in spec.split(","):
-            part = part.strip()
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                if lo > hi:
-                    raise ValueError
-                out.update(range(lo, hi + 1))
-            else:
-                out.add(int(part))
+            lo, _, hi = part.strip().partition("-")
+            lo_i, hi_i = int(lo), int(hi or lo)
+            if lo_i > hi_i:
+                raise ValueError
+            out.update(range(lo_i, hi_i + 1))
     except ValueError:
         raise UsageError(
-            f"--factors {spec!r} is not a factor list; use ints or ranges such as '1-5' or '1,3'"
+            f"{flag} {spec!r} is not a list of integers; use ints or ranges such as '1-5' or '1,3'"
         ) from None
-    if not out or min(out) < 1:
-        raise UsageError(f"--factors {spec!r}: factors must be integers >= 1, e.g. '1-5'")
+    if minimum is not None and min(out) < minimum:
+        raise UsageError(f"{flag} {spec!r}: values must be integers >= {minimum}")
     return tuple(sorted(out))
+
+
+def parse_factors(spec: str) -> tuple[int, ...]:
+    """Overclustering factors: ``"1-5"`` -> (1, 2, 3, 4, 5); ``"1,3"`` -> (1, 3); >= 1."""
+    return parse_int_list(spec, "--factors", allow_empty=False, minimum=1)
 
 
 @dataclass(frozen=True)
 class RunConfig:
     # --- data ---
     dataset: str = "synthetic"
-    shuffle: bool = False  # the paper's shuffled variant: superclasses of unrelated subclasses
+    shuffled: bool = False  # the paper's shuffled variant: superclasses of unrelated subclasses
     classes: int | None = None  # superclasses to keep (None: the dataset's own count)
     subclasses: int | None = None  # subclasses per superclass (None: the dataset's own count)
     train_per_subclass: int | None = None  # None: the dataset's default
@@ -77,24 +85,30 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Raise UsageError naming the first bad field; return self for chaining."""
-        if self.labels not in ("superclass", "subclass"):
-            raise UsageError(f"--labels {self.labels!r}: choose 'superclass' or 'subclass'")
-        if self.stem not in ("standard", "cifar"):
-            raise UsageError(f"--stem {self.stem!r}: choose 'standard' or 'cifar'")
-        if self.taps not in ("blocks", "stages"):
-            raise UsageError(f"--taps {self.taps!r}: choose 'blocks' or 'stages'")
-        if self.norm not in ("default", "none", "bn", "ln"):
-            raise UsageError(f"--norm {self.norm!r}: choose 'default', 'none', 'bn' or 'ln'")
-        if self.precision not in ("fp32", "bf16"):
-            raise UsageError(f"--precision {self.precision!r}: choose 'fp32' or 'bf16'")
+        for name, legal in (
+            ("labels", choices.LABELS),
+            ("stem", choices.STEMS),
+            ("taps", choices.TAPS),
+            ("norm", choices.NORMS),
+            ("precision", choices.PRECISIONS),
+            ("split", choices.SPLITS),
+        ):
+            value = getattr(self, name)
+            if value not in legal:
+                raise UsageError(f"--{name} {value!r}: choose one of {', '.join(legal)}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
         if self.lr <= 0:
             raise UsageError(f"--lr {self.lr}: must be > 0")
-        bad = set(self.save) - set(SAVE_CHOICES)
+        bad = [e for e in self.eval_epochs if not 1 <= e <= self.epochs]
         if bad:
-            raise UsageError(f"--save {sorted(bad)}: choose from {', '.join(SAVE_CHOICES)}")
+            raise UsageError(
+                f"--eval-epochs {','.join(map(str, bad))}: epochs must lie in 1..{self.epochs}"
+            )
+        bad = set(self.save) - set(choices.SAVE)
+        if bad:
+            raise UsageError(f"--save {sorted(bad)}: choose from {', '.join(choices.SAVE)}")
         return self
 
     def replace(self, **changes) -> RunConfig:
@@ -108,11 +122,7 @@ class RunConfig:
                 out.update({f"extra.{k}": _fmt(v) for k, v in value.items()})
             else:
                 out[key] = _fmt(value)
-        out["shuffled"] = _fmt(self.shuffle)
         return out
-
-
-SAVE_CHOICES = ("checkpoint", "embeddings", "distances", "plots")
 
 
 def _fmt(value) -> str:

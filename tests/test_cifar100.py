@@ -90,7 +90,7 @@ def test_variants_and_subsampling(cifar_root):
     base = RunConfig(dataset="cifar100", data_dir=str(cifar_root / "cifar-100-python"))
     natural = load_dataset(base)
     names = [[natural.subclass_names[k] for k in g] for g in natural.groups()]
-    shuffled = load_dataset(base.replace(shuffle=True))
+    shuffled = load_dataset(base.replace(shuffled=True))
     assert shuffled.shuffled and shuffled.superclass_names[0] == "group-00"
     got = [[shuffled.subclass_names[k] for k in g] for g in shuffled.groups()]
     assert got == shuffle_groups(names)

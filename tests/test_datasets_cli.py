@@ -33,7 +33,7 @@ def test_list_shows_every_registered_name_with_sizes(capsys):
     assert "summary" in rows["synthetic"]  # sizes too once its module is present
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason=f"BREEDS hierarchy files not found at {SHARED}")
+@pytest.mark.usefixtures("shared_breeds")
 def test_show_text_and_json(capsys):
     info = ["--breeds-info", str(SHARED)]
     assert cli_main(["datasets", "show", "living17", *info]) == 0
@@ -91,7 +91,7 @@ def test_data_flags_map_to_config_fields_only_when_given():
         "data_dir": "/data/imagenet",
         "breeds_info": "/data/breeds",
         "subclasses": 2,
-        "shuffle": True,
+        "shuffled": True,
         "train_per_subclass": 100,
         "image_size": 64,
     }

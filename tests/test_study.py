@@ -176,7 +176,7 @@ def test_bad_space_is_a_usage_error(text, message):
 
 
 def test_unknown_field_lists_the_valid_fields():
-    with pytest.raises(UsageError, match="valid fields: dataset, shuffle"):
+    with pytest.raises(UsageError, match="valid fields: dataset, shuffled"):
         parse_space("[params.nrom]\nchoices=['bn']")
 
 

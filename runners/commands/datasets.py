@@ -13,6 +13,8 @@ import inspect
 import json
 import sys
 
+from clusterprobe.runners import choices
+from clusterprobe.runners.data.cli_args import check_split
 from clusterprobe.tracker.errors import UsageError
 
 
@@ -24,8 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     show.add_argument("name", help="dataset name (see `clusterprobe datasets list`)")
     show.add_argument("--subclasses", type=int, default=None, metavar="K")
     show.add_argument("--classes", type=int, default=None, metavar="C")
-    show.add_argument("--shuffle", action="store_true", help="the paper's shuffled variant")
-    show.add_argument("--split", default=None, choices=("none", "rand", "good", "bad"))
+    show.add_argument(
+        "--shuffle", dest="shuffled", action="store_true", help="the paper's shuffled variant"
+    )
+    show.add_argument("--split", default=None, choices=choices.SPLITS)
     show.add_argument("--breeds-info", default=None, metavar="DIR")
     show.add_argument(
         "--data-dir",
@@ -99,21 +103,7 @@ def _show(args: argparse.Namespace) -> int:
 
     entry = resolve(args.name)
     split = args.split or "none"
-    if split != "none":
-        given = [
-            flag
-            for flag, v in (
-                ("--subclasses", args.subclasses),
-                ("--classes", args.classes),
-                ("--shuffle", args.shuffle),
-            )
-            if v
-        ]
-        if given:
-            raise UsageError(
-                f"--split {split} cannot be combined with {', '.join(given)}: the BREEDS recipe "
-                f"defines source/target splits only for the standard class lists"
-            )
+    check_split(split, args.classes, args.subclasses, args.shuffled)
     if args.name in breeds.BREEDS:
         hierarchy = breeds.load_hierarchy(breeds.find_info_dir(args.breeds_info))
         cls = breeds.breeds_classes(
@@ -122,7 +112,7 @@ def _show(args: argparse.Namespace) -> int:
             split=split,
             classes=args.classes,
             subclasses=args.subclasses,
-            shuffle=args.shuffle,
+            shuffle=args.shuffled,
         )
         if args.json:
             print(json.dumps(cls.as_json()))
@@ -149,7 +139,7 @@ def _show(args: argparse.Namespace) -> int:
         dataset=args.name,
         classes=args.classes,
         subclasses=args.subclasses,
-        shuffle=bool(args.shuffle) or any(k == "shuffle" and v for k, v in entry.overrides),
+        shuffled=bool(args.shuffled) or any(k == "shuffled" and v for k, v in entry.overrides),
         data_dir=args.data_dir,
         train_per_subclass=2,
         eval_per_subclass=2,

@@ -471,7 +471,7 @@ def load(config):
         split=config.split or "none",
         classes=config.classes,
         subclasses=config.subclasses,
-        shuffle=config.shuffle,
+        shuffle=config.shuffled,
     )
     root = imagenet_root(config.data_dir, name)
     wnids = [w for g in cls.source for w in g]
@@ -504,7 +504,7 @@ def load(config):
     train_plain = ImageFiles(tr_paths, tr_sup, tr_sub, eval_tf, eval_draft)
     return HierarchicalData(
         name=name,
-        shuffled=bool(config.shuffle),
+        shuffled=bool(config.shuffled),
         train=train_plain.with_transform(train_tf, transforms.decode_size(size, train=True)),
         eval=ImageFiles(ev_paths, ev_sup, ev_sub, eval_tf, eval_draft),
         train_plain=train_plain,

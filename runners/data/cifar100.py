@@ -141,7 +141,7 @@ def load(config):
     )
     coarse_kept = [coarse_names[coarse_ids[i]] for i in picked]
     names = list(coarse_kept)
-    if config.shuffle:
+    if config.shuffled:
         if len({len(g) for g in groups}) != 1:
             raise UsageError("--shuffle needs superclasses of equal size; add --subclasses K")
         groups = shuffle_groups(groups)
@@ -159,7 +159,7 @@ def load(config):
     train_plain = ArrayImages(tr_img[tr_idx], sup_of[tr_sub], tr_sub, eval_tf)
     return HierarchicalData(
         name="cifar100",
-        shuffled=bool(config.shuffle),
+        shuffled=bool(config.shuffled),
         train=train_plain.with_transform(transforms.train_transform(size, mean, std)),
         eval=ArrayImages(te_img[te_idx], sup_of[te_sub], te_sub, eval_tf),
         train_plain=train_plain,

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 
+from clusterprobe.runners import choices
 from clusterprobe.tracker.errors import UsageError
 
-SPLITS = ("none", "rand", "good", "bad")
 # flag dest -> RunConfig field (same names; listed so nothing else leaks into the config)
 FIELDS = (
     "dataset",
-    "shuffle",
+    "shuffled",
     "classes",
     "subclasses",
     "split",
@@ -49,6 +49,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--shuffle",
+        dest="shuffled",
         action="store_true",
         default=None,
         help="the paper's shuffled variant: superclasses of unrelated subclasses",
@@ -60,7 +61,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--split",
         default=None,
-        choices=SPLITS,
+        choices=choices.SPLITS,
         help="BREEDS source/target split (default none); a run uses the source subclasses",
     )
     g.add_argument(
@@ -99,16 +100,25 @@ def data_config_kwargs(args: argparse.Namespace) -> dict:
     for name in ("classes", "subclasses", "train_per_subclass", "eval_per_subclass", "image_size"):
         if name in out and out[name] < 1:
             raise UsageError(f"--{name.replace('_', '-')} {out[name]}: must be >= 1")
-    split = out.get("split", "none")
-    if split != "none":
-        given = [
-            f"--{k}"
-            for k in ("classes", "subclasses", "shuffle")
-            if out.get(k) not in (None, False)
-        ]
-        if given:
-            raise UsageError(
-                f"--split {split} cannot be combined with {', '.join(given)}: the BREEDS recipe "
-                f"defines source/target splits only for the standard class lists"
-            )
+    check_split(out.get("split"), out.get("classes"), out.get("subclasses"), out.get("shuffled"))
     return out
+
+
+def check_split(split, classes, subclasses, shuffled) -> None:
+    """A BREEDS source/target split is defined only for the standard class lists."""
+    if (split or "none") == "none":
+        return
+    given = [
+        flag
+        for flag, value in (
+            ("--classes", classes),
+            ("--subclasses", subclasses),
+            ("--shuffle", shuffled),
+        )
+        if value not in (None, False)
+    ]
+    if given:
+        raise UsageError(
+            f"--split {split} cannot be combined with {', '.join(given)}: the BREEDS recipe "
+            f"defines source/target splits only for the standard class lists"
+        )

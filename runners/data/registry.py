@@ -28,7 +28,7 @@ DATASETS: dict[str, DatasetEntry] = {
     "synthetic-shuffled": DatasetEntry(
         "clusterprobe.runners.data.synthetic",
         "alias: synthetic with --shuffle",
-        overrides=(("shuffle", True),),
+        overrides=(("shuffled", True),),
     ),
     # Real datasets (need files on disk; see `clusterprobe datasets show NAME`).
     "entity13": DatasetEntry(

@@ -5,7 +5,7 @@ Natural hierarchy: every superclass is one silhouette (disc, square, triangle,
 orientation and spatial frequency. A network trained on superclass labels only
 needs the silhouette, so it may discard the grating: the paper's natural case.
 
-Shuffled variant (``config.shuffle``): the same subclasses, regrouped with the
+Shuffled variant (``config.shuffled``): the same subclasses, regrouped with the
 paper's recipe (arXiv 2311.07864; the authors' BREEDS code): concatenate the
 per-superclass subclass lists in label order, shuffle once with a fresh legacy
 ``numpy.random.RandomState(2)``, cut into consecutive groups of the original
@@ -269,7 +269,7 @@ def load(config) -> HierarchicalData:
         classes, subclasses, n_train, n_eval, size, config.data_seed
     )
     natural = [list(range(s * subclasses, (s + 1) * subclasses)) for s in range(classes)]
-    groups = shuffled_groups(natural, shuffle_seed) if config.shuffle else natural
+    groups = shuffled_groups(natural, shuffle_seed) if config.shuffled else natural
     sup_of = np.empty(classes * subclasses, dtype=np.int64)
     for s, group in enumerate(groups):
         sup_of[group] = s
@@ -299,12 +299,12 @@ def load(config) -> HierarchicalData:
     ]
     superclass_names = (
         [f"group-{s:02d}" for s in range(classes)]
-        if config.shuffle
+        if config.shuffled
         else [SHAPES[s][0] for s in range(classes)]
     )
     return HierarchicalData(
         name="synthetic",
-        shuffled=bool(config.shuffle),
+        shuffled=bool(config.shuffled),
         train=train_plain.with_shift(TRAIN_SHIFT),
         eval=split(eval_t, eval_labels, 0),
         train_plain=train_plain,
@@ -321,7 +321,7 @@ def load(config) -> HierarchicalData:
             "eval_per_subclass": n_eval,
             "image_size": size,
             "data_seed": config.data_seed,
-            "shuffle_seed": shuffle_seed if config.shuffle else None,
+            "shuffle_seed": shuffle_seed if config.shuffled else None,
             "train_shift": TRAIN_SHIFT,
             "normalise_mean": mean.tolist(),
             "normalise_std": std.tolist(),
