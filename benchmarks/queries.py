@@ -87,7 +87,7 @@ def build(root: Path, n_eval: int, n_layers: int, seed: int = 0) -> dict:
         config = RunConfig(
             arch=ARCHS[t % len(ARCHS)],
             dataset=DATASETS[(t // len(ARCHS)) % len(DATASETS)],
-            shuffle=bool((t // 15) % 2),
+            shuffled=bool((t // 15) % 2),
             labels=("superclass", "subclass")[(t // 30) % 2],
             seed=t // 60,
             epochs=EPOCHS,
@@ -101,7 +101,7 @@ def build(root: Path, n_eval: int, n_layers: int, seed: int = 0) -> dict:
                 metrics.append((key, value, now + epoch, train_id, epoch, 0))
         for key, value in (("train_loss", 1 / EPOCHS), ("train_acc", 0.9), ("lr", 0.1)):
             latest.append((key, value, now + EPOCHS, EPOCHS, 0, train_id))
-        shift = 0.25 if config.shuffle else 0.0
+        shift = 0.25 if config.shuffled else 0.0
         for k in range(per_train):
             if len(eval_ids) >= n_eval:
                 break
@@ -362,10 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         n_eval = analysis.sql("SELECT count(*) FROM evals WHERE status = 'FINISHED'").fetchone()[0]
         # The runs layer_profile/best_layers read (final checkpoint, own eval set): a
         # search_runs filter could select them, so only their histories are extrapolated.
-        n_used = analysis.sql(
-            "SELECT count(*) FROM evals WHERE status = 'FINISHED' AND is_final "
-            "AND NOT is_transfer AND NOT rescored"
-        ).fetchone()[0]
+        n_used = analysis.sql("SELECT count(*) FROM final_evals").fetchone()[0]
         print("baseline (mlflow.search_runs + get_metric_history + pandas):", flush=True)
         search_s, history_s, pandas_s, n_sample, values = time_mlflow(root, args.sample, n_eval)
         per_run = history_s / n_sample

@@ -4,7 +4,7 @@
 -- the last bin includes 1), averaged within the run, then mean, std and n over runs per
 -- arch x dataset x shuffled x factor x bin. Runs: FINISHED final-checkpoint in-domain
 -- eval runs.
--- Reads: layer_scores, evals.
+-- Reads: layer_scores, final_evals.
 -- Columns: arch_family, arch, dataset, shuffled, factor, depth_bin, depth_lo, depth_hi,
 --   mean, std, n
 -- param dataset VARCHAR : training dataset (default: all)
@@ -18,9 +18,8 @@ WITH per_run AS (
          CAST(least(floor(s.relative_depth * coalesce(getvariable('bins'), 10)),
                     coalesce(getvariable('bins'), 10) - 1) AS INTEGER) AS depth_bin,
          avg(s.value) AS value
-  FROM layer_scores s JOIN evals e USING (run_id)
-  WHERE e.status = 'FINISHED' AND e.is_final AND NOT e.is_transfer AND NOT e.rescored
-    AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
+  FROM layer_scores s JOIN final_evals e USING (run_id)
+  WHERE (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
     AND (getvariable('shuffled') IS NULL OR e.shuffled = getvariable('shuffled'))
     AND (getvariable('labels') IS NULL OR e.labels = getvariable('labels'))
     AND s.metric = coalesce(getvariable('metric'), 'ami')

@@ -9,36 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import duckdb
 from clusterprobe.queries.sources import Sources
 from clusterprobe.queries.sql_text import empty_select, execute, ident, quote
 from clusterprobe.tracker import conventions as cv
 from clusterprobe.tracker.conventions import ART_ARI  # the `ari` view reads these files
-
-
-def _artifact_dir(uri: str | None, run_id: str, root: Path | None) -> Path | None:
-    """Local folder of a run's artifacts; follows a moved store folder."""
-    if not uri:
-        return None
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        path = Path(unquote(parsed.path))
-    elif parsed.scheme == "" and uri.startswith("/"):
-        path = Path(uri)
-    else:
-        return None  # object stores are not read here
-    if path.is_dir() or root is None:
-        return path
-    # The store folder moved and nobody has rewritten the locations yet:
-    # <old root>/artifacts/<experiment>/<run_id>/artifacts -> <root>/artifacts/...
-    parts = path.parts
-    if run_id in parts:
-        i = parts.index(run_id)
-        if i >= 1:
-            return root.joinpath("artifacts", *parts[i - 1 :])
-    return path
+from clusterprobe.tracker.store import run_artifact_dir
 
 
 def _artifact_files(con: duckdb.DuckDBPyConnection, root: Path | None, name: str) -> list[str]:
@@ -48,7 +25,7 @@ def _artifact_files(con: duckdb.DuckDBPyConnection, root: Path | None, name: str
     ).fetchall()
     out = []
     for run_id, uri in rows:
-        folder = _artifact_dir(uri, run_id, root)
+        folder = run_artifact_dir(uri, run_id, root)
         if folder is not None and (folder / name).is_file():
             out.append(str(folder / name))
     return out

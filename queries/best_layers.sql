@@ -2,7 +2,7 @@
 -- layer profile). Each eval run's best layer (ties: the shallower one), then per design
 -- group x factor the mean, std and n of its index, relative depth and value. Runs:
 -- FINISHED eval runs of the final checkpoint on the training dataset's own evaluation set.
--- Reads: layer_scores, evals.
+-- Reads: layer_scores, final_evals.
 -- Columns: dataset, shuffled, arch, taps, labels, metric, factor, best_layer_mean,
 --   best_layer_std, best_depth_mean, best_depth_std, best_value_mean, best_value_std, n
 -- param dataset VARCHAR : training dataset (default: all)
@@ -16,9 +16,8 @@ WITH best AS (  -- arg_max on (value, -layer_index): the best value, then the sh
          arg_max({'layer_index': s.layer_index, 'relative_depth': s.relative_depth,
                   'value': s.value},
                  {'value': s.value, 'shallower': -s.layer_index}) AS b
-  FROM layer_scores s JOIN evals e USING (run_id)
-  WHERE e.status = 'FINISHED' AND e.is_final AND NOT e.is_transfer AND NOT e.rescored
-    AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
+  FROM layer_scores s JOIN final_evals e USING (run_id)
+  WHERE (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
     AND (getvariable('arch') IS NULL OR e.arch = getvariable('arch'))
     AND (getvariable('shuffled') IS NULL OR e.shuffled = getvariable('shuffled'))
     AND (getvariable('labels') IS NULL OR e.labels = getvariable('labels'))

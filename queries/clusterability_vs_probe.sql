@@ -7,7 +7,7 @@
 --     value and its best probe accuracy (max over layers); std NULL, n = runs.
 -- Runs with fewer than 3 layers (or runs) holding both metrics, and constant series (no
 -- correlation defined), are left out. Runs: FINISHED final-checkpoint in-domain eval runs.
--- Reads: layer_scores, evals.
+-- Reads: layer_scores, final_evals.
 -- Columns: scope, dataset, arch, method, mean, std, n
 -- param dataset VARCHAR : training dataset (default: all)
 -- param arch VARCHAR : timm model name (default: all)
@@ -18,9 +18,8 @@ WITH pairs AS (
          max(s.value) FILTER (WHERE s.metric = coalesce(getvariable('metric'), 'ami')
                               AND s.factor = coalesce(getvariable('factor'), 1)) AS x,
          max(s.value) FILTER (WHERE s.metric = 'probe_acc') AS y
-  FROM layer_scores s JOIN evals e USING (run_id)
-  WHERE e.status = 'FINISHED' AND e.is_final AND NOT e.is_transfer AND NOT e.rescored
-    AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
+  FROM layer_scores s JOIN final_evals e USING (run_id)
+  WHERE (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
     AND (getvariable('arch') IS NULL OR e.arch = getvariable('arch'))
   GROUP BY ALL
 ), layer_ranked AS (

@@ -3,7 +3,7 @@
 -- metric x factor with mean, std and n over the group's runs. Runs: FINISHED eval runs
 -- of the final checkpoint on the training dataset's own evaluation set; with run_id set,
 -- that one run (any checkpoint or set: n = 1, std NULL).
--- Reads: layer_scores, evals.
+-- Reads: layer_scores, final_evals, evals.
 -- Columns: dataset, shuffled, arch, taps, labels, layer_index, relative_depth, metric,
 --   factor, mean, std, n
 -- param run_id VARCHAR : one eval run (default: all runs)
@@ -16,12 +16,10 @@
 WITH runs_in AS (  -- the eval runs to profile, with an integer id of their design group
   SELECT run_id, dataset, shuffled, arch, taps, labels,
          dense_rank() OVER (ORDER BY dataset, shuffled, arch, taps, labels) AS grp
-  FROM evals e
-  WHERE e.status = 'FINISHED'
-    AND CASE WHEN getvariable('run_id') IS NULL
-             THEN e.is_final AND NOT e.is_transfer AND NOT e.rescored
-             ELSE e.run_id = getvariable('run_id') END
-    AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
+  FROM (SELECT * FROM final_evals WHERE getvariable('run_id') IS NULL
+        UNION ALL  -- run_id set: that one FINISHED run, whichever checkpoint or set
+        SELECT * FROM evals WHERE status = 'FINISHED' AND run_id = getvariable('run_id')) e
+  WHERE (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
     AND (getvariable('arch') IS NULL OR e.arch = getvariable('arch'))
     AND (getvariable('shuffled') IS NULL OR e.shuffled = getvariable('shuffled'))
     AND (getvariable('labels') IS NULL OR e.labels = getvariable('labels'))

@@ -3,7 +3,7 @@
 -- x arch x factor x shuffled x layer (layer_index NULL: each run's best layer), with mean,
 -- std and n over runs, and the difference to the natural hierarchy's mean at the same
 -- layer (NULL where no natural runs). Runs: FINISHED final-checkpoint in-domain eval runs.
--- Reads: layer_scores, evals.
+-- Reads: layer_scores, final_evals.
 -- Columns: dataset, arch, factor, shuffled, layer_index, relative_depth, mean, std, n,
 --   minus_natural
 -- param dataset VARCHAR : training dataset (default: all)
@@ -14,9 +14,8 @@
 WITH s AS (
   SELECT e.run_id, e.dataset, e.arch, e.shuffled, s.factor, s.layer_index,
          s.relative_depth, s.value
-  FROM layer_scores s JOIN evals e USING (run_id)
-  WHERE e.status = 'FINISHED' AND e.is_final AND NOT e.is_transfer AND NOT e.rescored
-    AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
+  FROM layer_scores s JOIN final_evals e USING (run_id)
+  WHERE (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
     AND (getvariable('arch') IS NULL OR e.arch = getvariable('arch'))
     AND (getvariable('labels') IS NULL OR e.labels = getvariable('labels'))
     AND s.metric = coalesce(getvariable('metric'), 'ami')

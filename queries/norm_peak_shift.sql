@@ -6,7 +6,7 @@
 -- where there is no 'none' group). norm: the run's `norm` param (none, bn, ln), else read
 -- from the timm name (vgg16_bn -> bn, vgg16 -> none); other families: 'default'.
 -- Runs: FINISHED final-checkpoint in-domain eval runs.
--- Reads: layer_scores, evals.
+-- Reads: layer_scores, final_evals.
 -- Columns: dataset, arch_base, norm, factor, peak_layer_mean, peak_layer_std,
 --   peak_depth_mean, peak_depth_std, peak_value_mean, peak_value_std, n,
 --   depth_shift_vs_none, value_change_vs_none
@@ -21,9 +21,8 @@ WITH peak AS (  -- arg_max on (value, -layer_index): the best value, then the sh
          arg_max({'layer_index': s.layer_index, 'relative_depth': s.relative_depth,
                   'value': s.value},
                  {'value': s.value, 'shallower': -s.layer_index}) AS b
-  FROM layer_scores s JOIN evals e USING (run_id)
-  WHERE e.status = 'FINISHED' AND e.is_final AND NOT e.is_transfer AND NOT e.rescored
-    AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
+  FROM layer_scores s JOIN final_evals e USING (run_id)
+  WHERE (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
     AND (getvariable('family') IS NULL OR e.arch_family = getvariable('family'))
     AND (getvariable('shuffled') IS NULL OR e.shuffled = getvariable('shuffled'))
     AND s.metric = coalesce(getvariable('metric'), 'ami')

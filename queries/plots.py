@@ -138,13 +138,13 @@ def training_dynamics(df: pd.DataFrame, ax) -> None:
     ax.set(xlabel="checkpoint epoch", ylabel="best-layer AMI (mean over runs)")
 
 
-# Scatter points for clusterability_vs_probe: one row per (run, layer).
+# Scatter points for clusterability_vs_probe: one row per (run, layer), over the runs
+# the query reads.
 PAIRS_SQL = """
 SELECT s.run_id, e.dataset, e.arch, s.layer_index,
        max(s.value) FILTER (WHERE s.metric = 'ami' AND s.factor = 1) AS ami,
        max(s.value) FILTER (WHERE s.metric = 'probe_acc') AS probe_acc
-FROM layer_scores s JOIN evals e USING (run_id)
-WHERE e.status = 'FINISHED' AND e.is_final AND NOT e.is_transfer
+FROM layer_scores s JOIN final_evals e USING (run_id)
 GROUP BY ALL HAVING ami IS NOT NULL AND probe_acc IS NOT NULL
 """
 

@@ -10,13 +10,15 @@ import duckdb
 from clusterprobe.queries.sql_text import execute, ident, quote
 from clusterprobe.tracker import conventions as cv
 
-# Types of the params that runners/config.py RunConfig (and the pipeline) writes.
-# Params not listed get a type inferred from their values (BIGINT, DOUBLE, BOOLEAN
-# or VARCHAR). Listed ones always exist as columns, so queries can name them on
-# any store.
+# Types of the params that runners/config.py RunConfig (and the pipeline) writes: one
+# entry per RunConfig field (tests/test_queries.py checks every field against its
+# annotation; `queries` may not import `runners`), plus the eval-run params named in
+# tracker/conventions.py. Params not listed get a type inferred from their values
+# (BIGINT, DOUBLE, BOOLEAN or VARCHAR), e.g. ``extra.*`` and the ``shuffle`` param of
+# stores written before the field became ``shuffled``. Listed ones always exist as
+# columns, so queries can name them on any store.
 PARAM_TYPES: dict[str, str] = {
-    "dataset": "VARCHAR",
-    "shuffle": "BOOLEAN",
+    cv.PARAM_DATASET: "VARCHAR",
     cv.PARAM_SHUFFLED: "BOOLEAN",
     "classes": "INTEGER",
     "subclasses": "INTEGER",
@@ -26,6 +28,8 @@ PARAM_TYPES: dict[str, str] = {
     "data_seed": "INTEGER",
     "data_dir": "VARCHAR",
     "split": "VARCHAR",
+    "breeds_info": "VARCHAR",
+    "download": "BOOLEAN",
     "arch": "VARCHAR",
     "stem": "VARCHAR",
     "taps": "VARCHAR",
@@ -47,7 +51,8 @@ PARAM_TYPES: dict[str, str] = {
     "save": "VARCHAR",
     cv.PARAM_CHECKPOINT_EPOCH: "INTEGER",
     cv.PARAM_EVAL_SET: "VARCHAR",
-    "protocol": "VARCHAR",  # eval runs: per_superclass (the paper's) | whole (rescore)
+    cv.PARAM_PROTOCOL: "VARCHAR",  # eval runs: per_superclass (the paper's) | whole (rescore)
+    cv.PARAM_DEAD_LAYERS: "VARCHAR",  # eval runs: comma list ("3" alone would infer BIGINT)
 }
 
 

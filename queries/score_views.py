@@ -1,9 +1,10 @@
 """Views of the runs' scores, shaped for the canned queries: ``layer_scores``,
-``evals`` and ``epoch_metrics``.
+``evals``, ``final_evals``, ``final_transfer_evals`` and ``epoch_metrics``.
 
 They read the ``snap`` tables that `run_views` builds (``run_tags``, ``run_params``):
 per-layer metrics of eval runs with their relative depth, one design row per eval
-run, and train runs' per-epoch metrics.
+run (and the final evaluations the paper's findings average over), and train runs'
+per-epoch metrics.
 """
 
 from __future__ import annotations
@@ -11,6 +12,12 @@ from __future__ import annotations
 import duckdb
 from clusterprobe.queries.sql_text import execute, quote
 from clusterprobe.tracker import conventions as cv
+
+# The final evaluations: FINISHED eval runs of a model's last checkpoint, measured
+# as the run measured them (not re-scored from another eval run). ``final_evals``
+# adds "on the training dataset's own evaluation set", ``final_transfer_evals`` "on
+# another set". One definition, so every canned query counts the same runs.
+FINAL_EVAL = "status = 'FINISHED' AND is_final AND NOT rescored"
 
 # Per-layer metrics of eval runs (step = layer index): ami_f<k>, purity_f<k>, and
 # accuracies measured per layer. Anything else on an eval run is a run-level summary.
@@ -54,7 +61,7 @@ FROM s JOIN n USING (run_id)""",
         setup,
         f"""CREATE TABLE snap.evals AS
 SELECT p.run_id, t.parent_run_id AS train_run_id, r.status, p.dataset,
-       coalesce(p.shuffled, p.shuffle, false) AS shuffled, p.arch,
+       coalesce(p.{cv.PARAM_SHUFFLED}, false) AS shuffled, p.arch,
        coalesce(regexp_extract(p.arch, '^(resnet|resnext|vgg|vit|deit|convnext|efficientnet|mobilenet)', 1),
                 p.arch) AS arch_family,
        CASE WHEN p.norm IN ('none', 'bn', 'ln') THEN p.norm
@@ -72,6 +79,17 @@ FROM snap.run_params p JOIN snap.runs r USING (run_id) JOIN snap.run_tags t USIN
 WHERE t.kind = 'eval'""",
     )
     execute(con, setup, "CREATE VIEW evals AS SELECT * FROM snap.evals")
+    execute(
+        con,
+        setup,
+        f"CREATE VIEW final_evals AS SELECT * FROM snap.evals WHERE {FINAL_EVAL} AND NOT is_transfer",
+    )
+    execute(
+        con,
+        setup,
+        "CREATE VIEW final_transfer_evals AS SELECT * FROM snap.evals "
+        f"WHERE {FINAL_EVAL} AND is_transfer",
+    )
     execute(
         con,
         setup,

@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 from clusterprobe.tracker.errors import UsageError
 
@@ -42,18 +42,13 @@ def _resolve_store(store: str | os.PathLike | None, tracking_uri: str | None):
     return resolve_store(store, tracking_uri)
 
 
-def _sqlite_file(url: str) -> Path:
-    rest = url.split(":", 1)[1]
-    if not rest.startswith("///"):
-        raise UsageError(f"{url!r} is not a SQLite file URL; use sqlite:////abs/path.db")
-    return Path(unquote(rest[3:].split("?", 1)[0])).expanduser().absolute()
-
-
 def _database_source(url: str, flag: str) -> Source:
     """A DuckDB ATTACH target for a SQLAlchemy-style database URL."""
     scheme = urlparse(url).scheme.split("+", 1)[0].lower()
     if scheme == "sqlite":
-        path = _sqlite_file(url)
+        from clusterprobe.tracker.store import sqlite_path
+
+        path = sqlite_path(url)
         return Source(str(path) if path.is_file() else None, "sqlite")
     if scheme in ("postgresql", "postgres"):
         # libpq takes the URL itself once the SQLAlchemy driver suffix is gone.

@@ -5,7 +5,7 @@
 -- set x arch x pre-training labels x factor: mean, std and n over runs, and the
 -- difference to superclass-label pre-training at the same (NULL where absent).
 -- Runs: FINISHED final-checkpoint transfer eval runs.
--- Reads: layer_scores, evals.
+-- Reads: layer_scores, final_transfer_evals.
 -- Columns: pretrain_dataset, eval_set, arch, factor, pretrain_labels, mean, std, n,
 --   minus_superclass
 -- param dataset VARCHAR : pre-training dataset (default: all)
@@ -16,9 +16,8 @@
 WITH last AS (  -- each run's deepest measured layer
   SELECT s.run_id, e.dataset, e.eval_set, e.arch, e.labels, s.factor,
          arg_max(s.value, s.layer_index) AS value
-  FROM layer_scores s JOIN evals e USING (run_id)
-  WHERE e.status = 'FINISHED' AND e.is_final AND e.is_transfer AND NOT e.rescored
-    AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
+  FROM layer_scores s JOIN final_transfer_evals e USING (run_id)
+  WHERE (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
     AND (getvariable('eval_set') IS NULL OR e.eval_set = getvariable('eval_set'))
     AND (getvariable('arch') IS NULL OR e.arch = getvariable('arch'))
     AND s.metric = coalesce(getvariable('metric'), 'ami')

@@ -19,6 +19,11 @@ Views (stable names; `VIEW_COLUMNS` lists the columns):
 * ``evals``: one row per eval run with the design columns the canned queries group
   by, is_final (last checkpoint), is_transfer (evaluation set != training set) and
   rescored (made by `rescore` from another eval run: left out of the canned queries).
+* ``final_evals``: the rows of ``evals`` that the paper's in-domain findings average
+  over: FINISHED eval runs of the final checkpoint on the training dataset's own
+  evaluation set, not rescored (status, is_final, is_transfer and rescored are
+  constant here; kept so the view has the columns of ``evals``).
+* ``final_transfer_evals``: the same, on another evaluation set (is_transfer true).
 * ``epoch_metrics``: train runs' per-epoch metrics (step = epoch; summaries left out).
 * ``layer_metrics``: the runs' ``layer_metrics.parquet`` artifacts (per superclass),
   read lazily from the files at query time.
@@ -30,6 +35,28 @@ Views (stable names; `VIEW_COLUMNS` lists the columns):
 from __future__ import annotations
 
 from clusterprobe.tracker import conventions as cv
+
+# Columns of ``evals`` and of its final-evaluation subsets.
+EVALS_COLUMNS: tuple[str, ...] = (
+    "run_id",
+    "train_run_id",
+    "status",
+    "dataset",
+    "shuffled",
+    "arch",
+    "arch_family",
+    "norm",
+    "taps",
+    "labels",
+    "seed",
+    "epochs",
+    "checkpoint_epoch",
+    "eval_set",
+    "protocol",
+    "is_final",
+    "is_transfer",
+    "rescored",
+)
 
 # Columns of every view, in order (the empty views of an empty store have them too).
 VIEW_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -62,26 +89,9 @@ VIEW_COLUMNS: dict[str, tuple[str, ...]] = {
         "factor",
         "value",
     ),
-    "evals": (
-        "run_id",
-        "train_run_id",
-        "status",
-        "dataset",
-        "shuffled",
-        "arch",
-        "arch_family",
-        "norm",
-        "taps",
-        "labels",
-        "seed",
-        "epochs",
-        "checkpoint_epoch",
-        "eval_set",
-        "protocol",
-        "is_final",
-        "is_transfer",
-        "rescored",
-    ),
+    "evals": EVALS_COLUMNS,
+    "final_evals": EVALS_COLUMNS,
+    "final_transfer_evals": EVALS_COLUMNS,
     "epoch_metrics": ("run_id", "epoch", "metric", "value", "timestamp"),
     "layer_metrics": cv.LAYER_METRICS_COLUMNS,
     "ari": ("run_id", "other_run_id", "kind", "layer_a", "layer_b", "factor", "value"),

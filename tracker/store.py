@@ -85,7 +85,7 @@ class Store:
 
     @property
     def db_path(self) -> Path | None:
-        return _sqlite_path(self.tracking_uri) if self.backend == "sqlite" else None
+        return sqlite_path(self.tracking_uri) if self.backend == "sqlite" else None
 
     @property
     def store_json(self) -> Path | None:
@@ -116,14 +116,47 @@ def _scheme(uri: str) -> str:
     return urlparse(uri).scheme.split("+", 1)[0].lower()
 
 
-def _sqlite_path(uri: str) -> Path:
-    # sqlite:///relative/x.db or sqlite:////abs/x.db (SQLAlchemy's spelling)
+def sqlite_path(uri: str) -> Path:
+    """The file of a SQLAlchemy SQLite URL: ``sqlite:///relative/x.db`` or
+    ``sqlite:////abs/x.db``, made absolute. UsageError for anything else."""
     rest = uri.split(":", 1)[1]
     if not rest.startswith("///") or rest in ("///", "///:memory:"):
         raise UsageError(
-            f"--tracking-uri {uri!r} is not a SQLite file URI; use sqlite:///path/to/mlflow.db"
+            f"{uri!r} is not a SQLite file URL; use sqlite:///path/to/file.db "
+            "(four slashes for an absolute path)"
         )
     return Path(unquote(rest[3:].split("?", 1)[0])).expanduser().absolute()
+
+
+def local_path(uri: str | None) -> Path | None:
+    """Local filesystem path of a ``file:`` URI or a plain absolute path; None for
+    remote URIs (object stores, an MLflow server's artifact proxy)."""
+    if not uri:
+        return None
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "" and uri.startswith("/"):
+        return Path(uri)
+    return None
+
+
+def run_artifact_dir(uri: str | None, run_id: str, root: Path | None = None) -> Path | None:
+    """Local folder of a run's artifacts (``uri``: its artifact URI), None when remote.
+
+    Follows a moved store folder ``root`` whose database still names the old place
+    (readers open it read-only, so nobody has rewritten the locations yet):
+    ``<old root>/artifacts/<experiment>/<run_id>/artifacts`` -> ``<root>/artifacts/...``.
+    """
+    path = local_path(uri)
+    if path is None or path.is_dir() or root is None:
+        return path
+    parts = path.parts
+    if run_id in parts:
+        i = parts.index(run_id)
+        if i >= 1:
+            return root.joinpath("artifacts", *parts[i - 1 :])
+    return path
 
 
 def sqlite_url(path: Path) -> str:
@@ -183,7 +216,7 @@ def resolve_store(
         )
     kind = SCHEMES[scheme]
     if kind == "sqlite":
-        db = _sqlite_path(uri)
+        db = sqlite_path(uri)
         root = db.parent
         return Store(
             tracking_uri=sqlite_url(db),

@@ -28,8 +28,6 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 from clusterprobe.tracker.conventions import (
     TAG_ERROR,
@@ -47,7 +45,7 @@ from clusterprobe.tracker.provenance import (
     provenance_tags,
 )
 from clusterprobe.tracker.schema import prepare_store
-from clusterprobe.tracker.store import Store, redact_uri
+from clusterprobe.tracker.store import Store, local_path, redact_uri
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -118,16 +116,6 @@ def _check_tags(tags: Mapping[str, Any]) -> dict[str, str]:
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
-
-def _local_path(uri: str) -> Path | None:
-    """Local filesystem path of a file URI or plain path; None for remote URIs."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return Path(url2pathname(parsed.path))
-    if parsed.scheme == "" and uri.startswith("/"):
-        return Path(uri)
-    return None
 
 
 def _slug(name: str) -> str:
@@ -326,7 +314,7 @@ class RunContext:
 
     def artifact_dir(self) -> Path | None:
         """Local folder of this run's artifacts (None when they live remotely)."""
-        return _local_path(self.artifact_uri)
+        return local_path(self.artifact_uri)
 
 
 def _json_default(obj: Any) -> Any:
@@ -546,7 +534,7 @@ class Tracker:
 
     def artifact_dir(self, run_id: str) -> Path | None:
         """Local folder of a run's artifacts, None when they live in a remote store."""
-        return _local_path(self.get_run(run_id).info.artifact_uri)
+        return local_path(self.get_run(run_id).info.artifact_uri)
 
     def artifact_path(self, run_id: str, path: str = "") -> Path:
         """Local file path of a run's artifact (downloaded first for remote artifact stores).
