@@ -8,6 +8,8 @@
   default ``postgresql://postgres@127.0.0.1:5432/postgres``). Skips with the reason
   when no server answers, and FAILS instead when ``CLUSTERPROBE_REQUIRE_POSTGRES=1``
   (CI machines that have PostgreSQL set it so the backend cannot silently go untested).
+* ``shared_breeds``: the BREEDS hierarchy files in ``../shared/breeds``; skips where they
+  are absent, FAILS instead when ``CLUSTERPROBE_REQUIRE_SHARED=1`` (set by CI).
 * ``postgres_database``: session-scoped factory behind ``postgres_url``; call it for a
   database that lives longer than one test (e.g. in a class-scoped fixture).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -26,6 +29,9 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "CLUSTERPROBE_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REQUIRE_POSTGRES = os.environ.get("CLUSTERPROBE_REQUIRE_POSTGRES") == "1"
+# The shared test data beside the repository (never copied into it): BREEDS hierarchy files.
+SHARED_BREEDS = Path(__file__).resolve().parents[2] / "shared" / "breeds"
+REQUIRE_SHARED = os.environ.get("CLUSTERPROBE_REQUIRE_SHARED") == "1"
 
 
 def _admin_connection():
@@ -50,6 +56,18 @@ def _database_url(name: str) -> str:
     if u.password:
         auth += f":{u.password}"
     return f"postgresql+psycopg2://{auth}@{u.hostname or '127.0.0.1'}:{u.port or 5432}/{name}"
+
+
+@pytest.fixture(scope="session")
+def shared_breeds() -> Path:
+    """The shared BREEDS folder; skips without it, and FAILS instead when
+    ``CLUSTERPROBE_REQUIRE_SHARED=1`` (CI, where the shared folder is part of the setup)."""
+    if not (SHARED_BREEDS / "breeds_splits_derived.json").is_file():
+        reason = f"BREEDS fixture not found at {SHARED_BREEDS} (the shared folder beside the repo)"
+        if REQUIRE_SHARED:
+            pytest.fail(f"CLUSTERPROBE_REQUIRE_SHARED=1 but {reason}")
+        pytest.skip(reason)
+    return SHARED_BREEDS
 
 
 @pytest.fixture

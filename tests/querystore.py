@@ -2,8 +2,9 @@
 
 Every run follows tracker/conventions.py as the pipeline does: train runs with
 per-epoch metrics, eval runs nested under them with per-layer metrics (step =
-layer index), summaries, layer_metrics.parquet (per superclass; the logged metric
-is the mean over superclasses) and, on some runs, ari.parquet. Beside the store,
+layer index), summaries, layer_metrics.parquet (per superclass, written by the
+eval run's own `layer_metrics_table`; the logged metric is the mean over
+superclasses) and, on some runs, ari.parquet. Beside the store,
 `truth` holds the per-layer values actually logged, so the tests compute every
 canned query's answer independently with pandas.
 
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from clusterprobe.runners.config import RunConfig
+from clusterprobe.runners.evalrun import LayerScores
+from clusterprobe.runners.evalrun.tables import layer_metrics_table
 from clusterprobe.tracker import conventions as cv
 from clusterprobe.tracker.store import Store
 from clusterprobe.tracker.tracking import Tracker
@@ -53,26 +56,14 @@ class QueryStore:
     relogged: tuple[str, float]  # (run_id, value that must win) for ami_f1 at layer 0
 
 
-def _eval_values(rng, n_layers: int, shift: float) -> dict[str, np.ndarray]:
-    """Per-superclass values [S, L] for each per-layer metric."""
-    out = {}
-    for f in FACTORS:
-        out[cv.ami_metric(f)] = np.clip(rng.random((SUPERCLASSES, n_layers)) * 0.5 + shift, 0, 1)
-        out[cv.purity_metric(f)] = rng.random((SUPERCLASSES, n_layers)) * 0.4 + 0.5
-    return out
-
-
-def _layer_table(run_id, names, values, probe) -> pd.DataFrame:
-    rows = []
-    n = len(names)
-    for key, arr in values.items():
-        metric, factor = key.rsplit("_f", 1)
-        for s in range(SUPERCLASSES):
-            for i in range(n):
-                rows.append((run_id, i, names[i], (i + 1) / n, s, int(factor), metric, arr[s, i]))
-    for i in range(n):
-        rows.append((run_id, i, names[i], (i + 1) / n, None, None, cv.PROBE_METRIC, probe[i]))
-    return pd.DataFrame(rows, columns=list(cv.LAYER_METRICS_COLUMNS))
+def _eval_values(rng, n_layers: int, shift: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-superclass ami and purity, each [L, S, F] (layer, superclass, factor)."""
+    ami = np.empty((n_layers, SUPERCLASSES, len(FACTORS)))
+    purity = np.empty_like(ami)
+    for k, _ in enumerate(FACTORS):
+        ami[:, :, k] = np.clip(rng.random((SUPERCLASSES, n_layers)) * 0.5 + shift, 0, 1).T
+        purity[:, :, k] = (rng.random((SUPERCLASSES, n_layers)) * 0.4 + 0.5).T
+    return ami, purity
 
 
 def build(store: Store) -> QueryStore:
@@ -83,7 +74,7 @@ def build(store: Store) -> QueryStore:
 
     def record_eval(train_id, params, names, *, shift, epoch, eval_set, tags=None, end=True):
         n = len(names)
-        values = _eval_values(rng, n, shift)
+        ami, purity = _eval_values(rng, n, shift)
         probe = rng.random(n) * 0.5 + 0.4
         ctx = tracker.start_run(
             "eval",
@@ -91,7 +82,10 @@ def build(store: Store) -> QueryStore:
             parent_run_id=train_id,
             tags=tags,
         )
-        means = {k: v.mean(axis=0) for k, v in values.items()}
+        means = {}
+        for k, f in enumerate(FACTORS):
+            means[cv.ami_metric(f)] = ami[:, :, k].mean(axis=1)
+            means[cv.purity_metric(f)] = purity[:, :, k].mean(axis=1)
         means[cv.PROBE_METRIC] = probe
         # One batch for every per-layer metric, as the pipeline logs them.
         now = int(time.time() * 1000)
@@ -103,7 +97,8 @@ def build(store: Store) -> QueryStore:
         tracker.client.log_batch(ctx.run_id, metrics=batch)
         best = int(np.argmax(means["ami_f1"]))
         ctx.log_metrics({"best_ami": means["ami_f1"][best], "best_layer": best})
-        ctx.log_parquet(_layer_table(ctx.run_id, names, values, probe), cv.ART_LAYER_METRICS)
+        scores = LayerScores(names, list(range(SUPERCLASSES)), FACTORS, ami, purity, list(probe))
+        ctx.log_parquet(layer_metrics_table(ctx.run_id, scores), cv.ART_LAYER_METRICS)
         if end:
             ctx.end("FINISHED")
         for key, series in means.items():
@@ -116,7 +111,7 @@ def build(store: Store) -> QueryStore:
         names = [f"{arch}.layer{i}" for i in range(n_layers)]
         for shuffled in hierarchies:
             for seed in range(seeds):
-                config = RunConfig(arch=arch, shuffle=shuffled, seed=seed, epochs=EPOCHS)
+                config = RunConfig(arch=arch, shuffled=shuffled, seed=seed, epochs=EPOCHS)
                 params = {**config.to_params(), cv.PARAM_DATASET: "synthetic"}
                 with tracker.start_run("train", params=params) as train:
                     for epoch in range(1, EPOCHS + 1):

@@ -7,10 +7,13 @@ from the views.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import sys
 import textwrap
+import types
+import typing
 
 import numpy as np
 import pandas as pd
@@ -18,8 +21,10 @@ import pytest
 import querystore
 from clusterprobe.queries.canned import query_df, query_names
 from clusterprobe.queries.connect import connect
+from clusterprobe.queries.run_views import PARAM_TYPES
 from clusterprobe.queries.view_columns import VIEW_COLUMNS
 from clusterprobe.runners.config import RunConfig
+from clusterprobe.tracker import conventions as cv
 from clusterprobe.tracker.store import local_store
 from scipy import stats
 
@@ -97,6 +102,34 @@ def test_run_params_are_typed(db, qs):
     assert types["shuffled"] == "bool"
 
 
+def _duckdb_type(annotation) -> str:
+    """The column type a RunConfig field's param gets (to_params: tuples comma-joined,
+    None as '' which reads as NULL)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is tuple:
+        return "VARCHAR"
+    return {bool: "BOOLEAN", int: "INTEGER", float: "DOUBLE", str: "VARCHAR"}[annotation]
+
+
+def test_param_types_follow_run_config():
+    # queries may not import runners, so PARAM_TYPES is a copy of RunConfig's fields:
+    # every field listed with its annotation's type, nothing else but eval-run params.
+    hints = typing.get_type_hints(RunConfig)
+    fields = [f.name for f in dataclasses.fields(RunConfig)]
+    columns = [name for name in fields if hints[name] is not dict]  # extra: extra.* params
+    assert set(fields) - set(columns) == {"extra"}
+    wrong = {
+        name: (PARAM_TYPES.get(name), _duckdb_type(hints[name]))
+        for name in columns
+        if PARAM_TYPES.get(name) != _duckdb_type(hints[name])
+    }
+    assert not wrong, f"PARAM_TYPES field: (listed, annotation's type): {wrong}"
+    conventions = {value for key, value in vars(cv).items() if key.startswith("PARAM_")}
+    stray = set(PARAM_TYPES) - set(columns) - conventions
+    assert not stray, f"PARAM_TYPES lists neither a RunConfig field nor a param: {stray}"
+
+
 def test_metrics_deduplicate_relogged_values(db, qs):
     run_id, value = qs.relogged
     got = db.sql(
@@ -123,6 +156,41 @@ def test_layer_scores_match_logged_values(db, qs):
     want = qs.truth.assign(relative_depth=(qs.truth.layer_index + 1) / qs.truth.n_layers)
     keys = ["run_id", "layer_index", "metric", "factor"]
     _check(got, want, keys, {"value": "value", "relative_depth": "relative_depth"})
+
+
+# relative_depth = (layer_index + 1) / n_layers, written out for the store's layer counts.
+DEPTHS_BY_ARCH = {
+    "vit_tiny_patch16_224": [0.25, 0.5, 0.75, 1.0],  # 4 layers
+    "vgg16": [0.2, 0.4, 0.6, 0.8, 1.0],  # 5 layers
+}
+
+
+@pytest.mark.parametrize("view", ["layer_scores", "layer_metrics"])
+def test_relative_depth_by_hand(db, view):
+    got = db.sql(
+        f"""SELECT e.arch, s.run_id, list(DISTINCT s.relative_depth ORDER BY s.relative_depth)
+        FROM {view} s JOIN evals e USING (run_id) GROUP BY ALL"""
+    ).fetchall()
+    runs = 0
+    for arch, run_id, depths in got:
+        if arch in DEPTHS_BY_ARCH:
+            assert depths == pytest.approx(DEPTHS_BY_ARCH[arch], abs=1e-15), run_id
+            runs += 1
+    assert runs >= 4  # two seeds of each
+
+
+def test_final_evals_are_the_runs_the_findings_average(db, qs):
+    want = qs.evals[qs.evals.is_final]
+    for view, transfer in (("final_evals", False), ("final_transfer_evals", True)):
+        got = db.sql(f"SELECT run_id, shuffled FROM {view} ORDER BY run_id").df()
+        w = want[want.is_transfer == transfer].sort_values("run_id")
+        assert list(got["run_id"]) == list(w["run_id"]), view  # no RUNNING, rescored, deleted
+        assert list(got["shuffled"]) == list(w["shuffled"]), view
+
+
+@pytest.mark.parametrize("name", query_names())
+def test_every_query_returns_rows(db, name):
+    assert len(query_df(db, name)) > 0
 
 
 def test_layer_metrics_parquet_means_equal_mlflow_metrics(db, qs):
