@@ -14,7 +14,6 @@ import json
 import sys
 
 from clusterprobe.runners import choices
-from clusterprobe.runners.data.cli_args import check_split
 from clusterprobe.tracker.errors import UsageError
 
 
@@ -103,7 +102,7 @@ def _show(args: argparse.Namespace) -> int:
 
     entry = resolve(args.name)
     split = args.split or "none"
-    check_split(split, args.classes, args.subclasses, args.shuffled)
+    breeds.check_split(split, args.classes, args.subclasses, args.shuffled)
     if args.name in breeds.BREEDS:
         hierarchy = breeds.load_hierarchy(breeds.find_info_dir(args.breeds_info))
         cls = breeds.breeds_classes(

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from clusterprobe.runners.choices import SPLITS
 from clusterprobe.runners.data.groups import SEED, shuffle_groups
 from clusterprobe.tracker.errors import UsageError
 
@@ -52,7 +53,6 @@ INFO_SHA256 = {
     "class_hierarchy.txt": "039cfaddf9732855b93f7899ba4b5ba6d80f8dbe15cfaad566f575b6c8ce0216",
     "node_names.txt": "322af45711ed69a7b199f11225bd964c7dae71df3c586498bef2f7c9e031dedb",
 }
-SPLITS = ("none", "rand", "good", "bad")
 
 
 @dataclass(frozen=True)
@@ -281,6 +281,27 @@ class BreedsClasses:
         return {"source": self.source, "target": self.target}
 
 
+def check_split(split, classes, subclasses, shuffled) -> None:
+    """A source/target split is defined only for the standard class lists: UsageError
+    naming the options that a split cannot be combined with."""
+    if (split or "none") == "none":
+        return
+    given = [
+        flag
+        for flag, value in (
+            ("--classes", classes),
+            ("--subclasses", subclasses),
+            ("--shuffle", shuffled),
+        )
+        if value not in (None, False)
+    ]
+    if given:
+        raise UsageError(
+            f"--split {split} cannot be combined with {', '.join(given)}: the BREEDS recipe "
+            f"defines source/target splits only for the standard class lists"
+        )
+
+
 def breeds_classes(
     hierarchy: Hierarchy,
     dataset: str,
@@ -295,20 +316,7 @@ def breeds_classes(
     split = split or "none"
     if split not in SPLITS:
         raise UsageError(f"--split {split!r}: choose from {', '.join(SPLITS)}")
-    if split != "none" and (classes or subclasses or shuffle):
-        given = [
-            flag
-            for flag, v in (
-                ("--classes", classes),
-                ("--subclasses", subclasses),
-                ("--shuffle", shuffle),
-            )
-            if v
-        ]
-        raise UsageError(
-            f"--split {split} cannot be combined with {', '.join(given)}: the BREEDS recipe "
-            f"defines source/target splits only for the standard class lists"
-        )
+    check_split(split, classes, subclasses, shuffle)
 
     rng = np.random.RandomState(SEED)
     candidates = hierarchy.nodes_at_level(spec.level, spec.ancestor)

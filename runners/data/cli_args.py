@@ -100,25 +100,7 @@ def data_config_kwargs(args: argparse.Namespace) -> dict:
     for name in ("classes", "subclasses", "train_per_subclass", "eval_per_subclass", "image_size"):
         if name in out and out[name] < 1:
             raise UsageError(f"--{name.replace('_', '-')} {out[name]}: must be >= 1")
+    from clusterprobe.runners.data.breeds import check_split
+
     check_split(out.get("split"), out.get("classes"), out.get("subclasses"), out.get("shuffled"))
     return out
-
-
-def check_split(split, classes, subclasses, shuffled) -> None:
-    """A BREEDS source/target split is defined only for the standard class lists."""
-    if (split or "none") == "none":
-        return
-    given = [
-        flag
-        for flag, value in (
-            ("--classes", classes),
-            ("--subclasses", subclasses),
-            ("--shuffle", shuffled),
-        )
-        if value not in (None, False)
-    ]
-    if given:
-        raise UsageError(
-            f"--split {split} cannot be combined with {', '.join(given)}: the BREEDS recipe "
-            f"defines source/target splits only for the standard class lists"
-        )
