@@ -130,3 +130,25 @@ def test_cli_quick_run_end_to_end(tmp_path):
     (ev,) = tracker.search_runs(kind="eval", parent_run_id=train_id)
     assert ev.info.status == "FINISHED" and 0 <= ev.data.metrics["best_ami"] <= 1
     assert tracker.artifact_path(ev.info.run_id, "layer_profile.png").stat().st_size > 0
+
+
+def test_a_crash_after_the_runs_opened_is_exit_1_and_marks_them_failed(
+    tmp_path, capsys, one_torch_thread
+):
+    """Bad input is caught before anything is stored (exit 2); what goes wrong once the
+    train run exists (here: training diverges at an absurd learning rate) is a crash:
+    one line, exit 1, and the run is FAILED with the error, never left RUNNING."""
+    from clusterprobe.tracker.store import local_store
+    from clusterprobe.tracker.tracking import Tracker
+
+    store = tmp_path / "mlruns"
+    argv = ["run", "--classes", "2", "--subclasses", "2", "--train-per-subclass", "8"]
+    argv += ["--eval-per-subclass", "4", "--image-size", "16", "--epochs", "1"]
+    argv += ["--batch-size", "8", "--lr", "1e30", "--device", "cpu", "--save", "none"]
+    assert cli_main([*argv, "--store", str(store), "--quiet"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("clusterprobe run: failed: FloatingPointError")
+    assert "training diverged" in lines[0]
+    (train,) = Tracker(local_store(store)).search_runs(kind="train")
+    assert train.info.status == "FAILED"
+    assert "diverged" in train.data.tags["clusterprobe.error"]

@@ -15,7 +15,7 @@ import sys
 from clusterprobe.runners import choices
 from clusterprobe.runners.config import PRESETS, RunConfig, parse_factors, parse_int_list
 from clusterprobe.runners.data.cli_args import add_data_arguments, data_config_kwargs
-from clusterprobe.tracker.errors import UsageError
+from clusterprobe.tracker.errors import UsageError, error_line
 
 EXIT_CRASH = 1
 
@@ -184,16 +184,21 @@ def main(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
 
+    opened: list[str] = []  # the train run, once it exists
     try:
         with _sigterm_guard():
-            result = pipeline.run(config, store, quiet=args.quiet)
-    except UsageError:
-        raise
+            result = pipeline.run(config, store, on_start=opened.append, quiet=args.quiet)
+    except UsageError as err:
+        if not opened:
+            raise  # bad input, found before anything was stored: one line, exit 2
+        # Found only after the runs were opened (they are marked FAILED): a crash.
+        print(f"clusterprobe run: failed: {error_line(err)}", file=sys.stderr)
+        return EXIT_CRASH
     except KeyboardInterrupt:
         print("clusterprobe run: interrupted; the runs were marked KILLED", file=sys.stderr)
         return 130
     except Exception as err:  # one line; the run itself is already marked FAILED
-        print(f"clusterprobe run: failed: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"clusterprobe run: failed: {error_line(err)}", file=sys.stderr)
         return EXIT_CRASH
 
     print(format_layers(result.layers))
