@@ -13,27 +13,17 @@ import shlex
 import sys
 
 from clusterprobe.runners import choices
-from clusterprobe.runners.config import PRESETS, RunConfig, parse_factors, parse_int_list
+from clusterprobe.runners.config import (
+    PRESETS,
+    RunConfig,
+    parse_factors,
+    parse_int_list,
+    parse_save,
+)
 from clusterprobe.runners.data.cli_args import add_data_arguments, data_config_kwargs
 from clusterprobe.tracker.errors import UsageError, error_line
 
 EXIT_CRASH = 1
-
-
-def parse_save(spec: str) -> tuple[str, ...]:
-    """``"all"``, ``"none"`` or a comma list of ``choices.SAVE``."""
-    spec = spec.strip().lower()
-    if spec == "all":
-        return choices.SAVE
-    if spec in ("none", ""):
-        return ()
-    items = tuple(s.strip() for s in spec.split(",") if s.strip())
-    bad = [s for s in items if s not in choices.SAVE]
-    if bad:
-        raise UsageError(
-            f"--save {','.join(bad)}: choose from {', '.join(choices.SAVE)}, 'all' or 'none'"
-        )
-    return items
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
