@@ -53,11 +53,12 @@ FROM s JOIN n USING (run_id)""",
         "CREATE VIEW layer_scores AS SELECT run_id, layer_index, n_layers, relative_depth, "
         "metric, factor, value FROM snap.layer_scores",
     )
-    # One row per eval run: what the canned queries group by. model_source: where the
-    # measured model came from (trained here | weights file; runs logged before the param
-    # existed were all trained here); train_run_id is then the weights' model run. norm (VGG only, as
+    # One row per eval run: what the canned queries group by. norm (VGG only, as
     # runners/models.py resolves it): the `norm` param when it names one (none, bn,
     # ln), else from the timm name (vgg16_bn -> bn); NULL for other families.
+    # model_source: where the measured model came from, 'trained' (here) or 'weights'
+    # (a file; train_run_id is then its model run); runs logged before the param
+    # existed were all trained here.
     execute(
         con,
         setup,

@@ -197,7 +197,8 @@ def main(args: argparse.Namespace) -> int:
         f"\nbest layer {int(s['best_layer'])} (AMI f1 {s['best_ami']:.3f}); "
         f"best probe acc {s.get('best_probe_acc', float('nan')):.3f}; "
         f"best kNN acc {s.get('best_knn_acc', float('nan')):.3f}; "
-        f"raw pixels AMI f1 {s.get('pixel_ami_f1', float('nan')):.3f}"
+        f"raw pixels AMI f1 {s.get('pixel_ami_f1', float('nan')):.3f}; "
+        f"test acc {s.get('test_acc', float('nan')):.3f}"
     )
     if result.seconds:
         print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))

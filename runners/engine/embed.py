@@ -188,7 +188,7 @@ class _Taps:
             if precision == "bf16":
                 stack.enter_context(torch.autocast(device_type=x.device.type, dtype=torch.bfloat16))
             try:
-                out = _tensor_of(model(x))
+                out = model(x)
             except _Stop:
                 pass
         missing = set(self.positions) - self.seen
@@ -405,7 +405,7 @@ class _Superclass:
             if tap_positions:
                 out = fwd.run(hooks, x)
                 if keep:
-                    outputs.append(out.to(torch.float64))
+                    outputs.append(_tensor_of(out).to(torch.float64))
             cursor[0] += x.shape[0]
         grams = {p: unit_gram(f) for p, f in feats.items()}
         pooled_all = {p: torch.cat(v) for p, v in pooled.items()}
@@ -465,7 +465,7 @@ class _Superclass:
             else:
                 out = fwd.run(hooks, x)
                 if outputs is not None:
-                    outputs.append(out.to(torch.float64))
+                    outputs.append(_tensor_of(out).to(torch.float64))
                 t = box.pop("t")
             sink(offset[0], flatten(t).to(self.store_dtype), t)
             offset[0] += x.shape[0]
