@@ -256,3 +256,34 @@ def test_bad_input_is_one_line_exit_2_and_stores_nothing(stored, capsys, tmp_pat
     assert lines[0].startswith("clusterprobe eval: error: ") and message in lines[0], lines[0]
     assert (store.root / "mlflow.db").read_bytes() == database
     assert sorted(p for p in (store.root / "artifacts").rglob("*")) == files
+
+
+def test_eval_config_keeps_the_sources_data_unless_the_dataset_is_named():
+    from clusterprobe.runners.config import RunConfig
+    from clusterprobe.runners.evaluate import EVAL_SAVE, eval_config
+
+    base = RunConfig(classes=4, eval_per_subclass=8, shuffled=True, device="cuda", seed=3)
+    kept = eval_config(base, {"eval_per_subclass": 5}, {"precision": "fp64"})
+    assert (kept.classes, kept.eval_per_subclass, kept.shuffled) == (4, 5, True)
+    assert (kept.precision, kept.seed) == ("fp64", 3)
+    assert (kept.device, kept.save) == ("auto", EVAL_SAVE)  # never the source's
+    fresh = eval_config(base, {"dataset": "synthetic", "subclasses": 2}, {})
+    assert (fresh.classes, fresh.subclasses, fresh.shuffled) == (None, 2, False)
+
+
+def test_a_crash_after_the_eval_run_opened_is_exit_1_and_failed(stored, capsys, tmp_path):
+    """Weights whose activations turn NaN pass every input check; the embed then fails
+    inside the open eval run: one line, exit 1, the run FAILED (its model run stays)."""
+    store, tracker, train_id, own, config = stored
+    state = load_file(str(tracker.artifact_path(train_id, cv.ART_WEIGHTS)))
+    state["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    path = tmp_path / "nan.pt"
+    torch.save(state, path)
+    before = {r.info.run_id for r in tracker.search_runs(kind="eval")}
+    capsys.readouterr()
+    argv = ["eval", "--weights", str(path), "--arch", "resnet18", *TINY_FLAGS]
+    assert cli_main([*argv, "--store", str(store.root), "--quiet"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("clusterprobe eval: failed: ValueError")
+    (new,) = [r for r in tracker.search_runs(kind="eval") if r.info.run_id not in before]
+    assert new.info.status == "FAILED" and "NaN" in new.data.tags[cv.TAG_ERROR]
