@@ -53,6 +53,10 @@ PARAM_TYPES: dict[str, str] = {
     cv.PARAM_EVAL_SET: "VARCHAR",
     cv.PARAM_PROTOCOL: "VARCHAR",  # eval runs: per_superclass (the paper's) | whole (rescore)
     cv.PARAM_DEAD_LAYERS: "VARCHAR",  # eval runs: comma list ("3" alone would infer BIGINT)
+    cv.PARAM_MODEL_SOURCE: "VARCHAR",  # eval runs: trained | weights
+    cv.PARAM_TEST_ACC_LABELS: "VARCHAR",  # eval runs: superclass | subclass
+    cv.PARAM_WEIGHTS_SHA256: "VARCHAR",  # model runs: hex digits (all-digit ones exist)
+    cv.PARAM_WEIGHTS_PATH: "VARCHAR",
 }
 
 

@@ -56,6 +56,9 @@ FROM s JOIN n USING (run_id)""",
     # One row per eval run: what the canned queries group by. norm (VGG only, as
     # runners/models.py resolves it): the `norm` param when it names one (none, bn,
     # ln), else from the timm name (vgg16_bn -> bn); NULL for other families.
+    # model_source: where the measured model came from, 'trained' (here) or 'weights'
+    # (a file; train_run_id is then its model run); runs logged before the param
+    # existed were all trained here.
     execute(
         con,
         setup,
@@ -74,7 +77,8 @@ SELECT p.run_id, t.parent_run_id AS train_run_id, r.status, p.dataset,
         OR p.{cv.PARAM_CHECKPOINT_EPOCH} >= p.epochs) AS is_final,
        coalesce(NOT starts_with(lower(p.{cv.PARAM_EVAL_SET}), lower(p.dataset)), false)
          AS is_transfer,
-       t.source_run IS NOT NULL AS rescored
+       t.source_run IS NOT NULL AS rescored,
+       coalesce(p.{cv.PARAM_MODEL_SOURCE}, 'trained') AS model_source
 FROM snap.run_params p JOIN snap.runs r USING (run_id) JOIN snap.run_tags t USING (run_id)
 WHERE t.kind = 'eval'""",
     )

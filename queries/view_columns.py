@@ -17,8 +17,10 @@ Views (stable names; `VIEW_COLUMNS` lists the columns):
   relative_depth = (layer_index + 1) / n_layers (as the pipeline's layers.json);
   NaN values are left out.
 * ``evals``: one row per eval run with the design columns the canned queries group
-  by, is_final (last checkpoint), is_transfer (evaluation set != training set) and
-  rescored (made by `rescore` from another eval run: left out of the canned queries).
+  by, is_final (last checkpoint), is_transfer (evaluation set != training set),
+  rescored (made by `rescore` from another eval run: left out of the canned queries)
+  and model_source ('trained': a train run of the store, by `run` or `eval --from`;
+  'weights': a weights file, `eval --weights`, whose model run is then train_run_id).
 * ``final_evals``: the rows of ``evals`` that the paper's in-domain findings average
   over: FINISHED eval runs of the final checkpoint on the training dataset's own
   evaluation set, not rescored (status, is_final, is_transfer and rescored are
@@ -56,6 +58,7 @@ EVALS_COLUMNS: tuple[str, ...] = (
     "is_final",
     "is_transfer",
     "rescored",
+    "model_source",
 )
 
 # Columns of every view, in order (the empty views of an empty store have them too).

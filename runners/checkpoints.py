@@ -60,3 +60,17 @@ def load_stored_model(tracker, train_run_id: str, device, epoch: int | None = No
         raise UsageError(
             f"train run {train_run_id}: checkpoint does not load ({type(err).__name__}: {err})"
         ) from None
+
+
+def saved_epochs(tracker, train_run_id: str, epochs: int) -> list[int] | None:
+    """The epochs (of 1..``epochs``) whose checkpoint a train run stored, the final one
+    included; None where the artifacts are not local files (never downloaded for this)."""
+    root = tracker.artifact_dir(train_run_id)
+    if root is None:
+        return None
+    found = [
+        e for e in range(1, epochs) if (root / artifact_dir(e) / cv.CHECKPOINT_WEIGHTS).is_file()
+    ]
+    if (root / artifact_dir(None) / cv.CHECKPOINT_WEIGHTS).is_file():
+        found.append(epochs)
+    return found

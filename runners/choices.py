@@ -17,7 +17,7 @@ SPLITS = ("none", "rand", "good", "bad")  # BREEDS source/target splits
 SAVE = ("checkpoint", "embeddings", "distances", "plots")  # heavy artifacts a run may keep
 
 # --- the measurement (engine) ---
-PRECISIONS = ("fp32", "bf16")  # the embedding forward pass
+PRECISIONS = ("fp32", "bf16", "fp64")  # the embedding forward pass (fp64: exact references)
 WHOLE_METHODS = ("auto", "exact", "knn-ward", "two-stage", "kmeans")  # whole-dataset clustering
 CLUSTER_BACKENDS = ("thread", "process")  # parallel Ward trees of the per-superclass protocol
 NEIGHBOR_BACKENDS = ("auto", "faiss", "torch")  # k-NN graphs and k-means

@@ -16,6 +16,10 @@ from clusterprobe.tracker.errors import UsageError
 # name -> (module, one-line help). The module is imported for its own subcommand only.
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("clusterprobe.runners.commands.run", "train a model, measure every layer, record it"),
+    "eval": (
+        "clusterprobe.runners.commands.eval",
+        "measure a model you already have (stored checkpoint or weights file)",
+    ),
     "score": ("clusterprobe.runners.commands.score", "cluster your own embeddings (.npz)"),
     "rescore": ("clusterprobe.runners.commands.rescore", "re-cluster a stored eval run"),
     "export": ("clusterprobe.runners.commands.export", "write a layer's pooled embeddings"),

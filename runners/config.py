@@ -7,6 +7,7 @@ choice that shapes a run is a field here and queryable in SQL.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 
 from clusterprobe.runners import choices
@@ -40,6 +41,22 @@ def parse_int_list(
 def parse_factors(spec: str) -> tuple[int, ...]:
     """Overclustering factors: ``"1-5"`` -> (1, 2, 3, 4, 5); ``"1,3"`` -> (1, 3); >= 1."""
     return parse_int_list(spec, "--factors", allow_empty=False, minimum=1)
+
+
+def parse_save(spec: str) -> tuple[str, ...]:
+    """``"all"``, ``"none"`` or a comma list of ``choices.SAVE``."""
+    spec = spec.strip().lower()
+    if spec == "all":
+        return choices.SAVE
+    if spec in ("none", ""):
+        return ()
+    items = tuple(s.strip() for s in spec.split(",") if s.strip())
+    bad = [s for s in items if s not in choices.SAVE]
+    if bad:
+        raise UsageError(
+            f"--save {','.join(bad)}: choose from {', '.join(choices.SAVE)}, 'all' or 'none'"
+        )
+    return items
 
 
 @dataclass(frozen=True)
@@ -123,6 +140,59 @@ class RunConfig:
             else:
                 out[key] = _fmt(value)
         return out
+
+    @classmethod
+    def from_params(cls, params: typing.Mapping[str, str]) -> RunConfig:
+        """The inverse of :meth:`to_params`: the config a stored run was made with.
+
+        Params that are not fields (dataset record, eval params) are ignored; a field
+        missing (a run logged before it existed) keeps its default. Not validated: pass
+        the result through ``pipeline.prepare``. A value that does not parse is a
+        UsageError naming the param.
+        """
+        hints = typing.get_type_hints(cls)
+        kwargs: dict = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "extra":
+                extra = {k[len("extra.") :]: v for k, v in params.items() if k.startswith("extra.")}
+                kwargs["extra"] = extra
+            elif f.name in params:
+                kwargs[f.name] = _parse(params[f.name], hints[f.name], f.name)
+        return cls(**kwargs)
+
+
+# Fields that say how a model was trained here; a model from a weights file has none of
+# them, so its eval runs do not record them.
+TRAINING_FIELDS = (
+    "labels",
+    "epochs",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "warmup_epochs",
+    "eval_epochs",
+    "workers",
+)
+
+
+def _parse(text: str, hint, name: str):
+    """One param string back into its field's type (``_fmt``'s inverse)."""
+    args = typing.get_args(hint)
+    if type(None) in args:  # ``X | None``: '' is None
+        if text == "":
+            return None
+        hint = next(a for a in args if a is not type(None))
+    try:
+        if typing.get_origin(hint) is tuple:
+            item = typing.get_args(hint)[0]
+            return tuple(item(v) for v in text.split(",")) if text else ()
+        if hint is bool:
+            if text not in ("True", "False"):
+                raise ValueError(text)
+            return text == "True"
+        return hint(text)
+    except ValueError:
+        raise UsageError(f"stored param {name}={text!r} is not a valid {name}") from None
 
 
 def _fmt(value) -> str:

@@ -4,6 +4,11 @@
 layer inside every superclass (``engine.cluster.cluster_protocol``, raw pixels too,
 as a baseline) and fits the linear and k-NN probes (``engine.probe``); a
 :class:`Measurement` holds what they return. ``evalrun.record_measurement`` writes it.
+
+Where the model's head predicts the eval set's labels (``head_labels``), the embed
+pass also keeps its outputs and the Measurement holds the model's own accuracy
+(``test_acc``): the pass that reaches the last tap runs on through the head, so
+no second forward pass over the eval set is needed.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ class Measurement:
     protocol: object  # engine.cluster.ProtocolResult: assignments, dead layers
     cluster_params: dict  # how the clustering was computed
     seconds: dict[str, float]  # embed, cluster, probe
+    test_acc: float | None = None  # the model's own accuracy on the eval set (head_labels)
+    test_acc_labels: str | None = None  # "superclass" | "subclass": what test_acc is on
 
     @property
     def layer_names(self) -> list[str]:
@@ -33,6 +40,18 @@ class Measurement:
     @property
     def factors(self) -> tuple[int, ...]:
         return self.scores.factors
+
+
+def head_labels(width: int, data, trained_on: str | None = None) -> str | None:
+    """Which labels of ``data`` a classifier head of ``width`` outputs predicts, or None.
+
+    ``trained_on`` ("superclass" | "subclass"), when known (a model trained here): those
+    labels if the width equals their count. Unknown (a weights file): whichever count
+    the width equals (superclass first), else None.
+    """
+    counts = {"superclass": data.num_superclasses, "subclass": data.num_subclasses}
+    candidates = [trained_on] if trained_on is not None else list(counts)
+    return next((name for name in candidates if counts[name] == width), None)
 
 
 def probe_indices(labels, per_subclass: int, seed: int) -> np.ndarray:
@@ -46,9 +65,18 @@ def probe_indices(labels, per_subclass: int, seed: int) -> np.ndarray:
 
 
 def measure(
-    model, config: RunConfig, data, device, *, probe_index: np.ndarray, quiet: bool = False
+    model,
+    config: RunConfig,
+    data,
+    device,
+    *,
+    probe_index: np.ndarray,
+    head_labels: str | None = None,
+    quiet: bool = False,
 ) -> Measurement:
-    """Embed the eval split, cluster every layer per superclass, probe every layer."""
+    """Embed the eval split, cluster every layer per superclass, probe every layer; with
+    ``head_labels`` ("superclass" | "subclass", see :func:`head_labels`) also the model's
+    own accuracy on those labels of the eval split."""
     from clusterprobe.runners.engine.cluster import cluster_protocol
     from clusterprobe.runners.engine.embed import embed_eval
     from clusterprobe.runners.models import layer_taps
@@ -68,8 +96,13 @@ def measure(
         precision=config.precision,
         batch_size=config.batch_size,
         quiet=quiet,
+        outputs=head_labels is not None,
     )
     seconds["embed"] = time.perf_counter() - t0
+    test_acc = None
+    if head_labels is not None:
+        truth = getattr(data.eval_labels, head_labels)
+        test_acc = float(np.mean(np.argmax(emb.outputs, axis=1) == truth))
 
     t0 = time.perf_counter()
     sub = {s: data.eval_labels.subclass[idx] for s, idx in emb.eval_index.items()}
@@ -91,7 +124,9 @@ def measure(
         knn_acc=knn_acc,
         pixel_ami_f1=float(np.mean(pixels.ami)),  # [1, S, 1]: one "layer", factor 1
     )
-    return Measurement(scores, emb, result, dict(result.params or {}), seconds)
+    return Measurement(
+        scores, emb, result, dict(result.params or {}), seconds, test_acc, head_labels
+    )
 
 
 def _probes(model, taps, config, data, device, probe_index, eval_pooled):

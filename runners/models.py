@@ -184,6 +184,18 @@ def create_model(config, num_classes: int, image_size: int | None = None) -> tor
         return build_model(cfg)
 
 
+def classifier_name(cfg: dict) -> str:
+    """The classifier module of a :func:`model_config`'s model, as timm names it in the
+    architecture's pretrained config ('fc' for ResNets, 'head.fc' for VGG, 'head' for
+    ViT): the tensors a weights file's head width is read from."""
+    from timm.models import get_pretrained_cfg
+
+    pretrained = get_pretrained_cfg(cfg["timm_name"])
+    if pretrained is None or not pretrained.classifier:
+        raise UsageError(f"--arch {cfg['arch']!r}: timm names no classifier module for it")
+    return pretrained.classifier
+
+
 def layer_taps(model: torch.nn.Module, config) -> list[Tap]:
     """The measured layers of ``model`` in forward order, indexed 0..L-1."""
     family = arch_family(config.arch)

@@ -29,7 +29,7 @@ from clusterprobe.runners import evalrun
 from clusterprobe.runners.config import RunConfig
 from clusterprobe.runners.data.record import dataset_params, dataset_record, variant
 from clusterprobe.runners.evalrun.stability import find_seed_runs, record_stability
-from clusterprobe.runners.measure import measure, probe_indices
+from clusterprobe.runners.measure import head_labels, measure, probe_indices
 from clusterprobe.tracker import conventions as cv
 
 EVAL_SPLIT = "eval"
@@ -184,17 +184,16 @@ class _Job:
             self.eval_run_ids.append(ctx.run_id)
             if not self.quiet:
                 _say(f"eval run {ctx.run_id}: checkpoint epoch {epoch}")
-            meas = measure(
-                net, config, data, self.device, probe_index=self.probe_index, quiet=self.quiet
-            )
-            summary = evalrun.record_measurement(
+            meas, summary = measure_into(
                 ctx,
-                meas,
-                labels=data.eval_labels,
-                dataset=dataset_record(data),
-                save=config.save,
+                net,
+                config,
+                data,
+                self.device,
+                probe_index=self.probe_index,
+                head=head_labels(self.num_classes, data, config.labels),
                 title=f"{config.arch} on {data.name} ({variant(data)}), seed {config.seed}",
-                probe_train_images=len(self.probe_index),
+                quiet=self.quiet,
             )
             self._record_stability(ctx, spec, meas, final=epoch == config.epochs)
             if epoch < config.epochs:
@@ -233,6 +232,27 @@ class _Job:
             history=self.history,
             seconds={**self.seconds, **self.final["seconds"]},
         )
+
+
+def measure_into(
+    ctx, net, config, data, device, *, probe_index, head: str | None, title: str, quiet: bool
+):
+    """Measure ``net`` on ``data``'s eval split and record it into the open eval run ``ctx``
+    (``run``'s checkpoints and ``eval``'s models alike). ``head``: the labels its head
+    predicts (``measure.head_labels``), for test_acc. Returns (Measurement, summary)."""
+    meas = measure(
+        net, config, data, device, probe_index=probe_index, head_labels=head, quiet=quiet
+    )
+    summary = evalrun.record_measurement(
+        ctx,
+        meas,
+        labels=data.eval_labels,
+        dataset=dataset_record(data),
+        save=config.save,
+        title=title,
+        probe_train_images=len(probe_index),
+    )
+    return meas, summary
 
 
 def bytes_stored(tracker, run_ids: list[str]) -> int | None:

@@ -123,8 +123,8 @@ def transfer_run(tracker, run_id: str, request: TransferRequest, *, quiet: bool 
     params, train_id = dict(train.data.params), train.info.run_id
     device = resolve_device(request.device)
     model, model_cfg = load_stored_model(tracker, train_id, device)
-    config = RunConfig(arch=params.get("arch", "resnet18"), taps=params.get("taps", "blocks"))
-    seed = int(params.get("seed", 0) or 0)
+    config = RunConfig.from_params(params)
+    seed = config.seed
     data = load_transfer(
         request.source,
         data_dir=request.data_dir,

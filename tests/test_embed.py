@@ -158,6 +158,62 @@ def test_grams_pooled_and_pixels_match_direct(budget, kind):
         assert int(emb.params["forward_passes"]) > 3  # extra passes: memory-bounded
 
 
+@pytest.mark.parametrize("budget", [None, 100_000, 10_000])  # one pass, grouped, row blocks
+def test_outputs_are_the_models_own_output(budget):
+    """outputs=True: the pass with the last tap (here the fc's input, a pre-hook that would
+    stop the forward before the fc) runs on to the end; every image's logits are kept."""
+    model = tiny_model()
+    taps = tiny_taps(model)[:3]
+    x, sup, sub = structured_images(n_sup=3, n_sub=2, per=6)
+    labels = Labels(sup, sub)
+    plain = embed_eval(model, taps, x, labels, device="cpu", batch_size=5, quiet=True)
+    assert plain.outputs is None
+    emb = embed_eval(
+        model,
+        taps,
+        x,
+        labels,
+        device="cpu",
+        batch_size=5,
+        quiet=True,
+        memory_budget=budget,
+        outputs=True,
+    )
+    with torch.no_grad():
+        logits = model.eval()(x).double().numpy()
+    assert emb.outputs.shape == (len(x), 10) and emb.outputs.dtype == np.float64
+    np.testing.assert_allclose(emb.outputs, logits, rtol=1e-5, atol=1e-6)
+    for s in emb.grams:  # the Grams do not change
+        np.testing.assert_allclose(emb.grams[s], plain.grams[s], atol=2e-6)
+    if budget is None:  # no extra pass: the same forward went on to the end
+        assert emb.params["forward_passes"] == plain.params["forward_passes"]
+
+
+def test_fp64_keeps_float64_and_restores_the_model(resnet):
+    """fp64: the model runs in float64 (restored to float32 after); Grams stay float64 and
+    equal the Gram of float64 activations taken with plain hooks on a float64 copy."""
+    import copy
+
+    model, taps = resnet
+    x, sup, sub = structured_images(n_sup=2, n_sub=2, per=4, size=16)
+    emb = embed_eval(
+        model, taps, x, Labels(sup, sub), device="cpu", precision="fp64", quiet=True, outputs=True
+    )
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert emb.params["precision"] == "fp64" and emb.params["gram"] == "fp64"
+    double = copy.deepcopy(model).double()
+    double_taps = [Tap(t.index, t.name, double.get_submodule(t.name), t.kind) for t in taps]
+    acts = reference_activations(double, double_taps, x.double())
+    for s in emb.grams:
+        rows = emb.eval_index[s]
+        assert emb.grams[s].dtype == np.float64 and emb.pixel_grams[s].dtype == np.float64
+        for li in (0, 7):
+            np.testing.assert_allclose(emb.grams[s][li], unit_gram(acts[li][rows]), atol=1e-12)
+    with torch.no_grad():
+        logits = double(x.double()).numpy()
+    np.testing.assert_allclose(emb.outputs, logits, atol=1e-12)
+
+
 def test_pooled_features_subset_and_model_mode_restored():
     model = tiny_model()
     model.train()
@@ -248,7 +304,9 @@ def test_nan_activations_are_a_value_error():
 def test_bad_precision_and_missing_tap():
     model = tiny_model()
     x, sup, sub = structured_images(n_sup=1, n_sub=2, per=2)
-    with pytest.raises(ValueError, match="precision 'fp16' is not known; choose one of fp32, bf16"):
+    with pytest.raises(
+        ValueError, match="precision 'fp16' is not known; choose one of fp32, bf16, fp64"
+    ):
         embed_eval(model, tiny_taps(model), x, Labels(sup, sub), device="cpu", precision="fp16")
     stray = Tap(0, "stray", torch.nn.Linear(2, 2), "fc")
     with pytest.raises(ValueError, match="never ran"):

@@ -58,7 +58,8 @@ def test_the_eval_run_writers_all_go_through_start_eval_run():
         for path, tree in _modules(RUNNERS)
         if any(_calls_named(tree, "start_eval_run"))
     }
-    assert {"runners/pipeline.py", "runners/rescore.py", "runners/transfer.py"} <= users
+    producers = ("pipeline", "rescore", "transfer", "evaluate")
+    assert {f"runners/{name}.py" for name in producers} <= users
 
 
 def test_no_command_imports_another_command():

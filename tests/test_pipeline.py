@@ -207,6 +207,10 @@ def test_checkpoints_reload_and_reproduce_logits(recorded):
             from_stored = model.get_classifier()(torch.from_numpy(stored))
         np.testing.assert_allclose(logits.numpy(), from_stored.numpy(), rtol=1e-4, atol=1e-4)
         assert logits.shape == (64, 4)  # trained on the 4 superclasses
+        # test_acc: the model's own superclass accuracy on the eval set, from this forward
+        own = float((logits.argmax(1).numpy() == data.eval_labels.superclass).mean())
+        assert evals[epoch].data.metrics[cv.TEST_ACC_METRIC] == pytest.approx(own, abs=1e-12)
+        assert evals[epoch].data.params[cv.PARAM_TEST_ACC_LABELS] == "superclass"
 
 
 def test_plot_is_a_png(recorded):

@@ -86,8 +86,7 @@ def test_bad_input_is_one_line_exit_2_and_stores_nothing(tmp_path, capsys, argv,
 
 
 def test_parse_helpers_reject_garbage():
-    from clusterprobe.runners.commands.run import parse_save
-    from clusterprobe.runners.config import parse_int_list
+    from clusterprobe.runners.config import parse_int_list, parse_save
 
     assert parse_int_list("1-3,5", "--eval-epochs") == (1, 2, 3, 5)
     assert parse_int_list("none", "--eval-epochs") == ()

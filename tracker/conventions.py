@@ -16,11 +16,17 @@ Runs (tag ``clusterprobe.kind``):
   (``asdict(RunConfig)`` flattened). Metrics per epoch, step = epoch:
   ``train_loss``, ``train_acc``, ``lr``. Artifacts: ``checkpoint/model.safetensors``
   + ``checkpoint/model_config.json``.
-* ``eval``: one per (checkpoint, evaluation set), nested under its train run
-  (``mlflow.parentRunId``), repeating the train run's params. Per-layer metrics
+* ``model``: one per external weights file (``clusterprobe eval --weights``) and
+  architecture: params ``arch`` (and ``stem``, ``norm``), ``weights_path``,
+  ``weights_sha256``, the head's width; no metrics. Found again by sha256, so every
+  evaluation of the same weights nests under one model run.
+* ``eval``: one per (checkpoint, evaluation set), nested under its train run or model
+  run (``mlflow.parentRunId``), repeating its params, and ``model_source`` (where the
+  measured model came from, MODEL_SOURCES). Per-layer metrics
   with step = layer index: ``ami_f{k}``, ``purity_f{k}`` (k = factor), ``probe_acc``,
   ``knn_acc``. Summaries: ``best_ami``, ``best_layer``, ``best_probe_acc``,
-  ``best_knn_acc``, ``pixel_ami_f1``.
+  ``best_knn_acc``, ``pixel_ami_f1``, and ``test_acc`` where the model's head predicts
+  the eval set's labels (``test_acc_labels``: superclass or subclass).
   Artifacts listed below.
 * ``study``: one per Optuna study; its trials' train runs nested under it.
 """
@@ -42,7 +48,7 @@ TAG_STUDY = "clusterprobe.study"  # study name, on study and trial runs
 TAG_TRIAL = "clusterprobe.trial"  # Optuna trial number, on trial train runs
 TAG_SOURCE_RUN = "clusterprobe.source_run"  # eval run re-scored from another eval run
 
-KINDS = ("train", "eval", "study")
+KINDS = ("train", "eval", "study", "model")
 
 # --- params (besides the RunConfig fields) -----------------------------------
 PARAM_DATASET = "dataset"
@@ -52,6 +58,14 @@ PARAM_EVAL_SET = "eval_set"  # eval runs: which evaluation set (dataset name + s
 PARAM_DEAD_LAYERS = "dead_layers"  # eval runs: comma list of layers with all-zero activations
 PARAM_PROTOCOL = "protocol"  # eval runs: "per_superclass" (the paper's) | "whole" (rescore)
 TAG_DEAD_LAYERS = "clusterprobe.dead_layers"  # JSON {layer index: [superclasses]} of zero rows
+# Where an eval run's model came from: "trained" (a train run of this store, by `run` or
+# `eval --from`) or "weights" (a file, `eval --weights`; its model run holds the file's
+# fingerprint). Eval runs written before the param existed are "trained".
+PARAM_MODEL_SOURCE = "model_source"
+MODEL_SOURCES = ("trained", "weights")
+PARAM_WEIGHTS_PATH = "weights_path"  # model runs: the file as given (absolute)
+PARAM_WEIGHTS_SHA256 = "weights_sha256"  # model runs: what finds the run again
+PARAM_TEST_ACC_LABELS = "test_acc_labels"  # eval runs: the labels test_acc is measured on
 
 # --- metrics ----------------------------------------------------------------
 EPOCH_METRICS = ("train_loss", "train_acc", "lr")  # train run, step = epoch
@@ -67,7 +81,17 @@ def purity_metric(factor: int) -> str:
 
 PROBE_METRIC = "probe_acc"  # eval run, step = layer index
 KNN_METRIC = "knn_acc"  # eval run, step = layer index: k-NN accuracy on pooled features
-SUMMARY_METRICS = ("best_ami", "best_layer", "best_probe_acc", "best_knn_acc", "pixel_ami_f1")
+# test_acc: the model's own accuracy on the eval set, where its head's width equals the
+# number of labels it was trained on (every `run` eval; `eval` where it applies).
+TEST_ACC_METRIC = "test_acc"
+SUMMARY_METRICS = (
+    "best_ami",
+    "best_layer",
+    "best_probe_acc",
+    "best_knn_acc",
+    "pixel_ami_f1",
+    TEST_ACC_METRIC,
+)
 
 # --- artifacts (paths inside the run's artifact folder) ---------------------
 # Train runs: the final checkpoint, and one per measured intermediate epoch; each folder

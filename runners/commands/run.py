@@ -13,27 +13,17 @@ import shlex
 import sys
 
 from clusterprobe.runners import choices
-from clusterprobe.runners.config import PRESETS, RunConfig, parse_factors, parse_int_list
+from clusterprobe.runners.config import (
+    PRESETS,
+    RunConfig,
+    parse_factors,
+    parse_int_list,
+    parse_save,
+)
 from clusterprobe.runners.data.cli_args import add_data_arguments, data_config_kwargs
 from clusterprobe.tracker.errors import UsageError, error_line
 
 EXIT_CRASH = 1
-
-
-def parse_save(spec: str) -> tuple[str, ...]:
-    """``"all"``, ``"none"`` or a comma list of ``choices.SAVE``."""
-    spec = spec.strip().lower()
-    if spec == "all":
-        return choices.SAVE
-    if spec in ("none", ""):
-        return ()
-    items = tuple(s.strip() for s in spec.split(",") if s.strip())
-    bad = [s for s in items if s not in choices.SAVE]
-    if bad:
-        raise UsageError(
-            f"--save {','.join(bad)}: choose from {', '.join(choices.SAVE)}, 'all' or 'none'"
-        )
-    return items
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -207,7 +197,8 @@ def main(args: argparse.Namespace) -> int:
         f"\nbest layer {int(s['best_layer'])} (AMI f1 {s['best_ami']:.3f}); "
         f"best probe acc {s.get('best_probe_acc', float('nan')):.3f}; "
         f"best kNN acc {s.get('best_knn_acc', float('nan')):.3f}; "
-        f"raw pixels AMI f1 {s.get('pixel_ami_f1', float('nan')):.3f}"
+        f"raw pixels AMI f1 {s.get('pixel_ami_f1', float('nan')):.3f}; "
+        f"test acc {s.get('test_acc', float('nan')):.3f}"
     )
     if result.seconds:
         print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))

@@ -17,7 +17,15 @@ of 1,000 images at 224 px fits a 24 GB card at the cost of extra forward passes.
 Same code path on CPU and CUDA. ``precision="bf16"`` runs the forward under
 bf16 autocast (CPU too); on CUDA it also stores features in bf16 and forms
 Grams with fp32 accumulation and output. ``"fp32"`` keeps fp32 throughout
-(TF32 off for convolutions and matmuls while embedding).
+(TF32 off for convolutions and matmuls while embedding). ``"fp64"`` runs the model
+in float64 for the duration (its float32 weights cast exactly, restored after) and
+keeps features and Grams in float64: for exact comparisons with references that
+cluster float64 features (sklearn), where fp32 rounding can flip a near-tied merge.
+
+``outputs=True`` also keeps the model's own output (logits) of every eval image:
+the pass that reaches the last tap runs on to the end of the model instead of
+stopping there, so the cost is only the layers after the last tap (ResNet: pool +
+fc; ViT: final norm + head; VGG: nothing, its last tap is the classifier).
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ class Embedding:
     pixel_grams: dict[int, np.ndarray]  # superclass -> float32 [n, n], raw pixels
     pooled: list[np.ndarray]  # per layer float32 [N_eval, C_l] (GAP / token mean), eval order
     dead: dict[int, list[int]] = field(default_factory=dict)  # layer -> superclasses with zero rows
+    outputs: np.ndarray | None = None  # float64 [N_eval, C]: the model's output (outputs=True)
     params: dict[str, str] = field(
         default_factory=dict
     )  # precision, budget, passes: how it was made
@@ -99,7 +108,9 @@ def pool(t: torch.Tensor) -> torch.Tensor:
 
 
 def gram_block(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b.T`` in fp32 (bf16 inputs accumulate and return in fp32)."""
+    """``a @ b.T`` in fp32 (bf16 inputs accumulate and return in fp32; fp64 stays fp64)."""
+    if a.dtype == torch.float64:
+        return a @ b.to(torch.float64).T
     if a.dtype == torch.bfloat16 and a.is_cuda:
         try:
             return torch.mm(a, b.T, out_dtype=torch.float32)
@@ -167,26 +178,35 @@ class _Taps:
         return hook
 
     def run(self, model, x, precision):
+        """Forward ``x``; the model's output, or None when the last hook stopped it early."""
         self.seen = set()
+        out = None
+        if precision == "fp64":
+            x = x.to(torch.float64)  # the model is float64 under _eval_mode
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.no_grad())
             if precision == "bf16":
                 stack.enter_context(torch.autocast(device_type=x.device.type, dtype=torch.bfloat16))
             try:
-                model(x)
+                out = model(x)
             except _Stop:
                 pass
         missing = set(self.positions) - self.seen
         if missing:
             names = [self.taps[p].name for p in sorted(missing)]
             raise ValueError(f"taps {names} never ran in the forward pass; are they in this model?")
+        return out
 
 
 @contextlib.contextmanager
 def _eval_mode(model, precision, device):
-    """model.eval() and a pinned matmul precision for the duration; both restored after."""
+    """model.eval(), a pinned matmul precision and (fp64) float64 weights for the duration;
+    all restored after (float32 -> float64 -> float32 is exact)."""
     was_training = model.training
     model.eval()
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if precision == "fp64" and dtype is not None:
+        model.to(torch.float64)
     cuda = device.type == "cuda"
     old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     if cuda:
@@ -198,6 +218,8 @@ def _eval_mode(model, precision, device):
         yield
     finally:
         model.train(was_training)
+        if precision == "fp64" and dtype is not None:
+            model.to(dtype)
         if cuda:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
@@ -325,16 +347,23 @@ class _Forward:
     precision: str
     batch_size: int
     workers: int
+    keep_outputs: bool = False  # also return the model's output where a pass reaches the end
 
     def batches(self, rows: np.ndarray, batch_size: int | None = None):
         """Image batches of ``dataset[rows]`` on the device, in order."""
         size = batch_size or self.batch_size
         return _batches(self.dataset, rows, size, self.device, self.workers)
 
-    def run(self, hooks: _Taps, x: torch.Tensor) -> None:
-        """One forward of ``x`` with ``hooks`` attached (it stops after the last tap)."""
+    def run(self, hooks: _Taps, x: torch.Tensor) -> torch.Tensor | None:
+        """One forward of ``x`` with ``hooks`` attached; stops after the last tap unless
+        ``hooks.stop_early`` is off, then returns the model's output."""
         with hooks:
-            hooks.run(self.model, x, self.precision)
+            return hooks.run(self.model, x, self.precision)
+
+    def outputs_with(self, positions) -> bool:
+        """Whether a pass over ``positions`` runs to the model's end for its outputs: only
+        the pass that holds the last tap (it reaches the end at the least extra cost)."""
+        return self.keep_outputs and len(self.taps) - 1 in positions
 
 
 class _Superclass:
@@ -352,7 +381,8 @@ class _Superclass:
         self.arena = arena
 
     def full_pass(self, fwd: _Forward, positions, rows, widths):
-        """One forward over all n rows holding the features of ``positions``: exact Grams."""
+        """One forward over all n rows holding the features of ``positions``: exact Grams,
+        pooled vectors, and the model's outputs where ``fwd.outputs_with(positions)``."""
         feats = dict(
             zip(positions, self.arena.views(self.n, [widths[p] for p in positions]), strict=True)
         )
@@ -366,23 +396,31 @@ class _Superclass:
                 pooled[pos].append(pool(t))
 
         tap_positions = [p for p in positions if p >= 0]
-        hooks = _Taps(fwd.taps, tap_positions, consume)
+        keep = fwd.outputs_with(tap_positions)
+        hooks = _Taps(fwd.taps, tap_positions, consume, stop_early=not keep)
+        outputs = []
         for x in fwd.batches(rows):
             if -1 in feats:  # raw pixels, as the model sees them
                 consume(-1, x)
             if tap_positions:
-                fwd.run(hooks, x)
+                out = fwd.run(hooks, x)
+                if keep:
+                    outputs.append(_tensor_of(out).to(torch.float64))
             cursor[0] += x.shape[0]
         grams = {p: unit_gram(f) for p, f in feats.items()}
-        return grams, {p: torch.cat(v) for p, v in pooled.items()}
+        pooled_all = {p: torch.cat(v) for p, v in pooled.items()}
+        return grams, pooled_all, (torch.cat(outputs) if keep else None)
 
     def blocked_pass(self, fwd: _Forward, pos, rows, width, budget):
-        """One layer too wide for n rows: row blocks X_p held in turn, G[p, q] = X_p X_q^T."""
+        """One layer too wide for n rows: row blocks X_p held in turn, G[p, q] = X_p X_q^T.
+        Returns (Gram, pooled, outputs); the outputs come from the held blocks, which see
+        every row once."""
         itemsize = torch.empty((), dtype=self.store_dtype).element_size()
         bs = max(1, min(fwd.batch_size, budget // (2 * width * itemsize)))
         m = max(1, budget // (width * itemsize) - bs)  # rows held, leaving room for one batch
         gram = torch.zeros((self.n, self.n), dtype=torch.float32, device=self.device)
         pooled: list[torch.Tensor] = []
+        outputs: list[torch.Tensor] | None = [] if fwd.outputs_with([pos]) else None
         starts = list(range(0, self.n, m))
         for bi, p0 in enumerate(starts):
             p1 = min(self.n, p0 + m)
@@ -393,7 +431,7 @@ class _Superclass:
                 _held[r0 : r0 + f.shape[0]] = f
                 pooled.append(pool(t))
 
-            self._stream(fwd, pos, rows[p0:p1], bs, keep)
+            self._stream(fwd, pos, rows[p0:p1], bs, keep, outputs)
             gram[p0:p1, p0:p1] = gram_block(held, held)
             for q0 in starts[bi + 1 :]:
                 q1 = min(self.n, q0 + m)
@@ -405,29 +443,38 @@ class _Superclass:
 
                 self._stream(fwd, pos, rows[q0:q1], bs, cross)
             del held
-        return scale_to_unit(gram), (torch.cat(pooled) if pooled and pos >= 0 else None)
+        pooled_all = torch.cat(pooled) if pooled and pos >= 0 else None
+        return scale_to_unit(gram), pooled_all, (torch.cat(outputs) if outputs else None)
 
-    def _stream(self, fwd: _Forward, pos, rows, bs, sink):
-        """Forward ``rows`` in batches; ``sink(row offset, unit features, activation)`` per batch."""
+    def _stream(self, fwd: _Forward, pos, rows, bs, sink, outputs=None):
+        """Forward ``rows`` in batches; ``sink(row offset, unit features, activation)`` per batch.
+        A list ``outputs`` collects the model's output of every batch (the forward then runs
+        to the end instead of stopping at the tap)."""
         offset = [0]
         box: dict[str, torch.Tensor] = {}
 
         def consume(p, t):
             box["t"] = t
 
-        hooks = _Taps(fwd.taps, [pos], consume) if pos >= 0 else None
+        hooks = None
+        if pos >= 0:
+            hooks = _Taps(fwd.taps, [pos], consume, stop_early=outputs is None)
         for x in fwd.batches(rows, bs):
             if hooks is None:
                 t = x
             else:
-                fwd.run(hooks, x)
+                out = fwd.run(hooks, x)
+                if outputs is not None:
+                    outputs.append(_tensor_of(out).to(torch.float64))
                 t = box.pop("t")
             sink(offset[0], flatten(t).to(self.store_dtype), t)
             offset[0] += x.shape[0]
 
 
 def _host(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to("cpu", torch.float32).numpy()
+    """float32 on the host; float64 stays float64 (fp64 Grams, model outputs)."""
+    dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
+    return t.detach().to("cpu", dtype).numpy()
 
 
 def _is_constant(g: np.ndarray) -> bool:
@@ -456,6 +503,7 @@ def embed_eval(
     memory_budget: int | None = None,
     workers: int = 0,
     pixels: bool = True,
+    outputs: bool = False,
 ) -> Embedding:
     """Per superclass: forward its eval images, Gram of every tap (and raw pixels) on ``device``.
 
@@ -464,6 +512,8 @@ def embed_eval(
     first input). dataset: the eval split (items ``(image, superclass, subclass)``),
     or a tensor of images; labels: its :class:`Labels`. Returns an
     :class:`Embedding`; constant layers are listed in ``.dead`` with a warning.
+    ``outputs=True``: ``.outputs`` holds the model's output for every eval image (the
+    pass with the last tap runs to the end of the model; see the module docstring).
     Bad arguments raise ValueError (TypeError for a tap that yields no tensor).
     """
     check_choice("precision", precision, PRECISIONS)
@@ -474,7 +524,7 @@ def embed_eval(
     if sup.shape[0] == 0:
         raise ValueError("the evaluation set is empty")
     budget = int(memory_budget) if memory_budget is not None else default_budget(device)
-    fwd = _Forward(model, list(taps), dataset, device, precision, batch_size, workers)
+    fwd = _Forward(model, list(taps), dataset, device, precision, batch_size, workers, outputs)
     with _eval_mode(model, precision, device):
         run = _Evaluation(fwd, budget, n_eval=sup.shape[0], pixels=pixels)
         sups = sorted(int(s) for s in np.unique(sup))
@@ -494,7 +544,10 @@ def embed_eval(
 
 
 def _store_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """Features are held in bf16 on CUDA under bf16 (Grams still accumulate in fp32)."""
+    """Features are held in bf16 on CUDA under bf16 (Grams still accumulate in fp32), in
+    float64 under fp64, else in float32."""
+    if precision == "fp64":
+        return torch.float64
     return torch.bfloat16 if (precision == "bf16" and device.type == "cuda") else torch.float32
 
 
@@ -521,6 +574,8 @@ class _Evaluation:
         self.pixel_grams: dict[int, np.ndarray] = {}
         self.eval_index: dict[int, np.ndarray] = {}
         self.dead: dict[int, list[int]] = {}
+        self.outputs: np.ndarray | None = None  # [n_eval, C], allocated at the first output
+        self.n_eval = n_eval
         self.passes = 0
 
     def add_superclass(self, s: int, rows: np.ndarray) -> None:
@@ -551,19 +606,27 @@ class _Evaluation:
         for group in _plan([self.widths[p] for p in self.order], n, self.itemsize, self.budget):
             positions = [self.order[i] for i in group]
             if n * sum(self.widths[p] for p in positions) * self.itemsize <= self.budget:
-                grams, pooled = acc.full_pass(self.fwd, positions, rows, self.widths)
+                grams, pooled, outputs = acc.full_pass(self.fwd, positions, rows, self.widths)
                 out.update(grams)
                 for p, v in pooled.items():
                     self.pooled[p][rows] = _host(v)
             else:  # a single layer wider than the budget allows for n rows
                 (pos,) = positions
-                out[pos], pooled = acc.blocked_pass(
+                out[pos], pooled, outputs = acc.blocked_pass(
                     self.fwd, pos, rows, self.widths[pos], self.budget
                 )
                 if pooled is not None and pos >= 0:
                     self.pooled[pos][rows] = _host(pooled)
+            if outputs is not None:
+                self._keep_outputs(rows, outputs)
             self.passes += 1
         return out
+
+    def _keep_outputs(self, rows: np.ndarray, outputs: torch.Tensor) -> None:
+        values = _host(outputs.reshape(outputs.shape[0], -1))
+        if self.outputs is None:
+            self.outputs = np.zeros((self.n_eval, values.shape[1]), dtype=np.float64)
+        self.outputs[rows] = values
 
     def embedding(self) -> Embedding:
         fwd = self.fwd
@@ -571,7 +634,7 @@ class _Evaluation:
         params = {
             "precision": fwd.precision,
             "feature_store": str(self.store_dtype).replace("torch.", ""),
-            "gram": "tf32" if bf16_cuda else "fp32",
+            "gram": "fp64" if fwd.precision == "fp64" else ("tf32" if bf16_cuda else "fp32"),
             "device": str(fwd.device),
             "memory_budget_bytes": str(self.budget),
             "forward_passes": str(self.passes),
@@ -584,6 +647,7 @@ class _Evaluation:
             pixel_grams=self.pixel_grams,
             pooled=self.pooled,
             dead=self.dead,
+            outputs=self.outputs,
             params=params,
         )
 

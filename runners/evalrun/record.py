@@ -30,6 +30,7 @@ MEASUREMENT_PARAMS = (
     "probe_train_images",
     cv.PARAM_CHECKPOINT_EPOCH,
     cv.PARAM_EVAL_SET,
+    cv.PARAM_TEST_ACC_LABELS,
 )
 MEASUREMENT_PREFIXES = ("cluster.", "whole.")
 
@@ -47,8 +48,10 @@ def design_params(params: Mapping[str, str]) -> dict[str, str]:
 class EvalSpec:
     """Which model an eval run measures, on which set and how; its place in the run tree."""
 
-    parent_run_id: str  # the train run the measured model comes from
-    design: Mapping[str, str]  # the model's design params, repeated on the eval run
+    parent_run_id: str  # the train run (or model run) the measured model comes from
+    # The model's design params, repeated on the eval run; cv.PARAM_MODEL_SOURCE among
+    # them where the model is not one trained here (it defaults to "trained").
+    design: Mapping[str, str]
     checkpoint_epoch: str  # which checkpoint of the train run ('' if unknown)
     eval_set: str  # "<dataset>:eval", or a transfer set's name
     protocol: str  # one of PROTOCOLS
@@ -59,7 +62,12 @@ class EvalSpec:
     def params(self) -> dict[str, str]:
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol {self.protocol!r}: choose one of {', '.join(PROTOCOLS)}")
-        out = dict(self.design)
+        out = {cv.PARAM_MODEL_SOURCE: "trained", **self.design}
+        if out[cv.PARAM_MODEL_SOURCE] not in cv.MODEL_SOURCES:
+            raise ValueError(
+                f"model source {out[cv.PARAM_MODEL_SOURCE]!r}: choose one of "
+                f"{', '.join(cv.MODEL_SOURCES)}"
+            )
         if self.checkpoint_epoch != "":
             out[cv.PARAM_CHECKPOINT_EPOCH] = str(self.checkpoint_epoch)
         out[cv.PARAM_EVAL_SET] = self.eval_set
@@ -102,17 +110,22 @@ def record_measurement(
 ) -> dict[str, float]:
     """Log a checkpoint measured on its training set's eval split (``measure.Measurement``)
     into the open eval run ``ctx``: how it was embedded and clustered, dead layers, the
-    scores, timings, ``dataset.json``, and the heavy artifacts ``save`` names
-    (embeddings, distances, plots). ``labels``: the eval split's labels. Returns the
-    summary."""
+    scores, the model's own accuracy where measured (``test_acc``), timings,
+    ``dataset.json``, and the heavy artifacts ``save`` names (embeddings, distances,
+    plots). ``labels``: the eval split's labels. Returns the summary."""
     emb = meas.embedding
     params = {f"embed.{k}": str(v) for k, v in (emb.params or {}).items()}
     if probe_train_images is not None:
         params["probe_train_images"] = str(probe_train_images)
+    if meas.test_acc is not None:
+        params[cv.PARAM_TEST_ACC_LABELS] = meas.test_acc_labels
     ctx.log_params(params)
     record_dead_layers(ctx, meas.scores.layer_names, emb.dead, meas.protocol.dead)
     how = {f"cluster.{k}": str(v) for k, v in meas.cluster_params.items()}
     summary = record_scores(ctx, meas.scores, how)
+    if meas.test_acc is not None:
+        summary[cv.TEST_ACC_METRIC] = meas.test_acc
+        ctx.log_metrics({cv.TEST_ACC_METRIC: meas.test_acc})
     record_seconds(ctx, meas.seconds)
     record_dataset(ctx, dataset)
     if "embeddings" in save:
@@ -167,16 +180,22 @@ def log_embeddings(ctx, pooled, superclass, subclass) -> None:
 
 
 def log_distances(ctx, grams: Mapping, pixel_grams: Mapping, eval_index: Mapping, subclass):
-    """Per-superclass Gram matrices (float32) and their row index (read back by
+    """Per-superclass Gram matrices (float32; float64 ones, from an fp64 measurement, stay
+    float64 so a re-score sees the same numbers) and their row index (read back by
     ``stored.load_distances``)."""
     for s in sorted(grams):
         path = f"{cv.ART_DIST_DIR}/{cv.DIST_GRAM.format(superclass=s)}"
-        ctx.log_numpy(np.asarray(grams[s], dtype=np.float32), path)
+        ctx.log_numpy(_stored_dtype(grams[s]), path)
         if s in pixel_grams:
             path = f"{cv.ART_DIST_DIR}/{cv.DIST_PIXEL.format(superclass=s)}"
-            ctx.log_numpy(np.asarray(pixel_grams[s], dtype=np.float32), path)
+            ctx.log_numpy(_stored_dtype(pixel_grams[s]), path)
     index = tables.distance_index_frame(eval_index, subclass)
     ctx.log_parquet(index, f"{cv.ART_DIST_DIR}/{cv.DIST_INDEX}")
+
+
+def _stored_dtype(gram) -> np.ndarray:
+    gram = np.asarray(gram)
+    return gram if gram.dtype == np.float64 else gram.astype(np.float32, copy=False)
 
 
 def log_layer_profile(ctx, scores: LayerScores, title: str) -> None:

@@ -1,0 +1,184 @@
+"""Where a measured model comes from: a train run of this store, or a weights file.
+
+``clusterprobe eval`` measures one model from one source. Every source answers the
+same questions, in this order, all but the last before anything is stored:
+
+* ``base_config()``: the RunConfig it implies, which eval's flags then override
+  (``evaluate.eval_config``): a train run's own config, rebuilt from its params;
+  for a weights file, the defaults and its architecture;
+* ``load(config, data, device)``: a :class:`SourceModel`, the model in eval mode
+  with what its head predicts on ``data`` and the params that describe it;
+* ``parent_run_id(tracker)``: the run its eval runs nest under: the train run, or
+  the weights' ``model`` run (found by sha256, else created: the first write).
+
+``kind`` is the eval run's ``model_source`` param (``tracker.conventions.MODEL_SOURCES``).
+A new source (timm's pretrained weights) is one more class of this shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from clusterprobe.runners import models
+from clusterprobe.runners.config import RunConfig
+from clusterprobe.runners.measure import head_labels
+from clusterprobe.runners.weights import WeightsFile
+from clusterprobe.tracker import conventions as cv
+from clusterprobe.tracker.errors import UsageError
+
+
+@dataclass
+class SourceModel:
+    """A model ready to measure, and what its eval runs record about it."""
+
+    model: torch.nn.Module  # eval mode, on the device
+    cfg: dict  # models.model_config of it (num_classes = its head's width)
+    head: str | None  # the labels of the eval set its head predicts (test_acc), or None
+    params: dict[str, str]  # params of its eval runs, before the eval's own config
+    checkpoint_epoch: str  # '' where it has none
+    label: str  # a few words for run names and plot titles
+    notes: list[str] = field(default_factory=list)  # what the user should be told
+
+
+def _head_note(width: int, data, head: str | None, why_not: str = "") -> str:
+    have = (
+        f"the eval set has {data.num_superclasses} superclasses, {data.num_subclasses} subclasses"
+    )
+    if head is not None:
+        return f"classifier head: {width} outputs = {head} labels: test_acc on {head} labels"
+    return f"classifier head: {width} outputs; {why_not or have}: no test_acc"
+
+
+class TrainRunSource:
+    """A stored train run's checkpoint: the final one, or the one saved at ``epoch``."""
+
+    kind = "trained"
+
+    def __init__(self, tracker, run_id: str, epoch: int | None = None):
+        """Open the run and find the checkpoint; UsageError for anything amiss."""
+        from clusterprobe.runners.checkpoints import saved_epochs, stored_checkpoint
+
+        run = tracker.open_run(run_id)
+        kind = run.data.tags.get(cv.TAG_KIND)
+        if kind != "train":
+            hint = {
+                "eval": f"; give its train run, {run.data.tags.get(cv.TAG_PARENT)}",
+                "model": "; measure its weights file with --weights",
+            }.get(kind, "")
+            raise UsageError(
+                f"--from {run_id}: not a train run (kind {kind or 'none: not clusterprobe'}){hint}"
+            )
+        self.tracker, self.run_id, self.params = tracker, run_id, dict(run.data.params)
+        self.epochs = int(self.params.get("epochs") or 0)
+        self.epoch = None if epoch in (None, self.epochs) else epoch  # None: the final one
+        if self.epoch is not None:
+            saved = saved_epochs(tracker, run_id, self.epochs)  # None: remote, not listed
+            if saved is not None and self.epoch not in saved:
+                raise UsageError(
+                    f"--epoch {epoch}: train run {run_id} stored no checkpoint at epoch {epoch}; "
+                    f"saved: {', '.join(map(str, saved)) or 'none'} (run --eval-epochs saves more)"
+                )
+        stored_checkpoint(tracker, run_id, self.epoch)
+        self.run_name = run.info.run_name or run_id
+
+    def base_config(self) -> RunConfig:
+        return RunConfig.from_params(self.params)
+
+    def load(self, config: RunConfig, data, device) -> SourceModel:
+        from clusterprobe.runners.checkpoints import load_stored_model
+
+        model, cfg = load_stored_model(self.tracker, self.run_id, device, self.epoch)
+        if cfg.get("family") == "vit" and cfg.get("image_size") != data.image_size:
+            raise UsageError(
+                f"--image-size {data.image_size}: the ViT of train run {self.run_id} takes "
+                f"{cfg.get('image_size')} px images"
+            )
+        width = int(cfg["num_classes"])
+        # Its head's labels mean what they meant in training only on the same class lists.
+        same_classes = data.digest() == self.params.get("dataset_digest")
+        trained_on = self.params.get("labels") or "superclass"
+        head = head_labels(width, data, trained_on) if same_classes else None
+        why = "" if same_classes else "the eval set has other classes than it was trained on"
+        epoch = self.epoch or self.epochs
+        return SourceModel(
+            model=model,
+            cfg=cfg,
+            head=head,
+            params=self.params,
+            checkpoint_epoch=str(epoch),
+            label=f"e{epoch} of {self.run_name}",
+            notes=[_head_note(width, data, head, why)],
+        )
+
+    def parent_run_id(self, tracker) -> str:
+        return self.run_id
+
+
+class WeightsSource:
+    """A weights file (state dict) for a timm architecture, measured as it is."""
+
+    kind = "weights"
+
+    def __init__(self, weights: WeightsFile, arch: str, stem: str = "standard", norm="default"):
+        self.weights, self.arch, self.stem, self.norm = weights, arch, stem, norm
+        self.model_params: dict[str, str] = {}
+
+    def base_config(self) -> RunConfig:
+        return RunConfig(arch=self.arch, stem=self.stem, norm=self.norm)
+
+    def load(self, config: RunConfig, data, device) -> SourceModel:
+        """The model built with the file's own head width, so every tensor loads and the
+        head is the file's (measured, and used for test_acc where it fits the labels);
+        a file without a head gives a headless model."""
+        from clusterprobe.runners import weights as wf
+
+        probe = models.model_config(config, 0, data.image_size)  # UsageError: unknown arch
+        classifier = models.classifier_name(probe)
+        width = wf.head_width(self.weights.state, classifier)
+        cfg = models.model_config(config, width, data.image_size)
+        model = models.create_model(config, width, data.image_size)
+        wf.load_into(model, self.weights, config.arch)
+        head = head_labels(width, data) if width else None
+        self.model_params = {
+            "arch": config.arch,
+            "stem": config.stem,
+            "norm": cfg["norm"],
+            "timm_name": cfg["timm_name"],
+            "family": cfg["family"],
+            "head_classes": str(width),
+            "timm_version": cfg["timm_version"],
+            cv.PARAM_WEIGHTS_PATH: str(self.weights.path),
+            cv.PARAM_WEIGHTS_SHA256: self.weights.sha256,
+            "weights_bytes": str(self.weights.size),
+            "weights_format": self.weights.format,
+        }
+        params = {**self.model_params, cv.PARAM_MODEL_SOURCE: self.kind}
+        if head is not None:
+            params["labels"] = head  # the labels its head predicts, as a train run's param
+        why = f"the file holds no {classifier} tensors" if not width else ""
+        return SourceModel(
+            model=model.to(device).eval(),
+            cfg=cfg,
+            head=head,
+            params=params,
+            checkpoint_epoch="",
+            label=f"{self.weights.path.name}",
+            notes=[_head_note(width, data, head, why)],
+        )
+
+    def parent_run_id(self, tracker) -> str:
+        """The model run of these weights (same sha256, arch, stem and norm), created
+        FINISHED where none exists yet. Call after :meth:`load`."""
+        match = ("arch", "stem", "norm", cv.PARAM_WEIGHTS_SHA256)
+        for run in tracker.search_runs(
+            kind="model",
+            status="FINISHED",
+            filter_string=f"params.{cv.PARAM_WEIGHTS_SHA256} = '{self.weights.sha256}'",
+        ):
+            if all(run.data.params.get(k) == self.model_params[k] for k in match):
+                return run.info.run_id
+        name = f"{self.arch} {self.weights.path.name}"
+        with tracker.start_run("model", params=self.model_params, run_name=name) as ctx:
+            pass  # a record of the weights; their measurements nest under it
+        return ctx.run_id
