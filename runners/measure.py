@@ -2,7 +2,8 @@
 
 ``measure`` embeds the eval images (``engine.embed.embed_eval``), clusters every
 layer inside every superclass (``engine.cluster.cluster_protocol``, raw pixels too,
-as a baseline) and fits the linear and k-NN probes (``engine.probe``); a
+as a baseline), compares every pair of layers by CKA from the same Grams
+(``engine.cka``) and fits the linear and k-NN probes (``engine.probe``); a
 :class:`Measurement` holds what they return. ``evalrun.record_measurement`` writes it.
 """
 
@@ -24,7 +25,8 @@ class Measurement:
     embedding: object  # engine.embed.Embedding: Grams, pooled features, eval_index
     protocol: object  # engine.cluster.ProtocolResult: assignments, dead layers
     cluster_params: dict  # how the clustering was computed
-    seconds: dict[str, float]  # embed, cluster, probe
+    seconds: dict[str, float]  # embed, cluster, cka, probe
+    cka: object = None  # engine.cka.CkaMatrices: layer x layer CKA per superclass
 
     @property
     def layer_names(self) -> list[str]:
@@ -48,7 +50,9 @@ def probe_indices(labels, per_subclass: int, seed: int) -> np.ndarray:
 def measure(
     model, config: RunConfig, data, device, *, probe_index: np.ndarray, quiet: bool = False
 ) -> Measurement:
-    """Embed the eval split, cluster every layer per superclass, probe every layer."""
+    """Embed the eval split, cluster every layer per superclass, CKA between every pair
+    of layers, probe every layer."""
+    from clusterprobe.runners.engine.cka import cka_by_superclass
     from clusterprobe.runners.engine.cluster import cluster_protocol
     from clusterprobe.runners.engine.embed import embed_eval
     from clusterprobe.runners.models import layer_taps
@@ -78,6 +82,10 @@ def measure(
     seconds["cluster"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    cka = cka_by_superclass(emb.grams, estimator=config.cka)
+    seconds["cka"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
     probe_acc, knn_acc = _probes(model, taps, config, data, device, probe_index, emb.pooled)
     seconds["probe"] = time.perf_counter() - t0
 
@@ -91,7 +99,7 @@ def measure(
         knn_acc=knn_acc,
         pixel_ami_f1=float(np.mean(pixels.ami)),  # [1, S, 1]: one "layer", factor 1
     )
-    return Measurement(scores, emb, result, dict(result.params or {}), seconds)
+    return Measurement(scores, emb, result, dict(result.params or {}), seconds, cka)
 
 
 def _probes(model, taps, config, data, device, probe_index, eval_pooled):

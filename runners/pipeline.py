@@ -31,6 +31,7 @@ from clusterprobe.runners.data.record import dataset_params, dataset_record, var
 from clusterprobe.runners.evalrun.stability import find_seed_runs, record_stability
 from clusterprobe.runners.measure import measure, probe_indices
 from clusterprobe.tracker import conventions as cv
+from clusterprobe.tracker.errors import UsageError
 
 EVAL_SPLIT = "eval"
 
@@ -61,7 +62,23 @@ def prepare(config: RunConfig):
 
     config = registry.canonical(config.validate())
     models.model_config(config, num_classes=2)  # arch, stem, taps and norm: UsageError if bad
-    return config, registry.load_dataset(config)
+    data = registry.load_dataset(config)
+    _check_cka_images(config.cka, data.eval_labels.superclass)
+    return config, data
+
+
+def _check_cka_images(estimator: str, superclass) -> None:
+    """Every superclass needs the images the CKA estimator is defined on."""
+    import numpy as np
+    from clusterprobe.runners.engine.cka import MIN_IMAGES
+
+    sups, counts = np.unique(superclass, return_counts=True)
+    if len(counts) and counts.min() < MIN_IMAGES[estimator]:
+        s = int(sups[np.argmin(counts)])
+        raise UsageError(
+            f"--cka {estimator}: superclass {s} has {counts.min()} eval image(s); the estimator "
+            f"needs {MIN_IMAGES[estimator]} per superclass (raise --eval-per-subclass)"
+        )
 
 
 # --- the main job ------------------------------------------------------------------------

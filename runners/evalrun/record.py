@@ -30,6 +30,7 @@ MEASUREMENT_PARAMS = (
     "probe_train_images",
     cv.PARAM_CHECKPOINT_EPOCH,
     cv.PARAM_EVAL_SET,
+    cv.PARAM_CKA,
 )
 MEASUREMENT_PREFIXES = ("cluster.", "whole.")
 
@@ -102,7 +103,7 @@ def record_measurement(
 ) -> dict[str, float]:
     """Log a checkpoint measured on its training set's eval split (``measure.Measurement``)
     into the open eval run ``ctx``: how it was embedded and clustered, dead layers, the
-    scores, timings, ``dataset.json``, and the heavy artifacts ``save`` names
+    scores, timings, ``dataset.json``, ``cka.parquet``, and the heavy artifacts ``save`` names
     (embeddings, distances, plots). ``labels``: the eval split's labels. Returns the
     summary."""
     emb = meas.embedding
@@ -115,6 +116,8 @@ def record_measurement(
     summary = record_scores(ctx, meas.scores, how)
     record_seconds(ctx, meas.seconds)
     record_dataset(ctx, dataset)
+    if meas.cka is not None:
+        record_cka(ctx, meas.cka)
     if "embeddings" in save:
         log_embeddings(ctx, emb.pooled, labels.superclass, labels.subclass)
     if "distances" in save:
@@ -122,6 +125,11 @@ def record_measurement(
     if "plots" in save:
         log_layer_profile(ctx, meas.scores, title)
     return summary
+
+
+def record_cka(ctx, cka) -> None:
+    """``cka.parquet``: CKA between the run's layers (an ``engine.cka.CkaMatrices``)."""
+    ctx.log_parquet(tables.cka_frame(ctx.run_id, ctx.run_id, "layer", cka), cv.ART_CKA)
 
 
 def record_dataset(ctx, record: Mapping) -> None:

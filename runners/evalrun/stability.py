@@ -18,9 +18,20 @@ from clusterprobe.tracker import conventions as cv
 
 # RunConfig fields that do not change what a final checkpoint's clustering measures
 # (besides the seed, which is what a seed comparison varies): where and how fast it
-# ran, what else was saved, which intermediate checkpoints were also measured.
+# ran, what else was saved, which intermediate checkpoints were also measured, which
+# CKA estimator compared its layers.
 NON_DESIGN_PARAMS = frozenset(
-    {"seed", "device", "workers", "save", "eval_epochs", "data_dir", "breeds_info", "download"}
+    {
+        "seed",
+        "device",
+        "workers",
+        "save",
+        "eval_epochs",
+        "data_dir",
+        "breeds_info",
+        "download",
+        "cka",
+    }
 )
 MAX_SEED_RUNS = 5  # seed ARI against at most this many (most recent) matching runs
 
