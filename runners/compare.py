@@ -121,16 +121,14 @@ def compare_runs(
 ) -> CompareResult:
     """Compare eval runs ``run_a`` and ``run_b`` and record a ``compare`` run. Both are read
     and checked, and the numbers computed, before the run exists: bad input stores nothing."""
-    from clusterprobe.runners.engine.cka import MIN_IMAGES
+    from clusterprobe.runners.engine.cka import check_images
 
     a, b = load_run(tracker, run_a), load_run(tracker, run_b)
     check_same_images(a, b)
-    smallest = min(len(idx) for idx in a.distances.eval_index.values())
-    if smallest < MIN_IMAGES[estimator]:
-        raise UsageError(
-            f"--cka {estimator}: a superclass has {smallest} eval image(s); the estimator "
-            f"needs {MIN_IMAGES[estimator]}"
-        )
+    try:
+        check_images(estimator, {s: len(i) for s, i in a.distances.eval_index.items()})
+    except ValueError as err:
+        raise UsageError(f"--cka {estimator}: {err}") from None
     _say(quiet, f"comparing {run_a} with {run_b} ({estimator} CKA, ARI)")
     t0 = time.perf_counter()
     comparison = compare_scores(a, b, estimator)

@@ -68,17 +68,15 @@ def prepare(config: RunConfig):
 
 
 def _check_cka_images(estimator: str, superclass) -> None:
-    """Every superclass needs the images the CKA estimator is defined on."""
+    """Every superclass needs the eval images the CKA estimator is defined on."""
     import numpy as np
-    from clusterprobe.runners.engine.cka import MIN_IMAGES
+    from clusterprobe.runners.engine.cka import check_images
 
     sups, counts = np.unique(superclass, return_counts=True)
-    if len(counts) and counts.min() < MIN_IMAGES[estimator]:
-        s = int(sups[np.argmin(counts)])
-        raise UsageError(
-            f"--cka {estimator}: superclass {s} has {counts.min()} eval image(s); the estimator "
-            f"needs {MIN_IMAGES[estimator]} per superclass (raise --eval-per-subclass)"
-        )
+    try:
+        check_images(estimator, dict(zip(sups.tolist(), counts.tolist(), strict=True)))
+    except ValueError as err:
+        raise UsageError(f"--cka {estimator}: {err} (raise --eval-per-subclass)") from None
 
 
 # --- the main job ------------------------------------------------------------------------

@@ -134,6 +134,18 @@ def cka_matrix(grams_a, grams_b=None, *, estimator: str = "linear") -> np.ndarra
     return np.where(ok, cross / denom, np.nan)
 
 
+def check_images(estimator: str, sizes: Mapping[int, int]) -> None:
+    """ValueError naming the first superclass (``{superclass: images}``) with fewer images
+    than ``estimator`` is defined on; callers check before anything is stored."""
+    check_choice("CKA estimator", estimator, CKA_ESTIMATORS)
+    need = MIN_IMAGES[estimator]
+    for s, n in sorted(sizes.items()):
+        if n < need:
+            raise ValueError(
+                f"superclass {s} has {n} eval image(s); {estimator} CKA needs at least {need}"
+            )
+
+
 def cka_by_superclass(
     grams_a: Mapping[int, np.ndarray],
     grams_b: Mapping[int, np.ndarray] | None = None,
