@@ -134,7 +134,7 @@ def layer_cka(df: pd.DataFrame, ax) -> None:
     """Layer x layer CKA heatmap (mean over runs) of the first (dataset, arch, shuffled,
     estimator) group (rows from CKA_SQL)."""
     if df.empty:
-        return _empty(ax, "CKA tables (cka.parquet)")
+        return _empty(ax, "layer x layer CKA tables")
     keys = ["dataset", "arch", "shuffled", "estimator"]
     first = df.iloc[0]
     df = df[(df[keys] == first[keys]).all(axis=1)]

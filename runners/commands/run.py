@@ -97,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cka",
         default=None,
         choices=choices.CKA_ESTIMATORS,
-        help="estimator of the layer x layer CKA (cka.parquet): linear (default) or "
+        help="estimator of the layer x layer CKA each eval records: linear (default) or "
         "debiased (unbiased HSIC; needs 4+ eval images per superclass)",
     )
     e.add_argument(
