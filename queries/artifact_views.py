@@ -1,4 +1,4 @@
-"""Views over the runs' Parquet artifacts: ``layer_metrics`` and ``ari``.
+"""Views over the runs' Parquet artifacts: ``layer_metrics``, ``ari`` and ``cka``.
 
 The files are listed once per connection (runs that have ended only) and read
 lazily by DuckDB at query time. A store folder that moved is followed: artifact
@@ -14,7 +14,7 @@ import duckdb
 from clusterprobe.queries.sources import Sources
 from clusterprobe.queries.sql_text import empty_select, execute, ident, quote
 from clusterprobe.tracker import conventions as cv
-from clusterprobe.tracker.conventions import ART_ARI  # the `ari` view reads these files
+from clusterprobe.tracker.conventions import ART_ARI, ART_CKA  # the `ari`, `cka` views
 from clusterprobe.tracker.store import run_artifact_dir
 
 
@@ -82,3 +82,14 @@ def define_artifact_views(
         "value": "DOUBLE",
     }
     _parquet_view(con, setup, "ari", _artifact_files(con, sources.root, ART_ARI), ari_cols)
+    cka_cols = {
+        "run_id": "VARCHAR",
+        "other_run_id": "VARCHAR",
+        "kind": "VARCHAR",
+        "layer_a": "INTEGER",
+        "layer_b": "INTEGER",
+        "superclass": "INTEGER",
+        "estimator": "VARCHAR",
+        "value": "DOUBLE",
+    }
+    _parquet_view(con, setup, "cka", _artifact_files(con, sources.root, ART_CKA), cka_cols)

@@ -130,6 +130,27 @@ def seed_stability(df: pd.DataFrame, ax) -> None:
     )
 
 
+def layer_cka(df: pd.DataFrame, ax) -> None:
+    """Layer x layer CKA heatmap (mean over runs) of the first (dataset, arch, shuffled,
+    estimator) group (rows from CKA_SQL)."""
+    if df.empty:
+        return _empty(ax, "layer x layer CKA tables")
+    keys = ["dataset", "arch", "shuffled", "estimator"]
+    first = df.iloc[0]
+    df = df[(df[keys] == first[keys]).all(axis=1)]
+    n = int(max(df["layer_a"].max(), df["layer_b"].max())) + 1
+    grid = np.full((n, n), np.nan)
+    grid[df["layer_a"].astype(int), df["layer_b"].astype(int)] = df["mean"]
+    image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", origin="lower")
+    ax.figure.colorbar(image, ax=ax, label=f"{first['estimator']} CKA (mean over runs)")
+    ax.set(
+        xlabel="layer",
+        ylabel="layer",
+        title=f"CKA: {first['dataset']} {first['arch']}"
+        f" {'shuffled' if first['shuffled'] else 'natural'} (n = {int(df['n'].max())} runs)",
+    )
+
+
 def training_dynamics(df: pd.DataFrame, ax) -> None:
     df = df[df["layer_index"].isna()]  # each run's best layer
     if df.empty:
@@ -149,6 +170,18 @@ GROUP BY ALL HAVING ami IS NOT NULL AND probe_acc IS NOT NULL
 """
 
 
+# Cells of the layer_cka heatmap: each final in-domain eval run's layer x layer CKA
+# (mean over superclasses), averaged over the runs of one design.
+CKA_SQL = """
+SELECT e.dataset, e.arch, e.shuffled, c.estimator, c.layer_a, c.layer_b,
+       avg(c.value) AS mean, count(*) AS n
+FROM cka c JOIN final_evals e USING (run_id)
+WHERE c.kind = 'layer' AND c.superclass IS NULL
+GROUP BY ALL
+ORDER BY e.dataset, e.arch, e.shuffled, c.estimator, c.layer_a, c.layer_b
+"""
+
+
 @dataclass(frozen=True)
 class Plot:
     query: str | None  # canned query whose rows are drawn (None: `sql` below)
@@ -164,6 +197,7 @@ PLOTS: dict[str, Plot] = {
     "norm_peak_shift": Plot("norm_peak_shift", norm_peak_shift),
     "clusterability_vs_probe": Plot(None, clusterability_vs_probe, sql=PAIRS_SQL),
     "seed_stability": Plot("seed_stability", seed_stability, {"kind": "layer"}),
+    "layer_cka": Plot(None, layer_cka, sql=CKA_SQL),
     "training_dynamics": Plot("training_dynamics", training_dynamics),
 }
 

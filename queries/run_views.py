@@ -47,6 +47,7 @@ PARAM_TYPES: dict[str, str] = {
     "eval_epochs": "VARCHAR",
     "factors": "VARCHAR",
     "precision": "VARCHAR",
+    "cka": "VARCHAR",
     "probe_per_subclass": "INTEGER",
     "save": "VARCHAR",
     cv.PARAM_CHECKPOINT_EPOCH: "INTEGER",

@@ -1,5 +1,6 @@
 """Views of the runs' scores, shaped for the canned queries: ``layer_scores``,
-``evals``, ``final_evals``, ``final_transfer_evals`` and ``epoch_metrics``.
+``evals``, ``final_evals``, ``final_transfer_evals``, ``epoch_metrics`` and
+``run_pairs`` (the compare runs, with the design of the two eval runs each compared).
 
 They read the ``snap`` tables that `run_views` builds (``run_tags``, ``run_params``):
 per-layer metrics of eval runs with their relative depth, one design row per eval
@@ -101,4 +102,29 @@ WHERE t.kind = 'eval'""",
 SELECT m.run_id, CAST(m.step AS INTEGER) AS epoch, m.metric, m.value, m.timestamp
 FROM snap.metrics m JOIN snap.run_tags t USING (run_id)
 WHERE t.kind = {quote("train")} AND m.metric NOT IN ({summaries})""",
+    )
+    define_pair_view(con, setup)
+
+
+def define_pair_view(con: duckdb.DuckDBPyConnection, setup: list[str]) -> None:
+    """``run_pairs``: one row per compare run, naming its two eval runs (tags) with their
+    design, so the ``cka`` and ``ari`` rows of kind 'compare' can be read by what differs."""
+    execute(
+        con,
+        setup,
+        f"""CREATE VIEW run_pairs AS
+WITH c AS (
+  SELECT run_id, max(value) FILTER (WHERE key = {quote(cv.TAG_COMPARE_A)}) AS run_a,
+         max(value) FILTER (WHERE key = {quote(cv.TAG_COMPARE_B)}) AS run_b
+  FROM snap.tags GROUP BY run_id
+)
+SELECT c.run_id, r.status, c.run_a, c.run_b, p.{cv.PARAM_CKA} AS cka_estimator, a.eval_set,
+       a.train_run_id AS train_run_a, b.train_run_id AS train_run_b,
+       a.arch AS arch_a, b.arch AS arch_b, a.seed AS seed_a, b.seed AS seed_b,
+       a.checkpoint_epoch AS checkpoint_epoch_a, b.checkpoint_epoch AS checkpoint_epoch_b
+FROM c JOIN snap.runs r USING (run_id) JOIN snap.run_tags t USING (run_id)
+LEFT JOIN snap.run_params p USING (run_id)
+LEFT JOIN snap.evals a ON a.run_id = c.run_a
+LEFT JOIN snap.evals b ON b.run_id = c.run_b
+WHERE t.kind = {quote("compare")}""",
     )

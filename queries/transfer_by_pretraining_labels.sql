@@ -3,11 +3,13 @@
 -- Transfer eval runs (evaluation set other than the training dataset's own), the last
 -- layer each run measured (the pooled last stage), per pre-training dataset x evaluation
 -- set x arch x pre-training labels x factor: mean, std and n over runs, and the
--- difference to superclass-label pre-training at the same (NULL where absent).
+-- difference to superclass-label pre-training at the same (NULL where absent);
+-- probe_acc and knn_acc: the mean over those runs of the same layer's transfer linear-probe
+-- and k-NN accuracy (seeded split of the set; NULL for runs recorded without probes).
 -- Runs: FINISHED final-checkpoint transfer eval runs.
 -- Reads: layer_scores, final_transfer_evals.
 -- Columns: pretrain_dataset, eval_set, arch, factor, pretrain_labels, mean, std, n,
---   minus_superclass
+--   probe_acc, knn_acc, minus_superclass
 -- param dataset VARCHAR : pre-training dataset (default: all)
 -- param eval_set VARCHAR : downstream evaluation set (default: all)
 -- param arch VARCHAR : timm model name (default: all)
@@ -23,10 +25,16 @@ WITH last AS (  -- each run's deepest measured layer
     AND s.metric = coalesce(getvariable('metric'), 'ami')
     AND (getvariable('factor') IS NULL OR s.factor = getvariable('factor'))
   GROUP BY ALL
+), acc AS (  -- the same layer's transfer probe accuracies (factor NULL)
+  SELECT run_id,
+         arg_max(value, layer_index) FILTER (WHERE metric = 'probe_acc') AS probe_acc,
+         arg_max(value, layer_index) FILTER (WHERE metric = 'knn_acc') AS knn_acc
+  FROM layer_scores WHERE run_id IN (SELECT run_id FROM last) GROUP BY run_id
 ), g AS (
   SELECT dataset AS pretrain_dataset, eval_set, arch, factor, labels AS pretrain_labels,
-         avg(value) AS mean, stddev_samp(value) AS std, count(*) AS n
-  FROM last GROUP BY ALL
+         avg(value) AS mean, stddev_samp(value) AS std, count(*) AS n,
+         avg(probe_acc) AS probe_acc, avg(knn_acc) AS knn_acc
+  FROM last LEFT JOIN acc USING (run_id) GROUP BY ALL
 )
 SELECT *, mean - max(mean) FILTER (WHERE pretrain_labels = 'superclass')
                OVER (PARTITION BY pretrain_dataset, eval_set, arch, factor) AS minus_superclass

@@ -29,7 +29,14 @@ Views (stable names; `VIEW_COLUMNS` lists the columns):
 * ``epoch_metrics``: train runs' per-epoch metrics (step = epoch; summaries left out).
 * ``layer_metrics``: the runs' ``layer_metrics.parquet`` artifacts (per superclass),
   read lazily from the files at query time.
-* ``ari``: the runs' ``ari.parquet`` artifacts (layer x layer, seed and checkpoint ARI).
+* ``ari``: the runs' ``ari.parquet`` artifacts (layer x layer, seed and checkpoint ARI;
+  kind 'compare': written by compare runs, run_id's layer_a vs other_run_id's layer_b).
+* ``cka``: the runs' ``cka.parquet`` artifacts: CKA between layers, per superclass and
+  averaged (superclass NULL), with the estimator (linear or debiased); kind 'layer' (two
+  layers of one eval run) or 'compare' (as in ``ari``). Comparing the same two runs
+  twice gives their rows twice (``run_pairs`` lists both compare runs).
+* ``run_pairs``: one row per compare run: the two eval runs (run_a, run_b), the CKA
+  estimator, the eval set, and each side's train run, arch, seed and checkpoint epoch.
 * ``trials`` and ``trial_params``: Optuna trials with state, values, decoded params and
   the linked MLflow run (user attribute ``mlflow_run_id``).
 """
@@ -98,6 +105,23 @@ VIEW_COLUMNS: dict[str, tuple[str, ...]] = {
     "epoch_metrics": ("run_id", "epoch", "metric", "value", "timestamp"),
     "layer_metrics": cv.LAYER_METRICS_COLUMNS,
     "ari": ("run_id", "other_run_id", "kind", "layer_a", "layer_b", "factor", "value"),
+    "cka": cv.CKA_COLUMNS,
+    "run_pairs": (
+        "run_id",
+        "status",
+        "run_a",
+        "run_b",
+        "cka_estimator",
+        "eval_set",
+        "train_run_a",
+        "train_run_b",
+        "arch_a",
+        "arch_b",
+        "seed_a",
+        "seed_b",
+        "checkpoint_epoch_a",
+        "checkpoint_epoch_b",
+    ),
     "trials": (
         "study",
         "study_id",

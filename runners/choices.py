@@ -24,6 +24,7 @@ NEIGHBOR_BACKENDS = ("auto", "faiss", "torch")  # k-NN graphs and k-means
 NEIGHBOR_INDEXES = ("flat", "ivf", "hnsw")
 NEIGHBOR_METRICS = ("l2", "ip")
 NEIGHBOR_PRECISIONS = ("fp32", "tf32", "bf16")  # torch matmuls; FAISS is always fp32
+CKA_ESTIMATORS = ("linear", "debiased")  # HSIC estimator of layer-to-layer CKA
 
 # --- studies ---
 PRUNERS = ("none", "median")

@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "clusterprobe.runners.commands.transfer",
         "cluster a transfer set with a stored model",
     ),
+    "compare": (
+        "clusterprobe.runners.commands.compare",
+        "CKA and ARI between the layers of two eval runs",
+    ),
     "datasets": ("clusterprobe.runners.commands.datasets", "list or show datasets"),
     "study": ("clusterprobe.runners.commands.study", "Optuna study over design choices"),
     "query": ("clusterprobe.queries.cli_query", "run a canned SQL query"),

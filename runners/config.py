@@ -96,6 +96,7 @@ class RunConfig:
     eval_epochs: tuple[int, ...] = ()  # also evaluate these intermediate checkpoints
     factors: tuple[int, ...] = (1, 2, 3, 4, 5)
     precision: str = "fp32"  # "fp32" | "bf16" for the embedding forward pass
+    cka: str = "linear"  # layer x layer CKA estimator: "linear" | "debiased" (unbiased HSIC)
     probe_per_subclass: int = 100  # training images per subclass for the linear probe
     save: tuple[str, ...] = ("checkpoint", "embeddings", "distances", "plots")
     extra: dict = field(default_factory=dict)  # dataset-specific options (paths, splits)
@@ -108,6 +109,7 @@ class RunConfig:
             ("taps", choices.TAPS),
             ("norm", choices.NORMS),
             ("precision", choices.PRECISIONS),
+            ("cka", choices.CKA_ESTIMATORS),
             ("split", choices.SPLITS),
         ):
             value = getattr(self, name)

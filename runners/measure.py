@@ -2,7 +2,8 @@
 
 ``measure`` embeds the eval images (``engine.embed.embed_eval``), clusters every
 layer inside every superclass (``engine.cluster.cluster_protocol``, raw pixels too,
-as a baseline) and fits the linear and k-NN probes (``engine.probe``); a
+as a baseline), compares every pair of layers by CKA from the same Grams
+(``engine.cka``) and fits the linear and k-NN probes (``engine.probe``); a
 :class:`Measurement` holds what they return. ``evalrun.record_measurement`` writes it.
 
 Where the model's head predicts the eval set's labels (``head_labels``), the embed
@@ -29,9 +30,10 @@ class Measurement:
     embedding: object  # engine.embed.Embedding: Grams, pooled features, eval_index
     protocol: object  # engine.cluster.ProtocolResult: assignments, dead layers
     cluster_params: dict  # how the clustering was computed
-    seconds: dict[str, float]  # embed, cluster, probe
+    seconds: dict[str, float]  # embed, cluster, cka, probe
     test_acc: float | None = None  # the model's own accuracy on the eval set (head_labels)
     test_acc_labels: str | None = None  # "superclass" | "subclass": what test_acc is on
+    cka: object = None  # engine.cka.CkaMatrices: layer x layer CKA per superclass
 
     @property
     def layer_names(self) -> list[str]:
@@ -74,9 +76,10 @@ def measure(
     head_labels: str | None = None,
     quiet: bool = False,
 ) -> Measurement:
-    """Embed the eval split, cluster every layer per superclass, probe every layer; with
-    ``head_labels`` ("superclass" | "subclass", see :func:`head_labels`) also the model's
-    own accuracy on those labels of the eval split."""
+    """Embed the eval split, cluster every layer per superclass, CKA between every pair
+    of layers, probe every layer; with ``head_labels`` ("superclass" | "subclass", see
+    :func:`head_labels`) also the model's own accuracy on those labels of the eval split."""
+    from clusterprobe.runners.engine.cka import cka_by_superclass
     from clusterprobe.runners.engine.cluster import cluster_protocol
     from clusterprobe.runners.engine.embed import embed_eval
     from clusterprobe.runners.models import layer_taps
@@ -111,6 +114,10 @@ def measure(
     seconds["cluster"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    cka = cka_by_superclass(emb.grams, estimator=config.cka)
+    seconds["cka"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
     probe_acc, knn_acc = _probes(model, taps, config, data, device, probe_index, emb.pooled)
     seconds["probe"] = time.perf_counter() - t0
 
@@ -125,7 +132,7 @@ def measure(
         pixel_ami_f1=float(np.mean(pixels.ami)),  # [1, S, 1]: one "layer", factor 1
     )
     return Measurement(
-        scores, emb, result, dict(result.params or {}), seconds, test_acc, head_labels
+        scores, emb, result, dict(result.params or {}), seconds, test_acc, head_labels, cka
     )
 
 

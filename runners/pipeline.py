@@ -31,6 +31,7 @@ from clusterprobe.runners.data.record import dataset_params, dataset_record, var
 from clusterprobe.runners.evalrun.stability import find_seed_runs, record_stability
 from clusterprobe.runners.measure import head_labels, measure, probe_indices
 from clusterprobe.tracker import conventions as cv
+from clusterprobe.tracker.errors import UsageError
 
 EVAL_SPLIT = "eval"
 
@@ -61,7 +62,21 @@ def prepare(config: RunConfig):
 
     config = registry.canonical(config.validate())
     models.model_config(config, num_classes=2)  # arch, stem, taps and norm: UsageError if bad
-    return config, registry.load_dataset(config)
+    data = registry.load_dataset(config)
+    _check_cka_images(config.cka, data.eval_labels.superclass)
+    return config, data
+
+
+def _check_cka_images(estimator: str, superclass) -> None:
+    """Every superclass needs the eval images the CKA estimator is defined on."""
+    import numpy as np
+    from clusterprobe.runners.engine.cka import check_images
+
+    sups, counts = np.unique(superclass, return_counts=True)
+    try:
+        check_images(estimator, dict(zip(sups.tolist(), counts.tolist(), strict=True)))
+    except ValueError as err:
+        raise UsageError(f"--cka {estimator}: {err} (raise --eval-per-subclass)") from None
 
 
 # --- the main job ------------------------------------------------------------------------

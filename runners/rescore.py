@@ -1,7 +1,8 @@
 """Re-cluster a stored eval run without the model: a new eval run from its artifacts.
 
-Default: the paper's per-superclass protocol on the run's stored Gram matrices.
-With ``method``: whole-dataset clustering of each layer's stored pooled embeddings
+Default: the paper's per-superclass protocol on the run's stored Gram matrices, and
+the layer x layer CKA from the same Grams (``cka.parquet``; runs recorded before CKA
+get it this way without a forward pass). With ``method``: whole-dataset clustering of each layer's stored pooled embeddings
 (``engine.whole``). Either way the result is a NEW eval run nested under the same
 train run (tag ``clusterprobe.source_run``), with the same metric names. Every
 artifact is read and checked before the new run starts, so a corrupt or missing
@@ -34,10 +35,12 @@ def rescore(
     *,
     factors: tuple[int, ...] | None = None,
     method: str | None = None,
+    cka: str | None = None,
     quiet: bool = True,
 ) -> RescoreResult:
     """Re-cluster eval run ``run_id`` (per superclass, or whole with ``method``) into a new
-    eval run nested under the same train run."""
+    eval run nested under the same train run. Per superclass, CKA between its layers is
+    recorded too, with estimator ``cka`` (default: the source run's, else linear)."""
     source = stored.open_eval_run(tracker, run_id)
     params = dict(source.data.params)
     parent = source.data.tags.get(cv.TAG_PARENT)
@@ -48,10 +51,18 @@ def rescore(
             f"RUN_ID {run_id!r} was clustered as a whole dataset (no superclasses); "
             "re-score it with a whole-dataset method (auto, exact, knn-ward, two-stage, kmeans)"
         )
+    if method is not None and cka is not None:
+        raise UsageError(
+            f"--cka {cka}: CKA comes from the stored Grams of a per-superclass re-score; "
+            "drop --cka or --method"
+        )
     factors = tuple(sorted(set(factors or _source_factors(params)) | {1}))
+    estimator = cka or params.get(cv.PARAM_CKA) or "linear"
     # Read and check everything before a run exists: a bad file stores nothing.
+    similarity = None
     if method is None:
         inputs = stored.load_distances(tracker, run_id)
+        similarity = _layer_cka(inputs, estimator)
     else:
         inputs = stored.load_pooled(tracker, run_id)
     dataset = stored.dataset_record(tracker, run_id)
@@ -73,13 +84,29 @@ def rescore(
         protocol="per_superclass" if method is None else "whole",
         run_name=f"rescore {source.info.run_name or run_id}",
         tags=_rescore_tags(source, run_id),
-        extra={"factors": ",".join(map(str, factors))},
+        extra={
+            "factors": ",".join(map(str, factors)),
+            **({cv.PARAM_CKA: estimator} if similarity is not None else {}),
+        },
     )
     with evalrun.start_eval_run(tracker, spec) as ctx:
         summary = evalrun.record_scores(ctx, scores, how)
+        if similarity is not None:
+            evalrun.record_cka(ctx, similarity)
         if dataset is not None:
             evalrun.record_dataset(ctx, dataset)
     return RescoreResult(ctx.run_id, parent, scores, summary)
+
+
+def _layer_cka(inputs: stored.StoredDistances, estimator: str):
+    """CKA between the stored layers; an estimator the stored images cannot carry is bad
+    input (one line, nothing stored)."""
+    from clusterprobe.runners.engine.cka import cka_by_superclass
+
+    try:
+        return cka_by_superclass(inputs.grams, estimator=estimator)
+    except ValueError as err:
+        raise UsageError(f"--cka {estimator}: {err}") from None
 
 
 def _source_factors(params: dict) -> tuple[int, ...]:

@@ -5,7 +5,10 @@ trained model, every tapped layer is reduced to pooled features (global average
 pool; token mean for ViTs), L2-normalised, and clustered as one whole dataset
 (no superclasses) into #classes x factor clusters, factors 1..10 by default; each
 partition is scored against the transfer set's class labels (AMI, purity) with
-:func:`clusterprobe.runners.engine.whole.score_layers`.
+:func:`clusterprobe.runners.engine.whole.score_layers`. Beside the clustering, the
+linear and k-NN probes of ``run``'s evals (``engine.probe``) are fitted per layer on
+one part of a seeded stratified split of the set and scored on the other
+(``probe_acc``, ``knn_acc``: the paper's transfer accuracy, finding 6).
 
 :func:`transfer_scores` is the measurement (pure results); :func:`transfer_run`
 loads a train run's checkpoint, measures and records a new eval run nested under it.
@@ -20,8 +23,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from clusterprobe.runners import evalrun
 from clusterprobe.tracker import conventions as cv
+from clusterprobe.tracker.errors import UsageError
 
 DEFAULT_FACTORS = tuple(range(1, 11))
+PROBE_TEST_FRACTION = 0.5  # of each class: the probes train on the other half
 
 
 @dataclass
@@ -47,9 +52,11 @@ def transfer_scores(
     precision: str = "fp32",
     batch_size: int = 256,
     seed: int = 0,
+    probe_split: tuple[np.ndarray, np.ndarray] | None = None,
     quiet: bool = True,
 ) -> TransferResult:
-    """Pooled features of every tap on ``data`` (a TransferData), clustered whole per layer."""
+    """Pooled features of every tap on ``data`` (a TransferData), clustered whole per layer;
+    with ``probe_split`` (train rows, test rows), probe and k-NN accuracy per layer too."""
     from clusterprobe.runners.engine.embed import pooled_features
     from clusterprobe.runners.engine.whole import score_layers
 
@@ -76,12 +83,19 @@ def transfer_scores(
         on_layer=lambda li, row: _say(quiet, f"layer {li} ({taps[li].name}): AMI f1 {row[0]:.3f}"),
     )
     seconds["cluster"] = time.perf_counter() - t0
+    probe_acc, knn_acc = [], []
+    if probe_split is not None:
+        t0 = time.perf_counter()
+        probe_acc, knn_acc = transfer_probes(pooled, data.labels, probe_split, seed=seed)
+        seconds["probe"] = time.perf_counter() - t0
     scores = evalrun.LayerScores(
         layer_names=[t.name for t in taps],
         superclasses=[None],
         factors=factors,
         ami=ami[:, None, :],
         purity=purity[:, None, :],
+        probe_acc=probe_acc,
+        knn_acc=knn_acc,
     )
     return TransferResult(
         scores=scores,
@@ -91,6 +105,20 @@ def transfer_scores(
         seconds=seconds,
         pooled=[np.ascontiguousarray(x, dtype=np.float32) for x in pooled],
     )
+
+
+def transfer_probes(pooled, labels, split, *, seed: int = 0) -> tuple[list[float], list[float]]:
+    """Linear-probe and k-NN accuracy per layer: fitted on the pooled features of the
+    ``split[0]`` rows, scored on the ``split[1]`` rows (class labels)."""
+    from clusterprobe.runners.engine.probe import knn_layers, probe_layers
+
+    labels = np.asarray(labels)
+    train, test = split
+    train_x = [np.asarray(x)[train] for x in pooled]
+    test_x = [np.asarray(x)[test] for x in pooled]
+    probe = probe_layers(train_x, labels[train], test_x, labels[test], seed=seed)
+    knn = knn_layers(train_x, labels[train], test_x, labels[test])
+    return [float(a) for a in probe], [float(a) for a in knn]
 
 
 @dataclass(frozen=True)
@@ -135,6 +163,7 @@ def transfer_run(tracker, run_id: str, request: TransferRequest, *, quiet: bool 
         download=request.download,
     )
     factors = tuple(sorted(set(request.factors) | {1}))
+    split = _probe_split(data, seed)
     _say(
         quiet,
         f"train run {train_id} ({config.arch}) on {data.name}: {len(data.labels)} images, "
@@ -149,6 +178,7 @@ def transfer_run(tracker, run_id: str, request: TransferRequest, *, quiet: bool 
         method=request.method,
         batch_size=request.batch_size,
         seed=seed,
+        probe_split=split,
         quiet=quiet,
     )
     spec = evalrun.EvalSpec(
@@ -164,6 +194,9 @@ def transfer_run(tracker, run_id: str, request: TransferRequest, *, quiet: bool 
             "transfer.source": request.source,
             "transfer.images": str(result.num_images),
             "transfer.classes": str(result.num_classes),
+            "probe_train_images": str(len(split[0])),
+            "transfer.probe_test_images": str(len(split[1])),
+            "transfer.probe_split": f"stratified test_fraction={PROBE_TEST_FRACTION} seed={seed}",
         },
     )
     with evalrun.start_eval_run(tracker, spec) as ctx:
@@ -174,6 +207,17 @@ def transfer_run(tracker, run_id: str, request: TransferRequest, *, quiet: bool 
         evalrun.log_embeddings(ctx, result.pooled, np.zeros_like(data.labels), data.labels)
         evalrun.record_dataset(ctx, _dataset_record(data))
     return result, ctx.run_id, train_id
+
+
+def _probe_split(data, seed: int):
+    """The probes' seeded stratified split of the transfer set; a set it cannot split
+    is bad input (one line, nothing stored)."""
+    from clusterprobe.runners.engine.probe import stratified_split
+
+    try:
+        return stratified_split(data.labels, PROBE_TEST_FRACTION, seed)
+    except ValueError as err:
+        raise UsageError(f"transfer set {data.name}: {err} (the transfer probes)") from None
 
 
 def _dataset_record(data) -> dict:

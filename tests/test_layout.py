@@ -25,6 +25,7 @@ ARTIFACT_NAMES = (
     "model_config.json",
     "assignments.parquet",
     "layer_metrics.parquet",
+    "cka.parquet",
 )
 
 

@@ -352,12 +352,12 @@ def test_norm_peak_shift(db, qs):
     assert shift["none"] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_clusterability_vs_probe(db, qs):
-    got = query_df(db, "clusterability_vs_probe")
-    df = _main(_scored(qs))
+def _probe_correlations(df: pd.DataFrame, qs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per run (arch, pearson, spearman) over layers of AMI f1 vs probe_acc, and each run's
+    best AMI and best probe accuracy."""
     x = df[(df.metric == "ami") & (df.factor == 1)].set_index(["run_id", "layer_index"])["value"]
     y = df[df.metric == "probe_acc"].set_index(["run_id", "layer_index"])["value"]
-    pairs = pd.concat({"x": x, "y": y}, axis=1).reset_index()
+    pairs = pd.concat({"x": x, "y": y}, axis=1).dropna().reset_index()
     design = qs.evals.set_index("run_id")
     rows = []
     for run_id, g in pairs.groupby("run_id"):
@@ -368,16 +368,28 @@ def test_clusterability_vs_probe(db, qs):
                 spearman=stats.spearmanr(g.x, g.y)[0],
             )
         )
-    per_run = pd.DataFrame(rows)
-    layers = got[got.scope == "layers"].set_index(["arch", "method"])
+    return pd.DataFrame(rows), pairs.groupby("run_id")[["x", "y"]].max()
+
+
+@pytest.mark.parametrize("transfer", [False, True])
+def test_clusterability_vs_probe(db, qs, transfer):
+    got = query_df(db, "clusterability_vs_probe")
+    scored = _scored(qs)
+    if transfer:  # the transfer set clustered whole vs the transfer probe
+        df, prefix = scored[scored.is_final & scored.is_transfer], "transfer_"
+        assert set(got[got.scope.str.startswith(prefix)].eval_set) == {querystore.TRANSFER_SET}
+    else:
+        df, prefix = _main(scored), ""
+    per_run, best = _probe_correlations(df, qs)
+    layers = got[got.scope == prefix + "layers"].set_index(["arch", "method"])
     for (arch, method), value in per_run.melt("arch", var_name="method").groupby(
         ["arch", "method"]
     ):
         row = layers.loc[(arch, method)]
         assert row["mean"] == pytest.approx(value["value"].mean(), abs=1e-9)
         assert row["n"] == len(value)
-    best = pairs.groupby("run_id")[["x", "y"]].max()
-    runs = got[got.scope == "runs"].set_index("method")
+    assert len(layers) == per_run["arch"].nunique() * 2
+    runs = got[got.scope == prefix + "runs"].set_index("method")
     assert runs.loc["pearson", "mean"] == pytest.approx(stats.pearsonr(best.x, best.y)[0], abs=1e-9)
     assert runs.loc["spearman", "mean"] == pytest.approx(
         stats.spearmanr(best.x, best.y)[0], abs=1e-9
@@ -387,14 +399,21 @@ def test_clusterability_vs_probe(db, qs):
 
 def test_transfer_by_pretraining_labels(db, qs):
     got = query_df(db, "transfer_by_pretraining_labels", factor=1)
-    df = _scored(qs)
-    df = df[df.is_transfer & (df.metric == "ami") & (df.factor == 1)]
+    scored = _scored(qs)
+    df = scored[scored.is_transfer & (scored.metric == "ami") & (scored.factor == 1)]
     last = df[df.layer_index == df.n_layers - 1]
     want = _agg(last, ["eval_set", "labels"]).rename(columns={"labels": "pretrain_labels"})
     _check(got, want, ["eval_set", "pretrain_labels"], {"mean": "mean", "std": "std", "n": "n"})
     diff = got.set_index("pretrain_labels")["minus_superclass"]
     w = want.set_index("pretrain_labels")["mean"]
     assert diff["subclass"] == pytest.approx(w["subclass"] - w["superclass"], abs=1e-9)
+    # the transfer probe's accuracy at the same (last) layer, mean over the same runs
+    probe = scored[scored.is_transfer & (scored.metric == "probe_acc")]
+    acc = probe[probe.layer_index == probe.n_layers - 1].groupby("labels")["value"].mean()
+    got_acc = got.set_index("pretrain_labels")["probe_acc"]
+    for labels in ("superclass", "subclass"):
+        assert got_acc[labels] == pytest.approx(acc[labels], abs=1e-9)
+    assert got["knn_acc"].isna().all()  # the query store's transfer runs have no k-NN probe
 
 
 def test_seed_stability_reads_ari_tables(db, qs):

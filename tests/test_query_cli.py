@@ -198,7 +198,7 @@ def test_plots_write_png_and_svg(real, capsys, tmp_path):
     code, _, err = _cli(capsys, "plot", "layer_profile", "--store", root, "--out", png)
     assert code == 0, err
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for name in ("training_dynamics", "clusterability_vs_probe", "seed_stability"):
+    for name in ("training_dynamics", "clusterability_vs_probe", "seed_stability", "layer_cka"):
         svg = tmp_path / f"{name}.svg"
         code, _, err = _cli(capsys, "plot", name, "--store", root, "--out", svg)
         assert code == 0, err

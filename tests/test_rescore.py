@@ -55,18 +55,25 @@ def test_rescore_per_superclass_reproduces_the_stored_metrics(final_eval):
     table = pd.read_parquet(tracker.artifact_path(new.info.run_id, cv.ART_LAYER_METRICS))
     assert tuple(table.columns) == cv.LAYER_METRICS_COLUMNS
     assert len(table) == 2 * len(result.layers) * 4 * 5 and (table.run_id == new.info.run_id).all()
+    # CKA from the stored Grams: the values the run computed from the Grams in memory
+    assert new.data.params[cv.PARAM_CKA] == "linear"
+    cka = pd.read_parquet(tracker.artifact_path(new.info.run_id, cv.ART_CKA))
+    before = pd.read_parquet(tracker.artifact_path(source.info.run_id, cv.ART_CKA))
+    assert set(cka.run_id) == set(cka.other_run_id) == {new.info.run_id}
+    np.testing.assert_allclose(cka["value"], before["value"], rtol=0, atol=1e-12)
 
 
 def test_rescore_other_factors_through_the_cli(final_eval, capsys):
     store, tracker, client, source, result = final_eval
-    code = cli_main(
-        ["rescore", source.info.run_id, "--factors", "2,3", "--quiet", "--store", str(store.root)]
-    )
-    assert code == 0
+    argv = ["rescore", source.info.run_id, "--factors", "2,3", "--cka", "debiased", "--quiet"]
+    assert cli_main([*argv, "--store", str(store.root)]) == 0
     out = capsys.readouterr().out
     new_id = next(line.split()[2] for line in out.splitlines() if line.startswith("eval run:"))
     new = client.get_run(new_id)
     assert new.data.params["eval_factors"] == "1,2,3"  # factor 1 always (best_ami uses it)
+    assert new.data.params[cv.PARAM_CKA] == "debiased"
+    cka = pd.read_parquet(tracker.artifact_path(new_id, cv.ART_CKA))
+    assert set(cka.estimator) == {"debiased"}
     assert set(new.data.metrics) >= {"ami_f2", "ami_f3", "best_ami"}
     assert "ami_f4" not in new.data.metrics
     # Same trees, same cuts; only the summation order of the superclass mean may differ.
@@ -171,4 +178,7 @@ def test_corrupt_or_missing_artifacts_give_one_error_and_store_nothing(
     assert "labels.parquet" in capsys.readouterr().err
     assert cli_main(["rescore", "0123abcd", "--store", str(copy)]) == 2
     assert "no such run" in capsys.readouterr().err
+    argv = ["rescore", run_id, "--method", "exact", "--cka", "linear", "--store", str(copy)]
+    assert cli_main(argv) == 2
+    assert "drop --cka or --method" in capsys.readouterr().err
     assert len(tracker.search_runs()) == n_runs  # nothing stored, nothing lost

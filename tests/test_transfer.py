@@ -2,7 +2,8 @@
 
 Runs on a copy of the tiny pipeline run's store (its final checkpoint) and a folder
 of coloured-noise images the test draws; the recorded AMI is checked against
-sklearn's Ward + AMI on the same pooled features.
+sklearn's Ward + AMI on the same pooled features, and the transfer probes against
+sklearn's LogisticRegression and KNeighborsClassifier on the same split.
 """
 
 from __future__ import annotations
@@ -15,24 +16,33 @@ from clusterprobe.runners.cli import main as cli_main
 from clusterprobe.tracker import conventions as cv
 from PIL import Image
 from sklearn.cluster import AgglomerativeClustering
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import adjusted_mutual_info_score
-from sklearn.preprocessing import normalize
+from sklearn.model_selection import train_test_split
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler, normalize
 
 CLASSES = ("crimson", "olive", "teal")
 
 
 @pytest.fixture(scope="module")
 def transfer_folder(tmp_path_factory):
-    """root/<class>/<12 PNGs>: per class a base colour plus noise, 20 x 20 px."""
+    """root/<class>/<30 PNGs>: per class a base colour, per image a colour shift of about
+    its size (so the classes overlap and the probes land between chance and 1), plus
+    pixel noise; 20 x 20 px."""
     root = tmp_path_factory.mktemp("transfer") / "colours"
     rng = np.random.default_rng(0)
     for k, name in enumerate(CLASSES):
         (root / name).mkdir(parents=True)
-        base = np.zeros(3)
-        base[k] = 200
-        for i in range(12):
-            pixels = np.clip(base + rng.normal(0, 40, size=(20, 20, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i:02d}.png")
+        base = np.full(3, 100.0)
+        base[k] += 60
+        for i in range(30):
+            colour = base + rng.normal(0, 50, size=3)
+            pixels = colour + rng.normal(0, 30, size=(20, 20, 3))
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
+                root / name / f"{i:02d}.png"
+            )
     return root
 
 
@@ -97,7 +107,9 @@ def test_transfer_run_is_recorded_and_equals_sklearn(store_copy, transfer_folder
     import pandas as pd
 
     rows = pd.read_parquet(table)
-    assert len(rows) == len(taps) * 3 * 2 and rows["superclass"].isna().all()
+    # ami and purity at 3 factors, probe_acc and knn_acc: every layer, one whole set
+    assert len(rows) == len(taps) * (3 * 2 + 2) and rows["superclass"].isna().all()
+    _check_probes(tracker, ev, pooled, data.labels, int(params["seed"]))
 
     with connect(store.root) as analysis:
         found = query_df(analysis, "transfer_by_pretraining_labels")
@@ -123,7 +135,51 @@ def test_transfer_run_is_recorded_and_equals_sklearn(store_copy, transfer_folder
     assert "clustered as a whole dataset" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case", ["unknown run", "missing folder", "no checkpoint", "corrupt"])
+def _sklearn_probe(x, y, train, test, seed: int) -> float:
+    """sklearn's LogisticRegression on standardised features, its L2 strength picked as
+    engine.probe documents: the best of C_GRID on a stratified 20 % of the training part."""
+    from clusterprobe.runners.engine.probe import C_GRID
+
+    xtr, ytr = x[train], y[train]
+    fit, val = train_test_split(np.arange(len(ytr)), test_size=0.2, random_state=seed, stratify=ytr)
+
+    def model(c):
+        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+
+    scores = [model(c).fit(xtr[fit], ytr[fit]).score(xtr[val], ytr[val]) for c in C_GRID]
+    best = C_GRID[int(np.argmax(scores))]  # ties: the first, the strongest regularisation
+    return model(best).fit(xtr, ytr).score(x[test], y[test])
+
+
+def _check_probes(tracker, ev, pooled, labels, seed: int) -> None:
+    """The recorded transfer probes equal sklearn's on the documented split (half of
+    every class tested, sklearn's stratified train_test_split with the run's seed)."""
+    params = ev.data.params
+    train, test = train_test_split(
+        np.arange(len(labels)), test_size=0.5, random_state=seed, stratify=labels
+    )
+    assert params["probe_train_images"] == str(len(train))
+    assert params["transfer.probe_test_images"] == str(len(test))
+    history = {
+        key: {m.step: m.value for m in tracker.client.get_metric_history(ev.info.run_id, key)}
+        for key in ("probe_acc", "knn_acc")
+    }
+    assert sorted(history["probe_acc"]) == sorted(history["knn_acc"]) == list(range(len(pooled)))
+    for li, x in enumerate(pooled):
+        x = x.astype(np.float64)
+        knn = KNeighborsClassifier(n_neighbors=min(20, len(train)), metric="cosine")
+        want = knn.fit(x[train], labels[train]).score(x[test], labels[test])
+        assert history["knn_acc"][li] == pytest.approx(want, abs=0.01), li
+        want = _sklearn_probe(x, labels, train, test, seed)
+        assert history["probe_acc"][li] == pytest.approx(want, abs=0.01), li
+    summary = tracker.get_run(ev.info.run_id).data.metrics
+    assert summary["best_probe_acc"] == max(history["probe_acc"].values())
+    assert summary["best_knn_acc"] == max(history["knn_acc"].values())
+
+
+@pytest.mark.parametrize(
+    "case", ["unknown run", "missing folder", "no checkpoint", "corrupt", "one image class"]
+)
 def test_bad_input_is_one_line_exit_2_and_stores_nothing(store_copy, transfer_folder, capsys, case):
     store, tracker, train_id = store_copy
     run_id, source = train_id, str(transfer_folder)
@@ -133,6 +189,7 @@ def test_bad_input_is_one_line_exit_2_and_stores_nothing(store_copy, transfer_fo
         "missing folder": "neither a folder nor a torchvision dataset",
         "no checkpoint": "no stored checkpoint",
         "corrupt": "checkpoint does not load",
+        "one image class": "a stratified split needs at least 2 per class",
     }[case]
     if case == "unknown run":
         run_id = "0" * 32
@@ -140,8 +197,13 @@ def test_bad_input_is_one_line_exit_2_and_stores_nothing(store_copy, transfer_fo
         source = str(transfer_folder.parent / "absent")
     elif case == "no checkpoint":
         shutil.rmtree(folder)
-    else:
+    elif case == "corrupt":
         (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    else:  # the transfer probes cannot split a class of one image
+        source = str(transfer_folder.parent / "lonely")
+        shutil.copytree(transfer_folder, source, dirs_exist_ok=True)
+        for extra in sorted((transfer_folder.parent / "lonely" / CLASSES[0]).iterdir())[1:]:
+            extra.unlink()
     before = len(tracker.search_runs())
     assert cli_main(_argv(store, "transfer", run_id, "--set", source)) == 2
     captured = capsys.readouterr()

@@ -29,12 +29,16 @@ Runs (tag ``clusterprobe.kind``):
   the eval set's labels (``test_acc_labels``: superclass or subclass).
   Artifacts listed below.
 * ``study``: one per Optuna study; its trials' train runs nested under it.
+* ``compare``: one per ``clusterprobe compare RUN_A RUN_B`` of two eval runs of the
+  same eval images (tags TAG_COMPARE_A/B name them; param ``cka`` = the estimator).
+  Artifacts: ``cka.parquet`` and ``ari.parquet`` in the eval runs' layout, kind
+  'compare', run_id = RUN_A, other_run_id = RUN_B.
 """
 
 STORE_SCHEMA = 1  # bump when the layout of the store folder or these names change
 
 # --- tags -------------------------------------------------------------------
-TAG_KIND = "clusterprobe.kind"  # "train" | "eval" | "study"
+TAG_KIND = "clusterprobe.kind"  # one of KINDS
 TAG_PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag (the UI draws the tree)
 TAG_HOST = "clusterprobe.host"  # owner process, so orphaned RUNNING runs can be failed
 TAG_PID = "clusterprobe.pid"
@@ -47,8 +51,10 @@ TAG_VERSIONS = "clusterprobe.versions"  # JSON {package: version}
 TAG_STUDY = "clusterprobe.study"  # study name, on study and trial runs
 TAG_TRIAL = "clusterprobe.trial"  # Optuna trial number, on trial train runs
 TAG_SOURCE_RUN = "clusterprobe.source_run"  # eval run re-scored from another eval run
+TAG_COMPARE_A = "clusterprobe.compare.run_a"  # compare runs: the two eval runs compared
+TAG_COMPARE_B = "clusterprobe.compare.run_b"
 
-KINDS = ("train", "eval", "study", "model")
+KINDS = ("train", "eval", "study", "model", "compare")
 
 # --- params (besides the RunConfig fields) -----------------------------------
 PARAM_DATASET = "dataset"
@@ -57,6 +63,7 @@ PARAM_CHECKPOINT_EPOCH = "checkpoint_epoch"  # eval runs: which checkpoint was m
 PARAM_EVAL_SET = "eval_set"  # eval runs: which evaluation set (dataset name + split)
 PARAM_DEAD_LAYERS = "dead_layers"  # eval runs: comma list of layers with all-zero activations
 PARAM_PROTOCOL = "protocol"  # eval runs: "per_superclass" (the paper's) | "whole" (rescore)
+PARAM_CKA = "cka"  # eval and compare runs: the CKA estimator of cka.parquet (RunConfig.cka)
 TAG_DEAD_LAYERS = "clusterprobe.dead_layers"  # JSON {layer index: [superclasses]} of zero rows
 # Where an eval run's model came from: "trained" (a train run of this store, by `run` or
 # `eval --from`) or "weights" (a file, `eval --weights`; its model run holds the file's
@@ -127,7 +134,14 @@ ART_ASSIGNMENTS = "assignments.parquet"
 # 'checkpoint': this (final) run's layer_a vs an earlier checkpoint's layer_b;
 # 'seed': this run's layer_a vs layer_b of a run that differs only in its seed.
 ART_ARI = "ari.parquet"
-ARI_KINDS = ("layer", "seed", "checkpoint")
+ARI_KINDS = ("layer", "seed", "checkpoint", "compare")  # 'compare': written by compare runs
+# Eval runs: linear CKA between the layers (from the per-superclass Grams, no forward
+# pass), columns CKA_COLUMNS: per superclass, and the unweighted mean over superclasses
+# with superclass NULL; estimator 'linear' or 'debiased'. kind 'layer': two layers of
+# this run (other_run_id = run_id); 'compare': run_id's layer_a vs other_run_id's layer_b,
+# written by a compare run.
+ART_CKA = "cka.parquet"
+CKA_KINDS = ("layer", "compare")
 
 # Columns of layer_metrics.parquet, in order: one row per (layer, superclass,
 # factor, metric) for ami/purity (means are left to SQL); layer-level metrics such
@@ -145,3 +159,13 @@ LAYER_METRICS_COLUMNS = (
 
 ASSIGNMENTS_COLUMNS = ("layer_index", "superclass", "factor", "eval_index", "cluster")
 ARI_COLUMNS = ("run_id", "other_run_id", "kind", "layer_a", "layer_b", "factor", "value")
+CKA_COLUMNS = (
+    "run_id",
+    "other_run_id",
+    "kind",
+    "layer_a",
+    "layer_b",
+    "superclass",
+    "estimator",
+    "value",
+)

@@ -1,6 +1,7 @@
 """`clusterprobe rescore RUN_ID`: re-cluster a stored eval run without the model.
 
-Default: the paper's per-superclass protocol on the run's stored Gram matrices; with
+Default: the paper's per-superclass protocol on the run's stored Gram matrices (and the
+layer x layer CKA from them); with
 ``--method M``, whole-dataset clustering of each layer's stored pooled embeddings.
 The result is a new eval run nested under the same train run (``runners.rescore``).
 """
@@ -29,6 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cluster each layer's pooled embeddings as a whole dataset instead of the "
         "per-superclass protocol on stored Gram matrices",
     )
+    parser.add_argument(
+        "--cka",
+        default=None,
+        choices=choices.CKA_ESTIMATORS,
+        help="estimator of the layer x layer CKA recorded with a per-superclass re-score "
+        "(default: the source run's, else linear)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output on stderr")
     add_store_arguments(parser)
 
@@ -42,7 +50,9 @@ def main(args: argparse.Namespace) -> int:
 
     factors = parse_factors(args.factors) if args.factors is not None else None
     tracker = Tracker(store_from_args(args))
-    result = rescore(tracker, args.run_id, factors=factors, method=args.method, quiet=args.quiet)
+    result = rescore(
+        tracker, args.run_id, factors=factors, method=args.method, cka=args.cka, quiet=args.quiet
+    )
     print(format_layers(result.scores.rows()))
     print(
         f"\nbest layer {int(result.summary['best_layer'])} "

@@ -84,6 +84,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="embedding forward pass precision (default fp32)",
     )
     e.add_argument(
+        "--cka",
+        default=None,
+        choices=choices.CKA_ESTIMATORS,
+        help="estimator of the layer x layer CKA each eval records: linear (default) or "
+        "debiased (unbiased HSIC; needs 4+ eval images per superclass)",
+    )
+    e.add_argument(
         "--eval-epochs",
         default=None,
         metavar="SPEC",
@@ -122,6 +129,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "seed",
         "device",
         "precision",
+        "cka",
     ):
         value = getattr(args, name, None)
         if value is not None:

@@ -31,6 +31,29 @@ MAX_ITER = 200
 HELD_OUT = 0.2
 
 
+def stratified_split(labels, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, test rows) of a seeded stratified split (sklearn's ``train_test_split``,
+    ``random_state=seed``): every class on both sides, ``test_fraction`` of the rows tested."""
+    labels = np.asarray(labels)
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction {test_fraction}: give a fraction between 0 and 1")
+    classes, counts = np.unique(labels, return_counts=True)
+    if len(classes) < 2:
+        raise ValueError(f"{len(classes)} class(es): a probe needs at least 2")
+    if counts.min() < 2:
+        raise ValueError(
+            f"class {classes[np.argmin(counts)]} has {counts.min()} image(s); a stratified "
+            "split needs at least 2 per class"
+        )
+    try:
+        train, test = train_test_split(
+            np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=labels
+        )
+    except ValueError as err:  # too few rows on one side for every class
+        raise ValueError(f"stratified split of {len(labels)} images: {err}") from None
+    return train, test
+
+
 def _fit(x, y, c: float, seed: int, init=None) -> LogisticRegression:
     clf = LogisticRegression(C=c, max_iter=MAX_ITER, random_state=seed, warm_start=init is not None)
     if init is not None:  # continue from the stronger-regularised solution: fewer iterations

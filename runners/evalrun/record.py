@@ -31,6 +31,7 @@ MEASUREMENT_PARAMS = (
     cv.PARAM_CHECKPOINT_EPOCH,
     cv.PARAM_EVAL_SET,
     cv.PARAM_TEST_ACC_LABELS,
+    cv.PARAM_CKA,
 )
 MEASUREMENT_PREFIXES = ("cluster.", "whole.")
 
@@ -111,8 +112,9 @@ def record_measurement(
     """Log a checkpoint measured on its training set's eval split (``measure.Measurement``)
     into the open eval run ``ctx``: how it was embedded and clustered, dead layers, the
     scores, the model's own accuracy where measured (``test_acc``), timings,
-    ``dataset.json``, and the heavy artifacts ``save`` names (embeddings, distances,
-    plots). ``labels``: the eval split's labels. Returns the summary."""
+    ``dataset.json``, ``cka.parquet``, and the heavy artifacts ``save`` names
+    (embeddings, distances, plots). ``labels``: the eval split's labels. Returns the
+    summary."""
     emb = meas.embedding
     params = {f"embed.{k}": str(v) for k, v in (emb.params or {}).items()}
     if probe_train_images is not None:
@@ -128,6 +130,8 @@ def record_measurement(
         ctx.log_metrics({cv.TEST_ACC_METRIC: meas.test_acc})
     record_seconds(ctx, meas.seconds)
     record_dataset(ctx, dataset)
+    if meas.cka is not None:
+        record_cka(ctx, meas.cka)
     if "embeddings" in save:
         log_embeddings(ctx, emb.pooled, labels.superclass, labels.subclass)
     if "distances" in save:
@@ -135,6 +139,11 @@ def record_measurement(
     if "plots" in save:
         log_layer_profile(ctx, meas.scores, title)
     return summary
+
+
+def record_cka(ctx, cka) -> None:
+    """``cka.parquet``: CKA between the run's layers (an ``engine.cka.CkaMatrices``)."""
+    ctx.log_parquet(tables.cka_frame(ctx.run_id, ctx.run_id, "layer", cka), cv.ART_CKA)
 
 
 def record_dataset(ctx, record: Mapping) -> None:

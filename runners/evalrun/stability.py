@@ -18,9 +18,10 @@ from clusterprobe.tracker import conventions as cv
 
 # RunConfig fields that do not change what a final checkpoint's clustering measures
 # (besides the seed, which is what a seed comparison varies): where and how fast it
-# ran, what else was saved, which intermediate checkpoints were also measured. And
-# model_source: runs stored before it existed lack it, and only trained models are
-# compared by seed (a weights file's eval runs have no epochs param to match).
+# ran, what else was saved, which intermediate checkpoints were also measured, which
+# CKA estimator compared its layers. And model_source: runs stored before it existed
+# lack it, and only trained models are compared by seed (a weights file's eval runs
+# have no epochs param to match).
 NON_DESIGN_PARAMS = frozenset(
     {
         "seed",
@@ -32,6 +33,7 @@ NON_DESIGN_PARAMS = frozenset(
         "breeds_info",
         "download",
         cv.PARAM_MODEL_SOURCE,
+        "cka",
     }
 )
 MAX_SEED_RUNS = 5  # seed ARI against at most this many (most recent) matching runs

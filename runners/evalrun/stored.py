@@ -24,6 +24,7 @@ class StoredDistances:
     grams: dict[int, np.ndarray]  # superclass -> float32 [L, n, n]
     pixel_grams: dict[int, np.ndarray]  # superclass -> [n, n] (may be empty)
     subclass: dict[int, np.ndarray]  # superclass -> int64 [n], rows of grams[s]
+    eval_index: dict[int, np.ndarray]  # superclass -> int64 [n]: which eval image each row is
 
 
 @dataclass
@@ -136,7 +137,7 @@ def load_distances(tracker, run_id: str) -> StoredDistances:
     folder = _artifact(tracker, run_id, cv.ART_DIST_DIR, "distances")
     index_path = _file(folder, cv.DIST_INDEX, run_id, "distances")
     index = _read_parquet(index_path, ("superclass", "row", "subclass"))
-    grams, pixels, subclass = {}, {}, {}
+    grams, pixels, subclass, eval_index = {}, {}, {}, {}
     for s, rows in index.groupby("superclass", sort=True):
         s, n = int(s), len(rows)
         path = _file(folder, cv.DIST_GRAM.format(superclass=s), run_id, "distances")
@@ -152,12 +153,15 @@ def load_distances(tracker, run_id: str) -> StoredDistances:
             pixel = _load_npy(pixel_path)
             if pixel.shape == (n, n):
                 pixels[s] = _finite(pixel, pixel_path)
-        subclass[s] = rows.sort_values("row")["subclass"].to_numpy(dtype=np.int64)
+        rows = rows.sort_values("row")
+        subclass[s] = rows["subclass"].to_numpy(dtype=np.int64)
+        if "eval_index" in rows:
+            eval_index[s] = rows["eval_index"].to_numpy(dtype=np.int64)
     if not grams:
         raise UsageError(f"{index_path}: no superclasses listed")
     if len(pixels) != len(grams):
         pixels = {}  # a partial pixel baseline would be a different number: leave it out
-    return StoredDistances(names, grams, pixels, subclass)
+    return StoredDistances(names, grams, pixels, subclass, eval_index)
 
 
 def load_pooled(tracker, run_id: str, layers: list[int] | None = None) -> StoredPooled:
@@ -193,6 +197,22 @@ def load_assignments(tracker, run_id: str):
 
     path = tracker.artifact_path(run_id, cv.ART_ASSIGNMENTS)
     return assignments_from_frame(pd.read_parquet(path))
+
+
+def require_assignments(tracker, run_id: str):
+    """:func:`load_assignments` for a command that needs them: a missing or unreadable
+    file is one UsageError line naming it."""
+    try:
+        return load_assignments(tracker, run_id)
+    except FileNotFoundError:
+        raise UsageError(
+            f"run {run_id} has no {cv.ART_ASSIGNMENTS!r} artifact (cluster assignments); "
+            "it was recorded without them"
+        ) from None
+    except Exception as err:
+        raise UsageError(
+            f"run {run_id}: unreadable {cv.ART_ASSIGNMENTS} ({type(err).__name__}: {err})"
+        ) from None
 
 
 # --- one layer, in `clusterprobe score`'s format -------------------------------------------

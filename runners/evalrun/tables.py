@@ -81,7 +81,7 @@ def distance_index_frame(eval_index: Mapping[int, np.ndarray], subclass) -> pd.D
     return pd.concat(parts, ignore_index=True)
 
 
-# --- stability: assignments.parquet and ari.parquet ----------------------------------------
+# --- stability and similarity: assignments.parquet, ari.parquet, cka.parquet ---------------
 
 
 def ari_frame(
@@ -113,6 +113,31 @@ def ari_frame(
             "value": "float64",
         }
     )
+
+
+def cka_frame(run_id: str, other_run_id: str, kind: str, cka) -> pd.DataFrame:
+    """Rows of ``cka.parquet`` (CKA_COLUMNS) from an ``engine.cka.CkaMatrices``: every
+    layer pair per superclass, then their mean over superclasses (superclass NULL)."""
+    if kind not in cv.CKA_KINDS:
+        raise ValueError(f"CKA kind {kind!r}: choose one of {', '.join(cv.CKA_KINDS)}")
+    n_a, n_b = cka.mean.shape
+    la, lb = np.meshgrid(np.arange(n_a), np.arange(n_b), indexing="ij")
+    parts = []
+    for s, m in [*zip(cka.superclasses, cka.per_superclass, strict=True), (None, cka.mean)]:
+        parts.append(
+            pd.DataFrame(
+                {
+                    "layer_a": la.ravel(),
+                    "layer_b": lb.ravel(),
+                    "superclass": pd.array([s] * la.size, dtype="Int64"),  # NULL: the mean
+                    "value": np.asarray(m, dtype=np.float64).ravel(),
+                }
+            )
+        )
+    df = pd.concat(parts, ignore_index=True)
+    df["run_id"], df["other_run_id"], df["kind"] = run_id, other_run_id, kind
+    df["estimator"] = cka.estimator
+    return df[list(cv.CKA_COLUMNS)].astype({"layer_a": "int64", "layer_b": "int64"})
 
 
 def assignments_frame(
