@@ -30,6 +30,8 @@ from clusterprobe.queries.attach import extension_dir, is_locked
 # query_df is re-exported: Python users open a connection and run canned queries
 # with one import (`from clusterprobe.queries.connect import connect, query_df`).
 from clusterprobe.queries.canned import query_df
+from clusterprobe.queries.design_views import define_design_views
+from clusterprobe.queries.intervals import define_interval_macros
 from clusterprobe.queries.optuna_views import define_optuna_views
 from clusterprobe.queries.run_views import define_param_views, define_run_views
 from clusterprobe.queries.score_views import define_score_views
@@ -113,6 +115,8 @@ def _build(con: duckdb.DuckDBPyConnection, sources: Sources, setup: list[str]) -
     take_snapshot(con, sources, setup)
     define_run_views(con, setup)
     define_param_views(con, setup)
+    define_design_views(con, setup)
+    define_interval_macros(con, setup)
     define_score_views(con, setup)
     define_artifact_views(con, setup, sources)
     define_optuna_views(con, setup)

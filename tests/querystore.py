@@ -37,6 +37,9 @@ ARCHS = {
     "vgg16_bn": (5, 1, (False,), (2,)),
     "vit_tiny_patch16_224": (4, 2, (False,), (2,)),
 }
+# resnet18 natural runs are also made with this learning rate (2 seeds, final checkpoint
+# only): a design that differs from the default one in one param alone, lr.
+LR_VARIANT = 0.1
 FACTORS = (1, 2)
 SUPERCLASSES = 2
 EPOCHS = 2  # eval at epoch 1 (intermediate) and 2 (final)
@@ -47,7 +50,7 @@ TRANSFER_SET = "flowers:test"
 class QueryStore:
     store: Store
     truth: pd.DataFrame  # one row per (eval run, layer, metric, factor): logged value
-    evals: pd.DataFrame  # one row per eval run: design + flags
+    evals: pd.DataFrame  # one row per eval run: design (arch, shuffled, labels, lr) + flags
     ari: pd.DataFrame  # rows of the ari.parquet files
     trials: pd.DataFrame  # study, number, state, value, run_id
     deleted_run: str
@@ -165,6 +168,33 @@ def build(store: Store) -> QueryStore:
             frame.to_parquet(path, index=False)
             ari_rows.append(frame)
 
+    for seed in range(2):
+        config = RunConfig(arch="resnet18", seed=seed, epochs=EPOCHS, lr=LR_VARIANT)
+        params = {**config.to_params(), cv.PARAM_DATASET: "synthetic"}
+        with tracker.start_run("train", params=params) as train:
+            ctx, _ = record_eval(
+                train.run_id,
+                params,
+                [f"resnet18.layer{i}" for i in range(6)],
+                shift=0.1,
+                epoch=EPOCHS,
+                eval_set="synthetic:eval",
+            )
+        evals.append(
+            dict(
+                run_id=ctx.run_id,
+                train_run_id=train.run_id,
+                arch="resnet18",
+                shuffled=False,
+                seed=seed,
+                labels="superclass",
+                checkpoint_epoch=EPOCHS,
+                eval_set="synthetic:eval",
+                n_layers=6,
+                lr=LR_VARIANT,
+            )
+        )
+
     # transfer: resnet18 pre-trained on superclass labels (the train runs above) vs on
     # subclass labels (two new train runs), evaluated on another dataset
     for labels in ("superclass", "subclass"):
@@ -242,6 +272,7 @@ def build(store: Store) -> QueryStore:
 
     study, trials = _study(store, train_ids)
     evals_df = pd.DataFrame(evals)
+    evals_df["lr"] = evals_df["lr"].fillna(RunConfig().lr)
     evals_df["dataset"] = "synthetic"
     evals_df["taps"] = "blocks"
     evals_df["is_final"] = evals_df["checkpoint_epoch"] == EPOCHS
