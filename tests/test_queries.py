@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import querystore
-from clusterprobe.queries.canned import query_df, query_names
+from clusterprobe.queries.canned import load_query, query_df, query_names
 from clusterprobe.queries.connect import connect
 from clusterprobe.queries.run_views import PARAM_TYPES
 from clusterprobe.queries.view_columns import VIEW_COLUMNS
@@ -265,6 +265,58 @@ def test_missing_optuna_db_gives_empty_trials(qs, tmp_path):
     with connect(tmp_path) as analysis:
         assert query_df(analysis, "study_trials").empty
         assert analysis.sql("SELECT count(*) FROM runs").fetchone()[0] > 0
+
+
+def test_a_store_only_session_answers_every_query_and_plot(db, qs, tmp_path):
+    import duckdb
+    from clusterprobe.queries.plots import PLOTS, figure
+
+    secret = tmp_path / "secret.csv"
+    secret.write_text("a\n1\n")
+    with connect(qs.store.root) as analysis:
+        assert analysis.restrict_to_store() == [str(qs.store.root)]
+        with pytest.raises(duckdb.PermissionException, match="secret.csv"):
+            analysis.sql(f"SELECT * FROM read_csv('{secret}')").fetchall()
+        for view in VIEW_COLUMNS:  # every row read, Parquet views included
+            count = f"SELECT count(*), count(DISTINCT COLUMNS(*)) FROM {view}"
+            assert analysis.sql(count).fetchall() == db.sql(count).fetchall(), view
+        for name in query_names():
+            pd.testing.assert_frame_equal(query_df(analysis, name), query_df(db, name))
+        for name, plot in PLOTS.items():
+            sql = plot.sql if plot.query is None else load_query(plot.query).sql
+            figure(name, analysis.sql(sql, plot.params).df())
+
+
+def test_a_store_only_session_reads_artifacts_outside_the_store(store, tmp_path):
+    """Artifacts on shared storage (an artifact root outside the store folder) stay
+    readable; the rest of that storage does not."""
+    import duckdb
+    from clusterprobe.runners.evalrun import LayerScores
+    from clusterprobe.runners.evalrun.tables import layer_metrics_table
+    from clusterprobe.tracker.store import Store
+    from clusterprobe.tracker.tracking import Tracker
+
+    shared = tmp_path / "shared"
+    outside = Store(store.tracking_uri, store.root, str(shared / "artifacts"), store.optuna_url)
+    tracker = Tracker(outside)
+    ami = np.full((2, 1, 1), 0.25)
+    scores = LayerScores(["a", "b"], [0], (1,), ami, ami, [0.5, 0.6])
+    params = {"dataset": "synthetic", "epochs": "1", "checkpoint_epoch": "1"}
+    with tracker.start_run("eval", params={**params, "eval_set": "synthetic:eval"}) as ev:
+        ev.log_metric_steps("ami_f1", [0.25, 0.25])
+        ev.log_parquet(layer_metrics_table(ev.run_id, scores), cv.ART_LAYER_METRICS)
+    folder = tracker.artifact_path(ev.run_id, cv.ART_LAYER_METRICS).parent
+    assert not folder.is_relative_to(store.root)
+    (shared / "other.csv").write_text("a\n1\n")
+    with connect(store.root) as analysis:
+        assert analysis.restrict_to_store() == sorted([str(store.root), str(folder)])
+        got = analysis.sql("SELECT metric, layer_index, value FROM layer_metrics ORDER BY ALL")
+        assert got.fetchall() == [
+            ("ami", 0, 0.25), ("ami", 1, 0.25), ("probe_acc", 0, 0.5), ("probe_acc", 1, 0.6),
+            ("purity", 0, 0.25), ("purity", 1, 0.25),
+        ]  # fmt: skip
+        with pytest.raises(duckdb.PermissionException):
+            analysis.sql(f"SELECT * FROM read_csv('{shared / 'other.csv'}')").fetchall()
 
 
 # --- canned queries ----------------------------------------------------------------
@@ -608,6 +660,55 @@ def test_design_effects_rank_two_choices_with_their_sign(store):
     assert (first.level_a, first.level_b, first.n) == ("False", "True", 6)
     assert (second.level_a, second.level_b, second.n) == ("0.1", "0.4", 6)
     assert first.ci_lo > 0.25 and second.ci_hi < -0.05  # the right signs, clear of zero
+
+
+def _plot(db, name: str, **params):
+    from clusterprobe.queries.plots import PLOTS, figure
+
+    plot = PLOTS[name]
+    df = query_df(db, plot.query, **{**plot.params, **params})
+    return df, figure(name, df)
+
+
+def test_design_effects_plot_draws_each_difference_with_its_interval(db):
+    df, fig = _plot(db, "design_effects")
+    from matplotlib.container import BarContainer
+
+    (bars,) = [c for c in fig.axes[0].containers if isinstance(c, BarContainer)]
+    # rank 1 on top: bars bottom-up are the rows in reverse rank order
+    rows = df[::-1]
+    np.testing.assert_allclose([p.get_width() for p in bars], rows["mean_diff"], atol=1e-12)
+    segments = bars.errorbar.lines[2][0].get_segments()  # one (lo, hi) segment per bar
+    single = rows["n"] == 1  # no interval: a zero-length bar
+    want_lo = rows["ci_lo"].where(~single, rows["mean_diff"])
+    want_hi = rows["ci_hi"].where(~single, rows["mean_diff"])
+    np.testing.assert_allclose([seg[0][0] for seg in segments], want_lo, atol=1e-12)
+    np.testing.assert_allclose([seg[1][0] for seg in segments], want_hi, atol=1e-12)
+
+
+def test_layer_profile_plot_bands_are_the_intervals(db):
+    df, fig = _plot(db, "layer_profile", arch="resnet18", shuffled=False)
+    ax = fig.axes[0]
+    assert len(ax.lines) == df["design_key"].nunique() == 2  # lr 0.4 and lr 0.1
+    labels = sorted(t.get_text() for t in ax.get_legend().get_texts())
+    assert labels == sorted(df["design"].unique())
+    bands = [b.get_paths()[0].vertices[:, 1] for b in ax.collections]
+    by_design = df.groupby("design")  # lines are drawn in design order
+    want = [(g["ci_lo"].min(), g["ci_hi"].max()) for _, g in by_design]
+    np.testing.assert_allclose([(y.min(), y.max()) for y in bands], want, atol=1e-12)
+
+
+def test_every_plot_draws_on_the_query_store(db):
+    from clusterprobe.queries.plots import PLOTS, figure
+
+    for name, plot in PLOTS.items():
+        if plot.query is None:
+            df = db.sql(plot.sql).df()
+        else:
+            df = query_df(db, plot.query, **plot.params)
+        assert len(df), name
+        fig = figure(name, df)
+        assert fig.axes[0].has_data(), name
 
 
 def test_excluded_runs_never_counted(db, qs):
