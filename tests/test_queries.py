@@ -212,6 +212,26 @@ def test_final_evals_are_the_runs_the_findings_average(db, qs):
         assert list(got["shuffled"]) == list(w["shuffled"]), view
 
 
+def _header(name: str, field: str) -> list[str]:
+    """The comma list after ``-- <field>:`` in a canned query's header (continued on
+    ``--   `` lines)."""
+    lines = load_query(name).sql.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"-- {field}:"))
+    text = lines[start].split(":", 1)[1]
+    for line in lines[start + 1 :]:
+        if not line.startswith("--   "):
+            break
+        text += " " + line[2:]
+    return [part.strip().rstrip(".") for part in text.split(",")]
+
+
+@pytest.mark.parametrize("name", query_names())
+def test_query_headers_name_their_columns_and_views(db, name):
+    assert list(query_df(db, name).columns) == _header(name, "Columns")
+    macros = {"design_key_without"}
+    assert set(_header(name, "Reads")) <= set(VIEW_COLUMNS) | macros
+
+
 @pytest.mark.parametrize("name", query_names())
 def test_every_query_returns_rows(db, name):
     assert len(query_df(db, name)) > 0
