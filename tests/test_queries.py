@@ -815,3 +815,7 @@ def test_postgres_tracking_uri(postgres_url, tmp_path):
         best = query_df(analysis, "best_layers", factor=1)
         assert best["best_layer_mean"].item() == 1 and best["best_value_mean"].item() == 0.4
         assert query_df(analysis, "study_trials").empty  # no Optuna storage given
+        assert analysis.restrict_to_store() == []  # no store folder, no artifact files
+        assert query_df(analysis, "best_layers", factor=1).equals(best)
+        runs = analysis.sql("SELECT count(*) FROM mlflow_db.public.runs").fetchone()
+        assert runs == (2,)  # the attached database still reads

@@ -22,7 +22,9 @@ from clusterprobe.tracker import conventions as cv
 PROTOCOLS = ("per_superclass", "whole")  # the paper's in-domain protocol | one whole set
 
 # Params that say how a source eval run was measured, not what model it measured:
-# dropped when a stored eval run or model is measured again (rescore, transfer).
+# dropped when a stored eval run or model is measured again (rescore, transfer). Not
+# the design rule of the queries (conventions.is_design_param): the new run keeps what
+# describes its model and its inputs (seed, embed.* of the Grams it re-clusters).
 MEASUREMENT_PARAMS = (
     "factors",
     "eval_factors",
