@@ -504,25 +504,31 @@ def test_clusterability_vs_probe(db, qs):
 
 
 def test_transfer_by_pretraining_labels(db, qs):
-    got = query_df(db, "transfer_by_pretraining_labels", factor=1)
+    got = _designs(query_df(db, "transfer_by_pretraining_labels", factor=1))
     df = _scored(qs)
     df = df[df.is_transfer & (df.metric == "ami") & (df.factor == 1)]
     last = df[df.layer_index == df.n_layers - 1]
-    want = _agg(last, ["eval_set", "labels"]).rename(columns={"labels": "pretrain_labels"})
+    want = _agg(last, ["eval_set", "labels", "lr"]).rename(columns={"labels": "pretrain_labels"})
     cols = {"mean": "mean", "std": "std", "n": "n", "ci_lo": "ci_lo", "ci_hi": "ci_hi"}
-    _check(got, want, ["eval_set", "pretrain_labels"], cols)
-    diff = got.set_index("pretrain_labels")["minus_superclass"]
-    w = want.set_index("pretrain_labels")["mean"]
-    assert diff["subclass"] == pytest.approx(w["subclass"] - w["superclass"], abs=1e-9)
+    _check(got, want, ["eval_set", "pretrain_labels", "lr"], cols)
+    # against the superclass-label design of the same lr
+    diff = got.set_index(["pretrain_labels", "lr"])["minus_superclass"]
+    w = want.set_index(["pretrain_labels", "lr"])["mean"]
+    lr = RunConfig().lr
+    assert diff[("subclass", lr)] == pytest.approx(
+        w[("subclass", lr)] - w[("superclass", lr)], abs=1e-9
+    )
+    assert diff[("superclass", querystore.LR_VARIANT)] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_seed_stability_reads_ari_tables(db, qs):
-    got = query_df(db, "seed_stability")
+    got = _designs(query_df(db, "seed_stability"))
     want = qs.ari[qs.ari.kind == "seed"].merge(qs.evals, on="run_id")
-    want = _agg(want, ["arch", "layer_a"])
-    _check(got, want, ["arch", "layer_a"], {"mean": "mean", "n": "n", "ci_lo": "ci_lo"})
-    heat = query_df(db, "seed_stability", kind="layer", arch="resnet18")
-    assert len(heat) == 36
+    want = _agg(want, ["arch", "lr", "layer_a"])
+    _check(got, want, ["arch", "lr", "layer_a"], {"mean": "mean", "n": "n", "ci_lo": "ci_lo"})
+    heat = _designs(query_df(db, "seed_stability", kind="layer", arch="resnet18"))
+    assert len(heat) == 2 * 36  # a 6 x 6 heatmap for each learning rate
+    heat = heat[heat.lr == RunConfig().lr]
     diag = heat[heat.layer_a == heat.layer_b]
     np.testing.assert_allclose(diag["mean"], 1.0)
 
@@ -577,29 +583,31 @@ def test_design_key_and_text_follow_the_design_params(db, qs):
         assert ((key == key[i]) == (design == design[i])).all(), qs.evals.iloc[i]
 
 
-# Grouped queries, their interval columns, and params that reach resnet18 runs.
+# Grouped queries: their interval columns, and params for rows of both seeds.
 GROUPED = {
-    "layer_profile": ("ci_lo", "ci_hi"),
-    "best_layers": ("best_value_ci_lo", "best_value_ci_hi"),
-    "natural_vs_shuffled": ("ci_lo", "ci_hi"),
-    "architectures_by_depth": ("ci_lo", "ci_hi"),
-    "norm_peak_shift": ("peak_value_ci_lo", "peak_value_ci_hi"),
-    "clusterability_vs_probe": ("ci_lo", "ci_hi"),
-    "training_dynamics": ("ci_lo", "ci_hi"),
+    "layer_profile": ("ci_lo", "ci_hi", {}),
+    "best_layers": ("best_value_ci_lo", "best_value_ci_hi", {}),
+    "natural_vs_shuffled": ("ci_lo", "ci_hi", {}),
+    "architectures_by_depth": ("ci_lo", "ci_hi", {}),
+    "norm_peak_shift": ("peak_value_ci_lo", "peak_value_ci_hi", {}),
+    "clusterability_vs_probe": ("ci_lo", "ci_hi", {}),
+    "training_dynamics": ("ci_lo", "ci_hi", {}),
+    "seed_stability": ("ci_lo", "ci_hi", {"kind": "layer"}),  # seed rows: one run holds them
+    "transfer_by_pretraining_labels": ("ci_lo", "ci_hi", {}),
 }
 
 
 @pytest.mark.parametrize("name", sorted(GROUPED))
 def test_one_param_apart_is_another_group_and_seeds_average(db, name):
     # resnet18 natural at lr 0.4 and at lr 0.1, two seeds each: two groups of n = 2.
-    got = query_df(db, name)
+    lo, hi, params = GROUPED[name]
+    got = query_df(db, name, **params)
     got = _designs(got[got["design"].notna()].reset_index(drop=True))
     mine = got[(got.d_arch == "resnet18") & ~got.d_shuffled.astype(bool)]
     mine = mine[mine.d_labels == "superclass"]
     assert set(mine["lr"]) == {RunConfig().lr, querystore.LR_VARIANT}
     assert mine.groupby("lr")["design_key"].nunique().eq(1).all()
     assert (mine["n"] == 2).all()
-    lo, hi = GROUPED[name]
     assert mine[lo].notna().all() and (mine[lo] <= mine[hi]).all()
 
 
