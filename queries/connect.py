@@ -12,8 +12,10 @@ views with the same columns, so every query runs on any store and returns zero r
 where there is nothing.
 
 Where the pieces live: `sources` (finding the databases), `attach` (attaching them),
-`snapshot` (the in-memory copy), `run_views`, `score_views`, `artifact_views` and
-`optuna_views` (the views), `canned` (the ``*.sql`` queries).
+`snapshot` (the in-memory copy; `journal` replays an Optuna journal file into it),
+`run_views`, `design_views`, `score_views`, `artifact_views` and `optuna_views` (the
+views), `intervals` (the interval macros), `canned` (the ``*.sql`` queries).
+`Analysis.restrict_to_store` then limits the session to the store's own files.
 """
 
 from __future__ import annotations
