@@ -1,12 +1,14 @@
 -- architectures_by_depth: finding 3 - ViTs cluster subclasses worse than ResNets; ResNet,
 -- VGG and ViT profiles lined up on relative depth ((layer_index + 1) / n_layers). Each
 -- run's layers are binned by relative depth (bin k holds depths in [k/bins, (k+1)/bins),
--- the last bin includes 1), averaged within the run, then mean, std and n over runs per
--- arch x dataset x shuffled x factor x bin. Runs: FINISHED final-checkpoint in-domain
--- eval runs.
+-- the last bin includes 1), averaged within the run, then mean, std, n and a 95%
+-- t-interval (mean +- t(0.975, n-1) std / sqrt(n)) over the runs of each design x factor
+-- x bin (a design's runs differ only in their seed; design_key: same design params;
+-- design: the params that tell the store's designs apart). Runs: FINISHED
+-- final-checkpoint in-domain eval runs.
 -- Reads: layer_scores, final_evals.
--- Columns: arch_family, arch, dataset, shuffled, factor, depth_bin, depth_lo, depth_hi,
---   mean, std, n
+-- Columns: design_key, design, arch_family, arch, dataset, shuffled, factor, depth_bin,
+--   depth_lo, depth_hi, mean, std, n, ci_lo, ci_hi
 -- param dataset VARCHAR : training dataset (default: all)
 -- param shuffled BOOLEAN : natural (false) or shuffled (true) hierarchy (default: both)
 -- param labels VARCHAR : trained on superclass or subclass labels (default: both)
@@ -14,7 +16,8 @@
 -- param factor INTEGER = 1 : clusters per subclass (`--param factor=`: all)
 -- param bins INTEGER = 10 : number of relative-depth bins
 WITH per_run AS (
-  SELECT e.run_id, e.arch_family, e.arch, e.dataset, e.shuffled, s.factor,
+  SELECT e.run_id, e.design_key, e.design, e.arch_family, e.arch, e.dataset, e.shuffled,
+         s.factor,
          CAST(least(floor(s.relative_depth * coalesce(getvariable('bins'), 10)),
                     coalesce(getvariable('bins'), 10) - 1) AS INTEGER) AS depth_bin,
          avg(s.value) AS value
@@ -25,11 +28,15 @@ WITH per_run AS (
     AND s.metric = coalesce(getvariable('metric'), 'ami')
     AND (getvariable('factor') IS NULL OR s.factor = getvariable('factor'))
   GROUP BY ALL
+), g AS (
+  SELECT design_key, design, arch_family, arch, dataset, shuffled, factor, depth_bin,
+         depth_bin / coalesce(getvariable('bins'), 10)::DOUBLE AS depth_lo,
+         (depth_bin + 1) / coalesce(getvariable('bins'), 10)::DOUBLE AS depth_hi,
+         avg(value) AS mean, stddev_samp(value) AS std, count(*) AS n,
+         ci95_half(stddev_samp(value), count(*)) AS half
+  FROM per_run
+  GROUP BY ALL
 )
-SELECT arch_family, arch, dataset, shuffled, factor, depth_bin,
-       depth_bin / coalesce(getvariable('bins'), 10)::DOUBLE AS depth_lo,
-       (depth_bin + 1) / coalesce(getvariable('bins'), 10)::DOUBLE AS depth_hi,
-       avg(value) AS mean, stddev_samp(value) AS std, count(*) AS n
-FROM per_run
-GROUP BY ALL
-ORDER BY arch_family, arch, dataset, shuffled, factor, depth_bin;
+SELECT * EXCLUDE (half), mean - half AS ci_lo, mean + half AS ci_hi
+FROM g
+ORDER BY arch_family, arch, dataset, shuffled, design, factor, depth_bin;

@@ -54,7 +54,9 @@ def _parquet_view(
 
 def define_artifact_views(
     con: duckdb.DuckDBPyConnection, setup: list[str], sources: Sources
-) -> None:
+) -> list[Path]:
+    """The ``layer_metrics`` and ``ari`` views; returns the folders of the files they read
+    (at query time, so a read-only session must keep them readable)."""
     layer_cols = {
         "run_id": "VARCHAR",
         "layer_index": "INTEGER",
@@ -65,13 +67,8 @@ def define_artifact_views(
         "metric": "VARCHAR",
         "value": "DOUBLE",
     }
-    _parquet_view(
-        con,
-        setup,
-        "layer_metrics",
-        _artifact_files(con, sources.root, cv.ART_LAYER_METRICS),
-        layer_cols,
-    )
+    layer_files = _artifact_files(con, sources.root, cv.ART_LAYER_METRICS)
+    _parquet_view(con, setup, "layer_metrics", layer_files, layer_cols)
     ari_cols = {
         "run_id": "VARCHAR",
         "other_run_id": "VARCHAR",
@@ -81,7 +78,8 @@ def define_artifact_views(
         "factor": "INTEGER",
         "value": "DOUBLE",
     }
-    _parquet_view(con, setup, "ari", _artifact_files(con, sources.root, ART_ARI), ari_cols)
+    ari_files = _artifact_files(con, sources.root, ART_ARI)
+    _parquet_view(con, setup, "ari", ari_files, ari_cols)
     cka_cols = {
         "run_id": "VARCHAR",
         "other_run_id": "VARCHAR",
@@ -92,4 +90,6 @@ def define_artifact_views(
         "estimator": "VARCHAR",
         "value": "DOUBLE",
     }
-    _parquet_view(con, setup, "cka", _artifact_files(con, sources.root, ART_CKA), cka_cols)
+    cka_files = _artifact_files(con, sources.root, ART_CKA)
+    _parquet_view(con, setup, "cka", cka_files, cka_cols)
+    return sorted({Path(f).parent for f in layer_files + ari_files + cka_files})

@@ -1,13 +1,18 @@
 """Attach the MLflow and Optuna databases to DuckDB read-only.
 
 SQLite files and PostgreSQL databases are attached through DuckDB's sqlite and
-postgres extensions, loaded offline from the ``duckdb-extension-*`` PyPI packages
-(DuckDB itself never downloads them: the connection turns autoinstall off). A table
-is read as a SELECT of typed columns, or an empty SELECT where the database lacks it.
+postgres extensions, installed offline from the binaries that the
+``duckdb-extension-sqlite`` / ``duckdb-extension-postgres`` PyPI packages ship
+(DuckDB itself never downloads them: the connection turns autoinstall off). The setup
+records ``INSTALL '<that file>'`` before ``LOAD``, so a fresh DuckDB session of the
+same version replays it offline (a bare ``LOAD sqlite`` there would try to download).
+A table is read as a SELECT of typed columns, or an empty SELECT where the database
+lacks it.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import tempfile
 from collections.abc import Mapping
@@ -27,21 +32,34 @@ def extension_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"clusterprobe-duckdb-{os.getuid()}"
 
 
-def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
+def extension_file(name: str) -> Path | None:
+    """The ``name`` extension binary that the ``duckdb-extension-<name>`` package ships for
+    this DuckDB version, or None where that package is not installed."""
     try:
-        con.execute(f"LOAD {name}")
-        return
+        package = importlib.import_module(f"duckdb_extension_{name}")
+    except ImportError:
+        return None
+    path = Path(package.__file__).parent / "extensions" / f"v{duckdb.__version__}"
+    path = path / f"{name}.duckdb_extension"
+    return path if path.is_file() else None
+
+
+def load_extension(con: duckdb.DuckDBPyConnection, setup: list[str], name: str) -> None:
+    """LOAD extension ``name`` (installing it from its PyPI package first where needed);
+    ``setup`` gets the INSTALL and LOAD a fresh offline session needs."""
+    path = extension_file(name)
+    install = f"INSTALL {quote(str(path))}" if path else f"INSTALL {name}"
+    try:
+        con.execute(f"LOAD {name}")  # installed in the extension folder by an earlier run
     except duckdb.Error:
-        pass
-    try:
-        import duckdb_extensions
-    except ImportError as err:  # pragma: no cover - a broken install
-        raise UsageError(
-            f"DuckDB's {name} extension is needed offline: pip install "
-            f"duckdb-extensions duckdb-extension-{name}=={duckdb.__version__}"
-        ) from err
-    duckdb_extensions.import_extension(name, con=con)
-    con.execute(f"LOAD {name}")
+        if path is None:
+            raise UsageError(
+                f"DuckDB's {name} extension is needed offline: pip install "
+                f"duckdb-extension-{name}=={duckdb.__version__}"
+            ) from None
+        con.execute(install)
+        con.execute(f"LOAD {name}")
+    setup += [stmt for stmt in (install, f"LOAD {name}") if stmt not in setup]
 
 
 def is_locked(err: Exception) -> bool:
@@ -56,8 +74,7 @@ def attach(
     """Attach ``source`` read-only as ``alias``; return the names of its tables."""
     if source.target is None:
         return set()
-    load_extension(con, source.type)
-    setup.append(f"LOAD {source.type}")
+    load_extension(con, setup, source.type)
     try:
         execute(
             con,

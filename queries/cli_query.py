@@ -19,7 +19,8 @@ def add_database_arguments(parser: argparse.ArgumentParser) -> None:
         "--storage",
         metavar="URL",
         default=None,
-        help="Optuna RDB storage (default: the store folder's optuna.db)",
+        help="Optuna storage: a URL (sqlite:///FILE, postgresql://...) or a journal file "
+        "(default: the store folder's optuna.db)",
     )
 
 

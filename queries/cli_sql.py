@@ -1,4 +1,10 @@
-"""`clusterprobe sql "SELECT ..."`: ad-hoc, read-only SQL over the store's views."""
+"""`clusterprobe sql "SELECT ..."`: ad-hoc, read-only SQL over the store's views.
+
+Read-only twice over: statements that would write are refused before they run, and
+once the views are built the session may read the store and nothing else
+(`Analysis.restrict_to_store`): ``read_csv('/etc/passwd')`` is refused, one line,
+exit 2.
+"""
 
 from __future__ import annotations
 
@@ -59,8 +65,14 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError('give a query: clusterprobe sql "SELECT * FROM runs"')
     check_read_only(text)
     with connect(args.store, args.tracking_uri, args.storage) as analysis:
+        allowed = analysis.restrict_to_store()
         try:
             relation = analysis.con.sql(text)
+        except duckdb.PermissionException as err:
+            where = ", ".join(allowed) or "the store's databases"
+            raise UsageError(
+                f"{str(err).splitlines()[0]} (clusterprobe sql reads only the store: {where})"
+            ) from err
         except duckdb.Error as err:
             raise UsageError(str(err).splitlines()[0]) from err
         if relation is None:

@@ -2,8 +2,11 @@
 
 Each plot draws the rows of one canned query (`PLOTS` maps plot name -> query,
 default parameters and drawing function), so a figure shows exactly what
-`clusterprobe query NAME` prints. Error bars and bands are one standard deviation
-over runs; single-run groups have none.
+`clusterprobe query NAME` prints. One line per design (the query's design_key,
+labelled with its ``design`` text: the params that tell the store's designs apart);
+bands and error bars are the query's 95% intervals (ci_lo..ci_hi; single-run groups
+have none), except norm_peak_shift's, which are one standard deviation of the peak
+depth.
 """
 
 from __future__ import annotations
@@ -36,15 +39,25 @@ def _empty(ax, what: str) -> None:
     ax.set_axis_off()
 
 
+def _varying(df: pd.DataFrame, keys: list[str]) -> list[str]:
+    return [k for k in keys if k in df and df[k].nunique(dropna=False) > 1]
+
+
 def _lines(ax, df: pd.DataFrame, keys: list[str], x: str, y: str = "mean") -> None:
-    for _, group in df.groupby(keys, dropna=False, sort=True):
+    """One line per design x ``keys``, labelled by the design text (else the columns
+    ``keys`` and the design's own columns), with its 95% interval as a band."""
+    fallback = _varying(df, ["dataset", "arch", "shuffled", "labels"]) or ["arch"]
+    for _, group in df.groupby(["design", "design_key", *keys], dropna=False, sort=True):
         group = group.sort_values(x)
-        label = _label(group.iloc[0], keys)
+        first = group.iloc[0]
+        extra = _label(first, _varying(df, keys)) if _varying(df, keys) else ""
+        name = first["design"] or _label(first, fallback)
+        label = f"{name} {extra}".strip()
         (line,) = ax.plot(group[x], group[y], marker="o", ms=3, label=label)
-        std = group["std"].astype(float).fillna(0.0).to_numpy()
-        if np.any(std > 0):
-            mean = group[y].astype(float).to_numpy()
-            ax.fill_between(group[x], mean - std, mean + std, color=line.get_color(), alpha=0.15)
+        lo = group["ci_lo"].astype(float).to_numpy()
+        hi = group["ci_hi"].astype(float).to_numpy()
+        if np.any(np.isfinite(lo) & np.isfinite(hi)):
+            ax.fill_between(group[x], lo, hi, color=line.get_color(), alpha=0.15)
     ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
 
@@ -53,9 +66,7 @@ def layer_profile(df: pd.DataFrame, ax) -> None:
     """Clustering metric over relative depth, one line per design group."""
     if df.empty:
         return _empty(ax, "eval runs")
-    keys = ["dataset", "arch", "shuffled", "labels", "metric", "factor"]
-    keys = [k for k in keys if df[k].nunique(dropna=False) > 1] or ["arch"]
-    _lines(ax, df, keys, "relative_depth")
+    _lines(ax, df, ["metric", "factor"], "relative_depth")
     metric = "/".join(sorted(df["metric"].dropna().unique()))
     ax.set(
         xlabel="relative depth ((layer index + 1) / layers)", ylabel=f"{metric} (mean over runs)"
@@ -66,7 +77,7 @@ def natural_vs_shuffled(df: pd.DataFrame, ax) -> None:
     df = df[df["layer_index"].notna()]
     if df.empty:
         return _empty(ax, "eval runs")
-    _lines(ax, df, ["dataset", "arch", "shuffled"], "relative_depth")
+    _lines(ax, df, ["factor"], "relative_depth")
     ax.set(xlabel="relative depth", ylabel="AMI (mean over runs)", title="natural vs shuffled")
 
 
@@ -74,9 +85,7 @@ def architectures_by_depth(df: pd.DataFrame, ax) -> None:
     if df.empty:
         return _empty(ax, "eval runs")
     df = df.assign(depth=(df["depth_lo"] + df["depth_hi"]) / 2)
-    keys = ["arch", "dataset", "shuffled"]
-    keys = [k for k in keys if df[k].nunique(dropna=False) > 1] or ["arch"]
-    _lines(ax, df, keys, "depth")
+    _lines(ax, df, ["factor"], "depth")
     ax.set(xlabel="relative depth (bin centre)", ylabel="AMI (mean over runs)")
 
 
@@ -84,6 +93,8 @@ def norm_peak_shift(df: pd.DataFrame, ax) -> None:
     if df.empty:
         return _empty(ax, "eval runs")
     labels = [f"{r.arch_base} {r.norm}" for r in df.itertuples()]
+    if df["design_key"].nunique() > df[["arch_base", "norm"]].drop_duplicates().shape[0]:
+        labels = [r.design or r.design_key for r in df.itertuples()]
     x = np.arange(len(df))
     ax.bar(x, df["peak_depth_mean"], yerr=df["peak_depth_std"].fillna(0.0), capsize=3)
     for xi, value, n in zip(x, df["peak_value_mean"], df["n"], strict=True):
@@ -104,16 +115,11 @@ def clusterability_vs_probe(df: pd.DataFrame, ax) -> None:
 
 
 def seed_stability(df: pd.DataFrame, ax) -> None:
-    """Layer x layer ARI heatmap of the first (dataset, arch, shuffled) group."""
+    """Layer x layer ARI heatmap of the first design."""
     if df.empty:
         return _empty(ax, "ARI tables (ari.parquet)")
     first = df.iloc[0]
-    mask = (
-        (df["dataset"] == first["dataset"])
-        & (df["arch"] == first["arch"])
-        & (df["shuffled"] == first["shuffled"])
-    )
-    df = df[mask]
+    df = df[(df["design_key"] == first["design_key"]) & (df["kind"] == first["kind"])]
     n = int(max(df["layer_a"].max(), df["layer_b"].max())) + 1
     grid = np.full((n, n), np.nan)
     for r in df.itertuples():
@@ -125,8 +131,7 @@ def seed_stability(df: pd.DataFrame, ax) -> None:
     ax.set(
         xlabel="layer",
         ylabel="layer",
-        title=f"ARI {first['kind']}: {first['dataset']} {first['arch']}"
-        f" {'shuffled' if first['shuffled'] else 'natural'}",
+        title=f"ARI {first['kind']}: {first['design'] or first['arch']}",
     )
 
 
@@ -155,8 +160,24 @@ def training_dynamics(df: pd.DataFrame, ax) -> None:
     df = df[df["layer_index"].isna()]  # each run's best layer
     if df.empty:
         return _empty(ax, "eval runs with checkpoint_epoch")
-    _lines(ax, df, ["dataset", "arch", "shuffled", "labels"], "checkpoint_epoch")
+    _lines(ax, df, ["factor"], "checkpoint_epoch")
     ax.set(xlabel="checkpoint epoch", ylabel="best-layer AMI (mean over runs)")
+
+
+def design_effects(df: pd.DataFrame, ax) -> None:
+    """Mean matched-pair difference per choice x level pair, ranked, with its interval."""
+    if df.empty:
+        return _empty(ax, "pairs of runs one design choice apart")
+    df = df.sort_values("rank", ascending=False)
+    y = np.arange(len(df))
+    lo = (df["mean_diff"] - df["ci_lo"]).astype(float).fillna(0.0).to_numpy()
+    hi = (df["ci_hi"] - df["mean_diff"]).astype(float).fillna(0.0).to_numpy()
+    ax.barh(y, df["mean_diff"], xerr=np.vstack([lo, hi]), capsize=3)
+    labels = [f"{r.choice}: {r.level_a} -> {r.level_b} (n={r.n})" for r in df.itertuples()]
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.axvline(0.0, color="black", lw=0.8)
+    ax.grid(alpha=0.3, axis="x")
+    ax.set(xlabel="best-layer difference, level b - level a (95% interval)", title="design effects")
 
 
 # Scatter points for clusterability_vs_probe: one row per (run, layer), over the runs
@@ -199,6 +220,7 @@ PLOTS: dict[str, Plot] = {
     "seed_stability": Plot("seed_stability", seed_stability, {"kind": "layer"}),
     "layer_cka": Plot(None, layer_cka, sql=CKA_SQL),
     "training_dynamics": Plot("training_dynamics", training_dynamics),
+    "design_effects": Plot("design_effects", design_effects),
 }
 
 

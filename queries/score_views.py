@@ -2,10 +2,10 @@
 ``evals``, ``final_evals``, ``final_transfer_evals``, ``epoch_metrics`` and
 ``run_pairs`` (the compare runs, with the design of the two eval runs each compared).
 
-They read the ``snap`` tables that `run_views` builds (``run_tags``, ``run_params``):
-per-layer metrics of eval runs with their relative depth, one design row per eval
-run (and the final evaluations the paper's findings average over), and train runs'
-per-epoch metrics.
+They read the ``snap`` tables that `run_views` and `design_views` build (``run_tags``,
+``run_params``, ``designs``): per-layer metrics of eval runs with their relative
+depth, one row per eval run with its design key (and the final evaluations the
+paper's findings average over), and train runs' per-epoch metrics.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ FROM s JOIN n USING (run_id)""",
         "CREATE VIEW layer_scores AS SELECT run_id, layer_index, n_layers, relative_depth, "
         "metric, factor, value FROM snap.layer_scores",
     )
-    # One row per eval run: what the canned queries group by. norm (VGG only, as
+    # One row per eval run: its design (key and the params that tell designs apart,
+    # from `design_views`), and columns the canned queries filter and show. norm (VGG only, as
     # runners/models.py resolves it): the `norm` param when it names one (none, bn,
     # ln), else from the timm name (vgg16_bn -> bn); NULL for other families.
     # model_source: where the measured model came from, 'trained' (here) or 'weights'
@@ -64,7 +65,7 @@ FROM s JOIN n USING (run_id)""",
         con,
         setup,
         f"""CREATE TABLE snap.evals AS
-SELECT p.run_id, t.parent_run_id AS train_run_id, r.status, p.dataset,
+SELECT p.run_id, t.parent_run_id AS train_run_id, d.design_key, d.design, r.status, p.dataset,
        coalesce(p.{cv.PARAM_SHUFFLED}, false) AS shuffled, p.arch,
        coalesce(regexp_extract(p.arch, '^(resnet|resnext|vgg|vit|deit|convnext|efficientnet|mobilenet)', 1),
                 p.arch) AS arch_family,
@@ -81,6 +82,7 @@ SELECT p.run_id, t.parent_run_id AS train_run_id, r.status, p.dataset,
        t.source_run IS NOT NULL AS rescored,
        coalesce(p.{cv.PARAM_MODEL_SOURCE}, 'trained') AS model_source
 FROM snap.run_params p JOIN snap.runs r USING (run_id) JOIN snap.run_tags t USING (run_id)
+LEFT JOIN snap.designs d USING (run_id)
 WHERE t.kind = 'eval'""",
     )
     execute(con, setup, "CREATE VIEW evals AS SELECT * FROM snap.evals")

@@ -2,13 +2,15 @@
 
 The copy is one consistent snapshot taken once per connection, into schema ``snap``:
 the run list is read first, so a run shown FINISHED has all its metrics. A database
-or table a store lacks becomes an empty table with the same columns.
+or table a store lacks becomes an empty table with the same columns. An Optuna
+journal file is replayed into the same tables (`clusterprobe.queries.journal`).
 """
 
 from __future__ import annotations
 
 import duckdb
 from clusterprobe.queries.attach import attach, raw_select
+from clusterprobe.queries.journal import replay_journal
 from clusterprobe.queries.sources import Sources
 from clusterprobe.queries.sql_text import execute
 
@@ -72,8 +74,9 @@ _OPTUNA_TABLES: dict[str, dict[str, str]] = {
 def take_snapshot(con: duckdb.DuckDBPyConnection, sources: Sources, setup: list[str]) -> None:
     """Attach both databases and copy their tables into ``snap`` (runs, tags, params,
     metrics of active runs; ``optuna_<table>`` for each Optuna table)."""
+    journal = sources.optuna.type == "journal"
     m_tables = attach(con, setup, sources.mlflow, "mlflow_db")
-    o_tables = attach(con, setup, sources.optuna, "optuna_db")
+    o_tables = set() if journal else attach(con, setup, sources.optuna, "optuna_db")
     execute(con, setup, "CREATE SCHEMA snap")
 
     def m(name: str) -> str:
@@ -113,5 +116,8 @@ FROM ({m("metrics")}) t
 WHERE t.run_uuid IN (SELECT run_id FROM snap.runs)
 GROUP BY ALL""",
     )
+    if journal and sources.optuna.target is not None:
+        replay_journal(con, setup, sources.optuna.target)
+        return
     for name in _OPTUNA_TABLES:
         execute(con, setup, f"CREATE TABLE snap.optuna_{name} AS {o(name)}")

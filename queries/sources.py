@@ -1,8 +1,10 @@
 """Where the MLflow and Optuna databases of a store are, as DuckDB ATTACH targets.
 
 SQLite URLs become file paths (None when the file is missing: its views are then
-empty), PostgreSQL URLs become libpq connection strings. Tracking servers and Optuna
-journal files cannot be read with SQL and are refused with the flag to use instead.
+empty), PostgreSQL URLs become libpq connection strings, and an Optuna ``--storage``
+given as a file path is a journal file (as `clusterprobe study` reads it), replayed
+in SQL. Tracking servers cannot be read with SQL and are refused with the flag to use
+instead.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from clusterprobe.tracker.errors import UsageError
 class Source:
     """One database to attach: DuckDB ATTACH target and type, or None when absent."""
 
-    target: str | None  # file path (sqlite) or libpq connection string (postgres)
-    type: str = "sqlite"  # "sqlite" | "postgres"
+    target: str | None  # file path (sqlite, journal) or libpq connection string (postgres)
+    type: str = "sqlite"  # "sqlite" | "postgres" | "journal"
 
     @property
     def schema_prefix(self) -> str:
@@ -63,6 +65,19 @@ def _database_source(url: str, flag: str) -> Source:
     )
 
 
+def _journal_source(storage: str) -> Source:
+    """An Optuna journal file (``--storage PATH``, as `clusterprobe study` takes it)."""
+    path = Path(os.path.abspath(os.path.expanduser(storage)))
+    if path.is_dir():
+        raise UsageError(f"--storage {storage!r} is a folder; give a journal file or a URL")
+    if not path.exists():
+        return Source(None, "journal")
+    with open(path, "rb") as fh:
+        if fh.read(16) == b"SQLite format 3\x00":
+            raise UsageError(f"--storage {storage!r} is a SQLite database; write sqlite:///{path}")
+    return Source(str(path), "journal")
+
+
 def locate(
     store: str | os.PathLike | None = None,
     tracking_uri: str | None = None,
@@ -78,12 +93,12 @@ def locate(
     mlflow = _database_source(resolved.tracking_uri, "--tracking-uri")
     notes: list[str] = []
     if storage:
-        if not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", storage):
-            raise UsageError(
-                f"--storage {storage!r}: give an Optuna RDB URL (sqlite:///... or "
-                "postgresql://...); journal files cannot be read with SQL"
-            )
-        optuna = _database_source(storage, "--storage")
+        if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", storage):
+            optuna = _database_source(storage, "--storage")
+        else:
+            optuna = _journal_source(storage)
+            if optuna.target is None:
+                notes.append(f"no Optuna journal at {storage}: trials are empty")
     elif resolved.optuna_url:
         optuna = _database_source(resolved.optuna_url, "--storage")
     else:

@@ -1,11 +1,14 @@
 -- training_dynamics: clusterability over training - AMI at each evaluated checkpoint
 -- (eval runs with param checkpoint_epoch; `run --eval-epochs` adds intermediate ones).
--- One row per dataset x shuffled x arch x labels x checkpoint epoch x layer (layer_index
--- NULL: each run's best layer) x factor, with mean, std and n over runs.
+-- One row per design x checkpoint epoch x layer (layer_index NULL: each run's best
+-- layer) x factor, with mean, std, n and a 95% t-interval (mean +- t(0.975, n-1) std /
+-- sqrt(n)) over the design's runs, which differ only in their seed (design_key: same
+-- design params; design: the params that tell the store's designs apart; the
+-- checkpoint is not part of the design).
 -- Runs: FINISHED in-domain eval runs that name their checkpoint epoch.
 -- Reads: layer_scores, evals.
--- Columns: dataset, shuffled, arch, labels, factor, checkpoint_epoch, layer_index,
---   relative_depth, mean, std, n
+-- Columns: design_key, design, dataset, shuffled, arch, labels, factor, checkpoint_epoch,
+--   layer_index, relative_depth, mean, std, n, ci_lo, ci_hi
 -- param dataset VARCHAR : training dataset (default: all)
 -- param arch VARCHAR : timm model name (default: all)
 -- param shuffled BOOLEAN : natural (false) or shuffled (true) hierarchy (default: both)
@@ -13,8 +16,8 @@
 -- param metric VARCHAR = ami : ami, purity, probe_acc, knn_acc
 -- param factor INTEGER = 1 : clusters per subclass (`--param factor=`: all)
 WITH s AS (
-  SELECT e.run_id, e.dataset, e.shuffled, e.arch, e.labels, s.factor, e.checkpoint_epoch,
-         s.layer_index, s.relative_depth, s.value
+  SELECT e.run_id, e.design_key, e.design, e.dataset, e.shuffled, e.arch, e.labels,
+         s.factor, e.checkpoint_epoch, s.layer_index, s.relative_depth, s.value
   FROM layer_scores s JOIN evals e USING (run_id)
   WHERE e.status = 'FINISHED' AND e.checkpoint_epoch IS NOT NULL AND NOT e.is_transfer
     AND NOT e.rescored
@@ -25,17 +28,22 @@ WITH s AS (
     AND s.metric = coalesce(getvariable('metric'), 'ami')
     AND (getvariable('factor') IS NULL OR s.factor = getvariable('factor'))
 ), per_layer AS (
-  SELECT dataset, shuffled, arch, labels, factor, checkpoint_epoch, layer_index,
-         avg(relative_depth) AS relative_depth, avg(value) AS mean,
-         stddev_samp(value) AS std, count(*) AS n
+  SELECT design_key, design, dataset, shuffled, arch, labels, factor, checkpoint_epoch,
+         layer_index, avg(relative_depth) AS relative_depth, avg(value) AS mean,
+         stddev_samp(value) AS std, count(*) AS n,
+         ci95_half(stddev_samp(value), count(*)) AS half
   FROM s GROUP BY ALL
 ), best AS (
-  SELECT dataset, shuffled, arch, labels, factor, checkpoint_epoch,
+  SELECT design_key, design, dataset, shuffled, arch, labels, factor, checkpoint_epoch,
          NULL::INTEGER AS layer_index, NULL::DOUBLE AS relative_depth, avg(value) AS mean,
-         stddev_samp(value) AS std, count(*) AS n
-  FROM (SELECT run_id, dataset, shuffled, arch, labels, factor, checkpoint_epoch,
-               max(value) AS value FROM s GROUP BY ALL)
+         stddev_samp(value) AS std, count(*) AS n,
+         ci95_half(stddev_samp(value), count(*)) AS half
+  FROM (SELECT run_id, design_key, design, dataset, shuffled, arch, labels, factor,
+               checkpoint_epoch, max(value) AS value
+        FROM s GROUP BY ALL)
   GROUP BY ALL
 )
-SELECT * FROM per_layer UNION ALL SELECT * FROM best
-ORDER BY dataset, shuffled, arch, labels, factor, layer_index NULLS FIRST, checkpoint_epoch;
+SELECT * EXCLUDE (half), mean - half AS ci_lo, mean + half AS ci_hi
+FROM (SELECT * FROM per_layer UNION ALL SELECT * FROM best)
+ORDER BY dataset, shuffled, arch, labels, design, factor, layer_index NULLS FIRST,
+         checkpoint_epoch;

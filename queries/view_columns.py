@@ -16,11 +16,17 @@ Views (stable names; `VIEW_COLUMNS` lists the columns):
   metric ('ami', 'purity', 'probe_acc', ...) and factor, with n_layers and
   relative_depth = (layer_index + 1) / n_layers (as the pipeline's layers.json);
   NaN values are left out.
-* ``evals``: one row per eval run with the design columns the canned queries group
-  by, is_final (last checkpoint), is_transfer (evaluation set != training set),
-  rescored (made by `rescore` from another eval run: left out of the canned queries)
-  and model_source ('trained': a train run of the store, by `run` or `eval --from`;
-  'weights': a weights file, `eval --weights`, whose model run is then train_run_id).
+* ``design_params``: the design params of every eval run (long: run_id, key, value,
+  derived), by the one rule of `tracker.conventions.is_design_param`; derived marks
+  the dataset record (what data went in), which follows from the data choices.
+* ``evals``: one row per eval run: design_key (same design params, same key: the
+  canned queries group by it, so only seeds are averaged), design (``key=value`` of
+  the params that vary between the store's eval runs: what tells groups apart), the
+  columns the queries filter and show, is_final (last checkpoint), is_transfer
+  (evaluation set != training set), rescored (made by `rescore` from another eval
+  run: left out of the canned queries) and model_source ('trained': a train run of
+  the store, by `run` or `eval --from`; 'weights': a weights file, `eval --weights`,
+  whose model run is then train_run_id).
 * ``final_evals``: the rows of ``evals`` that the paper's in-domain findings average
   over: FINISHED eval runs of the final checkpoint on the training dataset's own
   evaluation set, not rescored (status, is_final, is_transfer and rescored are
@@ -38,7 +44,12 @@ Views (stable names; `VIEW_COLUMNS` lists the columns):
 * ``run_pairs``: one row per compare run: the two eval runs (run_a, run_b), the CKA
   estimator, the eval set, and each side's train run, arch, seed and checkpoint epoch.
 * ``trials`` and ``trial_params``: Optuna trials with state, values, decoded params and
-  the linked MLflow run (user attribute ``mlflow_run_id``).
+  the linked MLflow run (user attribute ``mlflow_run_id``), from an RDB storage or a
+  journal file.
+
+Macros: ``t975(df)`` and ``ci95_half(std, n)`` (`clusterprobe.queries.intervals`: the
+95% t-intervals of the grouped queries) and ``design_key_without(skip)``
+(`clusterprobe.queries.design_views`: pairs a design with its counterpart).
 """
 
 from __future__ import annotations
@@ -49,6 +60,8 @@ from clusterprobe.tracker import conventions as cv
 EVALS_COLUMNS: tuple[str, ...] = (
     "run_id",
     "train_run_id",
+    "design_key",
+    "design",
     "status",
     "dataset",
     "shuffled",
@@ -99,6 +112,7 @@ VIEW_COLUMNS: dict[str, tuple[str, ...]] = {
         "factor",
         "value",
     ),
+    "design_params": ("run_id", "key", "value", "derived"),
     "evals": EVALS_COLUMNS,
     "final_evals": EVALS_COLUMNS,
     "final_transfer_evals": EVALS_COLUMNS,

@@ -37,6 +37,10 @@ ARCHS = {
     "vgg16_bn": (5, 1, (False,), (2,)),
     "vit_tiny_patch16_224": (4, 2, (False,), (2,)),
 }
+# resnet18 natural runs are also made with this learning rate (2 seeds, final checkpoint
+# and a transfer set, ARI tables): a design that differs from the default one in one
+# param alone, lr.
+LR_VARIANT = 0.1
 FACTORS = (1, 2)
 SUPERCLASSES = 2
 EPOCHS = 2  # eval at epoch 1 (intermediate) and 2 (final)
@@ -47,7 +51,7 @@ TRANSFER_SET = "flowers:test"
 class QueryStore:
     store: Store
     truth: pd.DataFrame  # one row per (eval run, layer, metric, factor): logged value
-    evals: pd.DataFrame  # one row per eval run: design + flags
+    evals: pd.DataFrame  # one row per eval run: design (arch, shuffled, labels, lr) + flags
     ari: pd.DataFrame  # rows of the ari.parquet files
     trials: pd.DataFrame  # study, number, state, value, run_id
     deleted_run: str
@@ -151,19 +155,59 @@ def build(store: Store) -> QueryStore:
             if e["arch"] == arch and not e["shuffled"] and e["checkpoint_epoch"] == EPOCHS
         ]
         if len(pair) == 2:
-            a, b = pair
-            rows = []
-            for la in range(n_layers):
-                rows.append((a, b, "seed", la, la, 1, float(rng.random())))
-                for lb in range(n_layers):
-                    value = 1.0 if la == lb else float(rng.random())
-                    rows.append((a, a, "layer", la, lb, 1, value))
-            frame = pd.DataFrame(rows, columns=list(ARI_COLUMNS))
-            # Written into the ended run's artifact folder, as a later compare step would.
-            path = tracker.artifact_path(a, cv.ART_LAYER_METRICS).with_name("ari.parquet")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            frame.to_parquet(path, index=False)
-            ari_rows.append(frame)
+            ari_rows.append(_write_ari(tracker, rng, pair, n_layers))
+
+    variant = []
+    for seed in range(2):
+        config = RunConfig(arch="resnet18", seed=seed, epochs=EPOCHS, lr=LR_VARIANT)
+        params = {**config.to_params(), cv.PARAM_DATASET: "synthetic"}
+        with tracker.start_run("train", params=params) as train:
+            ctx, _ = record_eval(
+                train.run_id,
+                params,
+                [f"resnet18.layer{i}" for i in range(6)],
+                shift=0.1,
+                epoch=EPOCHS,
+                eval_set="synthetic:eval",
+            )
+        evals.append(
+            dict(
+                run_id=ctx.run_id,
+                train_run_id=train.run_id,
+                arch="resnet18",
+                shuffled=False,
+                seed=seed,
+                labels="superclass",
+                checkpoint_epoch=EPOCHS,
+                eval_set="synthetic:eval",
+                n_layers=6,
+                lr=LR_VARIANT,
+            )
+        )
+        variant.append(ctx.run_id)
+        ctx, _ = record_eval(
+            train.run_id,
+            params,
+            [f"resnet18.layer{i}" for i in range(6)],
+            shift=0.1,
+            epoch=EPOCHS,
+            eval_set=TRANSFER_SET,
+        )
+        evals.append(
+            dict(
+                run_id=ctx.run_id,
+                train_run_id=train.run_id,
+                arch="resnet18",
+                shuffled=False,
+                seed=seed,
+                labels="superclass",
+                checkpoint_epoch=EPOCHS,
+                eval_set=TRANSFER_SET,
+                n_layers=6,
+                lr=LR_VARIANT,
+            )
+        )
+    ari_rows.append(_write_ari(tracker, rng, variant, 6))
 
     # transfer: resnet18 pre-trained on superclass labels (the train runs above) vs on
     # subclass labels (two new train runs), evaluated on another dataset
@@ -242,6 +286,7 @@ def build(store: Store) -> QueryStore:
 
     study, trials = _study(store, train_ids)
     evals_df = pd.DataFrame(evals)
+    evals_df["lr"] = evals_df["lr"].fillna(RunConfig().lr)
     evals_df["dataset"] = "synthetic"
     evals_df["taps"] = "blocks"
     evals_df["is_final"] = evals_df["checkpoint_epoch"] == EPOCHS
@@ -260,6 +305,27 @@ def build(store: Store) -> QueryStore:
 
 
 ARI_COLUMNS = ("run_id", "other_run_id", "kind", "layer_a", "layer_b", "factor", "value")
+
+
+def _write_ari(tracker: Tracker, rng, pair: list[str], n_layers: int) -> pd.DataFrame:
+    """ari.parquet on two final eval runs of one design, as the pipeline writes them:
+    layer x layer rows on each, seed rows on the first (against the second)."""
+    frames = []
+    for run_id in pair:
+        rows = []
+        for la in range(n_layers):
+            if run_id == pair[0]:
+                rows.append((run_id, pair[1], "seed", la, la, 1, float(rng.random())))
+            for lb in range(n_layers):
+                value = 1.0 if la == lb else float(rng.random())
+                rows.append((run_id, run_id, "layer", la, lb, 1, value))
+        frame = pd.DataFrame(rows, columns=list(ARI_COLUMNS))
+        # Written into the ended run's artifact folder, as a later compare step would.
+        path = tracker.artifact_path(run_id, cv.ART_LAYER_METRICS).with_name("ari.parquet")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(path, index=False)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
 
 
 def _study(store: Store, train_ids: dict) -> tuple[str, pd.DataFrame]:

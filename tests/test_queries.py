@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import querystore
-from clusterprobe.queries.canned import query_df, query_names
+from clusterprobe.queries.canned import load_query, query_df, query_names
 from clusterprobe.queries.connect import connect
 from clusterprobe.queries.run_views import PARAM_TYPES
 from clusterprobe.queries.view_columns import VIEW_COLUMNS
@@ -55,7 +55,31 @@ def _main(df: pd.DataFrame) -> pd.DataFrame:
 
 def _agg(df: pd.DataFrame, keys: list[str], col: str = "value") -> pd.DataFrame:
     out = df.groupby(keys, dropna=False)[col].agg(["mean", "std", "count"]).reset_index()
-    return out.rename(columns={"count": "n"})
+    return _ci(out.rename(columns={"count": "n"}))
+
+
+def _ci(df: pd.DataFrame, mean: str = "mean", std: str = "std", prefix: str = "") -> pd.DataFrame:
+    """The 95% t-interval of a mean over n values (scipy's t quantile; NaN for n = 1)."""
+    n = df["n"].astype(float)
+    half = stats.t.ppf(0.975, n - 1) * df[std] / np.sqrt(n)
+    return df.assign(**{f"{prefix}ci_lo": df[mean] - half, f"{prefix}ci_hi": df[mean] + half})
+
+
+# The store's eval runs differ in these design params (the rest are equal or not design),
+# so the `design` column names exactly these, and tests read a group's design from it.
+VARYING = ("arch", "labels", "lr", "shuffled")
+
+
+def _designs(got: pd.DataFrame) -> pd.DataFrame:
+    """``got`` with the design params parsed from its ``design`` text (d_<param>)."""
+    parsed = got["design"].str.extractall(r"(?P<key>[^ =]+)=(?P<value>[^ ]+)")
+    wide = parsed.reset_index().pivot(index="level_0", columns="key", values="value")
+    out = got.copy()
+    out["d_arch"] = wide["arch"]
+    out["d_labels"] = wide["labels"]
+    out["lr"] = wide["lr"].astype(float)
+    out["d_shuffled"] = wide["shuffled"].map({"True": True, "False": False})
+    return out
 
 
 def _check(got: pd.DataFrame, want: pd.DataFrame, keys: list[str], cols: dict[str, str]):
@@ -188,6 +212,26 @@ def test_final_evals_are_the_runs_the_findings_average(db, qs):
         assert list(got["shuffled"]) == list(w["shuffled"]), view
 
 
+def _header(name: str, field: str) -> list[str]:
+    """The comma list after ``-- <field>:`` in a canned query's header (continued on
+    ``--   `` lines)."""
+    lines = load_query(name).sql.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"-- {field}:"))
+    text = lines[start].split(":", 1)[1]
+    for line in lines[start + 1 :]:
+        if not line.startswith("--   "):
+            break
+        text += " " + line[2:]
+    return [part.strip().rstrip(".") for part in text.split(",")]
+
+
+@pytest.mark.parametrize("name", query_names())
+def test_query_headers_name_their_columns_and_views(db, name):
+    assert list(query_df(db, name).columns) == _header(name, "Columns")
+    macros = {"design_key_without"}
+    assert set(_header(name, "Reads")) <= set(VIEW_COLUMNS) | macros
+
+
 @pytest.mark.parametrize("name", query_names())
 def test_every_query_returns_rows(db, name):
     assert len(query_df(db, name)) > 0
@@ -243,18 +287,72 @@ def test_missing_optuna_db_gives_empty_trials(qs, tmp_path):
         assert analysis.sql("SELECT count(*) FROM runs").fetchone()[0] > 0
 
 
+def test_a_store_only_session_answers_every_query_and_plot(db, qs, tmp_path):
+    import duckdb
+    from clusterprobe.queries.plots import PLOTS, figure
+
+    secret = tmp_path / "secret.csv"
+    secret.write_text("a\n1\n")
+    with connect(qs.store.root) as analysis:
+        assert analysis.restrict_to_store() == [str(qs.store.root)]
+        with pytest.raises(duckdb.PermissionException, match="secret.csv"):
+            analysis.sql(f"SELECT * FROM read_csv('{secret}')").fetchall()
+        for view in VIEW_COLUMNS:  # every row read, Parquet views included
+            count = f"SELECT count(*), count(DISTINCT COLUMNS(*)) FROM {view}"
+            assert analysis.sql(count).fetchall() == db.sql(count).fetchall(), view
+        for name in query_names():
+            pd.testing.assert_frame_equal(query_df(analysis, name), query_df(db, name))
+        for name, plot in PLOTS.items():
+            sql = plot.sql if plot.query is None else load_query(plot.query).sql
+            figure(name, analysis.sql(sql, plot.params).df())
+
+
+def test_a_store_only_session_reads_artifacts_outside_the_store(store, tmp_path):
+    """Artifacts on shared storage (an artifact root outside the store folder) stay
+    readable; the rest of that storage does not."""
+    import duckdb
+    from clusterprobe.runners.evalrun import LayerScores
+    from clusterprobe.runners.evalrun.tables import layer_metrics_table
+    from clusterprobe.tracker.store import Store
+    from clusterprobe.tracker.tracking import Tracker
+
+    shared = tmp_path / "shared"
+    outside = Store(store.tracking_uri, store.root, str(shared / "artifacts"), store.optuna_url)
+    tracker = Tracker(outside)
+    ami = np.full((2, 1, 1), 0.25)
+    scores = LayerScores(["a", "b"], [0], (1,), ami, ami, [0.5, 0.6])
+    params = {"dataset": "synthetic", "epochs": "1", "checkpoint_epoch": "1"}
+    with tracker.start_run("eval", params={**params, "eval_set": "synthetic:eval"}) as ev:
+        ev.log_metric_steps("ami_f1", [0.25, 0.25])
+        ev.log_parquet(layer_metrics_table(ev.run_id, scores), cv.ART_LAYER_METRICS)
+    folder = tracker.artifact_path(ev.run_id, cv.ART_LAYER_METRICS).parent
+    assert not folder.is_relative_to(store.root)
+    (shared / "other.csv").write_text("a\n1\n")
+    with connect(store.root) as analysis:
+        assert analysis.restrict_to_store() == sorted([str(store.root), str(folder)])
+        got = analysis.sql("SELECT metric, layer_index, value FROM layer_metrics ORDER BY ALL")
+        assert got.fetchall() == [
+            ("ami", 0, 0.25), ("ami", 1, 0.25), ("probe_acc", 0, 0.5), ("probe_acc", 1, 0.6),
+            ("purity", 0, 0.25), ("purity", 1, 0.25),
+        ]  # fmt: skip
+        with pytest.raises(duckdb.PermissionException):
+            analysis.sql(f"SELECT * FROM read_csv('{shared / 'other.csv'}')").fetchall()
+
+
 # --- canned queries ----------------------------------------------------------------
 
 
 def test_layer_profile(db, qs):
-    got = query_df(db, "layer_profile")
+    got = _designs(query_df(db, "layer_profile"))
     df = _main(_scored(qs))
-    keys = ["dataset", "shuffled", "arch", "taps", "labels", "layer_index", "metric", "factor"]
+    keys = ["dataset", "shuffled", "arch", "taps", "labels", "lr", "layer_index", "metric"]
+    keys.append("factor")
     want = _agg(df, keys)
     want["rd"] = df.groupby(keys, dropna=False)["relative_depth"].mean().to_numpy()
     got["factor"] = got["factor"].astype(float)
     want["factor"] = want["factor"].astype(float)
-    _check(got, want, keys, {"mean": "mean", "std": "std", "n": "n", "relative_depth": "rd"})
+    cols = {"mean": "mean", "std": "std", "n": "n", "relative_depth": "rd"}
+    _check(got, want, keys, {**cols, "ci_lo": "ci_lo", "ci_hi": "ci_hi"})
     # n = 1 groups (vgg16_bn) appear, std NULL
     one = got[got["arch"] == "vgg16_bn"]
     assert len(one) and (one["n"] == 1).all() and one["std"].isna().all()
@@ -276,10 +374,10 @@ def _best(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def test_best_layers(db, qs):
-    got = query_df(db, "best_layers")
+    got = _designs(query_df(db, "best_layers"))
     df = _main(_scored(qs))
     best = _best(df[df.metric == "ami"], ["factor"])
-    keys = ["dataset", "shuffled", "arch", "taps", "labels", "factor"]
+    keys = ["dataset", "shuffled", "arch", "taps", "labels", "lr", "factor"]
     want = best.groupby(keys).agg(
         bl_mean=("layer_index", "mean"),
         bl_std=("layer_index", "std"),
@@ -288,9 +386,10 @@ def test_best_layers(db, qs):
         bv_std=("value", "std"),
         n=("value", "size"),
     )
+    want = _ci(want.reset_index(), "bv_mean", "bv_std")
     _check(
         got,
-        want.reset_index(),
+        want,
         keys,
         {
             "best_layer_mean": "bl_mean",
@@ -299,39 +398,50 @@ def test_best_layers(db, qs):
             "best_value_mean": "bv_mean",
             "best_value_std": "bv_std",
             "n": "n",
+            "best_value_ci_lo": "ci_lo",
+            "best_value_ci_hi": "ci_hi",
         },
     )
 
 
 def test_natural_vs_shuffled(db, qs):
-    got = query_df(db, "natural_vs_shuffled")
+    got = _designs(query_df(db, "natural_vs_shuffled"))
     df = _main(_scored(qs))
     df = df[(df.metric == "ami") & (df.factor == 1)]
-    per_layer = _agg(df, ["dataset", "arch", "shuffled", "layer_index"])
-    best = df.groupby(["run_id", "dataset", "arch", "shuffled"])["value"].max().reset_index()
-    best = _agg(best, ["dataset", "arch", "shuffled"]).assign(layer_index=np.nan)
+    design = ["dataset", "arch", "shuffled", "lr"]
+    per_layer = _agg(df, [*design, "layer_index"])
+    best = df.groupby(["run_id", *design])["value"].max().reset_index()
+    best = _agg(best, design).assign(layer_index=np.nan)
     want = pd.concat([per_layer, best], ignore_index=True)
     got["layer_index"] = got["layer_index"].astype(float)
     want["layer_index"] = want["layer_index"].astype(float)
-    keys = ["dataset", "arch", "shuffled", "layer_index"]
-    _check(got, want, keys, {"mean": "mean", "std": "std", "n": "n"})
+    keys = [*design, "layer_index"]
+    cols = {"mean": "mean", "std": "std", "n": "n", "ci_lo": "ci_lo", "ci_hi": "ci_hi"}
+    _check(got, want, keys, cols)
     # finding 1 built into the store (shuffled runs logged +0.3): shuffled is ahead
     r18 = got[(got.arch == "resnet18") & got.shuffled]
     assert r18["minus_natural"].mean() > 0.1
-    natural = want[(want.arch == "resnet18") & ~want.shuffled].set_index("layer_index")["mean"]
-    shuffled = want[(want.arch == "resnet18") & want.shuffled].set_index("layer_index")["mean"]
+    # against the natural design of the same lr (0.4), never the lr 0.1 one
+    default = want[(want.arch == "resnet18") & (want.lr == RunConfig().lr)]
+    natural = default[~default.shuffled].set_index("layer_index")["mean"]
+    shuffled = default[default.shuffled].set_index("layer_index")["mean"]
     diff = r18.set_index("layer_index")["minus_natural"]
     np.testing.assert_allclose(diff.loc[shuffled.index], (shuffled - natural), atol=1e-9)
+    # the lr 0.1 design has no shuffled counterpart, and is its own natural reference
+    other = got[got.lr == querystore.LR_VARIANT]
+    assert len(other) and not other.shuffled.any()
+    np.testing.assert_allclose(other["minus_natural"], 0.0, atol=1e-12)
 
 
 def test_architectures_by_depth(db, qs):
-    got = query_df(db, "architectures_by_depth", bins=4)
+    got = _designs(query_df(db, "architectures_by_depth", bins=4))
     df = _main(_scored(qs))
     df = df[(df.metric == "ami") & (df.factor == 1)].copy()
     df["depth_bin"] = np.minimum(np.floor(df["relative_depth"] * 4), 3).astype(int)
-    per_run = df.groupby(["run_id", "arch", "dataset", "shuffled", "depth_bin"])["value"].mean()
-    want = _agg(per_run.reset_index(), ["arch", "dataset", "shuffled", "depth_bin"])
-    _check(got, want, ["arch", "dataset", "shuffled", "depth_bin"], {"mean": "mean", "n": "n"})
+    keys = ["arch", "dataset", "shuffled", "lr", "depth_bin"]
+    per_run = df.groupby(["run_id", *keys])["value"].mean()
+    want = _agg(per_run.reset_index(), keys)
+    _check(got, want, keys, {"mean": "mean", "n": "n", "ci_lo": "ci_lo", "ci_hi": "ci_hi"})
     assert set(got["arch_family"]) == {"resnet", "vgg", "vit"}
 
 
@@ -342,10 +452,14 @@ def test_norm_peak_shift(db, qs):
     best = _best(df, [])
     best["norm"] = np.where(best.arch == "vgg16_bn", "bn", "none")
     want = best.groupby("norm").agg(
-        d=("relative_depth", "mean"), v=("value", "mean"), n=("value", "size")
+        d=("relative_depth", "mean"),
+        v=("value", "mean"),
+        v_std=("value", "std"),
+        n=("value", "size"),
     )
-    want = want.reset_index()
-    _check(got, want, ["norm"], {"peak_depth_mean": "d", "peak_value_mean": "v", "n": "n"})
+    want = _ci(want.reset_index(), "v", "v_std")
+    cols = {"peak_depth_mean": "d", "peak_value_mean": "v", "n": "n"}
+    _check(got, want, ["norm"], {**cols, "peak_value_ci_lo": "ci_lo", "peak_value_ci_hi": "ci_hi"})
     shift = got.set_index("norm")["depth_shift_vs_none"]
     w = want.set_index("norm")["d"]
     assert shift["bn"] == pytest.approx(w["bn"] - w["none"], abs=1e-9)
@@ -359,11 +473,12 @@ def _probe_correlations(df: pd.DataFrame, qs) -> tuple[pd.DataFrame, pd.DataFram
     y = df[df.metric == "probe_acc"].set_index(["run_id", "layer_index"])["value"]
     pairs = pd.concat({"x": x, "y": y}, axis=1).dropna().reset_index()
     design = qs.evals.set_index("run_id")
+    keys = ["arch", "shuffled", "lr", "labels"]
     rows = []
     for run_id, g in pairs.groupby("run_id"):
         rows.append(
             dict(
-                arch=design.loc[run_id, "arch"],
+                **design.loc[run_id, keys].to_dict(),
                 pearson=stats.pearsonr(g.x, g.y)[0],
                 spearman=stats.spearmanr(g.x, g.y)[0],
             )
@@ -381,64 +496,72 @@ def test_clusterability_vs_probe(db, qs, transfer):
     else:
         df, prefix = _main(scored), ""
     per_run, best = _probe_correlations(df, qs)
-    layers = got[got.scope == prefix + "layers"].set_index(["arch", "method"])
-    for (arch, method), value in per_run.melt("arch", var_name="method").groupby(
-        ["arch", "method"]
-    ):
-        row = layers.loc[(arch, method)]
-        assert row["mean"] == pytest.approx(value["value"].mean(), abs=1e-9)
-        assert row["n"] == len(value)
-    assert len(layers) == per_run["arch"].nunique() * 2
+    keys = ["arch", "shuffled", "lr", "labels"]
+    want = _agg(per_run.melt(keys, var_name="method"), [*keys, "method"])
+    layers = _designs(got[got.scope == prefix + "layers"].reset_index(drop=True))
+    layers["shuffled"], layers["labels"] = layers["d_shuffled"], layers["d_labels"]
+    cols = {"mean": "mean", "std": "std", "n": "n", "ci_lo": "ci_lo", "ci_hi": "ci_hi"}
+    _check(layers, want, [*keys, "method"], cols)
     runs = got[got.scope == prefix + "runs"].set_index("method")
     assert runs.loc["pearson", "mean"] == pytest.approx(stats.pearsonr(best.x, best.y)[0], abs=1e-9)
     assert runs.loc["spearman", "mean"] == pytest.approx(
         stats.spearmanr(best.x, best.y)[0], abs=1e-9
     )
     assert runs.loc["pearson", "n"] == len(best) and runs["std"].isna().all()
+    # Fisher's z interval of a correlation over n runs
+    r, n = runs.loc["pearson", "mean"], len(best)
+    half = stats.norm.ppf(0.975) / np.sqrt(n - 3)
+    assert runs.loc["pearson", "ci_lo"] == pytest.approx(np.tanh(np.arctanh(r) - half), abs=1e-12)
+    assert runs.loc["pearson", "ci_hi"] == pytest.approx(np.tanh(np.arctanh(r) + half), abs=1e-12)
 
 
 def test_transfer_by_pretraining_labels(db, qs):
-    got = query_df(db, "transfer_by_pretraining_labels", factor=1)
+    got = _designs(query_df(db, "transfer_by_pretraining_labels", factor=1))
     scored = _scored(qs)
     df = scored[scored.is_transfer & (scored.metric == "ami") & (scored.factor == 1)]
     last = df[df.layer_index == df.n_layers - 1]
-    want = _agg(last, ["eval_set", "labels"]).rename(columns={"labels": "pretrain_labels"})
-    _check(got, want, ["eval_set", "pretrain_labels"], {"mean": "mean", "std": "std", "n": "n"})
-    diff = got.set_index("pretrain_labels")["minus_superclass"]
-    w = want.set_index("pretrain_labels")["mean"]
-    assert diff["subclass"] == pytest.approx(w["subclass"] - w["superclass"], abs=1e-9)
+    want = _agg(last, ["eval_set", "labels", "lr"]).rename(columns={"labels": "pretrain_labels"})
+    cols = {"mean": "mean", "std": "std", "n": "n", "ci_lo": "ci_lo", "ci_hi": "ci_hi"}
+    _check(got, want, ["eval_set", "pretrain_labels", "lr"], cols)
+    # against the superclass-label design of the same lr
+    diff = got.set_index(["pretrain_labels", "lr"])["minus_superclass"]
+    w = want.set_index(["pretrain_labels", "lr"])["mean"]
+    lr = RunConfig().lr
+    assert diff[("subclass", lr)] == pytest.approx(
+        w[("subclass", lr)] - w[("superclass", lr)], abs=1e-9
+    )
+    assert diff[("superclass", querystore.LR_VARIANT)] == pytest.approx(0.0, abs=1e-12)
     # the transfer probe's accuracy at the same (last) layer, mean over the same runs
     probe = scored[scored.is_transfer & (scored.metric == "probe_acc")]
-    acc = probe[probe.layer_index == probe.n_layers - 1].groupby("labels")["value"].mean()
-    got_acc = got.set_index("pretrain_labels")["probe_acc"]
-    for labels in ("superclass", "subclass"):
-        assert got_acc[labels] == pytest.approx(acc[labels], abs=1e-9)
+    probe = probe[probe.layer_index == probe.n_layers - 1]
+    acc = probe.groupby(["labels", "lr"])["value"].mean()
+    got_acc = got.set_index(["pretrain_labels", "lr"])["probe_acc"]
+    for key, value in acc.items():
+        assert got_acc[key] == pytest.approx(value, abs=1e-9)
     assert got["knn_acc"].isna().all()  # the query store's transfer runs have no k-NN probe
 
 
 def test_seed_stability_reads_ari_tables(db, qs):
-    got = query_df(db, "seed_stability")
+    got = _designs(query_df(db, "seed_stability"))
     want = qs.ari[qs.ari.kind == "seed"].merge(qs.evals, on="run_id")
-    want = _agg(want, ["arch", "layer_a"])
-    _check(got, want, ["arch", "layer_a"], {"mean": "mean", "n": "n"})
-    heat = query_df(db, "seed_stability", kind="layer", arch="resnet18")
-    assert len(heat) == 36
+    want = _agg(want, ["arch", "lr", "layer_a"])
+    _check(got, want, ["arch", "lr", "layer_a"], {"mean": "mean", "n": "n", "ci_lo": "ci_lo"})
+    heat = _designs(query_df(db, "seed_stability", kind="layer", arch="resnet18"))
+    assert len(heat) == 2 * 36  # a 6 x 6 heatmap for each learning rate
+    heat = heat[heat.lr == RunConfig().lr]
     diag = heat[heat.layer_a == heat.layer_b]
     np.testing.assert_allclose(diag["mean"], 1.0)
 
 
 def test_training_dynamics(db, qs):
-    got = query_df(db, "training_dynamics", arch="resnet18")
+    got = _designs(query_df(db, "training_dynamics", arch="resnet18"))
     df = _scored(qs)
     df = df[~df.is_transfer & (df.arch == "resnet18") & (df.metric == "ami") & (df.factor == 1)]
-    want = _agg(df, ["shuffled", "checkpoint_epoch", "layer_index"])
+    keys = ["shuffled", "lr", "checkpoint_epoch", "layer_index"]
+    want = _agg(df, keys)
     per_layer = got[got.layer_index.notna()]
-    _check(
-        per_layer,
-        want,
-        ["shuffled", "checkpoint_epoch", "layer_index"],
-        {"mean": "mean", "std": "std", "n": "n"},
-    )
+    cols = {"mean": "mean", "std": "std", "n": "n", "ci_lo": "ci_lo", "ci_hi": "ci_hi"}
+    _check(per_layer, want, keys, cols)
     assert set(got["checkpoint_epoch"]) == {1, 2}
 
 
@@ -460,6 +583,180 @@ def test_study_trials(db, qs):
     )
     assert got.iloc[2]["run_id"] is None or pd.isna(got.iloc[2]["run_id"])
     assert len(query_df(db, "study_trials", state="PRUNED")) == 1
+
+
+# --- design groups, intervals, design effects -------------------------------------
+
+
+def test_design_key_and_text_follow_the_design_params(db, qs):
+    got = db.sql("SELECT run_id, design_key, design FROM evals").df().set_index("run_id")
+    got = got.loc[qs.evals["run_id"]]
+    want = [
+        f"arch={r.arch} labels={r.labels} lr={r.lr!r} shuffled={r.shuffled}"
+        for r in qs.evals.itertuples()
+    ]
+    assert list(got["design"]) == want
+    # one key per design, whatever the seed, checkpoint or evaluation set
+    design = qs.evals[list(VARYING)].astype(str).agg("|".join, axis=1).to_numpy()
+    key = got["design_key"].to_numpy()
+    for i in range(len(key)):
+        assert ((key == key[i]) == (design == design[i])).all(), qs.evals.iloc[i]
+
+
+# Grouped queries: their interval columns, and params for rows of both seeds.
+GROUPED = {
+    "layer_profile": ("ci_lo", "ci_hi", {}),
+    "best_layers": ("best_value_ci_lo", "best_value_ci_hi", {}),
+    "natural_vs_shuffled": ("ci_lo", "ci_hi", {}),
+    "architectures_by_depth": ("ci_lo", "ci_hi", {}),
+    "norm_peak_shift": ("peak_value_ci_lo", "peak_value_ci_hi", {}),
+    "clusterability_vs_probe": ("ci_lo", "ci_hi", {}),
+    "training_dynamics": ("ci_lo", "ci_hi", {}),
+    "seed_stability": ("ci_lo", "ci_hi", {"kind": "layer"}),  # seed rows: one run holds them
+    "transfer_by_pretraining_labels": ("ci_lo", "ci_hi", {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GROUPED))
+def test_one_param_apart_is_another_group_and_seeds_average(db, name):
+    # resnet18 natural at lr 0.4 and at lr 0.1, two seeds each: two groups of n = 2.
+    lo, hi, params = GROUPED[name]
+    got = query_df(db, name, **params)
+    got = _designs(got[got["design"].notna()].reset_index(drop=True))
+    mine = got[(got.d_arch == "resnet18") & ~got.d_shuffled.astype(bool)]
+    mine = mine[mine.d_labels == "superclass"]
+    assert set(mine["lr"]) == {RunConfig().lr, querystore.LR_VARIANT}
+    assert mine.groupby("lr")["design_key"].nunique().eq(1).all()
+    assert (mine["n"] == 2).all()
+    assert mine[lo].notna().all() and (mine[lo] <= mine[hi]).all()
+
+
+def test_t_quantile_macro_matches_scipy(db):
+    dfs = [1, 2, 3, 5, 10, 29, 30, 31, 40, 100, 1000, 100000]
+    got = db.sql(f"SELECT [t975(d) FOR d IN {dfs}]").fetchone()[0]
+    np.testing.assert_allclose(got, stats.t.ppf(0.975, dfs), rtol=0, atol=5e-8)
+    assert db.sql("SELECT t975(0), ci95_half(0.5, 1)").fetchone() == (None, None)
+
+
+def _pair_effects(evals: pd.DataFrame, best: pd.Series, choices: list[str]) -> pd.DataFrame:
+    """Per choice x level pair: the mean, std and n of best[b] - best[a] over runs a, b of
+    one seed whose choices differ in that one alone (levels: numeric order, else text)."""
+    rows = []
+    runs = evals.assign(best=evals["run_id"].map(best)).astype({c: str for c in choices})
+    for c in choices:
+        others = [o for o in choices if o != c] + ["seed"]
+        for _, g in runs.groupby(others):
+            for a in g.itertuples():
+                for b in g.itertuples():
+                    la, lb = getattr(a, c), getattr(b, c)
+                    try:
+                        before = float(la) < float(lb)
+                    except ValueError:
+                        before = la < lb
+                    if before:
+                        rows.append((c, la, lb, b.best - a.best))
+    pairs = pd.DataFrame(rows, columns=["choice", "level_a", "level_b", "diff"])
+    out = pairs.groupby(["choice", "level_a", "level_b"])["diff"].agg(["mean", "std", "count"])
+    return _ci(out.reset_index().rename(columns={"count": "n"}))
+
+
+def test_design_effects_are_matched_pair_differences(db, qs):
+    got = query_df(db, "design_effects")
+    main = qs.evals[qs.evals.is_final & ~qs.evals.is_transfer]
+    t = qs.truth[(qs.truth.metric == "ami") & (qs.truth.factor == 1)]
+    want = _pair_effects(main, t.groupby("run_id")["value"].max(), list(VARYING))
+    cols = {"mean_diff": "mean", "std": "std", "n": "n", "ci_lo": "ci_lo", "ci_hi": "ci_hi"}
+    _check(got, want, ["choice", "level_a", "level_b"], cols)
+    assert {"arch", "lr", "shuffled"} <= set(got["choice"])
+    size = got["mean_diff"].abs().to_numpy()
+    assert (np.diff(size) <= 1e-15).all() and list(got["rank"]) == sorted(got["rank"])
+
+
+def test_design_effects_rank_two_choices_with_their_sign(store):
+    """A 2 x 2 factorial, three seeds: shuffling adds 0.3, lr 0.4 instead of 0.1 takes 0.1.
+    Memory budgets differ run to run and the dataset record follows `shuffled`, as in
+    real runs: neither may break the pairs."""
+    from clusterprobe.tracker.tracking import Tracker
+
+    tracker = Tracker(store)
+    rng = np.random.default_rng(3)
+    rows = []
+    for shuffled in (False, True):
+        for lr in (0.1, 0.4):
+            for seed in range(3):
+                best = 0.2 + 0.3 * shuffled - 0.1 * (lr == 0.4) + 0.01 * rng.standard_normal()
+                params = {
+                    **RunConfig(shuffled=shuffled, lr=lr, seed=seed, epochs=2).to_params(),
+                    cv.PARAM_CHECKPOINT_EPOCH: "2",
+                    cv.PARAM_EVAL_SET: "synthetic:eval",
+                    "dataset_digest": "d-shuffled" if shuffled else "d-natural",
+                    "embed.memory_budget_bytes": str(int(rng.integers(1e9, 4e9))),
+                }
+                with tracker.start_run("eval", params=params) as ev:
+                    ev.log_metric_steps("ami_f1", [best - 0.05, best, best - 0.1])
+                rows.append(dict(run_id=ev.run_id, shuffled=shuffled, lr=lr, seed=seed, v=best))
+    runs = pd.DataFrame(rows)
+    with connect(store.root) as analysis:
+        got = query_df(analysis, "design_effects")
+        groups = analysis.sql("SELECT count(DISTINCT design_key) FROM final_evals").fetchone()
+    assert groups == (4,)
+    assert list(got["choice"]) == ["shuffled", "lr"] and list(got["rank"]) == [1, 2]
+    want = _pair_effects(runs, runs.set_index("run_id")["v"], ["shuffled", "lr"])
+    cols = {"mean_diff": "mean", "std": "std", "n": "n", "ci_lo": "ci_lo", "ci_hi": "ci_hi"}
+    _check(got, want, ["choice", "level_a", "level_b"], cols)
+    first, second = got.iloc[0], got.iloc[1]
+    assert (first.level_a, first.level_b, first.n) == ("False", "True", 6)
+    assert (second.level_a, second.level_b, second.n) == ("0.1", "0.4", 6)
+    assert first.ci_lo > 0.25 and second.ci_hi < -0.05  # the right signs, clear of zero
+
+
+def _plot(db, name: str, **params):
+    from clusterprobe.queries.plots import PLOTS, figure
+
+    plot = PLOTS[name]
+    df = query_df(db, plot.query, **{**plot.params, **params})
+    return df, figure(name, df)
+
+
+def test_design_effects_plot_draws_each_difference_with_its_interval(db):
+    df, fig = _plot(db, "design_effects")
+    from matplotlib.container import BarContainer
+
+    (bars,) = [c for c in fig.axes[0].containers if isinstance(c, BarContainer)]
+    # rank 1 on top: bars bottom-up are the rows in reverse rank order
+    rows = df[::-1]
+    np.testing.assert_allclose([p.get_width() for p in bars], rows["mean_diff"], atol=1e-12)
+    segments = bars.errorbar.lines[2][0].get_segments()  # one (lo, hi) segment per bar
+    single = rows["n"] == 1  # no interval: a zero-length bar
+    want_lo = rows["ci_lo"].where(~single, rows["mean_diff"])
+    want_hi = rows["ci_hi"].where(~single, rows["mean_diff"])
+    np.testing.assert_allclose([seg[0][0] for seg in segments], want_lo, atol=1e-12)
+    np.testing.assert_allclose([seg[1][0] for seg in segments], want_hi, atol=1e-12)
+
+
+def test_layer_profile_plot_bands_are_the_intervals(db):
+    df, fig = _plot(db, "layer_profile", arch="resnet18", shuffled=False)
+    ax = fig.axes[0]
+    assert len(ax.lines) == df["design_key"].nunique() == 2  # lr 0.4 and lr 0.1
+    labels = sorted(t.get_text() for t in ax.get_legend().get_texts())
+    assert labels == sorted(df["design"].unique())
+    bands = [b.get_paths()[0].vertices[:, 1] for b in ax.collections]
+    by_design = df.groupby("design")  # lines are drawn in design order
+    want = [(g["ci_lo"].min(), g["ci_hi"].max()) for _, g in by_design]
+    np.testing.assert_allclose([(y.min(), y.max()) for y in bands], want, atol=1e-12)
+
+
+def test_every_plot_draws_on_the_query_store(db):
+    from clusterprobe.queries.plots import PLOTS, figure
+
+    for name, plot in PLOTS.items():
+        if plot.query is None:
+            df = db.sql(plot.sql).df()
+        else:
+            df = query_df(db, plot.query, **plot.params)
+        assert len(df), name
+        fig = figure(name, df)
+        assert fig.axes[0].has_data(), name
 
 
 def test_excluded_runs_never_counted(db, qs):
@@ -546,3 +843,7 @@ def test_postgres_tracking_uri(postgres_url, tmp_path):
         best = query_df(analysis, "best_layers", factor=1)
         assert best["best_layer_mean"].item() == 1 and best["best_value_mean"].item() == 0.4
         assert query_df(analysis, "study_trials").empty  # no Optuna storage given
+        assert analysis.restrict_to_store() == []  # no store folder, no artifact files
+        assert query_df(analysis, "best_layers", factor=1).equals(best)
+        runs = analysis.sql("SELECT count(*) FROM mlflow_db.public.runs").fetchone()
+        assert runs == (2,)  # the attached database still reads

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from clusterprobe.queries.canned import query_names
+from clusterprobe.queries.view_columns import VIEW_COLUMNS
 from clusterprobe.runners.cli import main
 
 
@@ -103,6 +109,7 @@ PARAMS_ON_THE_REAL_STORE = {
 NO_ROWS_ON_THE_REAL_STORE = {
     "transfer_by_pretraining_labels": "no transfer eval run",
     "study_trials": "no Optuna study",
+    "design_effects": "one design: no pair of runs one choice apart",
 }
 
 
@@ -147,36 +154,113 @@ def test_sql_refuses_writes_and_changes_nothing(real, capsys):
     assert code == 0 and json.loads(out) == [{"kind": "eval", "n": 2}, {"kind": "train", "n": 1}]
 
 
-def test_sql_setup_rebuilds_the_views_in_a_plain_duckdb(real, capsys, tmp_path):
-    import duckdb
-    import duckdb_extensions
+# A fresh DuckDB session as a shell user has one: default configuration, a HOME with
+# nothing installed, no network (any download goes to a closed port). It replays the
+# setup from stdin, then runs every canned file as it is (no variables set) and pickles
+# the rows; argv[2] == "bare" drops the INSTALL lines first, as the setup used to be.
+SHELL = textwrap.dedent(
+    """
+    import pickle, sys, duckdb
+    queries = pickle.load(open(sys.argv[1], "rb"))
+    con = duckdb.connect(config={"threads": 1})
+    for setting in ("custom_extension_repository", "autoinstall_extension_repository"):
+        con.execute(f"SET {setting} = 'http://127.0.0.1:9'")
+    setup = sys.stdin.read()
+    if sys.argv[2] == "bare":
+        setup = ";\\n\\n".join(s for s in setup.split(";\\n\\n") if not s.startswith("INSTALL"))
+    try:
+        con.execute(setup)
+    except duckdb.Error as err:
+        sys.exit(f"setup failed: {err}")
+    rows = {name: con.sql(sql).fetchall() for name, sql in queries.items()}
+    pickle.dump(rows, open(sys.argv[1], "wb"))
+    """
+)
+
+
+def test_sql_setup_runs_unchanged_in_a_fresh_offline_duckdb(real, capsys, tmp_path):
+    import pickle
+
     from clusterprobe.queries.canned import load_query
     from clusterprobe.queries.connect import connect
-    from clusterprobe.queries.view_columns import VIEW_COLUMNS
 
     root, _, _ = real
-    code, out, _ = _cli(capsys, "sql", "--store", root, "--setup")
-    assert code == 0 and "ATTACH" in out
+    code, setup, _ = _cli(capsys, "sql", "--store", root, "--setup")
+    assert code == 0 and "ATTACH" in setup
+    assert setup.index("INSTALL '") < setup.index("LOAD sqlite") < setup.index("ATTACH")
+    views = {f"view {v}": f"SELECT * FROM {v} LIMIT 0" for v in VIEW_COLUMNS}
+    queries = {**{n: load_query(n).sql for n in query_names()}, **views}
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home)}
+
+    def shell(variant: str):
+        (tmp_path / "q.pkl").write_bytes(pickle.dumps(queries))
+        return subprocess.run(
+            [sys.executable, "-c", SHELL, str(tmp_path / "q.pkl"), variant],
+            input=setup, capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+
+    bare = shell("bare")  # the session really is fresh and offline: LOAD alone fails
+    assert bare.returncode != 0 and "download extension" in bare.stderr, bare.stderr
+    done = shell("as printed")
+    assert done.returncode == 0, done.stderr
+    rows = pickle.loads((tmp_path / "q.pkl").read_bytes())
     # One thread each side: multi-threaded float sums differ in the last digits.
-    con = duckdb.connect(
-        config={
-            "autoinstall_known_extensions": False,
-            "extension_directory": str(tmp_path),
-            "threads": 1,
-        }
-    )
-    duckdb_extensions.import_extension("sqlite", con=con)  # what a shell user installs once
-    con.execute(out)
-    for view, columns in VIEW_COLUMNS.items():
-        assert tuple(con.sql(f"SELECT * FROM {view} LIMIT 0").columns) == columns, view
-    rows = con.sql(load_query("best_layers").sql).fetchall()
-    # no variables set, as in a shell: (ami, purity) x 5 factors + probe + kNN
-    assert len(rows) == 12
-    # Every canned file, pasted as it is (no variables set), answers as clusterprobe does.
     with connect(root, threads=1) as analysis:
-        for name in query_names():
-            sql = load_query(name).sql
-            assert con.sql(sql).fetchall() == analysis.sql(sql).fetchall(), name
+        for name, sql in queries.items():
+            assert rows[name] == analysis.sql(sql).fetchall(), name
+    assert len(rows["best_layers"]) == 12  # (ami, purity) x 5 factors + probe + kNN
+    # INSTALL copied the packaged binary into the fresh session's own extension folder
+    assert list((home / ".duckdb" / "extensions").rglob("sqlite_scanner.duckdb_extension"))
+
+
+def test_sql_setup_in_the_duckdb_cli_of_the_same_version(real, capsys, tmp_path):
+    import duckdb
+
+    cli = shutil.which("duckdb")
+    if cli is None:
+        pytest.skip("no duckdb CLI on PATH (the Python session test covers the setup)")
+    version = subprocess.run([cli, "--version"], capture_output=True, text=True).stdout
+    if not version.startswith(f"v{duckdb.__version__}"):
+        pytest.skip(f"duckdb CLI {version.strip()!r} is not {duckdb.__version__}")
+    root, _, result = real
+    code, setup, _ = _cli(capsys, "sql", "--store", root, "--setup")
+    home = tmp_path / "home"
+    home.mkdir()
+    out = subprocess.run(
+        [cli, "-csv", "-noheader", ":memory:"],
+        input=setup + "SELECT count(*) FROM evals;\n",
+        capture_output=True, text=True, env={**os.environ, "HOME": str(home)}, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == str(len(result.eval_run_ids))
+
+
+def test_sql_reads_nothing_but_the_store(real, capsys, tmp_path):
+    root, _, result = real
+    secret = tmp_path / "secret.csv"
+    secret.write_text("a\n1\n")
+    for text in (
+        f"SELECT * FROM read_csv('{secret}')",
+        f"SELECT * FROM read_text('{root}/../../{tmp_path.name}/secret.csv')",
+        "SELECT * FROM glob('/etc/*')",
+        "SET enable_external_access = true",  # cannot be turned back
+        f"SET allowed_directories = ['{tmp_path}']",
+    ):
+        code, out, err = _cli(capsys, "sql", "--store", root, text)
+        assert code == 2 and out == "", text
+        assert len(err.strip().splitlines()) == 1, err
+    code, out, err = _cli(capsys, "sql", "--store", root, f"SELECT * FROM read_csv('{secret}')")
+    assert str(secret) in err and str(root) in err  # the refused file, and what is readable
+    # the store itself still reads: a view over the Parquet artifacts, and the databases
+    code, out, _ = _cli(
+        capsys, "sql", "--store", root, "--format", "json",
+        "SELECT (SELECT count(DISTINCT run_id) FROM layer_metrics) AS parquet, "
+        "(SELECT count(*) FROM mlflow_db.runs) AS attached",
+    )  # fmt: skip
+    assert code == 0
+    assert json.loads(out) == [{"parquet": len(result.eval_run_ids), "attached": 3}]
 
 
 def test_empty_store_returns_empty_json(tmp_path, capsys):

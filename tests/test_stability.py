@@ -214,6 +214,33 @@ def test_seed_stability_query_via_cli(second_seed, capsys):
     assert seed and {r["kind"] for r in seed} == {"seed"} and {r["n"] for r in seed} == {1}
 
 
+def test_two_seeds_of_one_design_are_one_group_in_sql(second_seed):
+    from clusterprobe.queries.connect import connect, query_df
+    from clusterprobe.runners.evalrun.stability import design_keys
+
+    store, _, first, second, tracker = second_seed
+    final_first, final_second = first.eval_run_ids[-1], second.eval_run_ids[-1]
+    with connect(store.root) as analysis:
+        final = analysis.sql("SELECT run_id, design_key, seed FROM final_evals").df()
+        best = query_df(analysis, "best_layers", factor=1)
+        design = analysis.sql("SELECT run_id, key FROM design_params").df()
+    assert set(final["run_id"]) == {final_first, final_second}
+    assert final["design_key"].nunique() == 1 and set(final["seed"]) == {0, 1}
+    assert len(best) == 1 and best["n"].item() == 2
+    want = (first.summary["best_ami"] + second.summary["best_ami"]) / 2
+    assert best["best_value_mean"].item() == pytest.approx(want, abs=1e-12)
+    assert best["best_value_ci_lo"].item() <= want <= best["best_value_ci_hi"].item()
+    # What differs between the two final eval runs (seed, save, eval_epochs, the memory
+    # budget the embedding saw, ...) is never design; the SQL rule is the Python one.
+    a, b = (tracker.get_run(r).data.params for r in (final_first, final_second))
+    differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    assert {"seed", "save", "eval_epochs"} <= differ
+    keys = set(design[design["run_id"] == final_first]["key"])
+    assert keys and not keys & differ
+    python_rule = set(design_keys(a)) - cv.EVAL_RUN_PARAMS - {"cluster.algorithm"}
+    assert keys == {k for k in python_rule if a[k] != ""}
+
+
 def test_unreadable_seed_artifact_is_a_warning(tiny_run, tmp_path):
     from clusterprobe.runners.evalrun.stability import find_seed_runs
     from clusterprobe.tracker.store import local_store

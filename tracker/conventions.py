@@ -74,6 +74,57 @@ PARAM_WEIGHTS_PATH = "weights_path"  # model runs: the file as given (absolute)
 PARAM_WEIGHTS_SHA256 = "weights_sha256"  # model runs: what finds the run again
 PARAM_TEST_ACC_LABELS = "test_acc_labels"  # eval runs: the labels test_acc is measured on
 
+# --- design: which params make two eval runs repeats of one design -------------
+# An eval run's design is its params less the four groups below; runs of one design
+# differ only by chance (the seed), so the queries average them together
+# (`evals.design_key`) and the seed ARI compares them (runners/evalrun/stability.py).
+# `is_design_param` is the rule; queries/design_views.py writes the same rule in SQL.
+#
+# Where and how fast a run ran, what else it saved, which extra checkpoints it measured:
+NON_DESIGN_PARAMS = frozenset(
+    {"seed", "device", "workers", "save", "eval_epochs", "data_dir", "breeds_info", "download"}
+    # Where the model came from: eval runs written before it existed lack it, and a
+    # weights file's design already differs from a trained model's (no training params).
+    | {PARAM_MODEL_SOURCE}
+)
+# Which measurement of the model an eval run is: the queries select on these (final
+# checkpoint, the training set's own evaluation set, protocol) rather than group by them.
+EVAL_RUN_PARAMS = frozenset({PARAM_CHECKPOINT_EPOCH, PARAM_EVAL_SET, PARAM_PROTOCOL})
+# How the numbers were computed, and what came out: never a choice of the model, and
+# some differ between identical runs (embed.memory_budget_bytes follows the free
+# memory, cluster.n_jobs the cores, dead_layers the weights). `factors` only says which
+# factors were measured: a value at a given factor does not depend on it.
+MEASUREMENT_PARAMS = frozenset(
+    {
+        "factors",
+        "eval_factors",
+        "probe_train_images",
+        PARAM_DEAD_LAYERS,
+        PARAM_CKA,  # which CKA estimator compared the layers
+        PARAM_TEST_ACC_LABELS,
+    }
+)
+MEASUREMENT_PREFIXES = ("embed.", "cluster.", "whole.", "transfer.")
+# What data went in (runners/data/record.py `dataset_params`, less dataset and
+# shuffled). Part of the design, so runs on different files never average together,
+# but derived: they follow from the data choices (dataset, shuffled, classes, ...) and
+# the files on disk, so a change of one choice that changes them is still one choice
+# (`design_effects` matches pairs on the choices alone).
+DATASET_RECORD_PARAMS = frozenset(
+    {"num_superclasses", "num_subclasses", "train_images", "eval_images", "dataset_digest"}
+)
+
+
+def is_design_param(key: str) -> bool:
+    """Whether param ``key`` of an eval run belongs to its design (see above)."""
+    return not (
+        key in NON_DESIGN_PARAMS
+        or key in EVAL_RUN_PARAMS
+        or key in MEASUREMENT_PARAMS
+        or key.startswith(MEASUREMENT_PREFIXES)
+    )
+
+
 # --- metrics ----------------------------------------------------------------
 EPOCH_METRICS = ("train_loss", "train_acc", "lr")  # train run, step = epoch
 

@@ -22,8 +22,10 @@ from clusterprobe.tracker import conventions as cv
 PROTOCOLS = ("per_superclass", "whole")  # the paper's in-domain protocol | one whole set
 
 # Params that say how a source eval run was measured, not what model it measured:
-# dropped when a stored eval run or model is measured again (rescore, transfer).
-MEASUREMENT_PARAMS = (
+# dropped when a stored eval run or model is measured again (rescore, transfer). Not
+# the design rule of the queries (conventions.is_design_param): the new run keeps what
+# describes its model and its inputs (seed, embed.* of the Grams it re-clusters).
+REMEASURE_DROPS = (
     "factors",
     "eval_factors",
     cv.PARAM_PROTOCOL,
@@ -33,7 +35,7 @@ MEASUREMENT_PARAMS = (
     cv.PARAM_TEST_ACC_LABELS,
     cv.PARAM_CKA,
 )
-MEASUREMENT_PREFIXES = ("cluster.", "whole.")
+REMEASURE_DROP_PREFIXES = ("cluster.", "whole.")
 
 
 def design_params(params: Mapping[str, str]) -> dict[str, str]:
@@ -41,7 +43,7 @@ def design_params(params: Mapping[str, str]) -> dict[str, str]:
     return {
         k: v
         for k, v in params.items()
-        if k not in MEASUREMENT_PARAMS and not k.startswith(MEASUREMENT_PREFIXES)
+        if k not in REMEASURE_DROPS and not k.startswith(REMEASURE_DROP_PREFIXES)
     }
 
 

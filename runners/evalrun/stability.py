@@ -16,26 +16,6 @@ from clusterprobe.runners.engine import stability
 from clusterprobe.runners.evalrun import stored, tables
 from clusterprobe.tracker import conventions as cv
 
-# RunConfig fields that do not change what a final checkpoint's clustering measures
-# (besides the seed, which is what a seed comparison varies): where and how fast it
-# ran, what else was saved, which intermediate checkpoints were also measured, which
-# CKA estimator compared its layers. And model_source: runs stored before it existed
-# lack it, and only trained models are compared by seed (a weights file's eval runs
-# have no epochs param to match).
-NON_DESIGN_PARAMS = frozenset(
-    {
-        "seed",
-        "device",
-        "workers",
-        "save",
-        "eval_epochs",
-        "data_dir",
-        "breeds_info",
-        "download",
-        cv.PARAM_MODEL_SOURCE,
-        "cka",
-    }
-)
 MAX_SEED_RUNS = 5  # seed ARI against at most this many (most recent) matching runs
 
 
@@ -77,10 +57,11 @@ def record_stability(
 
 def design_keys(params: dict[str, str]) -> list[str]:
     """The params two eval runs must share for their clusterings to differ only by the
-    seed: the run's params (RunConfig fields and what data went in) less
-    NON_DESIGN_PARAMS, plus which checkpoint, evaluation set and protocol."""
-    keys = set(params) - NON_DESIGN_PARAMS
-    keys |= {cv.PARAM_CHECKPOINT_EPOCH, cv.PARAM_EVAL_SET, cv.PARAM_PROTOCOL, "cluster.algorithm"}
+    seed: the run's design params (`conventions.is_design_param`, the rule the queries'
+    design key uses), plus which measurement it is (checkpoint, evaluation set,
+    protocol) and the clustering algorithm, since ARI compares two clusterings."""
+    keys = {k for k in params if cv.is_design_param(k)}
+    keys |= cv.EVAL_RUN_PARAMS | {"cluster.algorithm"}
     return sorted(keys)
 
 
