@@ -136,11 +136,11 @@ def seed_stability(df: pd.DataFrame, ax) -> None:
 
 
 def layer_cka(df: pd.DataFrame, ax) -> None:
-    """Layer x layer CKA heatmap (mean over runs) of the first (dataset, arch, shuffled,
+    """Layer x layer CKA heatmap (mean over a design's runs) of the first (design,
     estimator) group (rows from CKA_SQL)."""
     if df.empty:
         return _empty(ax, "layer x layer CKA tables")
-    keys = ["dataset", "arch", "shuffled", "estimator"]
+    keys = ["design_key", "estimator"]
     first = df.iloc[0]
     df = df[(df[keys] == first[keys]).all(axis=1)]
     n = int(max(df["layer_a"].max(), df["layer_b"].max())) + 1
@@ -151,8 +151,8 @@ def layer_cka(df: pd.DataFrame, ax) -> None:
     ax.set(
         xlabel="layer",
         ylabel="layer",
-        title=f"CKA: {first['dataset']} {first['arch']}"
-        f" {'shuffled' if first['shuffled'] else 'natural'} (n = {int(df['n'].max())} runs)",
+        title=f"CKA: {first['dataset']} {first['design'] or first['arch']}"
+        f" (n = {int(df['n'].max())} runs)",
     )
 
 
@@ -194,12 +194,12 @@ GROUP BY ALL HAVING ami IS NOT NULL AND probe_acc IS NOT NULL
 # Cells of the layer_cka heatmap: each final in-domain eval run's layer x layer CKA
 # (mean over superclasses), averaged over the runs of one design.
 CKA_SQL = """
-SELECT e.dataset, e.arch, e.shuffled, c.estimator, c.layer_a, c.layer_b,
-       avg(c.value) AS mean, count(*) AS n
+SELECT e.design_key, e.design, e.dataset, e.arch, e.shuffled, c.estimator, c.layer_a,
+       c.layer_b, avg(c.value) AS mean, count(*) AS n
 FROM cka c JOIN final_evals e USING (run_id)
 WHERE c.kind = 'layer' AND c.superclass IS NULL
 GROUP BY ALL
-ORDER BY e.dataset, e.arch, e.shuffled, c.estimator, c.layer_a, c.layer_b
+ORDER BY e.dataset, e.arch, e.design, c.estimator, c.layer_a, c.layer_b
 """
 
 

@@ -18,7 +18,7 @@ from clusterprobe.tracker import conventions as cv
 # as the run measured them (not re-scored from another eval run). ``final_evals``
 # adds "on the training dataset's own evaluation set", ``final_transfer_evals`` "on
 # another set". One definition, so every canned query counts the same runs.
-FINAL_EVAL = "status = 'FINISHED' AND is_final AND NOT rescored"
+FINAL_EVAL = "status = 'FINISHED' AND is_final AND NOT rescored AND NOT is_repeat"
 
 # Per-layer metrics of eval runs (step = layer index): ami_f<k>, purity_f<k>, and
 # accuracies measured per layer. Anything else on an eval run is a run-level summary.
@@ -60,7 +60,10 @@ FROM s JOIN n USING (run_id)""",
     # ln), else from the timm name (vgg16_bn -> bn); NULL for other families.
     # model_source: where the measured model came from, 'trained' (here) or 'weights'
     # (a file; train_run_id is then its model run); runs logged before the param
-    # existed were all trained here.
+    # existed were all trained here. is_repeat: an earlier eval run (of the same status
+    # class) measured the same checkpoint of the same model on the same set the same
+    # way (`eval --from` of a run's own final checkpoint, a weights file evaluated
+    # twice): the findings count each model once, so the final views leave repeats out.
     execute(
         con,
         setup,
@@ -80,7 +83,14 @@ SELECT p.run_id, t.parent_run_id AS train_run_id, d.design_key, d.design, r.stat
        coalesce(NOT starts_with(lower(p.{cv.PARAM_EVAL_SET}), lower(p.dataset)), false)
          AS is_transfer,
        t.source_run IS NOT NULL AS rescored,
-       coalesce(p.{cv.PARAM_MODEL_SOURCE}, 'trained') AS model_source
+       coalesce(p.{cv.PARAM_MODEL_SOURCE}, 'trained') AS model_source,
+       row_number() OVER (
+         -- an eval run with no parent is nobody's repeat
+         PARTITION BY coalesce(t.parent_run_id, p.run_id), p.{cv.PARAM_CHECKPOINT_EPOCH},
+                      p.{cv.PARAM_EVAL_SET},
+                      coalesce(p.protocol, 'per_superclass'), t.source_run IS NULL,
+                      r.status = 'FINISHED'
+         ORDER BY r.start_time, p.run_id) > 1 AS is_repeat
 FROM snap.run_params p JOIN snap.runs r USING (run_id) JOIN snap.run_tags t USING (run_id)
 LEFT JOIN snap.designs d USING (run_id)
 WHERE t.kind = 'eval'""",

@@ -6,7 +6,7 @@
 -- kind x layer pair x factor: mean, std, n and a 95% t-interval (mean +- t(0.975, n-1)
 -- std / sqrt(n)) over the rows of the design's runs, which differ only in their seed
 -- (design_key: same design params; design: the params that tell the store's designs
--- apart). Runs: FINISHED eval runs (the run that holds the artifact); kind 'layer':
+-- apart). Runs: FINISHED eval runs, not re-scored or repeated (the run that holds the artifact); kind 'layer':
 -- final checkpoints.
 -- Reads: ari, evals.
 -- Columns: design_key, design, dataset, arch, shuffled, kind, layer_a, layer_b, factor,
@@ -21,7 +21,7 @@ WITH g AS (
          a.layer_b, a.factor, avg(a.value) AS mean, stddev_samp(a.value) AS std,
          count(*) AS n, ci95_half(stddev_samp(a.value), count(*)) AS half
   FROM ari a JOIN evals e USING (run_id)
-  WHERE e.status = 'FINISHED' AND NOT e.rescored
+  WHERE e.status = 'FINISHED' AND NOT e.rescored AND NOT e.is_repeat
     AND (a.kind <> 'layer' OR e.is_final)  -- layer x layer of the final checkpoint only
     AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
     AND (getvariable('arch') IS NULL OR e.arch = getvariable('arch'))

@@ -15,7 +15,7 @@ WITH final_eval AS (
   SELECT coalesce(train_run_id, run_id) AS owner, run_id AS eval_run_id,
          row_number() OVER (PARTITION BY coalesce(train_run_id, run_id)
                             ORDER BY checkpoint_epoch DESC NULLS FIRST, run_id) AS rank
-  FROM evals WHERE status = 'FINISHED' AND NOT is_transfer AND NOT rescored
+  FROM evals WHERE status = 'FINISHED' AND NOT is_transfer AND NOT rescored AND NOT is_repeat
 ), ami AS (  -- arg_max on (value, -layer_index): the best value, then the shallower
   SELECT run_id, arg_max({'value': value, 'layer': layer_index},
                          {'value': value, 'shallower': -layer_index}) AS b

@@ -5,7 +5,8 @@
 -- sqrt(n)) over the design's runs, which differ only in their seed (design_key: same
 -- design params; design: the params that tell the store's designs apart; the
 -- checkpoint is not part of the design).
--- Runs: FINISHED in-domain eval runs that name their checkpoint epoch.
+-- Runs: FINISHED in-domain eval runs that name their checkpoint epoch, not re-scored or
+-- repeated (a second eval of the same checkpoint on the same set counts once).
 -- Reads: layer_scores, evals.
 -- Columns: design_key, design, dataset, shuffled, arch, labels, factor, checkpoint_epoch,
 --   layer_index, relative_depth, mean, std, n, ci_lo, ci_hi
@@ -20,7 +21,7 @@ WITH s AS (
          s.factor, e.checkpoint_epoch, s.layer_index, s.relative_depth, s.value
   FROM layer_scores s JOIN evals e USING (run_id)
   WHERE e.status = 'FINISHED' AND e.checkpoint_epoch IS NOT NULL AND NOT e.is_transfer
-    AND NOT e.rescored
+    AND NOT e.rescored AND NOT e.is_repeat
     AND (getvariable('dataset') IS NULL OR e.dataset = getvariable('dataset'))
     AND (getvariable('arch') IS NULL OR e.arch = getvariable('arch'))
     AND (getvariable('shuffled') IS NULL OR e.shuffled = getvariable('shuffled'))

@@ -26,10 +26,12 @@ Views (stable names; `VIEW_COLUMNS` lists the columns):
   (evaluation set != training set), rescored (made by `rescore` from another eval
   run: left out of the canned queries) and model_source ('trained': a train run of
   the store, by `run` or `eval --from`; 'weights': a weights file, `eval --weights`,
-  whose model run is then train_run_id).
+  whose model run is then train_run_id) and is_repeat (an earlier FINISHED eval run
+  measured the same checkpoint of the same model on the same set: left out of the
+  final views, so the findings count each model once).
 * ``final_evals``: the rows of ``evals`` that the paper's in-domain findings average
   over: FINISHED eval runs of the final checkpoint on the training dataset's own
-  evaluation set, not rescored (status, is_final, is_transfer and rescored are
+  evaluation set, not rescored, not repeats (status, is_final, is_transfer and rescored are
   constant here; kept so the view has the columns of ``evals``).
 * ``final_transfer_evals``: the same, on another evaluation set (is_transfer true).
 * ``epoch_metrics``: train runs' per-epoch metrics (step = epoch; summaries left out).
@@ -79,6 +81,7 @@ EVALS_COLUMNS: tuple[str, ...] = (
     "is_transfer",
     "rescored",
     "model_source",
+    "is_repeat",
 )
 
 # Columns of every view, in order (the empty views of an empty store have them too).

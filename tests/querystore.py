@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from clusterprobe.runners.config import RunConfig
+from clusterprobe.runners.engine.cka import CkaMatrices
 from clusterprobe.runners.evalrun import LayerScores
-from clusterprobe.runners.evalrun.tables import layer_metrics_table
+from clusterprobe.runners.evalrun.tables import cka_frame, layer_metrics_table
 from clusterprobe.tracker import conventions as cv
 from clusterprobe.tracker.store import Store
 from clusterprobe.tracker.tracking import Tracker
@@ -57,6 +58,7 @@ class QueryStore:
     deleted_run: str
     running_run: str
     rescored_run: str
+    repeated_run: str  # a second eval of a final checkpoint already evaluated
     relogged: tuple[str, float]  # (run_id, value that must win) for ami_f1 at layer 0
 
 
@@ -264,10 +266,16 @@ def build(store: Store) -> QueryStore:
         eval_set="synthetic:eval",
         tags={cv.TAG_SOURCE_RUN: evals[0]["run_id"]},
     )
+    # A second eval of the same final checkpoint on the same set (`eval --from`): a
+    # repeat, so the findings count that model once.
+    time.sleep(0.01)  # started after the run's own eval
+    repeated, _ = record_eval(
+        parent, params, names, shift=5.0, epoch=EPOCHS, eval_set="synthetic:eval"
+    )
     truth_df = pd.DataFrame(
         truth, columns=["run_id", "layer_index", "n_layers", "metric", "factor", "value"]
     )
-    skip = {deleted.run_id, running.run_id, rescored.run_id}
+    skip = {deleted.run_id, running.run_id, rescored.run_id, repeated.run_id}
     truth_df = truth_df[~truth_df["run_id"].isin(skip)].reset_index(drop=True)
 
     relog_run = evals[1]["run_id"]  # resnet18 natural seed 0, final checkpoint
@@ -300,6 +308,7 @@ def build(store: Store) -> QueryStore:
         deleted_run=deleted.run_id,
         running_run=running.run_id,
         rescored_run=rescored.run_id,
+        repeated_run=repeated.run_id,
         relogged=(relog_run, 0.987),
     )
 
@@ -325,7 +334,19 @@ def _write_ari(tracker: Tracker, rng, pair: list[str], n_layers: int) -> pd.Data
         path.parent.mkdir(parents=True, exist_ok=True)
         frame.to_parquet(path, index=False)
         frames.append(frame)
+        _write_cka(path.with_name(cv.ART_CKA), run_id, n_layers)
     return pd.concat(frames, ignore_index=True)
+
+
+def _write_cka(path, run_id: str, n_layers: int) -> None:
+    """cka.parquet (layer x layer, symmetric, 1 on the diagonal) with the project's writer;
+    its own generator, so the other tables' draws stay as they were."""
+    rng = np.random.default_rng(len(run_id) + n_layers)
+    per = rng.random((SUPERCLASSES, n_layers, n_layers))
+    per = (per + per.transpose(0, 2, 1)) / 2
+    per[:, np.arange(n_layers), np.arange(n_layers)] = 1.0
+    cka = CkaMatrices("linear", list(range(SUPERCLASSES)), per, per.mean(axis=0))
+    cka_frame(run_id, run_id, "layer", cka).to_parquet(path, index=False)
 
 
 def _study(store: Store, train_ids: dict) -> tuple[str, pd.DataFrame]:

@@ -108,8 +108,8 @@ def test_runs_exclude_deleted_and_keep_running(db, qs):
     status = runs.set_index("run_id")["status"]
     assert status[qs.running_run] == "RUNNING"
     evals = runs[runs["kind"] == "eval"]
-    # 17 designed eval runs + running + rescored
-    assert len(evals) == len(qs.evals) + 2
+    # the designed eval runs + running + rescored + repeated
+    assert len(evals) == len(qs.evals) + 3
     parents = runs.set_index("run_id")["parent_run_id"]
     for row in qs.evals.itertuples():
         assert parents[row.run_id] == row.train_run_id
@@ -175,7 +175,7 @@ def test_nan_metric_kept_in_metrics_not_in_layer_scores(db, qs):
 def test_layer_scores_match_logged_values(db, qs):
     got = db.sql(
         "SELECT * FROM layer_scores WHERE run_id IN (SELECT run_id FROM evals "
-        "WHERE status = 'FINISHED' AND NOT rescored)"
+        "WHERE status = 'FINISHED' AND NOT rescored AND NOT is_repeat)"
     ).df()
     want = qs.truth.assign(relative_depth=(qs.truth.layer_index + 1) / qs.truth.n_layers)
     keys = ["run_id", "layer_index", "metric", "factor"]
@@ -760,7 +760,12 @@ def test_every_plot_draws_on_the_query_store(db):
 
 
 def test_excluded_runs_never_counted(db, qs):
-    # The deleted, RUNNING and rescored runs logged AMI near 5: no group mean reaches it.
+    # The deleted, RUNNING, rescored and repeated runs logged AMI near 5: no group mean
+    # reaches it.
+    repeats = db.sql("SELECT run_id FROM evals WHERE is_repeat").fetchall()
+    assert repeats == [(qs.repeated_run,)]
+    final = {r for (r,) in db.sql("SELECT run_id FROM final_evals").fetchall()}
+    assert qs.repeated_run not in final and qs.rescored_run not in final
     for name in ("layer_profile", "best_layers", "natural_vs_shuffled", "training_dynamics"):
         df = query_df(db, name)
         value = df["best_value_mean"] if "best_value_mean" in df else df["mean"]
