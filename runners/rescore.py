@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from clusterprobe.runners import evalrun
+from clusterprobe.runners.choices import WHOLE_METHODS
 from clusterprobe.runners.evalrun import stored
 from clusterprobe.tracker import conventions as cv
 from clusterprobe.tracker.errors import UsageError
@@ -46,7 +47,7 @@ def rescore(
     if method is None and params.get(cv.PARAM_PROTOCOL) == "whole":
         raise UsageError(
             f"RUN_ID {run_id!r} was clustered as a whole dataset (no superclasses); "
-            "re-score it with a whole-dataset method (auto, exact, knn-ward, two-stage, kmeans)"
+            f"re-score it with a whole-dataset method ({', '.join(WHOLE_METHODS)})"
         )
     factors = tuple(sorted(set(factors or _source_factors(params)) | {1}))
     # Read and check everything before a run exists: a bad file stores nothing.

@@ -1,0 +1,368 @@
+"""Exact Ward without the distance matrix: rounds of reciprocal nearest neighbours.
+
+``rnn_ward(x)`` returns the linkage matrix of ``scipy.cluster.hierarchy.linkage(x,
+"ward")`` (same merges, same order, heights in scipy's convention) in O(N d)
+memory plus bounded blocks, in torch on the CPU or on CUDA (one code path).
+
+Why it is exact. Ward's merge cost of clusters A, B needs only their centroids
+and sizes, ``cost(A, B) = |A||B| / (|A| + |B|) * ||c_A - c_B||^2``, and Ward is
+*reducible*: merging A and B never brings them closer to a third cluster than the
+nearer of the two was. Hence two clusters that are each other's nearest
+neighbour (reciprocal nearest neighbours, RNN) are merged by the sequential
+algorithm sooner or later, whatever merges first, and merging every RNN pair in
+the same round gives the sequential dendrogram (Murtagh 1983; the basis of RAC,
+Sumengen et al. 2021, arXiv 2105.11653). Reducibility also means that a cluster
+whose nearest neighbour took no part in a round keeps it, so each round searches
+again only for the merged clusters and those whose neighbour merged.
+
+One round:
+
+1. nearest neighbour of every cluster that needs one, by blocks of rows against
+   all clusters (working memory bounded by ``block_bytes``): a float32 matrix
+   product gives a *certified lower bound* of every cost (below), the cheapest
+   bound's true cost an upper bound of the minimum, and every column whose lower
+   bound is not above it gets its exact cost (float64, from the difference of
+   the centroids); the cheapest exact cost wins, ties to the lowest position;
+2. merge every reciprocal pair: size-weighted mean centroid, height
+   ``sqrt(2 cost)`` (scipy's convention: the Euclidean distance for two points);
+3. mark for step 1 the merged clusters and those whose neighbour merged.
+
+Precision. The answer is decided in float64 by one function of two centroids
+(``_State.exact_cost``), symmetric to the last bit, so exact ties stay ties, the
+lowest-position rule makes the globally cheapest pair reciprocal in every round,
+and the result is deterministic. The search itself runs in float32 (three times
+the BLAS speed of float64 on the CPU, and the speed of any GPU): the expansion
+``|c_i|^2 + |c_j|^2 - 2 c_i.c_j`` rounded to float32 is within ``rho (|c_i|^2 +
+|c_j|^2)`` of the true squared distance, ``rho = 2 (d + 8) u`` (u = 2^-24: the
+worst-case error of a d-term dot product, the rounding of the inputs and of the
+sums, doubled), so lowering both norms by that factor gives a lower bound
+computed in the same product. Where ``rho`` grows past ``MAX_FILTER_RHO`` (d
+above ~16,000) the filter runs in float64 instead, same code. TF32 is switched
+off for the search (its 10-bit mantissa would void the bound). The data are
+centred (Ward is translation invariant: smaller norms, tighter bounds) and scaled
+by a power of two to unit largest norm (exact: no rounding changes; float32
+cannot overflow); heights are scaled back.
+
+Dead clusters stay in the arrays with an infinite norm (no search picks them)
+until an eighth of the rows are dead; then the arrays are compacted (each
+compaction shrinks them by an eighth or more, so the copies add up to O(N d)).
+
+The number of rounds, and the fraction of clusters merged and searched in each,
+decide how it scales: a round costs one product of the rows it searches against
+all rows. :class:`RnnWard` records them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from clusterprobe.runners.engine.neighbors import _tf32
+from clusterprobe.runners.engine.progress import progress_bar
+from clusterprobe.runners.engine.ward import relabel
+
+CPU_BLOCK_BYTES = 256 << 20  # the search's working memory beyond the centroids
+CUDA_BLOCK_BYTES = 2 << 30  # larger blocks keep a GPU busy
+MAX_FILTER_RHO = 2e-3  # relative error bound above which the filter runs in float64
+_TINY = 2.0**-100  # absolute slack for float32 underflow, far below any cost that matters
+
+
+@dataclass
+class RnnWard:
+    """What ``rnn_ward`` built and how: the tree and the figures that decide its cost."""
+
+    linkage: np.ndarray  # scipy-style Z [N-1, 4]: children, height, size
+    device: str  # where the searches ran: "cpu", "cuda", "cuda:1"
+    filter: str  # dtype of the search's lower bounds: "fp32" (or "fp64" for huge d)
+    active: np.ndarray  # int64 [rounds]: clusters alive at the start of each round
+    merged: np.ndarray  # int64 [rounds]: pairs merged in each round
+    searched: np.ndarray  # int64 [rounds]: nearest-neighbour searches (rows) in each round
+    width: np.ndarray  # int64 [rounds]: rows searched against (alive + dead not yet dropped)
+    exact_costs: int = 0  # float64 costs evaluated (candidates that passed the filter)
+    fallbacks: int = 0  # rounds with no reciprocal pair (rounding broke a tie's symmetry)
+    seconds: dict[str, float] = field(default_factory=dict)  # "search", "merge", "total"
+
+    @property
+    def rounds(self) -> int:
+        return int(self.active.size)
+
+    def work(self) -> float:
+        """Row-against-row products of all searches, in units of N^2 (the first round's)."""
+        n = float(self.active[0]) if self.active.size else 1.0
+        return float((self.searched * self.width).sum()) / (n * n)
+
+    def merged_fraction(self) -> np.ndarray:
+        """Fraction of the alive clusters that took part in a merge, per round."""
+        return 2.0 * self.merged / np.maximum(self.active, 1)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"``: CUDA when torch sees it, else the CPU; ``"cpu"``, ``"cuda"`` or
+    ``"cuda:1"`` as given, checked (ValueError naming the device)."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not known; use auto, cpu or cuda") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported; use auto, cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked but torch sees no CUDA device; use cpu")
+    return str(dev)
+
+
+def rnn_ward(
+    x,
+    *,
+    device: str = "auto",
+    block_bytes: int | None = None,
+    quiet: bool = True,
+) -> RnnWard:
+    """Ward's linkage of the rows of ``x`` [N >= 2, d] (finite numbers), exact, in
+    O(N d) memory: equals ``scipy.cluster.hierarchy.linkage(x, "ward")`` where no
+    two candidate merges tie (with ties: another of the valid trees, every merge
+    at minimum cost).
+
+    ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``.
+    ``block_bytes``: the search's working memory beyond the centroids (default
+    256 MiB on the CPU, 2 GiB on CUDA). ``quiet=False`` shows a progress bar.
+    """
+    import torch
+
+    xa = np.asarray(x)
+    if xa.ndim != 2 or xa.shape[0] < 2 or xa.shape[1] < 1:
+        raise ValueError(f"x must be a 2-D array [N >= 2, d >= 1]; got shape {xa.shape}")
+    dev = resolve_device(device)
+    budget = block_bytes or (CUDA_BLOCK_BYTES if dev.startswith("cuda") else CPU_BLOCK_BYTES)
+    if not isinstance(budget, (int, np.integer)) or budget < 1:
+        raise ValueError(f"block_bytes={block_bytes!r} is invalid; use a positive byte count")
+    t_all = time.perf_counter()
+    state = _State.start(torch, xa, torch.device(dev), int(budget))
+    with _tf32(torch, False):
+        rows, stats = _rounds(state, quiet)
+    heights = np.concatenate(rows)
+    heights[:, 2] *= state.scale  # a power of two: exact
+    z = relabel(heights, xa.shape[0])
+    total = time.perf_counter() - t_all
+    return RnnWard(
+        linkage=z,
+        device=dev,
+        filter=str(state.cf.dtype).replace("torch.float", "fp"),
+        active=np.asarray(stats["active"], dtype=np.int64),
+        merged=np.asarray(stats["merged"], dtype=np.int64),
+        searched=np.asarray(stats["searched"], dtype=np.int64),
+        width=np.asarray(stats["width"], dtype=np.int64),
+        exact_costs=state.exact_count,
+        fallbacks=stats["fallbacks"],
+        seconds={"search": stats["search_s"], "merge": total - stats["search_s"], "total": total},
+    )
+
+
+def _rounds(state: _State, quiet: bool) -> tuple[list[np.ndarray], dict]:
+    """Rounds until one cluster is left: the merge rows of each round, and per-round figures."""
+    torch = state.torch
+    n = state.c.shape[0]
+    rows: list[np.ndarray] = []
+    stats = dict(active=[], merged=[], searched=[], width=[], fallbacks=0, search_s=0.0)
+    need = torch.arange(n, device=state.c.device)
+    bar = progress_bar(n - 1, show=not quiet, desc="exact-rnn Ward", unit="merge")
+    while state.alive_count > 1:
+        stats["active"].append(state.alive_count)
+        stats["searched"].append(int(need.numel()))
+        stats["width"].append(int(state.c.shape[0]))
+        t0 = time.perf_counter()
+        state.search(need, uniform=not rows)
+        stats["search_s"] += time.perf_counter() - t0
+        a, b, fallback = state.reciprocal_pairs()
+        stats["fallbacks"] += int(fallback)
+        rows.append(state.merge(a, b))
+        stats["merged"].append(int(a.numel()))
+        need = state.compact(state.stale(a, b))
+        bar.update(int(a.numel()))
+    bar.close()
+    return rows, stats
+
+
+class _State:
+    """The clusters as rows of device tensors (dead rows wait for compaction).
+
+    ``c`` centroids [M, d] float64 (centred, scaled); ``cf`` the same in the
+    filter's dtype; ``low`` the lowered squared norms of the bound,
+    ``(1 - rho) |c|^2 - tiny/2`` (+inf once dead: no search picks a dead row); ``w``
+    sizes; ``slot`` the leaf id naming each cluster in the merge rows; ``made`` the
+    height that formed it (0 for a leaf); ``sq`` the squared norms (float64);
+    ``nn`` the nearest neighbour (a row).
+    """
+
+    def __init__(self, torch, c, budget: int, scale: float = 1.0):
+        n, d = c.shape
+        self.torch, self.budget, self.scale = torch, budget, scale
+        rho32 = 2.0 * (d + 8) * 2.0**-24
+        fdtype = torch.float32 if rho32 <= MAX_FILTER_RHO else torch.float64
+        self.rho = rho32 if fdtype == torch.float32 else 2.0 * (d + 8) * 2.0**-53
+        self.c = c
+        self.cf = c.to(fdtype)
+        self.sq = (c * c).sum(1)
+        self.low = self._lowered(self.sq)
+        self.w = torch.ones(n, dtype=torch.float64, device=c.device)
+        self.slot = torch.arange(n, device=c.device)
+        self.made = torch.zeros_like(self.w)
+        self.nn = torch.zeros_like(self.slot)
+        self.alive = torch.ones_like(self.slot, dtype=torch.bool)
+        self.alive_count = n
+        self.exact_count = 0
+
+    @classmethod
+    def start(cls, torch, x: np.ndarray, dev, budget: int) -> _State:
+        # a float64 copy made on the device (none on the host; never x itself)
+        c = torch.as_tensor(np.ascontiguousarray(x)).to(dev).to(torch.float64, copy=True)
+        c -= c.mean(0)
+        top = float(c.norm(dim=1).max())
+        k = math.frexp(top)[1] if top > 0 else 0  # top = f * 2^k, 0.5 <= f < 1
+        c *= 2.0**-k
+        return cls(torch, c, budget, scale=2.0**k)
+
+    def _lowered(self, sq):
+        return ((1.0 - self.rho) * sq - _TINY / 2).to(self.cf.dtype)
+
+    def exact_cost(self, i, j):
+        """Ward's cost of rows i and j (index tensors), float64, from the difference of
+        the centroids: one formula, symmetric in (i, j) to the last bit."""
+        torch = self.torch
+        out = torch.empty(i.numel(), dtype=torch.float64, device=i.device)
+        step = max(1, self.budget // (16 * self.c.shape[1]))
+        for s in range(0, i.numel(), step):
+            diff = self.c[i[s : s + step]] - self.c[j[s : s + step]]
+            out[s : s + step] = (diff * diff).sum(1)
+        wi, wj = self.w[i], self.w[j]
+        self.exact_count += int(i.numel())
+        return wi * wj / (wi + wj) * out
+
+    def search(self, rows, *, uniform: bool) -> None:
+        """Nearest neighbour of every row in ``rows``, blockwise against all rows."""
+        m = self.c.shape[0]
+        per_elem = 2 * self.cf.element_size()  # the bounds and one temporary
+        per_block = max(1, self.budget // (per_elem * m))
+        for s in range(0, rows.numel(), per_block):
+            blk = rows[s : s + per_block]
+            self.nn[blk] = self._search_block(blk, uniform)
+
+    def _search_block(self, blk, uniform: bool):
+        """The nearest neighbour of each row of one block.
+
+        The block holds lower bounds ``L`` of the costs. The cheapest bound's column
+        ``j0`` has a true cost at most ``L_ij0 + 2 rho f_ij0 (|c_i|^2 + |c_j0|^2)``
+        (``f`` = ``|A||B|/(|A|+|B|)``); a row whose second-lowest bound is above
+        that has ``j0`` as its unique nearest neighbour, and the others (near-ties,
+        duplicates) are settled by exact costs. ``uniform`` (every size 1: the first
+        round): the factor is 1/2 for all pairs and ``|c_i|^2`` constant along a
+        row, so the block keeps ``low_j - 2 c_i.c_j`` (= ``2 L - low_i``) and the
+        threshold moves instead: one matrix product and one pass.
+        """
+        torch = self.torch
+        ar = torch.arange(blk.numel(), device=blk.device)
+        g = torch.addmm(self.low[None, :], self.cf[blk], self.cf.T, beta=1.0, alpha=-2.0)
+        if not uniform:
+            g += self.low[blk, None]  # lower bound of |c_i - c_j|^2
+            g.clamp_(min=0.0)
+            inv = 1.0 / self.w.to(g.dtype)
+            g /= inv[blk, None] + inv[None, :]  # lower bound of the cost
+        g[ar, blk] = math.inf
+        two, idx = torch.topk(g, 2, dim=1, largest=False)
+        j0 = idx[:, 0]
+        wi, wj = self.w[blk], self.w[j0]
+        factor = 1.0 if uniform else wi * wj / (wi + wj)  # uniform: 2 f = 1 in g's units
+        slack = 2.0 * self.rho * factor * (self.sq[blk] + self.sq[j0])
+        thr = (two[:, 0].double() + slack).to(g.dtype)
+        thr = torch.nextafter(thr, torch.full_like(thr, math.inf))  # never round it down
+        near = torch.nonzero(two[:, 1] <= thr).squeeze(1)
+        if near.numel():
+            j0[near] = self._exact_choice(blk[near], g[near] <= thr[near, None])
+        return j0
+
+    def _exact_choice(self, rows, passed):
+        """Among the columns that passed the filter (``passed`` [r, M] bool), the one of
+        least exact cost per row; ties to the lowest position."""
+        torch = self.torch
+        r, j = torch.nonzero(passed, as_tuple=True)
+        cost = self.exact_cost(rows[r], j)
+        best = torch.full((rows.numel(),), math.inf, dtype=torch.float64, device=rows.device)
+        best.scatter_reduce_(0, r, cost, "amin")
+        big = torch.iinfo(torch.int64).max
+        pick = torch.where(cost == best[r], j, torch.full_like(j, big))
+        out = torch.full((rows.numel(),), big, dtype=torch.int64, device=rows.device)
+        return out.scatter_reduce_(0, r, pick, "amin")
+
+    def reciprocal_pairs(self) -> tuple:
+        """Rows ``a < b`` that are each other's nearest neighbour, and whether none was
+        found and the cheapest pair was taken instead.
+
+        With costs symmetric to the last bit and ties to the lowest position, the
+        cheapest pair is always reciprocal. Should a device's reduction break that
+        symmetry in a tie, merging the cheapest pair is still a merge at minimum
+        cost, and the round still makes progress.
+        """
+        torch = self.torch
+        i = torch.nonzero(self.alive).squeeze(1)
+        j = self.nn[i]
+        mutual = (i < j) & (self.nn[j] == i)
+        if bool(mutual.any()):
+            return i[mutual], j[mutual], False
+        k = i[torch.argmin(self.exact_cost(i, j))]
+        pair = torch.stack([k, self.nn[k]])
+        return pair.min().view(1), pair.max().view(1), True
+
+    def merge(self, a, b) -> np.ndarray:
+        """Merge rows ``b`` into rows ``a``; the merge rows (kept slot, other slot,
+        height, size) as a host array, heights in the scaled units."""
+        torch = self.torch
+        wa, wb = self.w[a], self.w[b]
+        size = wa + wb
+        height = torch.sqrt(2.0 * self.exact_cost(a, b))
+        # Ward's heights never decrease towards the root; rounding could put a
+        # parent a last bit below its child, and relabel sorts by height
+        height = torch.maximum(height, torch.maximum(self.made[a], self.made[b]))
+        out = torch.stack([self.slot[a].double(), self.slot[b].double(), height, size], 1)
+        # c_a + (c_b - c_a) |B| / (|A| + |B|): the weighted mean, and exactly c_a
+        # when the two coincide (duplicate points keep merging at height 0)
+        ca = self.c[a]
+        cen = ca + (self.c[b] - ca) * (wb / size)[:, None]
+        self.c[a] = cen
+        self.cf[a] = cen.to(self.cf.dtype)
+        self.sq[a] = (cen * cen).sum(1)
+        self.low[a] = self._lowered(self.sq[a])
+        self.w[a] = size
+        self.made[a] = height
+        self.low[b] = math.inf
+        self.w[b] = 1.0  # any positive size: keeps a dead row's cost factor finite
+        self.alive[b] = False
+        self.alive_count -= int(b.numel())
+        return out.cpu().numpy()
+
+    def stale(self, a, b):
+        """Rows that need a new nearest neighbour: the merged ones and every alive row
+        whose neighbour merged (reducibility: the others keep theirs)."""
+        touched = self.torch.zeros_like(self.alive)
+        touched[a] = True
+        touched[b] = True
+        return self.torch.nonzero(self.alive & (touched | touched[self.nn])).squeeze(1)
+
+    def compact(self, need):
+        """Drop the dead rows once they are an eighth of all; ``need`` renumbered."""
+        torch = self.torch
+        m = self.c.shape[0]
+        if 8 * (m - self.alive_count) < m:
+            return need
+        keep = torch.nonzero(self.alive).squeeze(1)
+        new = torch.full((m,), -1, dtype=torch.int64, device=keep.device)
+        new[keep] = torch.arange(keep.numel(), device=keep.device)
+        for name in ("c", "cf", "sq", "low", "w", "slot", "made"):
+            setattr(self, name, getattr(self, name)[keep])
+        self.nn = new[self.nn[keep]]  # a dead neighbour becomes -1: that row is in need
+        self.alive = torch.ones_like(self.slot, dtype=torch.bool)
+        return new[need]
