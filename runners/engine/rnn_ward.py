@@ -18,34 +18,35 @@ again only for the merged clusters and those whose neighbour merged.
 One round:
 
 1. nearest neighbour of every cluster that needs one, by blocks of rows against
-   all clusters (working memory bounded by ``block_bytes``): a float32 matrix
-   product gives a *certified lower bound* of every cost (below), the cheapest
-   bound's true cost an upper bound of the minimum, and every column whose lower
-   bound is not above it gets its exact cost (float64, from the difference of
-   the centroids); the cheapest exact cost wins, ties to the lowest position;
+   all clusters (working memory bounded by ``block_bytes``): one float32 matrix
+   product gives a *certified lower bound* of every cost (below); a row whose
+   second-lowest bound lies above what the lowest bound's column can cost at most
+   has found its neighbour, and the few other rows (near-ties, duplicates) take
+   the least exact cost (float64) among the columns whose bound does not rule
+   them out, ties to the lowest position;
 2. merge every reciprocal pair: size-weighted mean centroid, height
    ``sqrt(2 cost)`` (scipy's convention: the Euclidean distance for two points);
 3. mark for step 1 the merged clusters and those whose neighbour merged.
 
-Precision. The answer is decided in float64 by one function of two centroids
-(``_State.exact_cost``), symmetric to the last bit, so exact ties stay ties, the
-lowest-position rule makes the globally cheapest pair reciprocal in every round,
-and the result is deterministic. The search itself runs in float32 (three times
-the BLAS speed of float64 on the CPU, and the speed of any GPU): the expansion
-``|c_i|^2 + |c_j|^2 - 2 c_i.c_j`` rounded to float32 is within ``rho (|c_i|^2 +
-|c_j|^2)`` of the true squared distance, ``rho = 2 (d + 8) u`` (u = 2^-24: the
-worst-case error of a d-term dot product, the rounding of the inputs and of the
-sums, doubled), so lowering both norms by that factor gives a lower bound
-computed in the same product. Where ``rho`` grows past ``MAX_FILTER_RHO`` (d
-above ~16,000) the filter runs in float64 instead, same code. TF32 is switched
+Precision. Whenever the bounds cannot tell, the answer is decided in float64 by
+one function of two centroids (``_State.exact_cost``), symmetric to the last bit,
+so exact ties stay ties, the lowest-position rule makes the globally cheapest
+pair reciprocal in every round, and the result is deterministic. The search runs
+in float32 (three times float64's BLAS speed on the CPU, and the speed of any
+GPU): ``[-2 c_i, 1, low_i] . [c_j, low_j, 1]`` with ``low = (1 - rho) |c|^2`` is
+``|c_i - c_j|^2`` lowered by ``rho (|c_i|^2 + |c_j|^2)``, and rounded to float32
+it errs by less than that (``_rho``: the worst-case error of a (d + 2)-term dot
+product and of rounding the inputs, with half as much again to spare), so it is
+a lower bound whatever the rounding. Where ``rho`` passes ``MAX_FILTER_RHO`` (d
+above ~11,000) the filter runs in float64 instead, same code. TF32 is switched
 off for the search (its 10-bit mantissa would void the bound). The data are
 centred (Ward is translation invariant: smaller norms, tighter bounds) and scaled
-by a power of two to unit largest norm (exact: no rounding changes; float32
+by a power of two to unit largest norm (exact, so no rounding changes; float32
 cannot overflow); heights are scaled back.
 
-Dead clusters stay in the arrays with an infinite norm (no search picks them)
-until an eighth of the rows are dead; then the arrays are compacted (each
-compaction shrinks them by an eighth or more, so the copies add up to O(N d)).
+Dead clusters stay in the arrays with a huge norm (no search picks them) until an
+eighth of the rows are dead; then the arrays are compacted (each compaction
+shrinks them by an eighth or more, so the copies add up to O(N d)).
 
 The number of rounds, and the fraction of clusters merged and searched in each,
 decide how it scales: a round costs one product of the rows it searches against
@@ -67,6 +68,18 @@ CPU_BLOCK_BYTES = 256 << 20  # the search's working memory beyond the centroids
 CUDA_BLOCK_BYTES = 2 << 30  # larger blocks keep a GPU busy
 MAX_FILTER_RHO = 2e-3  # relative error bound above which the filter runs in float64
 _TINY = 2.0**-100  # absolute slack for float32 underflow, far below any cost that matters
+# a dead row's "squared norm": finite (an infinity in a BLAS product risks NaN), far
+# above any real bound (centroids have norm <= 1, so costs stay below 2 N)
+DEAD = 2.0**100
+
+
+def _rho(d: int, u: float) -> float:
+    """Relative error bound of the filter in precision ``u``: the product
+    ``[-2 c_i, 1, low_i] . [c_j, low_j, 1]`` (d + 2 terms) errs by at most
+    ``gamma_{d+2} (2 |c_i||c_j| + low_i + low_j) <= 2 (d + 2) u (|c_i|^2 + |c_j|^2)``
+    (to first order), rounding the inputs adds ``4 u`` of the same; 3 (d + 8) u
+    exceeds that sum by half again, which also covers the division by the size factor."""
+    return 3.0 * (d + 8) * u
 
 
 @dataclass
@@ -152,7 +165,7 @@ def rnn_ward(
     return RnnWard(
         linkage=z,
         device=dev,
-        filter=str(state.cf.dtype).replace("torch.float", "fp"),
+        filter=str(state.cols.dtype).replace("torch.float", "fp"),
         active=np.asarray(stats["active"], dtype=np.int64),
         merged=np.asarray(stats["merged"], dtype=np.int64),
         searched=np.asarray(stats["searched"], dtype=np.int64),
@@ -191,24 +204,27 @@ def _rounds(state: _State, quiet: bool) -> tuple[list[np.ndarray], dict]:
 class _State:
     """The clusters as rows of device tensors (dead rows wait for compaction).
 
-    ``c`` centroids [M, d] float64 (centred, scaled); ``cf`` the same in the
-    filter's dtype; ``low`` the lowered squared norms of the bound,
-    ``(1 - rho) |c|^2 - tiny/2`` (+inf once dead: no search picks a dead row); ``w``
-    sizes; ``slot`` the leaf id naming each cluster in the merge rows; ``made`` the
-    height that formed it (0 for a leaf); ``sq`` the squared norms (float64);
-    ``nn`` the nearest neighbour (a row).
+    ``c`` centroids [M, d] float64 (centred, scaled); ``sq`` their squared norms;
+    ``cols`` [M, d + 2] in the filter's dtype, ``[c, low, 1]`` with the lowered
+    squared norm ``low = (1 - rho) |c|^2 - tiny/2`` (``DEAD`` once dead: no search
+    picks a dead row), so that ``[-2 c_i, 1, low_i] . cols_j`` is the lower bound
+    of ``|c_i - c_j|^2`` in one matrix product; ``w`` sizes; ``slot`` the leaf id
+    naming each cluster in the merge rows; ``made`` the height that formed it (0
+    for a leaf); ``nn`` the nearest neighbour (a row).
     """
 
     def __init__(self, torch, c, budget: int, scale: float = 1.0):
         n, d = c.shape
         self.torch, self.budget, self.scale = torch, budget, scale
-        rho32 = 2.0 * (d + 8) * 2.0**-24
+        rho32 = _rho(d, 2.0**-24)
         fdtype = torch.float32 if rho32 <= MAX_FILTER_RHO else torch.float64
-        self.rho = rho32 if fdtype == torch.float32 else 2.0 * (d + 8) * 2.0**-53
+        self.rho = rho32 if fdtype == torch.float32 else _rho(d, 2.0**-53)
         self.c = c
-        self.cf = c.to(fdtype)
         self.sq = (c * c).sum(1)
-        self.low = self._lowered(self.sq)
+        self.cols = torch.empty((n, d + 2), dtype=fdtype, device=c.device)
+        self.cols[:, :d] = c
+        self.cols[:, d] = self._lowered(self.sq)
+        self.cols[:, d + 1] = 1.0
         self.w = torch.ones(n, dtype=torch.float64, device=c.device)
         self.slot = torch.arange(n, device=c.device)
         self.made = torch.zeros_like(self.w)
@@ -228,7 +244,7 @@ class _State:
         return cls(torch, c, budget, scale=2.0**k)
 
     def _lowered(self, sq):
-        return ((1.0 - self.rho) * sq - _TINY / 2).to(self.cf.dtype)
+        return ((1.0 - self.rho) * sq - _TINY / 2).to(self.cols.dtype)
 
     def exact_cost(self, i, j):
         """Ward's cost of rows i and j (index tensors), float64, from the difference of
@@ -246,7 +262,7 @@ class _State:
     def search(self, rows, *, uniform: bool) -> None:
         """Nearest neighbour of every row in ``rows``, blockwise against all rows."""
         m = self.c.shape[0]
-        per_elem = 2 * self.cf.element_size()  # the bounds and one temporary
+        per_elem = 2 * self.cols.element_size()  # the bounds and the size factors
         per_block = max(1, self.budget // (per_elem * m))
         for s in range(0, rows.numel(), per_block):
             blk = rows[s : s + per_block]
@@ -259,28 +275,34 @@ class _State:
         ``j0`` has a true cost at most ``L_ij0 + 2 rho f_ij0 (|c_i|^2 + |c_j0|^2)``
         (``f`` = ``|A||B|/(|A|+|B|)``); a row whose second-lowest bound is above
         that has ``j0`` as its unique nearest neighbour, and the others (near-ties,
-        duplicates) are settled by exact costs. ``uniform`` (every size 1: the first
-        round): the factor is 1/2 for all pairs and ``|c_i|^2`` constant along a
-        row, so the block keeps ``low_j - 2 c_i.c_j`` (= ``2 L - low_i``) and the
-        threshold moves instead: one matrix product and one pass.
+        duplicates) are settled by exact costs. The two lowest come from two min
+        reductions (one pass each; a top-2 selection is a slower kernel on GPUs).
+        ``uniform`` (every size 1: the first round): the factor is 1/2 for all pairs,
+        so the block keeps the bound of the squared distance (``2 L``) and the
+        threshold follows: one matrix product and two passes over the block.
         """
         torch = self.torch
+        d = self.c.shape[1]
         ar = torch.arange(blk.numel(), device=blk.device)
-        g = torch.addmm(self.low[None, :], self.cf[blk], self.cf.T, beta=1.0, alpha=-2.0)
+        lhs = self.cols[blk]  # [-2 c_i, 1, low_i]
+        lhs[:, :d] *= -2.0
+        lhs[:, d] = 1.0
+        lhs[:, d + 1] = self.cols[blk, d]
+        g = lhs @ self.cols.T  # lower bound of |c_i - c_j|^2 (may dip below 0: still one)
         if not uniform:
-            g += self.low[blk, None]  # lower bound of |c_i - c_j|^2
-            g.clamp_(min=0.0)
             inv = 1.0 / self.w.to(g.dtype)
-            g /= inv[blk, None] + inv[None, :]  # lower bound of the cost
+            g /= torch.add(inv[blk, None], inv[None, :])  # lower bound of the cost
         g[ar, blk] = math.inf
-        two, idx = torch.topk(g, 2, dim=1, largest=False)
-        j0 = idx[:, 0]
+        first, j0 = g.min(dim=1)
+        g[ar, j0] = math.inf
+        second = g.min(dim=1).values
+        g[ar, j0] = first
         wi, wj = self.w[blk], self.w[j0]
         factor = 1.0 if uniform else wi * wj / (wi + wj)  # uniform: 2 f = 1 in g's units
         slack = 2.0 * self.rho * factor * (self.sq[blk] + self.sq[j0])
-        thr = (two[:, 0].double() + slack).to(g.dtype)
+        thr = (first.double() + slack).to(g.dtype)
         thr = torch.nextafter(thr, torch.full_like(thr, math.inf))  # never round it down
-        near = torch.nonzero(two[:, 1] <= thr).squeeze(1)
+        near = torch.nonzero(second <= thr).squeeze(1)
         if near.numel():
             j0[near] = self._exact_choice(blk[near], g[near] <= thr[near, None])
         return j0
@@ -333,12 +355,12 @@ class _State:
         ca = self.c[a]
         cen = ca + (self.c[b] - ca) * (wb / size)[:, None]
         self.c[a] = cen
-        self.cf[a] = cen.to(self.cf.dtype)
         self.sq[a] = (cen * cen).sum(1)
-        self.low[a] = self._lowered(self.sq[a])
+        self.cols[a, :-2] = cen.to(self.cols.dtype)
+        self.cols[a, -2] = self._lowered(self.sq[a])
         self.w[a] = size
         self.made[a] = height
-        self.low[b] = math.inf
+        self.cols[b, -2] = DEAD
         self.w[b] = 1.0  # any positive size: keeps a dead row's cost factor finite
         self.alive[b] = False
         self.alive_count -= int(b.numel())
@@ -361,7 +383,7 @@ class _State:
         keep = torch.nonzero(self.alive).squeeze(1)
         new = torch.full((m,), -1, dtype=torch.int64, device=keep.device)
         new[keep] = torch.arange(keep.numel(), device=keep.device)
-        for name in ("c", "cf", "sq", "low", "w", "slot", "made"):
+        for name in ("c", "sq", "cols", "w", "slot", "made"):
             setattr(self, name, getattr(self, name)[keep])
         self.nn = new[self.nn[keep]]  # a dead neighbour becomes -1: that row is in need
         self.alive = torch.ones_like(self.slot, dtype=torch.bool)
