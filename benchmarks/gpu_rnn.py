@@ -54,10 +54,10 @@ def run_size(n: int, args, device: str, report: dict) -> None:
         torch.cuda.reset_peak_memory_stats()
     info = rnn_scaling.measure(x, device)
     z = info.pop("linkage")
+    rnn_scaling.report(info)
     if device.startswith("cuda"):
         info["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 1e9
-    rnn_scaling.report(info)
-    log(f"  peak GPU memory {info.get('peak_gpu_gb', float('nan')):.2f} GB; {info['device']}")
+        log(f"  peak GPU memory {info['peak_gpu_gb']:.2f} GB on {info['device']}")
     if n == args.check_n:
         cpu = rnn_scaling.measure(x, "cpu")
         info["cpu_time_s"] = cpu["time_s"]

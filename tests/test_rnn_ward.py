@@ -44,7 +44,17 @@ def test_round_figures_add_up():
     assert (res.searched <= res.active).all() and (res.width >= res.active).all()
     frac = res.merged_fraction()
     assert frac.shape == (res.rounds,) and ((frac > 0) & (frac <= 1)).all()
-    assert res.work() >= 1.0 and res.exact_costs >= 799
+    assert res.work() >= 1.0 and res.exact_costs >= 799 and res.settled > 0
+
+
+def test_settling_from_the_lists_changes_only_the_work(monkeypatch):
+    x = _mixture(1500, 32, seed=12)
+    listed = rw.rnn_ward(x, device="cpu")
+    monkeypatch.setattr(rw, "KEEP", 10**9)  # no lists: every orphan searched again
+    plain = rw.rnn_ward(x, device="cpu")
+    np.testing.assert_array_equal(listed.linkage, plain.linkage)
+    assert plain.settled == 0 < listed.settled
+    assert listed.work() < 0.8 * plain.work()
 
 
 def test_deterministic_and_independent_of_the_block_size():
