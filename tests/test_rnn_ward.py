@@ -156,6 +156,28 @@ def test_ties_same_heights_and_every_merge_at_minimum_cost(capsys):
     assert amis[40] == pytest.approx(1.0)  # the 40 groups: above every tie
 
 
+def test_merged_floor_bounds_the_merged_clusters_cost():
+    """cost(A + B, K) from the centroids is never below the floor built from cost(A, K),
+    cost(B, K) and cost(A, B) (Lance-Williams), whatever the three sizes."""
+    rng = np.random.default_rng(13)
+
+    def cost(p, q):
+        return len(p) * len(q) / (len(p) + len(q)) * ((p.mean(0) - q.mean(0)) ** 2).sum()
+
+    for _ in range(200):
+        a, b, k = (
+            rng.standard_normal((rng.integers(1, 6), 3)) + rng.standard_normal(3) * 2
+            for _ in range(3)
+        )
+        args = [
+            torch.tensor(v, dtype=torch.float64)
+            for v in (cost(a, k), cost(b, k), len(a), len(b), cost(a, b))
+        ]
+        assert (
+            float(rw._merged_floor(*args)) <= cost(np.concatenate([a, b]), k) * (1 + 1e-12) + 1e-12
+        )
+
+
 def test_a_round_without_a_reciprocal_pair_merges_the_cheapest_pair():
     x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 3.0]], dtype=torch.float64)
     state = rw._State(torch, x, 1 << 20)

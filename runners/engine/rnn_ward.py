@@ -55,8 +55,9 @@ shrinks them by an eighth or more, so the copies add up to O(N d)).
 The number of rounds, and the fraction of clusters merged and searched in each,
 decide how it scales: a round costs one product of the rows it searches against
 all rows. :class:`RnnWard` records them (on 512-d blobs: ~20-30% of the clusters
-merge per round, 40-50 rounds at N = 20,000; the searches add up to ~1.7 N^2
-row-against-row products, the first round's N^2 included).
+merge per round, ~50 rounds at N = 20,000, a quarter of the clusters searched in
+most rounds; the searches add up to ~1.5-1.9 N^2 row-against-row products, the
+first round's N^2 included).
 """
 
 from __future__ import annotations
@@ -80,6 +81,16 @@ _TINY = 2.0**-100  # absolute slack for float32 underflow, far below any cost th
 DEAD = 2.0**100
 
 
+def _merged_floor(floor_a, floor_b, wa, wb, cost_ab):
+    """A lower bound of cost(A + B, K) for every cluster K with cost(A, K) >= floor_a
+    and cost(B, K) >= floor_b, any size n: Lance-Williams for Ward,
+    ``cost(AB, K) = ((wa + n) cost(A, K) + (wb + n) cost(B, K) - n cost(A, B)) /
+    (wa + wb + n)``, increasing in both costs and monotone in n, so the least of
+    its values at n = 1 and as n grows without bound."""
+    at_one = (wa * floor_a + wb * floor_b + floor_a + floor_b - cost_ab) / (wa + wb + 1.0)
+    return at_one.minimum(floor_a + floor_b - cost_ab)
+
+
 def _rho(d: int, u: float) -> float:
     """Relative error bound of the filter in precision ``u``: the product
     ``[-2 c_i, 1, low_i] . [c_j, low_j, 1]`` (d + 2 terms) errs by at most
@@ -101,7 +112,7 @@ class RnnWard:
     searched: np.ndarray  # int64 [rounds]: nearest-neighbour searches (rows) in each round
     width: np.ndarray  # int64 [rounds]: rows searched against (alive + dead not yet dropped)
     exact_costs: int = 0  # float64 costs evaluated (candidates that passed the filter)
-    settled: int = 0  # rows whose neighbour merged, given a new one from their list, no search
+    settled: int = 0  # rows given their new neighbour from their lists, without a search
     fallbacks: int = 0  # rounds with no reciprocal pair (rounding broke a tie's symmetry)
     seconds: dict[str, float] = field(default_factory=dict)  # "search", "merge", "total"
 
@@ -219,7 +230,10 @@ class _State:
     picks a dead row), so that ``[-2 c_i, 1, low_i] . cols_j`` is the lower bound
     of ``|c_i - c_j|^2`` in one matrix product; ``w`` sizes; ``slot`` the leaf id
     naming each cluster in the merge rows; ``made`` the height that formed it (0
-    for a leaf); ``nn`` the nearest neighbour (a row).
+    for a leaf); ``nn`` the nearest neighbour (a row); ``near_list`` [M, keep] the
+    rows of least bound at the last search (followed through their merges) and
+    ``floor`` a lower bound of the cost of every cluster outside that list
+    (``stale``); ``_pending`` the rows merged this round with A's and B's lists.
     """
 
     def __init__(self, torch, c, budget: int, scale: float = 1.0):
@@ -376,7 +390,10 @@ class _State:
         torch = self.torch
         wa, wb = self.w[a], self.w[b]
         size = wa + wb
-        height = torch.sqrt(2.0 * self.exact_cost(a, b))
+        cost = self.exact_cost(a, b)
+        self._pending = (a, torch.cat([self.near_list[a], self.near_list[b]], 1))
+        self.floor[a] = _merged_floor(self.floor[a], self.floor[b], wa, wb, cost)
+        height = torch.sqrt(2.0 * cost)
         # Ward's heights never decrease towards the root; rounding could put a
         # parent a last bit below its child, and relabel sorts by height
         height = torch.maximum(height, torch.maximum(self.made[a], self.made[b]))
@@ -398,16 +415,17 @@ class _State:
         return out.cpu().numpy()
 
     def stale(self, a, b):
-        """Rows that need a new search: the merged ones, and the rows whose neighbour
-        merged unless their list of nearest rows settles it.
+        """Rows that need a new search: the merged ones and the rows whose neighbour
+        merged, except where their lists prove the new neighbour.
 
         Reducibility keeps every other row's neighbour. It also bounds the rest of
         row ``j``: a cluster that holds none of the rows listed at ``j``'s last
         search was either outside the list then, costing at least ``floor[j]``, or
         merged since from two such clusters, each no closer to ``j`` than to its
         partner, and so costs at least the cheaper of the two. The listed rows,
-        followed through their merges, are the only candidates below ``floor[j]``:
-        the cheapest of them, if under it, is the new neighbour, no search needed.
+        followed through their merges, are the only candidates below ``floor[j]``.
+        A merged cluster AB takes the lists of A and B, and a floor from theirs by
+        the Lance-Williams formula (``_merged_floor``).
         """
         torch = self.torch
         touched = torch.zeros_like(self.alive)
@@ -417,36 +435,59 @@ class _State:
         home[b] = a  # the row that now holds each merged cluster
         self.near_list = home[self.near_list]
         orphan = torch.nonzero(self.alive & ~touched & touched[self.nn]).squeeze(1)
-        settled = self._settle(orphan)
-        self.settled += int(settled.sum())
-        need = touched & self.alive
-        need[orphan[~settled]] = True
+        cand = self.near_list[orphan]
+        low = self._bounds(orphan, cand)
+        found = self._prove(orphan, cand, low, self.floor[orphan])
+        rows, union = self._pending
+        cand = home[union]
+        low = self._bounds(rows, cand)
+        made = self._prove(rows, cand, low, self.floor[rows])
+        self._relist(rows[made], cand[made], low[made])
+        self.settled += int(found.sum()) + int(made.sum())
+        need = torch.zeros_like(self.alive)
+        need[orphan[~found]] = True
+        need[rows[~made]] = True
         return torch.nonzero(need).squeeze(1)
 
-    def _settle(self, rows):
-        """Give ``rows`` their new neighbour from their lists where the bounds prove it
-        (the listed row of least bound costs less than any other listed row's bound
-        and than the floor); True where they did. Same float32 bounds as the search."""
+    def _bounds(self, rows, cand):
+        """Lower bounds [r, w] of the costs of ``rows`` against their candidate rows
+        ``cand`` [r, w]: the search's float32 product, row by row; +inf where a
+        candidate is the row itself (A's and B's entries for each other: AB now)."""
         torch = self.torch
-        done = torch.zeros(rows.numel(), dtype=torch.bool, device=rows.device)
-        width = self.keep * self.cols.shape[1] * self.cols.element_size()
-        step = max(1, self.budget // width)
+        out = torch.empty(cand.shape, dtype=torch.float64, device=cand.device)
+        step = max(1, self.budget // (cand.shape[1] * self.cols.shape[1] * 4))
         for s in range(0, rows.numel(), step):
-            r = rows[s : s + step]
-            cand = self.near_list[r]  # [rows, keep]
-            wi, wk = self.w[r, None], self.w[cand]
-            factor = wi * wk / (wi + wk)
-            low = torch.bmm(self.cols[cand], self._lhs(r)[:, :, None]).squeeze(2)
-            low = low.double() * factor  # lower bounds of the costs
-            first, at = low.min(dim=1)
-            k0 = cand.gather(1, at[:, None]).squeeze(1)
-            f0 = factor.gather(1, at[:, None]).squeeze(1)
-            upper = first + 2.0 * self.rho * f0 * (self.sq[r] + self.sq[k0])
-            others = torch.where(cand == k0[:, None], math.inf, low).min(dim=1).values
-            proven = (upper < self.floor[r]) & (upper < others)
-            self.nn[r[proven]] = k0[proven]
-            done[s : s + step] = proven
-        return done
+            r, c = rows[s : s + step], cand[s : s + step]
+            wi, wk = self.w[r, None], self.w[c]
+            low = torch.bmm(self.cols[c], self._lhs(r)[:, :, None]).squeeze(2)
+            out[s : s + step] = low.double() * (wi * wk / (wi + wk))
+        out[cand == rows[:, None]] = math.inf
+        return out
+
+    def _prove(self, rows, cand, low, floor):
+        """Where the candidate of least bound certainly costs less than every other
+        candidate's bound and than ``floor``, make it the row's neighbour; True there."""
+        torch = self.torch
+        first, at = low.min(dim=1)
+        k0 = cand.gather(1, at[:, None]).squeeze(1)
+        wi, wk = self.w[rows], self.w[k0]
+        upper = first + 2.0 * self.rho * wi * wk / (wi + wk) * (self.sq[rows] + self.sq[k0])
+        others = torch.where(cand == k0[:, None], math.inf, low).min(dim=1).values
+        proven = (upper < floor) & (upper < others)
+        self.nn[rows[proven]] = k0[proven]
+        return proven
+
+    def _relist(self, rows, cand, low) -> None:
+        """Keep the ``keep`` candidates of least bound as the rows' list (the row
+        itself never: the best one repeated in its place); the floor drops to the
+        next bound if that is lower."""
+        torch = self.torch
+        order = torch.argsort(low, dim=1)
+        kept = cand.gather(1, order[:, : self.keep])
+        itself = low.gather(1, order[:, : self.keep]) == math.inf
+        self.near_list[rows] = torch.where(itself, kept[:, :1], kept)
+        nxt = low.gather(1, order[:, self.keep : self.keep + 1]).squeeze(1)
+        self.floor[rows] = torch.minimum(self.floor[rows], nxt)
 
     def compact(self, need):
         """Drop the dead rows once they are an eighth of all; ``need`` renumbered."""
