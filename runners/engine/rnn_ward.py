@@ -21,12 +21,13 @@ clusters and those that this short list does not settle.
 One round:
 
 1. nearest neighbour of every cluster that needs one, by blocks of rows against
-   all clusters (working memory bounded by ``block_bytes``): one float32 matrix
-   product gives a *certified lower bound* of every cost (below); a row whose
-   second-lowest bound lies above what the lowest bound's column can cost at most
-   has found its neighbour, and the few other rows (near-ties, duplicates) take
-   the least exact cost (float64) among the columns whose bound does not rule
-   them out, ties to the lowest position;
+   all clusters (in round one, where all need one, against the rows from the
+   block's own on: each pair once; working memory bounded by ``block_bytes``):
+   one float32 matrix product gives a *certified lower bound* of every cost
+   (below); a row whose second-lowest bound lies above what the lowest bound's
+   column can cost at most has found its neighbour, and the few other rows
+   (near-ties, duplicates) take the least exact cost (float64) among the columns
+   whose bound does not rule them out, ties to the lowest position;
 2. merge every reciprocal pair: size-weighted mean centroid, height
    ``sqrt(2 cost)`` (scipy's convention: the Euclidean distance for two points);
 3. mark for step 1 the merged clusters, and those whose neighbour merged unless
@@ -56,8 +57,8 @@ The number of rounds, and the fraction of clusters merged and searched in each,
 decide how it scales: a round costs one product of the rows it searches against
 all rows. :class:`RnnWard` records them (on 512-d blobs: ~20-30% of the clusters
 merge per round, ~50 rounds at N = 20,000, a quarter of the clusters searched in
-most rounds; the searches add up to ~1.5-1.9 N^2 row-against-row products, the
-first round's N^2 included).
+most rounds; the searches add up to ~1.0-1.4 N^2 row-against-row bounds, the
+first round's ~N^2/2 included).
 """
 
 from __future__ import annotations
@@ -79,6 +80,26 @@ _TINY = 2.0**-100  # absolute slack for float32 underflow, far below any cost th
 # a dead row's "squared norm": finite (an infinity in a BLAS product risks NaN), far
 # above any real bound (centroids have norm <= 1, so costs stay below 2 N)
 DEAD = 2.0**100
+
+
+def _two_lowest(torch, g):
+    """The two lowest values of each row of ``g`` and their columns (two min passes)."""
+    ar = torch.arange(g.shape[0], device=g.device)
+    first, j0 = g.min(dim=1)
+    g[ar, j0] = math.inf
+    second, j1 = g.min(dim=1)
+    g[ar, j0] = first
+    return torch.stack([first, second], 1), torch.stack([j0, j1], 1)
+
+
+def _keep_lowest(torch, top, at, rows: slice, v, i) -> None:
+    """Merge candidates (values ``v``, columns ``i``) into the running lowest ``top``,
+    ``at`` of ``rows``, kept sorted."""
+    vals = torch.cat([top[rows], v], 1)
+    cols = torch.cat([at[rows], i], 1)
+    best, pos = torch.topk(vals, top.shape[1], dim=1, largest=False)
+    top[rows] = best
+    at[rows] = cols.gather(1, pos)
 
 
 def _merged_floor(floor_a, floor_b, wa, wb, cost_ab):
@@ -110,7 +131,7 @@ class RnnWard:
     active: np.ndarray  # int64 [rounds]: clusters alive at the start of each round
     merged: np.ndarray  # int64 [rounds]: pairs merged in each round
     searched: np.ndarray  # int64 [rounds]: nearest-neighbour searches (rows) in each round
-    width: np.ndarray  # int64 [rounds]: rows searched against (alive + dead not yet dropped)
+    products: np.ndarray  # int64 [rounds]: row-against-row bounds computed (dead rows too)
     exact_costs: int = 0  # float64 costs evaluated (candidates that passed the filter)
     settled: int = 0  # rows given their new neighbour from their lists, without a search
     fallbacks: int = 0  # rounds with no reciprocal pair (rounding broke a tie's symmetry)
@@ -121,9 +142,10 @@ class RnnWard:
         return int(self.active.size)
 
     def work(self) -> float:
-        """Row-against-row products of all searches, in units of N^2 (the first round's)."""
+        """Row-against-row bounds of all searches, in units of N^2 (a plain search of
+        every row against every row)."""
         n = float(self.active[0]) if self.active.size else 1.0
-        return float((self.searched * self.width).sum()) / (n * n)
+        return float(self.products.sum()) / (n * n)
 
     def merged_fraction(self) -> np.ndarray:
         """Fraction of the alive clusters that took part in a merge, per round."""
@@ -188,7 +210,7 @@ def rnn_ward(
         active=np.asarray(stats["active"], dtype=np.int64),
         merged=np.asarray(stats["merged"], dtype=np.int64),
         searched=np.asarray(stats["searched"], dtype=np.int64),
-        width=np.asarray(stats["width"], dtype=np.int64),
+        products=np.asarray(stats["products"], dtype=np.int64),
         exact_costs=state.exact_count,
         settled=state.settled,
         fallbacks=stats["fallbacks"],
@@ -201,15 +223,15 @@ def _rounds(state: _State, quiet: bool) -> tuple[list[np.ndarray], dict]:
     torch = state.torch
     n = state.c.shape[0]
     rows: list[np.ndarray] = []
-    stats = dict(active=[], merged=[], searched=[], width=[], fallbacks=0, search_s=0.0)
+    stats = dict(active=[], merged=[], searched=[], products=[], fallbacks=0, search_s=0.0)
     need = torch.arange(n, device=state.c.device)
     bar = progress_bar(n - 1, show=not quiet, desc="exact-rnn Ward", unit="merge")
     while state.alive_count > 1:
         stats["active"].append(state.alive_count)
         stats["searched"].append(int(need.numel()))
-        stats["width"].append(int(state.c.shape[0]))
         t0 = time.perf_counter()
-        state.search(need, uniform=not rows)
+        products = state.search(need) if rows else state.first_round()
+        stats["products"].append(products)
         stats["search_s"] += time.perf_counter() - t0
         a, b, fallback = state.reciprocal_pairs()
         stats["fallbacks"] += int(fallback)
@@ -286,43 +308,91 @@ class _State:
         self.exact_count += int(i.numel())
         return wi * wj / (wi + wj) * out
 
-    def search(self, rows, *, uniform: bool) -> None:
-        """Nearest neighbour of every row in ``rows``, blockwise against all rows."""
+    def search(self, rows) -> int:
+        """Nearest neighbour of every row in ``rows``, blockwise against all rows;
+        returns the number of bounds computed."""
         m = self.c.shape[0]
         per_elem = 2 * self.cols.element_size()  # the bounds and the size factors
         per_block = max(1, self.budget // (per_elem * m))
         for s in range(0, rows.numel(), per_block):
             blk = rows[s : s + per_block]
-            self.nn[blk] = self._search_block(blk, uniform)
+            g = self._bound_rows(blk)
+            if m < self.keep + 2:  # a handful of rows left: the two lowest will do
+                low, idx = _two_lowest(self.torch, g)
+            else:
+                low, idx = self.torch.topk(g, self.keep + 1, dim=1, largest=False)
+            self._conclude(blk, low, idx, g)
+        return rows.numel() * m
 
-    def _search_block(self, blk, uniform: bool):
-        """The nearest neighbour of each row of one block.
+    def first_round(self) -> int:
+        """The search of round one, where every row needs one and every size is 1:
+        each block of rows against the rows from its own first on, so every pair's
+        bound is computed once and serves both rows (half a plain search's
+        products). The lowest bounds of each row gather in a running top list.
+        Returns the number of bounds computed."""
+        torch = self.torch
+        n, k = self.c.shape[0], self.keep + 1
+        if n < k + 1:
+            return self.search(torch.arange(n, device=self.c.device))
+        top = torch.full((n, k), math.inf, dtype=self.cols.dtype, device=self.c.device)
+        at = torch.zeros((n, k), dtype=torch.int64, device=self.c.device)
+        per_block = self.budget // (2 * self.cols.element_size() * n)
+        per_block = max(1, min(per_block, -(-n // 16)))  # 16 blocks or more: ~0.53 N^2
+        products = 0
+        for s in range(0, n, per_block):
+            e = min(n, s + per_block)
+            rows = torch.arange(s, e, device=self.c.device)
+            g = self._lhs(rows) @ self.cols[s:].T  # bounds of |c_i - c_j|^2, j >= s
+            g[rows - s, rows - s] = math.inf
+            products += g.numel()
+            v, i = torch.topk(g, min(k, n - s), dim=1, largest=False)
+            _keep_lowest(torch, top, at, slice(s, e), v, i + s)
+            if e < n:  # the same bounds seen from the later rows
+                v, i = torch.topk(g[:, e - s :].T, min(k, e - s), dim=1, largest=False)
+                _keep_lowest(torch, top, at, slice(e, n), v, i + s)
+        self._conclude(torch.arange(n, device=self.c.device), top * 0.5, at)  # cost = d^2 / 2
+        return products
 
-        The block holds lower bounds ``L`` of the costs. The cheapest bound's column
-        ``j0`` has a true cost at most ``L_ij0 + 2 rho f_ij0 (|c_i|^2 + |c_j0|^2)``
-        (``f`` = ``|A||B|/(|A|+|B|)``); a row whose second-lowest bound is above
-        that has ``j0`` as its unique nearest neighbour, and the others (near-ties,
-        duplicates) are settled by exact costs. ``uniform`` (every size 1: the first
-        round): the factor is 1/2 for all pairs, so the block keeps the bound of the
-        squared distance (``2 L``) and the threshold follows.
+    def _bound_rows(self, blk):
+        """Lower bounds [b, M] of the costs of rows ``blk`` against all rows (+inf on
+        the row itself); dead rows' are huge."""
+        torch = self.torch
+        g = self._lhs(blk) @ self.cols.T  # lower bound of |c_i - c_j|^2 (may dip below 0)
+        inv = 1.0 / self.w.to(g.dtype)
+        g /= torch.add(inv[blk, None], inv[None, :])  # lower bound of the cost
+        g[torch.arange(blk.numel(), device=blk.device), blk] = math.inf
+        return g
+
+    def _conclude(self, blk, low, idx, g=None) -> None:
+        """Each row's nearest neighbour, list and floor from its lowest cost bounds
+        ``low`` (sorted, [b, keep + 1], or [b, 2] when too few rows are left) and
+        their columns ``idx``.
+
+        The column ``j0`` of the lowest bound has a true cost at most
+        ``L_ij0 + 2 rho f_ij0 (|c_i|^2 + |c_j0|^2)`` (``f`` = ``|A||B|/(|A|+|B|)``);
+        a row whose second-lowest bound is above that has ``j0`` as its unique
+        nearest neighbour, and the others (near-ties, duplicates) are settled by
+        exact costs over the columns whose bounds do not rule them out (the rows'
+        bounds ``g``, recomputed where not given). The list is the ``keep`` lowest
+        bounds' columns, the floor the next bound (below every other column's cost).
         """
         torch = self.torch
-        ar = torch.arange(blk.numel(), device=blk.device)
-        g = self._lhs(blk) @ self.cols.T  # lower bound of |c_i - c_j|^2 (may dip below 0)
-        if not uniform:
-            inv = 1.0 / self.w.to(g.dtype)
-            g /= torch.add(inv[blk, None], inv[None, :])  # lower bound of the cost
-        g[ar, blk] = math.inf
-        first, second, j0 = self._lowest(blk, g, uniform)
+        if low.shape[1] > self.keep:
+            self.near_list[blk] = idx[:, : self.keep]
+            self.floor[blk] = low[:, self.keep].double()
+        else:
+            self.floor[blk] = -math.inf  # no list: nothing to settle from
+        first, second, j0 = low[:, 0], low[:, 1], idx[:, 0].clone()
         wi, wj = self.w[blk], self.w[j0]
-        factor = 1.0 if uniform else wi * wj / (wi + wj)  # uniform: 2 f = 1 in g's units
-        slack = 2.0 * self.rho * factor * (self.sq[blk] + self.sq[j0])
-        thr = (first.double() + slack).to(g.dtype)
+        slack = 2.0 * self.rho * wi * wj / (wi + wj) * (self.sq[blk] + self.sq[j0])
+        thr = (first.double() + slack).to(low.dtype)
         thr = torch.nextafter(thr, torch.full_like(thr, math.inf))  # never round it down
         near = torch.nonzero(second <= thr).squeeze(1)
         if near.numel():
-            j0[near] = self._exact_choice(blk[near], g[near] <= thr[near, None])
-        return j0
+            rows = blk[near]
+            g_near = g[near] if g is not None else self._bound_rows(rows)
+            j0[near] = self._exact_choice(rows, g_near <= thr[near, None])
+        self.nn[blk] = j0
 
     def _lhs(self, rows):
         """``[-2 c_i, 1, low_i]`` for ``rows``: times ``cols_j``, the bound of ``|c_i - c_j|^2``."""
@@ -332,25 +402,6 @@ class _State:
         lhs[:, d] = 1.0
         lhs[:, d + 1] = self.cols[rows, d]
         return lhs
-
-    def _lowest(self, blk, g, uniform: bool) -> tuple:
-        """The lowest bound of each row, the second lowest and the column of the
-        lowest (any one on ties: those rows go to the exact choice). On the way,
-        each row's list of the ``keep`` lowest bounds' columns and, as its floor,
-        the next bound (below every other column's cost): what ``stale`` uses."""
-        torch = self.torch
-        if g.shape[1] < self.keep + 2:  # a handful of rows left: no lists, cheap searches
-            self.floor[blk] = -math.inf
-            first, j0 = g.min(dim=1)
-            ar = torch.arange(blk.numel(), device=blk.device)
-            g[ar, j0] = math.inf
-            second = g.min(dim=1).values
-            g[ar, j0] = first
-            return first, second, j0
-        low, idx = torch.topk(g, self.keep + 1, dim=1, largest=False)  # sorted
-        self.near_list[blk] = idx[:, : self.keep]
-        self.floor[blk] = low[:, self.keep].double() * (0.5 if uniform else 1.0)
-        return low[:, 0], low[:, 1], idx[:, 0]
 
     def _exact_choice(self, rows, passed):
         """Among the columns that passed the filter (``passed`` [r, M] bool), the one of
