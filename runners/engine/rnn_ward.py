@@ -192,7 +192,9 @@ def rnn_ward(
     if xa.ndim != 2 or xa.shape[0] < 2 or xa.shape[1] < 1:
         raise ValueError(f"x must be a 2-D array [N >= 2, d >= 1]; got shape {xa.shape}")
     dev = resolve_device(device)
-    budget = block_bytes or (CUDA_BLOCK_BYTES if dev.startswith("cuda") else CPU_BLOCK_BYTES)
+    budget = block_bytes
+    if budget is None:
+        budget = CUDA_BLOCK_BYTES if dev.startswith("cuda") else CPU_BLOCK_BYTES
     if not isinstance(budget, (int, np.integer)) or budget < 1:
         raise ValueError(f"block_bytes={block_bytes!r} is invalid; use a positive byte count")
     t_all = time.perf_counter()
@@ -274,7 +276,7 @@ class _State:
         self.slot = torch.arange(n, device=c.device)
         self.made = torch.zeros_like(self.w)
         self.nn = torch.zeros_like(self.slot)
-        self.keep = min(KEEP, n)  # at n, _lowest lists nothing (as once M < keep + 2)
+        self.keep = min(KEEP, n)  # search lists rows only while M >= keep + 2
         self.near_list = torch.zeros((n, self.keep), dtype=torch.int64, device=c.device)
         self.floor = torch.zeros_like(self.w)  # a lower bound of cost(i, k), k not listed
         self.settled = 0
