@@ -15,8 +15,9 @@ tree and cut it at every factor (never refit per factor). Methods
 - ``exact-rnn``: the same tree (same merges, same order, scipy's heights) without
   the distance matrix: rounds of reciprocal-nearest-neighbour merges on
   centroids and sizes, nearest neighbours by blockwise matrix products in torch
-  on the CPU or CUDA (``rnn_ward``). Memory O(N d) plus bounded blocks (~0.6 GB
-  at N = 100,000 x 512); time about 4 N^2 d multiply-adds in ~50 rounds.
+  on the CPU or CUDA (``rnn_ward``). Memory O(N d) plus bounded blocks (~0.9 GB
+  of arrays at N = 100,000 x 512); ~1.0-1.4 N^2 (d + 2) float32 multiply-adds
+  at N = 5,000-20,000, in ~40-50 rounds.
 - ``knn-ward``: sklearn's Ward restricted to a symmetrised k-NN graph
   (``neighbors.knn``). A graph with several connected components is never
   handed to sklearn (which would warn and patch it at extra cost): each
@@ -77,11 +78,13 @@ from clusterprobe.runners.engine.ward import cut_tree, relabel, ward
 
 DEFAULT_MEMORY_BUDGET_GB = 2.0
 # auto: exact-rnn up to this many points (two-stage above), about where its time
-# passes 10 minutes. PROVISIONAL values, to be replaced by measurements on quiet
-# machines (benchmarks/rnn_scaling.py prints the N at 600 s; gpu_rnn.py on a GPU):
-# "cpu" is extrapolated from a fit t = a N^2 to 5,000-20,000 x 512 on 2 shared
-# cores; "cuda" from the fp32 matrix-product rate of one H100/H200 (~50 TFLOP/s)
-# and ~4 N^2 d multiply-adds, halved for the passes over each block.
+# passes 10 minutes. PROVISIONAL, to be replaced by measurements on quiet machines
+# (benchmarks/rnn_scaling.py prints the N at 600 s; benchmarks/gpu_rnn.py on a GPU).
+# "cpu": 20,000 x 512 took 18 s on 2 shared cores (load ~4), and the work grows a
+# little faster than N^2 (1.4 N^2 bounds at 20k, ~1.9 N^2 expected at 100k), which
+# puts 600 s near 100,000. "cuda": not measured; ~2 N^2 (d + 2) multiply-adds at 1M
+# are ~1e15, under a minute at an H100/H200's ~50 TFLOP/s, so 1M stays well inside
+# 10 minutes even if the passes over each block cost several times the products.
 RNN_MAX_POINTS = {"cpu": 100_000, "cuda": 1_000_000}
 
 
