@@ -13,8 +13,9 @@ within 1e-9 relative expected. Writes everything to ``--out`` as JSON.
     python benchmarks/gpu_rnn.py --sizes 100000 --out gpu_rnn.json  # the short version
     python benchmarks/gpu_rnn.py --small --out /tmp/gpu_rnn.json    # CPU smoke test (< 1 min)
 
-Estimated on one H100/H200 (not yet measured): ~4 N^2 (d + 2) fp32 multiply-adds,
-so 1M x 512 ~ 2 minutes; the CPU check at 100k ~1 minute on 16 cores.
+Not yet run on a GPU. Estimated for one H100/H200: ~2 N^2 (d + 2) fp32
+multiply-adds at 1M x 512 (~1e15), so 1-3 minutes with the passes over each block;
+the CPU check at 100k ~1 minute on 16 cores; the data ~10 s per million points.
 """
 
 from __future__ import annotations
