@@ -49,7 +49,7 @@ def test_round_figures_add_up():
 
 
 def test_settling_from_the_lists_changes_only_the_work(monkeypatch):
-    x = _mixture(1500, 32, seed=12)
+    x = _mixture(800, 32, seed=12)
     listed = rw.rnn_ward(x, device="cpu")
     monkeypatch.setattr(rw, "KEEP", 10**9)  # no lists: every orphan searched again
     plain = rw.rnn_ward(x, device="cpu")
@@ -62,7 +62,7 @@ def test_deterministic_and_independent_of_the_block_size():
     x = _mixture(700, 24, seed=3).astype(np.float32)
     a = rw.rnn_ward(x, device="cpu")
     b = rw.rnn_ward(x, device="cpu")
-    tiny = rw.rnn_ward(x, device="cpu", block_bytes=4096)  # one row per block
+    tiny = rw.rnn_ward(x, device="cpu", block_bytes=64 << 10)  # ~10 rows per block
     np.testing.assert_array_equal(a.linkage, b.linkage)
     np.testing.assert_array_equal(a.linkage, tiny.linkage)
     np.testing.assert_array_equal(a.linkage[:, :2], linkage(x.astype(np.float64), "ward")[:, :2])
