@@ -11,18 +11,25 @@ time (user + system, all threads): on a shared machine the wall time grows with
 the load, the CPU time much less.
 
     python benchmarks/whole.py                        # 10k, 20k: everything (minutes)
-    python benchmarks/whole.py --sizes 100000 --methods auto,two-stage,kmeans
+    python benchmarks/whole.py --sizes 20000 --methods sklearn-ward,exact,exact-rnn,fastcluster
+    python benchmarks/whole.py --sizes 100000 --methods exact-rnn,two-stage,kmeans
     python benchmarks/whole.py --sizes 5000 --methods exact,sklearn-ward,two-stage  # quick
 
 Methods: ``sklearn-ward`` (the baseline: ``AgglomerativeClustering(linkage="ward")``,
-refit per factor), and ``score_whole``'s ``exact``, ``knn-ward``, ``two-stage``,
-``kmeans``, ``auto``. sklearn's Ward runs only up to ``--full-ward-max`` points
-and ``exact`` up to ``--exact-max`` (both need ~16 N^2/2 bytes: 3.2 GB at 20k).
+refit per factor), ``fastcluster`` (``fastcluster.linkage_vector(X, "ward")``: exact
+in O(N d) memory, single-threaded; a benchmark extra, ``pip install -e '.[bench]'``,
+skipped with a message where absent; the tree cut at every factor), and
+``score_whole``'s ``exact``, ``exact-rnn``, ``knn-ward``, ``two-stage``, ``kmeans``,
+``auto``. sklearn's Ward runs only up to ``--full-ward-max`` points and ``exact`` up
+to ``--exact-max`` (both need ~16 N^2/2 bytes: 3.2 GB at 20k), fastcluster up to
+``--fastcluster-max`` (time ~N^2, one core). Exact-rnn's rounds and merged fractions:
+``benchmarks/rnn_scaling.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -36,7 +43,7 @@ import numpy as np
 from clusterprobe.runners.choices import WHOLE_METHODS
 
 OURS = (*(m for m in WHOLE_METHODS if m != "auto"), "auto")  # exact, knn-ward, ..., auto
-ALL = ("sklearn-ward", *OURS)
+ALL = ("sklearn-ward", "fastcluster", *OURS)
 
 
 def blobs(n, d, supers, subs, seed, spread):
@@ -76,6 +83,10 @@ def worker(args) -> None:
         ami = {f: float(adjusted_mutual_info_score(y, labels[f])) for f in factors}
         params = {"algorithm": "sklearn AgglomerativeClustering(linkage='ward')"}
         timings = {}
+    elif args.method == "fastcluster":
+        labels, ami, params = fastcluster_ward(x, y, factors, n_sub)
+        elapsed = time.perf_counter() - t0
+        timings = {}
     else:
         from clusterprobe.runners.engine.whole import WholeOptions, score_whole
 
@@ -96,6 +107,19 @@ def worker(args) -> None:
         "timings": timings,
     }
     Path(args.out + ".json").write_text(json.dumps(info))
+
+
+def fastcluster_ward(x, y, factors, n_sub):
+    """fastcluster's memory-saving Ward (float64 input, as it requires), cut per factor."""
+    import fastcluster
+    from clusterprobe.runners.engine.metrics import ami as ami_score
+    from clusterprobe.runners.engine.ward import cut_tree
+
+    z = fastcluster.linkage_vector(np.asarray(x, dtype=np.float64), method="ward")
+    labels = {f: cut_tree(z, x.shape[0], n_sub * f) for f in factors}
+    ami = {f: float(ami_score(y, labels[f])) for f in factors}
+    params = {"algorithm": f"fastcluster {fastcluster.__version__} linkage_vector(ward)"}
+    return labels, ami, params
 
 
 def run_one(n, method, args, tmp) -> dict | None:
@@ -141,6 +165,7 @@ def parse_args(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     )
     p.add_argument("--full-ward-max", type=int, default=20000)
     p.add_argument("--exact-max", type=int, default=20000)
+    p.add_argument("--fastcluster-max", type=int, default=20000)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     p.add_argument("--method", help=argparse.SUPPRESS)
@@ -158,6 +183,9 @@ def main(argv=None) -> int:
     bad = [m for m in methods if m not in ALL]
     if bad:
         p.error(f"unknown methods {bad}; use {', '.join(ALL)}")
+    if "fastcluster" in methods and importlib.util.find_spec("fastcluster") is None:
+        print("# fastcluster not installed (pip install -e '.[bench]'): its baseline is skipped")
+        methods.remove("fastcluster")
     print(
         f"# d={args.dim}, {args.supers}x{args.subs} blobs, spread {args.spread}, factors {args.factors}, "
         f"{os.cpu_count()} CPUs, load avg at start {os.getloadavg()[0]:.1f}"
@@ -174,6 +202,8 @@ def main(argv=None) -> int:
                 if m == "sklearn-ward" and n > args.full_ward_max:
                     continue
                 if m == "exact" and n > args.exact_max:
+                    continue
+                if m == "fastcluster" and n > args.fastcluster_max:
                     continue
                 info = run_one(n, m, args, tmp)
                 if info is not None:
@@ -198,7 +228,15 @@ def report_size(n: int, res: dict, f0: int) -> None:
         )
         speed = base["time"] / info["time"] if base else float("nan")
         how = info["params"].get("algorithm", "")
-        for key in ("backend", "micro_clusters", "k", "graph_components", "refine_steps"):
+        for key in (
+            "backend",
+            "device",
+            "rounds",
+            "micro_clusters",
+            "k",
+            "graph_components",
+            "refine_steps",
+        ):
             if key in info["params"]:
                 how += f" {key}={info['params'][key]}"
         ami0 = info["ami"][str(f0)] if str(f0) in info["ami"] else info["ami"][f0]
@@ -209,7 +247,7 @@ def report_size(n: int, res: dict, f0: int) -> None:
         )
     if not base:
         return
-    for m in ("exact", "two-stage", "knn-ward"):
+    for m in ("exact", "exact-rnn", "fastcluster", "two-stage", "knn-ward"):
         if m in res:
             ami_m = res[m]["ami"][str(f0)]
             ami_b = base["ami"][str(f0)]

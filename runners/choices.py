@@ -18,7 +18,8 @@ SAVE = ("checkpoint", "embeddings", "distances", "plots")  # heavy artifacts a r
 
 # --- the measurement (engine) ---
 PRECISIONS = ("fp32", "bf16", "fp64")  # the embedding forward pass (fp64: exact references)
-WHOLE_METHODS = ("auto", "exact", "knn-ward", "two-stage", "kmeans")  # whole-dataset clustering
+WHOLE_METHODS = ("auto", "exact", "exact-rnn", "knn-ward", "two-stage", "kmeans")  # whole dataset
+WHOLE_DEVICES = ("auto", "cpu", "cuda")  # exact-rnn's searches ("cuda:N" too); auto: CUDA if any
 CLUSTER_BACKENDS = ("thread", "process")  # parallel Ward trees of the per-superclass protocol
 NEIGHBOR_BACKENDS = ("auto", "faiss", "torch")  # k-NN graphs and k-means
 NEIGHBOR_INDEXES = ("flat", "ivf", "hnsw")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from clusterprobe.runners import evalrun
+from clusterprobe.runners.choices import WHOLE_METHODS
 from clusterprobe.runners.evalrun import stored
 from clusterprobe.tracker import conventions as cv
 from clusterprobe.tracker.errors import UsageError
@@ -49,7 +50,7 @@ def rescore(
     if method is None and params.get(cv.PARAM_PROTOCOL) == "whole":
         raise UsageError(
             f"RUN_ID {run_id!r} was clustered as a whole dataset (no superclasses); "
-            "re-score it with a whole-dataset method (auto, exact, knn-ward, two-stage, kmeans)"
+            f"re-score it with a whole-dataset method ({', '.join(WHOLE_METHODS)})"
         )
     if method is not None and cka is not None:
         raise UsageError(

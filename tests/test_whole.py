@@ -43,7 +43,7 @@ def test_exact_equals_sklearn_full_ward():
 def test_auto_follows_the_memory_budget():
     x, y = _blobs(n=600)
     assert whole.score_whole(x, y, (1,)).params["algorithm"] == "exact"
-    opts = WholeOptions(memory_budget_gb=1e-4, micro_clusters=100)
+    opts = WholeOptions(memory_budget_gb=1e-4, micro_clusters=100, rnn_max_points=100)
     tiny = whole.score_whole(x, y, (1,), options=opts)
     assert tiny.params["algorithm"] == "two-stage"
 
@@ -180,6 +180,9 @@ def test_bad_arguments_are_value_or_type_errors():
         ("index", "lsh", ValueError),
         ("precision", "fp16", ValueError),
         ("memory_budget_gb", 0.0, ValueError),
+        ("device", "tpu", ValueError),
+        ("rnn_max_points", 1, ValueError),
+        ("rnn_max_points", 1e5, TypeError),
     ],
 )
 def test_options_validate_each_field(field, value, error):

@@ -99,3 +99,39 @@ def cut_tree(merges: np.ndarray, n: int, n_clusters: int) -> np.ndarray:
     is_root = np.zeros(n + applied, dtype=np.int64)
     is_root[roots] = 1
     return (np.cumsum(is_root) - 1)[roots]
+
+
+def relabel(rows: np.ndarray, n: int) -> np.ndarray:
+    """Merges named by leaf slots -> scipy's linkage matrix ``Z`` [n-1, 4].
+
+    ``rows``: ``(kept slot, other slot, height, size)`` per merge, listed so that
+    every merge comes after the merges that made its two clusters; a cluster is
+    named by a slot (a leaf id) and keeps the kept slot's name after the merge.
+    Returns the rows sorted by height (stable: equal heights keep their order, so
+    a merge never precedes one it depends on, Ward's heights being monotone) with
+    scipy's node ids: merge ``t`` makes node ``n + t``; the two children, smaller
+    id first. The node standing for slot ``s`` just before merge ``t`` is
+    ``n + t'`` for the last earlier merge ``t'`` that kept ``s``, else leaf ``s``:
+    found for all rows at once by a binary search over (slot, merge) keys.
+    """
+    r = np.asarray(rows, dtype=np.float64)
+    r = r[np.argsort(r[:, 2], kind="stable")]
+    m = r.shape[0]
+    if m == 0:
+        return np.zeros((0, 4))
+    kept = r[:, 0].astype(np.int64)
+    other = r[:, 1].astype(np.int64)
+    step = np.arange(m, dtype=np.int64)
+    keys = np.sort(kept * m + step)  # int64: n * m < 2^63 for any n this runs on
+
+    def node(slots: np.ndarray) -> np.ndarray:
+        i = np.searchsorted(keys, slots * m + step) - 1  # last key below (slot, this merge)
+        prev = keys[np.maximum(i, 0)]
+        hit = (i >= 0) & (prev // m == slots)
+        return np.where(hit, n + prev % m, slots)
+
+    x, y = node(kept), node(other)
+    z = r.copy()
+    z[:, 0] = np.minimum(x, y)
+    z[:, 1] = np.maximum(x, y)
+    return z

@@ -12,6 +12,12 @@ tree and cut it at every factor (never refit per factor). Methods
   Same tree as ``sklearn.cluster.AgglomerativeClustering(linkage="ward")``, ~2x
   faster; memory ~16 N^2/2 bytes (condensed float64 + scipy's working copy):
   3.2 GB at N = 20,000.
+- ``exact-rnn``: the same tree (same merges, same order, scipy's heights) without
+  the distance matrix: rounds of reciprocal-nearest-neighbour merges on
+  centroids and sizes, nearest neighbours by blockwise matrix products in torch
+  on the CPU or CUDA (``rnn_ward``). Memory O(N d) plus bounded blocks (~0.9 GB
+  of arrays at N = 100,000 x 512); ~1.0-1.4 N^2 (d + 2) float32 multiply-adds
+  at N = 5,000-20,000, in ~40-50 rounds.
 - ``knn-ward``: sklearn's Ward restricted to a symmetrised k-NN graph
   (``neighbors.knn``). A graph with several connected components is never
   handed to sklearn (which would warn and patch it at extra cost): each
@@ -24,10 +30,11 @@ tree and cut it at every factor (never refit per factor). Methods
 - ``kmeans``: k-means straight into each factor's cluster count (one fit per
   factor, not hierarchical).
 - ``auto``: ``exact`` while its distance matrices fit ``memory_budget_gb``
-  (default 2 GB: N <~ 15,800), else ``two-stage``.
+  (default 2 GB: N <~ 15,800), else ``exact-rnn`` up to ``RNN_MAX_POINTS`` (its
+  ~10-minute point on the device at hand), else ``two-stage``.
 
 Every other choice (k, index, precision, micro-clusters, iterations, seed,
-backend, memory budget, refinement, quiet) is one frozen :class:`WholeOptions`
+backend, device, memory budget, exact-rnn's limit, refinement, quiet) is one frozen :class:`WholeOptions`
 that :func:`cluster_whole`, :func:`score_whole` and :func:`score_layers` share.
 ``WholeResult.params`` records how every number was made (algorithm, k, index,
 backend, precision, micro-clusters, ...). Bad input raises ValueError (TypeError
@@ -52,6 +59,7 @@ approximate near ties); k-means alone: ``neighbors.kmeans(x, 2000, backend="torc
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -61,13 +69,23 @@ from clusterprobe.runners.choices import (
     NEIGHBOR_BACKENDS,
     NEIGHBOR_INDEXES,
     NEIGHBOR_PRECISIONS,
+    WHOLE_DEVICES,
     WHOLE_METHODS,
     check_choice,
 )
 from clusterprobe.runners.engine import metrics
-from clusterprobe.runners.engine.ward import cut_tree, ward
+from clusterprobe.runners.engine.ward import cut_tree, relabel, ward
 
 DEFAULT_MEMORY_BUDGET_GB = 2.0
+# auto: exact-rnn up to this many points (two-stage above), about where its time
+# passes 10 minutes. PROVISIONAL, to be replaced by measurements on quiet machines
+# (benchmarks/rnn_scaling.py prints the N at 600 s; benchmarks/gpu_rnn.py on a GPU).
+# "cpu": 20,000 x 512 took 18 s on 2 shared cores (load ~4), and the work grows a
+# little faster than N^2 (1.4 N^2 bounds at 20k, ~1.9 N^2 expected at 100k), which
+# puts 600 s near 100,000. "cuda": not measured; ~2 N^2 (d + 2) multiply-adds at 1M
+# are ~1e15, under a minute at an H100/H200's ~50 TFLOP/s, so 1M stays well inside
+# 10 minutes even if the passes over each block cost several times the products.
+RNN_MAX_POINTS = {"cpu": 100_000, "cuda": 1_000_000}
 
 
 @dataclass(frozen=True)
@@ -87,6 +105,8 @@ class WholeOptions:
     seed: int = 0  # two-stage and kmeans: k-means initialisation
     backend: str = "auto"  # engine of the k-NN graph and k-means: "auto", "faiss", "torch"
     memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB  # auto: exact while its distances fit
+    device: str = "auto"  # exact-rnn: "cpu", "cuda", "cuda:N"; "auto": CUDA when present
+    rnn_max_points: int | None = None  # auto: exact-rnn up to this N; None: RNN_MAX_POINTS
     refine: int = 0  # Lloyd steps from each partition; 0 keeps pure Ward (see lloyd_refine)
     quiet: bool = True  # no progress lines on stderr
 
@@ -103,6 +123,12 @@ class WholeOptions:
         if self.index != "flat" and self.backend == "torch":
             raise ValueError(
                 f"index {self.index!r} needs backend 'faiss' or 'auto'; torch is exact"
+            )
+        if self.rnn_max_points is not None:
+            _check_int("rnn_max_points", self.rnn_max_points, 2, "points")
+        if not (self.device in WHOLE_DEVICES or re.fullmatch(r"cuda:\d+", str(self.device))):
+            raise ValueError(
+                f"device {self.device!r} is not known; use {', '.join(WHOLE_DEVICES)} or cuda:N"
             )
         if not float(self.memory_budget_gb) > 0:
             raise ValueError(
@@ -186,31 +212,8 @@ def weighted_ward(centroids: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         d2[keep, keep] = np.inf
         active[drop] = False
         w[keep] = na + nb
-        rows[step] = (a, b, np.sqrt(dab), na + nb)
-    return _relabel(rows, m)
-
-
-def _relabel(rows: np.ndarray, m: int) -> np.ndarray:
-    """NN-chain rows (slot ids, height, size) -> scipy's Z: sorted by height
-    (stable: a merge never precedes one it depends on, Ward being monotone), node
-    ids renumbered m, m+1, ... by union-find over the slots."""
-    rows = rows[np.argsort(rows[:, 2], kind="stable")]
-    parent = list(range(2 * m - 1))
-
-    def find(i: int) -> int:
-        root = i
-        while parent[root] != root:
-            root = parent[root]
-        while parent[i] != root:
-            parent[i], i = root, parent[i]
-        return root
-
-    z = rows.copy()
-    for j in range(rows.shape[0]):
-        x, y = find(int(rows[j, 0])), find(int(rows[j, 1]))
-        z[j, 0], z[j, 1] = min(x, y), max(x, y)
-        parent[x] = parent[y] = m + j
-    return z
+        rows[step] = (keep, drop, np.sqrt(dab), na + nb)
+    return relabel(rows, m)
 
 
 def condensed_distances(x: np.ndarray, *, block_bytes: int = 256 << 20) -> np.ndarray:
@@ -263,6 +266,26 @@ def _exact(x: np.ndarray, ks: dict[int, int], opts: WholeOptions, params, timing
     del y
     timings["ward"] = time.perf_counter() - t0
     children = z[:, :2].astype(np.int64)
+    return {c: cut_tree(children, x.shape[0], kc) for c, kc in ks.items()}
+
+
+def _exact_rnn(x: np.ndarray, ks: dict[int, int], opts: WholeOptions, params, timings) -> dict:
+    """Ward on all points by reciprocal-nearest-neighbour rounds; one tree cut at every count."""
+    from clusterprobe.runners.engine.rnn_ward import rnn_ward
+
+    _log(opts.quiet, f"exact Ward of {x.shape[0]} points by reciprocal-nearest-neighbour rounds")
+    res = rnn_ward(x, device=opts.device, quiet=opts.quiet)
+    params.update(
+        linkage="rnn-ward-centroids",
+        precision="fp64",  # every merge decided by float64 costs
+        search_filter=res.filter,  # the certified lower bounds that prune the search
+        device=res.device,
+        rounds=str(res.rounds),
+    )
+    timings["ward"] = res.seconds["total"]
+    timings["search"] = res.seconds["search"]
+    _log(opts.quiet, f"{res.rounds} rounds on {res.device}: {res.seconds['total']:.1f}s")
+    children = res.linkage[:, :2].astype(np.int64)
     return {c: cut_tree(children, x.shape[0], kc) for c, kc in ks.items()}
 
 
@@ -415,7 +438,13 @@ def _kmeans(x: np.ndarray, ks: dict[int, int], opts: WholeOptions, params, timin
 
 
 # method -> labels per cluster count; "auto" picks one of these (choices.WHOLE_METHODS)
-_ALGORITHMS = {"exact": _exact, "knn-ward": _knn_ward, "two-stage": _two_stage, "kmeans": _kmeans}
+_ALGORITHMS = {
+    "exact": _exact,
+    "exact-rnn": _exact_rnn,
+    "knn-ward": _knn_ward,
+    "two-stage": _two_stage,
+    "kmeans": _kmeans,
+}
 
 
 def lloyd_refine(x: np.ndarray, labels: np.ndarray, steps: int) -> np.ndarray:
@@ -512,13 +541,18 @@ def _cluster(x: np.ndarray, asked: list[int], method: str, opts: WholeOptions) -
 
 
 def _resolve(method: str, n: int, kmax: int, opts: WholeOptions, params) -> tuple:
-    """(algorithm, options) for ``n`` points: ``auto`` decided by the memory budget,
-    two-stage's micro-cluster count settled (and two-stage on every point is exact)."""
+    """(algorithm, options) for ``n`` points: ``auto`` decided by the memory budget and
+    exact-rnn's limit, two-stage's micro-cluster count settled (and two-stage on
+    every point is exact)."""
     algo = method
     if method == "auto":
-        fits = exact_bytes(n) <= opts.memory_budget_gb * 1e9
-        algo = "exact" if fits else "two-stage"
         params["memory_budget_gb"] = str(opts.memory_budget_gb)
+        if exact_bytes(n) <= opts.memory_budget_gb * 1e9:
+            algo = "exact"
+        else:
+            limit = rnn_max_points(opts)
+            params["rnn_max_points"] = str(limit)
+            algo = "exact-rnn" if n <= limit else "two-stage"
     if algo != "two-stage":
         return algo, opts
     m = int(opts.micro_clusters) if opts.micro_clusters else max(1000, 4 * kmax)
@@ -531,6 +565,18 @@ def _resolve(method: str, n: int, kmax: int, opts: WholeOptions, params) -> tupl
         params["two_stage_note"] = f"micro_clusters {m} >= N {n}: exact Ward on the points"
         return "exact", opts
     return algo, replace(opts, micro_clusters=m)
+
+
+def rnn_max_points(opts: WholeOptions) -> int:
+    """The largest N ``auto`` gives to exact-rnn: ``opts.rnn_max_points``, else
+    ``RNN_MAX_POINTS`` for the device exact-rnn would run on."""
+    if opts.rnn_max_points is not None:
+        return int(opts.rnn_max_points)
+    if opts.device == "auto":
+        from clusterprobe.runners.engine.neighbors import _torch_cuda
+
+        return RNN_MAX_POINTS["cuda" if _torch_cuda() else "cpu"]
+    return RNN_MAX_POINTS["cpu" if opts.device == "cpu" else "cuda"]
 
 
 def _refined(x: np.ndarray, labels: dict, steps: int, params, timings) -> dict:
