@@ -74,11 +74,10 @@ def rescore(
         run_name=f"rescore {source.info.run_name or run_id}",
         tags=_rescore_tags(source, run_id),
         extra={"factors": ",".join(map(str, factors))},
+        dataset=dataset,
     )
     with evalrun.start_eval_run(tracker, spec) as ctx:
         summary = evalrun.record_scores(ctx, scores, how)
-        if dataset is not None:
-            evalrun.record_dataset(ctx, dataset)
     return RescoreResult(ctx.run_id, parent, scores, summary)
 
 
