@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 from clusterprobe.tracker import conventions as cv
-from clusterprobe.tracker.errors import UsageError
 
 # An input example is written twice by MLflow (input_example.json and an indented
 # serving_input_example.json). Rounded to 1/16 (short JSON), one 32 px image costs
@@ -164,9 +163,9 @@ def _load_pyfunc(data_path: str) -> LoadedModel:
     with run_artifact_folder(run_id, pointer["artifact_path"]) as folder:
         weights = folder / cv.CHECKPOINT_WEIGHTS
         if not weights.is_file():
-            raise UsageError(f"train run {run_id} has no stored checkpoint ({weights})")
+            raise FileNotFoundError(f"train run {run_id} has no stored checkpoint ({weights})")
         if file_sha256(weights) != pointer["weights_sha256"]:
-            raise UsageError(
+            raise ValueError(
                 f"the checkpoint of train run {run_id} is not the one this model was logged "
                 f"with (sha256 differs from {pointer['weights_sha256'][:12]}...)"
             )

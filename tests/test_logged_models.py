@@ -222,3 +222,48 @@ def test_register_best_of_a_pareto_front_is_best_on_the_first_objective():
     assert registry_pick(front, [("best_ami", "minimize"), *maxmax[1:]])["number"] == 3
     assert registry_pick(front, maxmax[::-1])["number"] == 3
     assert registry_pick([], maxmax) is None
+
+
+def test_postgresql_store_logs_loads_and_registers(postgres_url, tmp_path, monkeypatch):
+    """The same records on PostgreSQL (artifacts in a shared folder): a tiny model, no data."""
+    from clusterprobe.runners import logged_model, models
+    from clusterprobe.runners.checkpoints import log_checkpoint
+    from clusterprobe.runners.config import RunConfig
+    from clusterprobe.runners.register import register_run
+    from clusterprobe.tracker.datasets import DatasetInfo, log_dataset
+    from clusterprobe.tracker.store import resolve_store
+    from clusterprobe.tracker.tracking import Tracker
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = Tracker(resolve_store(None, postgres_url, artifact_root=str(tmp_path / "art")))
+    config = RunConfig(arch="resnet10t", image_size=16, epochs=1)
+    cfg = models.model_config(config, 3, 16)
+    net = models.create_model(config, 3, 16).eval()
+    info = DatasetInfo("toy", "abc123", {"dataset": "toy"}, {"images": 6}, {"label": "long"})
+    with tracker.start_run("train", params={"epochs": 1}) as ctx:
+        log_dataset(ctx, info, "train")
+        sha256 = log_checkpoint(ctx, net, cfg)
+        logged_model.log_train_model(
+            tracker, ctx.run_id, cfg, weights_sha256=sha256, params={"epochs": "1"}, step=1
+        )
+    version = register_run(tracker, ctx.run_id, "pg-model")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", postgres_url)
+    (given,) = mlflow.get_run(ctx.run_id).inputs.dataset_inputs
+    assert (given.dataset.name, given.dataset.digest) == ("toy", "abc123")
+    served = mlflow.pyfunc.load_model(f"models:/pg-model/{version.version}")
+    images = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(served.predict(images), expected, rtol=0, atol=1e-6)
+
+
+def test_a_replaced_checkpoint_does_not_load_as_the_logged_model(store_copy, monkeypatch):
+    from clusterprobe.tracker.tracking import Tracker
+
+    store, result = store_copy
+    folder = Tracker(store).artifact_path(result.train_run_id, cv.ART_CHECKPOINT_DIR)
+    weights = Path(folder) / cv.CHECKPOINT_WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.tracking_uri)
+    with pytest.raises(ValueError, match="not the one this model was logged with"):
+        mlflow.pyfunc.load_model(f"models:/{result.model_id}")

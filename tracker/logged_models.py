@@ -28,7 +28,7 @@ from typing import Any
 
 from clusterprobe.tracker.conventions import TAG_MODEL_ID
 from clusterprobe.tracker.errors import UsageError
-from clusterprobe.tracker.store import run_artifact_dir, sqlite_path
+from clusterprobe.tracker.store import redact_uri, run_artifact_dir, sqlite_path
 
 
 @dataclass(frozen=True)
@@ -161,11 +161,19 @@ def run_artifact_folder(run_id: str, path: str, tracking_uri: str | None = None)
     ``MLFLOW_TRACKING_URI``), the store the model was loaded from.
     """
     import mlflow
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri or mlflow.get_tracking_uri()
     client = MlflowClient(tracking_uri=uri)
-    artifact_uri = client.get_run(run_id).info.artifact_uri
+    try:
+        artifact_uri = client.get_run(run_id).info.artifact_uri
+    except MlflowException as err:
+        raise FileNotFoundError(
+            f"the model's weights are the checkpoint of run {run_id}, which the tracking URI "
+            f"{redact_uri(uri)} does not hold ({err.message}); point MLflow at the store the "
+            "model came from (mlflow.set_tracking_uri or MLFLOW_TRACKING_URI)"
+        ) from None
     root = sqlite_path(uri).parent if uri.startswith("sqlite:") else None
     local = run_artifact_dir(artifact_uri, run_id, root)
     if local is not None:
