@@ -22,13 +22,17 @@ def artifact_dir(epoch: int | None = None) -> str:
     )
 
 
-def log_checkpoint(ctx, model, cfg: dict, epoch: int | None = None) -> None:
-    """Store ``model`` (built from ``cfg``, a ``models.model_config``) on the open run ``ctx``."""
+def log_checkpoint(ctx, model, cfg: dict, epoch: int | None = None) -> str:
+    """Store ``model`` (built from ``cfg``, a ``models.model_config``) on the open run ``ctx``;
+    return the sha256 of the weights file (what its logged model checks on loading)."""
     from clusterprobe.runners import models
+    from clusterprobe.runners.weights import file_sha256
 
     with tempfile.TemporaryDirectory(prefix="clusterprobe-ckpt-") as tmp:
-        for path in models.save_checkpoint(model, cfg, tmp):
+        paths = models.save_checkpoint(model, cfg, tmp)
+        for path in paths:
             ctx.log_artifact(str(path), artifact_dir(epoch))
+        return file_sha256(next(p for p in paths if p.name == cv.CHECKPOINT_WEIGHTS))
 
 
 def stored_checkpoint(tracker, train_run_id: str, epoch: int | None = None) -> Path:

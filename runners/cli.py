@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "clusterprobe.runners.commands.compare",
         "CKA and ARI between the layers of two eval runs",
     ),
+    "register": (
+        "clusterprobe.runners.commands.register",
+        "register a run's model in the MLflow Model Registry",
+    ),
     "datasets": ("clusterprobe.runners.commands.datasets", "list or show datasets"),
     "study": ("clusterprobe.runners.commands.study", "Optuna study over design choices"),
     "query": ("clusterprobe.queries.cli_query", "run a canned SQL query"),

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from clusterprobe.runners import evalrun, pipeline
 from clusterprobe.runners.config import TRAINING_FIELDS, RunConfig
 from clusterprobe.runners.data.cli_args import FIELDS as DATA_FIELDS
-from clusterprobe.runners.data.record import dataset_params, variant
+from clusterprobe.runners.data.record import dataset_params, dataset_record, variant
 from clusterprobe.runners.measure import probe_indices
 from clusterprobe.tracker import conventions as cv
 
@@ -93,6 +93,7 @@ def evaluate(
         protocol="per_superclass",
         run_name=f"eval {loaded.label} {eval_set}",
         tags={cv.TAG_DEVICE: str(device)},
+        dataset=dataset_record(data),
     )
     probe_index = probe_indices(data.train_labels, config.probe_per_subclass, config.seed)
     with evalrun.start_eval_run(tracker, spec) as ctx:

@@ -6,11 +6,14 @@ Optuna trial. It owns the order of things; the work is done by::
     data     data.registry.load_dataset  -> HierarchicalData
     model    models.create_model         -> timm model
     train    train.train                 -> per-epoch metrics (train run, step = epoch)
+    store    checkpoints, logged_model   -> checkpoints; the final one as a logged model
     measure  measure.measure             -> Measurement (engine: embed, cluster, probe)
     record   evalrun                     -> one eval run per measured checkpoint
 
-Runs: one ``train`` run; per evaluated checkpoint (``config.eval_epochs`` plus the
-final one) one ``eval`` run nested under it (``evalrun``), with the ARI tables:
+Runs: one ``train`` run (its dataset as an MLflow input; its final checkpoint as an
+MLflow logged model, when checkpoints are saved); per evaluated checkpoint
+(``config.eval_epochs`` plus the final one) one ``eval`` run nested under it
+(``evalrun``; the final one linked to the logged model), with the ARI tables:
 layer x layer, the final checkpoint against each earlier one, and against earlier
 runs that differ only in the seed. Everything happens inside the tracker's run
 contexts, so an exception ends the open runs FAILED (error tag) and Ctrl-C/SIGTERM
@@ -27,7 +30,13 @@ from dataclasses import dataclass, field
 
 from clusterprobe.runners import evalrun
 from clusterprobe.runners.config import RunConfig
-from clusterprobe.runners.data.record import dataset_params, dataset_record, variant
+from clusterprobe.runners.data.record import (
+    dataset_info,
+    dataset_params,
+    dataset_record,
+    normalisation,
+    variant,
+)
 from clusterprobe.runners.evalrun.stability import find_seed_runs, record_stability
 from clusterprobe.runners.measure import head_labels, measure, probe_indices
 from clusterprobe.tracker import conventions as cv
@@ -44,7 +53,9 @@ class RunResult:
     eval_run_ids: list[str]
     summary: dict[str, float]
     layers: list[dict]  # per layer: index, name, relative_depth, ami_f1, purity_f1, probe_acc
-    bytes_stored: int | None = None  # artifacts of all runs; None when the store is remote
+    bytes_stored: int | None = None  # artifacts of all runs and the logged model; None
+    # when the store is remote
+    model_id: str | None = None  # the final checkpoint's logged model (None: none saved)
     evaluations: dict[int, dict] = field(default_factory=dict)  # epoch -> summary
     history: list[dict] = field(default_factory=list)  # per-epoch training metrics
     seconds: dict[str, float] = field(default_factory=dict)  # train (incl. intermediate evals),
@@ -131,6 +142,8 @@ class _Job:
         self.tracker, self.config, self.data, self.device = tracker, config, data, device
         self.on_eval, self.quiet = on_eval, quiet
         self.params = {**config.to_params(), **dataset_params(data)}
+        self.dataset = dataset_record(data)
+        self.model_id: str | None = None
         self.tags = {cv.TAG_DEVICE: str(device), **tags}
         self.num_classes = (
             data.num_superclasses if config.labels == "superclass" else data.num_subclasses
@@ -147,8 +160,10 @@ class _Job:
     def train_and_measure(self, train_ctx) -> None:
         from clusterprobe.runners import models
         from clusterprobe.runners.train import train
+        from clusterprobe.tracker.datasets import log_dataset
 
         config, data = self.config, self.data
+        log_dataset(train_ctx, dataset_info(self.dataset), "train")
         if not self.quiet:
             _say(
                 f"train run {train_ctx.run_id}: {config.arch} on {data.name}"
@@ -176,12 +191,26 @@ class _Job:
         self._evaluate(train_ctx.run_id, model, config.epochs)
 
     def _save_checkpoint(self, train_ctx, model, epoch: int | None) -> None:
-        from clusterprobe.runners import models
+        """Store checkpoint ``epoch`` (None: the final one, also logged as the run's
+        MLflow model, which its final eval run then links to)."""
+        from clusterprobe.runners import logged_model, models
         from clusterprobe.runners.checkpoints import log_checkpoint
 
-        if "checkpoint" in self.config.save:
-            cfg = models.model_config(self.config, self.num_classes, self.data.image_size)
-            log_checkpoint(train_ctx, model, cfg, epoch)
+        if "checkpoint" not in self.config.save:
+            return
+        cfg = models.model_config(self.config, self.num_classes, self.data.image_size)
+        sha256 = log_checkpoint(train_ctx, model, cfg, epoch)
+        if epoch is None:
+            self.model_id = logged_model.log_train_model(
+                self.tracker,
+                train_ctx.run_id,
+                cfg,
+                weights_sha256=sha256,
+                params=self.params,
+                step=self.config.epochs,
+                example=logged_model.example_input(self.data),
+                normalisation=normalisation(self.dataset),
+            )
 
     def _evaluate(self, train_run_id: str, net, epoch: int) -> None:
         """Measure checkpoint ``epoch`` and record it as an eval run under the train run."""
@@ -194,6 +223,7 @@ class _Job:
             protocol="per_superclass",
             run_name=f"eval e{epoch} {self.eval_set}",
             tags=self.tags,
+            dataset=self.dataset,
         )
         with evalrun.start_eval_run(self.tracker, spec) as ctx:
             self.eval_run_ids.append(ctx.run_id)
@@ -242,7 +272,10 @@ class _Job:
             eval_run_ids=self.eval_run_ids,
             summary=dict(self.final["summary"]),
             layers=self.final["layers"],
-            bytes_stored=bytes_stored(self.tracker, [train_run_id, *self.eval_run_ids]),
+            bytes_stored=bytes_stored(
+                self.tracker, [train_run_id, *self.eval_run_ids], self.model_id
+            ),
+            model_id=self.model_id,
             evaluations=self.evaluations,
             history=self.history,
             seconds={**self.seconds, **self.final["seconds"]},
@@ -262,7 +295,6 @@ def measure_into(
         ctx,
         meas,
         labels=data.eval_labels,
-        dataset=dataset_record(data),
         save=config.save,
         title=title,
         probe_train_images=len(probe_index),
@@ -270,17 +302,22 @@ def measure_into(
     return meas, summary
 
 
-def bytes_stored(tracker, run_ids: list[str]) -> int | None:
-    """Total size of the runs' artifact folders, or None when they are not local files
-    (never downloads a remote artifact store just to count bytes)."""
-    total = 0
-    for run_id in run_ids:
-        root = tracker.artifact_dir(run_id)
-        if root is None:
-            return None
-        if root.exists():
-            total += sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-    return total
+def bytes_stored(tracker, run_ids: list[str], model_id: str | None = None) -> int | None:
+    """Total size of the runs' artifact folders and of the logged model's, or None when
+    they are not local files (never downloads a remote artifact store to count bytes)."""
+    from clusterprobe.tracker.logged_models import model_folder
+
+    roots = [tracker.artifact_dir(run_id) for run_id in run_ids]
+    if model_id is not None:
+        roots.append(model_folder(tracker, model_id))
+    if any(root is None for root in roots):
+        return None
+    return sum(folder_bytes(root) for root in roots)
+
+
+def folder_bytes(root) -> int:
+    """Bytes of the files under ``root`` (0 when it does not exist)."""
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.exists() else 0
 
 
 def _say(message: str) -> None:

@@ -89,13 +89,12 @@ def rescore(
             "factors": ",".join(map(str, factors)),
             **({cv.PARAM_CKA: estimator} if similarity is not None else {}),
         },
+        dataset=dataset,
     )
     with evalrun.start_eval_run(tracker, spec) as ctx:
         summary = evalrun.record_scores(ctx, scores, how)
         if similarity is not None:
             evalrun.record_cka(ctx, similarity)
-        if dataset is not None:
-            evalrun.record_dataset(ctx, dataset)
     return RescoreResult(ctx.run_id, parent, scores, summary)
 
 

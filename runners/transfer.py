@@ -198,6 +198,7 @@ def transfer_run(tracker, run_id: str, request: TransferRequest, *, quiet: bool 
             "transfer.probe_test_images": str(len(split[1])),
             "transfer.probe_split": f"stratified test_fraction={PROBE_TEST_FRACTION} seed={seed}",
         },
+        dataset=_dataset_record(data),
     )
     with evalrun.start_eval_run(tracker, spec) as ctx:
         evalrun.record_scores(
@@ -205,7 +206,6 @@ def transfer_run(tracker, run_id: str, request: TransferRequest, *, quiet: bool 
         )
         # one "superclass", the whole set: export and rescore --method read these
         evalrun.log_embeddings(ctx, result.pooled, np.zeros_like(data.labels), data.labels)
-        evalrun.record_dataset(ctx, _dataset_record(data))
     return result, ctx.run_id, train_id
 
 

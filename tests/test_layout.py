@@ -4,6 +4,7 @@
   rescore, transfer, ...) goes through ``evalrun.start_eval_run``.
 * No command module imports another command module: shared code lives below them.
 * The eval run's artifact file names are spelled only in ``tracker/conventions.py``.
+* Only ``tracker/`` imports mlflow.
 """
 
 from __future__ import annotations
@@ -89,4 +90,21 @@ def test_artifact_file_names_are_spelled_only_in_the_conventions():
                 if isinstance(node, ast.Constant) and isinstance(node.value, str):
                     if any(name in node.value for name in ARTIFACT_NAMES):
                         offenders.append(f"{path.relative_to(REPO)}:{node.lineno} {node.value!r}")
+    assert offenders == [], "\n".join(offenders)
+
+
+def test_only_the_tracker_imports_mlflow():
+    """The logged model's loader included: MLflow imports it by name, and it reaches the
+    store through the tracker."""
+    offenders = []
+    for root in (RUNNERS, REPO / "queries"):
+        for path, tree in _modules(root):
+            for node in ast.walk(tree):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    names = [node.module or ""]
+                if any(n == "mlflow" or n.startswith("mlflow.") for n in names):
+                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert offenders == [], "\n".join(offenders)

@@ -271,7 +271,6 @@ def test_dead_layer_is_warned_about_and_recorded(store, tiny_config):
             ctx,
             meas,
             labels=data.eval_labels,
-            dataset={},
             save=(),
             title="",
             probe_train_images=len(probe_index),

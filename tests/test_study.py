@@ -255,8 +255,17 @@ def sqlite_study(_template_store, tmp_path_factory):
     shutil.copytree(_template_store.root, root)
     store = local_store(root)
     space = root.parent / "tiny.toml"
-    space.write_text(TINY_SPACE)
-    opts = StudyOptions(name="s4", trials=4, space=str(space), quick=True, seed=3, quiet=True)
+    # Trials save their final checkpoint, so --register-best has models to register.
+    space.write_text(TINY_SPACE.replace("save = []", 'save = ["checkpoint"]'))
+    opts = StudyOptions(
+        name="s4",
+        trials=4,
+        space=str(space),
+        quick=True,
+        seed=3,
+        quiet=True,
+        register_best="best-s4",
+    )
     outcome = run_study(opts, store)
     return store, outcome
 
@@ -289,6 +298,32 @@ def test_sqlite_study_links_trials_and_runs(sqlite_study, capsys):
     # conditional parameter: weight_decay only where taps == blocks
     for t in study.trials:
         assert ("weight_decay" in t.params) == (t.params["taps"] == "blocks")
+
+
+def test_register_best_registers_the_best_trials_model(sqlite_study):
+    store, outcome = sqlite_study
+    best = outcome.best[0]  # one objective: the best trial
+    assert outcome.registered == {
+        "name": "best-s4",
+        "version": "1",
+        "trial": best["number"],
+        "run_id": best["mlflow_run_id"],
+    }
+    tracker = Tracker(store)
+    (version,) = tracker.client.search_model_versions("name = 'best-s4'")
+    assert version.run_id == best["mlflow_run_id"]
+    assert version.tags[TAG_TRIAL] == str(best["number"])
+    model_id = tracker.get_run(best["mlflow_run_id"]).data.tags["clusterprobe.model_id"]
+    assert version.source == f"models:/{model_id}"
+
+
+def test_register_best_needs_trials_that_save_a_checkpoint(store, space_file, capsys):
+    argv = ["study", "--store", str(store.root), "--name", "x", "--space", str(space_file)]
+    assert cli_main([*argv, "--register-best", "a:b"]) == 2
+    assert cli_main([*argv, "--register-best", "ok"]) == 2  # the space saves nothing
+    err = capsys.readouterr().err.splitlines()
+    assert "--register-best 'a:b'" in err[0] and "save no checkpoint" in err[1]
+    assert optuna.get_all_study_names(store.optuna_url) == []
 
 
 def test_dashboard_lists_the_study(sqlite_study):

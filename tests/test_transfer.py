@@ -85,6 +85,14 @@ def test_transfer_run_is_recorded_and_equals_sklearn(store_copy, transfer_folder
     assert params[cv.PARAM_PROTOCOL] == "whole" and params["factors"] == "1,2,3"
     assert params["whole.algorithm"] == "exact" and params["transfer.classes"] == "3"
     assert params[cv.PARAM_CHECKPOINT_EPOCH] == params["epochs"]
+    # the final model on another dataset: both are the run's inputs, the summary is linked
+    inputs = tracker.get_run(ev.info.run_id).inputs  # search_runs leaves model inputs out
+    (given,) = inputs.dataset_inputs
+    assert given.dataset.name == "colours" and given.tags[0].value == "eval"
+    model_id = tracker.get_run(train_id).data.tags[cv.TAG_MODEL_ID]
+    assert [m.model_id for m in inputs.model_inputs] == [model_id]
+    linked = [m for m in tracker.client.get_logged_model(model_id).metrics if m.key == "best_ami"]
+    assert {m.dataset_name for m in linked} == {"synthetic", "colours"}
 
     # independent reference: sklearn Ward + AMI on the checkpoint's pooled features
     folder = tracker.artifact_path(train_id, cv.ART_CHECKPOINT_DIR)

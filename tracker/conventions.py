@@ -15,7 +15,10 @@ Runs (tag ``clusterprobe.kind``):
 * ``train``: one per trained model. Params = every design choice
   (``asdict(RunConfig)`` flattened). Metrics per epoch, step = epoch:
   ``train_loss``, ``train_acc``, ``lr``. Artifacts: ``checkpoint/model.safetensors``
-  + ``checkpoint/model_config.json``.
+  + ``checkpoint/model_config.json``. Its final checkpoint is also an MLflow logged
+  model (pyfunc, named LOGGED_MODEL_NAME; its id in tag ``clusterprobe.model_id``)
+  whose folder holds no weights: its loader reads ``checkpoint/``. Input: its dataset
+  (context ``train``).
 * ``model``: one per external weights file (``clusterprobe eval --weights``) and
   architecture: params ``arch`` (and ``stem``, ``norm``), ``weights_path``,
   ``weights_sha256``, the head's width; no metrics. Found again by sha256, so every
@@ -27,7 +30,9 @@ Runs (tag ``clusterprobe.kind``):
   ``knn_acc``. Summaries: ``best_ami``, ``best_layer``, ``best_probe_acc``,
   ``best_knn_acc``, ``pixel_ami_f1``, and ``test_acc`` where the model's head predicts
   the eval set's labels (``test_acc_labels``: superclass or subclass).
-  Artifacts listed below.
+  Artifacts listed below. Inputs: its dataset (context ``eval``) and, where it measures
+  a train run's final checkpoint, that run's logged model, to which its summary metrics
+  are linked (the model's page lists them per dataset).
 * ``study``: one per Optuna study; its trials' train runs nested under it.
 * ``compare``: one per ``clusterprobe compare RUN_A RUN_B`` of two eval runs of the
   same eval images (tags TAG_COMPARE_A/B name them; param ``cka`` = the estimator).
@@ -53,6 +58,7 @@ TAG_TRIAL = "clusterprobe.trial"  # Optuna trial number, on trial train runs
 TAG_SOURCE_RUN = "clusterprobe.source_run"  # eval run re-scored from another eval run
 TAG_COMPARE_A = "clusterprobe.compare.run_a"  # compare runs: the two eval runs compared
 TAG_COMPARE_B = "clusterprobe.compare.run_b"
+TAG_MODEL_ID = "clusterprobe.model_id"  # train run: the logged model of its final checkpoint
 
 KINDS = ("train", "eval", "study", "model", "compare")
 
@@ -160,6 +166,10 @@ CHECKPOINT_WEIGHTS = "model.safetensors"
 CHECKPOINT_CONFIG = "model_config.json"
 ART_WEIGHTS = f"{ART_CHECKPOINT_DIR}/{CHECKPOINT_WEIGHTS}"
 ART_MODEL_CONFIG = f"{ART_CHECKPOINT_DIR}/{CHECKPOINT_CONFIG}"
+# The logged model of a train run: its name, and the file in its data folder that points
+# the loader at the run's checkpoint (run id, artifact folder, sha256 of the weights).
+LOGGED_MODEL_NAME = "model"
+MODEL_POINTER = "checkpoint_pointer.json"
 # Eval runs (written and read by runners/evalrun only):
 ART_LAYER_METRICS = "layer_metrics.parquet"
 ART_LAYERS = "layers.json"  # [{"index": i, "name": ..., "relative_depth": ...}, ...]

@@ -167,6 +167,10 @@ class RunContext:
         self.experiment_id: str = run.info.experiment_id
         self.artifact_uri: str = run.info.artifact_uri
         self.status: str = "RUNNING"
+        # What metrics logged with linked=True are attached to: the logged model this run
+        # measures (logged_models.use_model) and its dataset input (datasets.log_dataset).
+        self.model_id: str | None = None
+        self.dataset: tuple[str, str] | None = None  # (name, digest)
 
     def __repr__(self) -> str:
         return f"RunContext(run_id={self.run_id!r}, status={self.status!r})"
@@ -229,11 +233,24 @@ class RunContext:
         for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
             self.tracker._retry(self.tracker.client.log_batch, self.run_id, metrics=list(chunk))
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        """All ``metrics`` at one ``step``, in one log_batch (chunked at MLflow's limit)."""
+    def log_metrics(
+        self, metrics: Mapping[str, float], step: int = 0, *, linked: bool = False
+    ) -> None:
+        """All ``metrics`` at one ``step``, in one log_batch (chunked at MLflow's limit).
+
+        ``linked``: also attach them to the logged model this run measures (with its
+        dataset), so the model's page in the MLflow UI lists them; a no-op link where the
+        run measures no logged model.
+        """
         now = int(time.time() * 1000)
+        link = {}
+        if linked and self.model_id is not None:
+            link["model_id"] = self.model_id
+            if self.dataset is not None:
+                link["dataset_name"], link["dataset_digest"] = self.dataset
         items = [
-            Metric(_check_key("metric", k), float(v), now, int(step)) for k, v in metrics.items()
+            Metric(_check_key("metric", k), float(v), now, int(step), **link)
+            for k, v in metrics.items()
         ]
         self._log_metric_objects(items)
 

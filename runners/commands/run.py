@@ -212,6 +212,11 @@ def main(args: argparse.Namespace) -> int:
         print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
     print(f"train run: {result.train_run_id}")
     print(f"eval runs: {' '.join(result.eval_run_ids)}")
+    if result.model_id:
+        print(
+            f"logged model: models:/{result.model_id} (to register it: clusterprobe register "
+            f"{result.train_run_id} --name NAME)"
+        )
     print(f"bytes stored: {format_bytes(result.bytes_stored)}")
     print(f"open the MLflow UI: {ui_command(store)}")
     return 0

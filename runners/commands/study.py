@@ -59,6 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, help="sampler seed (default: random)")
     parser.add_argument(
+        "--register-best",
+        metavar="NAME",
+        help="when the study ends, register the best trial's model as a new version of NAME "
+        "(several objectives: the Pareto-front trial best on the first objective)",
+    )
+    parser.add_argument(
         "--heartbeat",
         type=int,
         default=60,
@@ -116,6 +122,7 @@ def _main(args: argparse.Namespace) -> int:
         seed=args.seed,
         heartbeat=args.heartbeat,
         quiet=args.quiet,
+        register_best=args.register_best,
     )
     outcome = run_study(opts, store)
     print(format_outcome(outcome, store))

@@ -5,6 +5,11 @@ Grams or embeddings re-clustered; ``transfer``: a stored model on another set)
 describes the run with an :class:`EvalSpec`, opens it with :func:`start_eval_run`
 and writes through the ``record_*`` / ``log_*`` functions below, so every eval run
 has the same params, metric names and artifact layout (tracker.conventions).
+
+Opening the run also records what it measured, as MLflow sees it: its dataset (the
+``dataset.json`` artifact and an MLflow dataset input, context ``eval``) and, where it
+measures a train run's final checkpoint, that run's logged model (a model input);
+the summary metrics are then linked to the model, so its page lists them per dataset.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+from clusterprobe.runners.data.record import dataset_info
 from clusterprobe.runners.evalrun import tables
 from clusterprobe.runners.evalrun.scores import LayerScores
 from clusterprobe.tracker import conventions as cv
@@ -61,6 +67,9 @@ class EvalSpec:
     run_name: str
     tags: Mapping[str, str] = field(default_factory=dict)
     extra: Mapping[str, str] = field(default_factory=dict)  # more params (transfer.*, factors)
+    # The eval set's dataset record (data.record.dataset_record, or a transfer set's):
+    # dataset.json and the MLflow dataset input. None where unknown (an old stored run).
+    dataset: Mapping | None = None
 
     def params(self) -> dict[str, str]:
         if self.protocol not in PROTOCOLS:
@@ -80,15 +89,39 @@ class EvalSpec:
 
 
 def start_eval_run(tracker, spec: EvalSpec):
-    """Create the RUNNING eval run ``spec`` describes, nested under its train run; returns
-    the tracker's run context (use it as ``with``: a crash ends the run FAILED)."""
-    return tracker.start_run(
+    """Create the RUNNING eval run ``spec`` describes, nested under its train run, with its
+    dataset and the logged model it measures (module docstring); returns the tracker's run
+    context (use it as ``with``: a crash ends the run FAILED)."""
+    from clusterprobe.tracker.logged_models import use_model
+
+    ctx = tracker.start_run(
         "eval",
         params=spec.params(),
         parent_run_id=spec.parent_run_id,
         tags=dict(spec.tags),
         run_name=spec.run_name,
     )
+    try:
+        if spec.dataset is not None:
+            record_dataset(ctx, spec.dataset)
+        model_id = measured_model(tracker, spec)
+        if model_id is not None:
+            use_model(ctx, model_id)
+    except BaseException as exc:
+        ctx.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    return ctx
+
+
+def measured_model(tracker, spec: EvalSpec) -> str | None:
+    """The logged model an eval run measures: its train run's, where it measures that
+    run's final checkpoint (an intermediate one is another model); else None."""
+    parent = tracker.get_run(spec.parent_run_id)
+    model_id = parent.data.tags.get(cv.TAG_MODEL_ID)
+    final = parent.data.params.get("epochs")
+    if model_id and final and str(spec.checkpoint_epoch) == final:
+        return model_id
+    return None
 
 
 # --- what every eval run records ----------------------------------------------------------
@@ -102,21 +135,20 @@ def record_scores(ctx, scores: LayerScores, how: Mapping[str, str]) -> dict[str,
     ctx.log_params({**how, "eval_factors": ",".join(map(str, scores.factors))})
     ctx.log_metric_table(scores.series())
     summary = scores.summary()
-    ctx.log_metrics(summary)
+    ctx.log_metrics(summary, linked=True)
     ctx.log_parquet(tables.layer_metrics_table(ctx.run_id, scores), cv.ART_LAYER_METRICS)
     ctx.log_json(tables.layers_json(scores.layer_names), cv.ART_LAYERS)
     return summary
 
 
 def record_measurement(
-    ctx, meas, *, labels, dataset: Mapping, save, title: str, probe_train_images: int | None
+    ctx, meas, *, labels, save, title: str, probe_train_images: int | None
 ) -> dict[str, float]:
     """Log a checkpoint measured on its training set's eval split (``measure.Measurement``)
     into the open eval run ``ctx``: how it was embedded and clustered, dead layers, the
     scores, the model's own accuracy where measured (``test_acc``), timings,
-    ``dataset.json``, ``cka.parquet``, and the heavy artifacts ``save`` names
-    (embeddings, distances, plots). ``labels``: the eval split's labels. Returns the
-    summary."""
+    ``cka.parquet``, and the heavy artifacts ``save`` names (embeddings, distances,
+    plots). ``labels``: the eval split's labels. Returns the summary."""
     emb = meas.embedding
     params = {f"embed.{k}": str(v) for k, v in (emb.params or {}).items()}
     if probe_train_images is not None:
@@ -129,9 +161,8 @@ def record_measurement(
     summary = record_scores(ctx, meas.scores, how)
     if meas.test_acc is not None:
         summary[cv.TEST_ACC_METRIC] = meas.test_acc
-        ctx.log_metrics({cv.TEST_ACC_METRIC: meas.test_acc})
+        ctx.log_metrics({cv.TEST_ACC_METRIC: meas.test_acc}, linked=True)
     record_seconds(ctx, meas.seconds)
-    record_dataset(ctx, dataset)
     if meas.cka is not None:
         record_cka(ctx, meas.cka)
     if "embeddings" in save:
@@ -149,8 +180,12 @@ def record_cka(ctx, cka) -> None:
 
 
 def record_dataset(ctx, record: Mapping) -> None:
-    """``dataset.json``: which classes and how many images went in."""
+    """``dataset.json`` (which classes and how many images went in) and the same record as
+    the run's MLflow dataset input (context ``eval``)."""
+    from clusterprobe.tracker.datasets import log_dataset
+
     ctx.log_json(dict(record), cv.ART_DATASET_RECORD)
+    log_dataset(ctx, dataset_info(record), "eval")
 
 
 def record_seconds(ctx, seconds: Mapping[str, float]) -> None:

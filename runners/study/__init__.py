@@ -39,7 +39,7 @@ from clusterprobe.runners.study.lock import SlotLock
 from clusterprobe.runners.study.mlflow_run import log_study_summary, study_run
 from clusterprobe.runners.study.options import StudyOptions, validate_options
 from clusterprobe.runners.study.processes import run_workers
-from clusterprobe.runners.study.report import StudyOutcome, summarize
+from clusterprobe.runners.study.report import StudyOutcome, registry_pick, summarize
 from clusterprobe.runners.study.settings import (
     ATTR_SETTINGS,
     StudySettings,
@@ -83,6 +83,20 @@ def _new_settings(opts: StudyOptions, name: str) -> StudySettings:
     )
 
 
+def _check_register_best(opts: StudyOptions, settings: StudySettings) -> None:
+    """--register-best needs trials that store their final checkpoint (the logged model)."""
+    if not opts.register_best:
+        return
+    space = settings.space()
+    if any(p.name == "save" for p in space.params):
+        return  # searched: whether the best trial saved one is known at the end only
+    if "checkpoint" not in build_config(space, {}, quick=settings.quick).save:
+        raise UsageError(
+            f"--register-best {opts.register_best}: the space's trials save no checkpoint "
+            "(save lacks 'checkpoint'), so they log no model to register"
+        )
+
+
 def _create_lock(spec: str) -> contextlib.AbstractContextManager:
     if storage_kind(spec) == "postgresql":
         return SlotLock(spec, "__create__").held()
@@ -124,6 +138,7 @@ def run_study(opts: StudyOptions, store: Store) -> StudyOutcome:
             if opts.seed is not None:
                 changes["seed"] = opts.seed
             settings = dataclasses.replace(settings, **changes)
+            _check_register_best(opts, settings)
         else:
             name = opts.name or "study-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             if name in names:
@@ -132,6 +147,7 @@ def run_study(opts: StudyOptions, store: Store) -> StudyOutcome:
                     f"continue it with --resume {name} or pick another --name"
                 )
             settings = _new_settings(opts, name)
+            _check_register_best(opts, settings)
             study = optuna.create_study(
                 study_name=name,
                 storage=storage,
@@ -159,4 +175,28 @@ def run_study(opts: StudyOptions, store: Store) -> StudyOutcome:
                 f"study {name} has {outcome.complete} of {outcome.trials} complete trials; "
                 f"continue it with --resume {name}"
             )
+        if opts.register_best:
+            outcome.registered = _register_best(tracker, outcome, settings, opts.register_best)
     return outcome
+
+
+def _register_best(tracker, outcome: StudyOutcome, settings: StudySettings, name: str) -> dict:
+    """Register the model of the trial `registry_pick` chooses as a new version of ``name``."""
+    from clusterprobe.runners.register import register_run
+    from clusterprobe.tracker.conventions import TAG_STUDY, TAG_TRIAL
+
+    pick = registry_pick(outcome.best, settings.objectives)
+    values = ", ".join(f"{k}={v:.4g}" for k, v in pick["values"].items())
+    version = register_run(
+        tracker,
+        pick["mlflow_run_id"],
+        name,
+        description=f"study {outcome.name}, trial {pick['number']}: {values}",
+        tags={TAG_STUDY: outcome.name, TAG_TRIAL: str(pick["number"])},
+    )
+    return {
+        "name": version.name,
+        "version": version.version,
+        "trial": pick["number"],
+        "run_id": version.run_id,
+    }

@@ -25,9 +25,14 @@ class StudyOptions:
     seed: int | None = None
     heartbeat: int = 60
     quiet: bool = False
+    register_best: str | None = None  # registered model name for the best trial's model
 
 
 def validate_options(opts: StudyOptions) -> None:
+    if opts.register_best is not None:
+        from clusterprobe.tracker.logged_models import check_model_name
+
+        check_model_name(opts.register_best, "--register-best")
     if opts.workers < 1:
         raise UsageError(f"--workers {opts.workers}: must be >= 1")
     if opts.trials is not None and opts.trials < 1:

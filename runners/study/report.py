@@ -23,6 +23,7 @@ class StudyOutcome:
     failed: int
     pruned: int
     best: list[dict]  # per best trial: number, values, params, mlflow_run_id
+    registered: dict | None = None  # --register-best: name, version, trial, run_id
 
 
 def summarize(study, spec: str) -> StudyOutcome:
@@ -55,6 +56,17 @@ def summarize(study, spec: str) -> StudyOutcome:
     )
 
 
+def registry_pick(best: list[dict], objectives) -> dict | None:
+    """The trial ``--register-best`` registers: the best trial; with several objectives,
+    the trial of the Pareto front best on the FIRST objective (ties: the lowest trial
+    number), so the first ``--objective`` is the one that decides."""
+    if not best:
+        return None
+    name, direction = objectives[0]
+    sign = -1.0 if direction == "maximize" else 1.0
+    return min(best, key=lambda b: (sign * b["values"][name], b["number"]))
+
+
 def dashboard_command(spec: str, store: Store) -> str:
     """The command that opens optuna-dashboard on this study's storage."""
     if store.optuna_url == spec and store.root is not None:
@@ -75,6 +87,12 @@ def format_outcome(outcome: StudyOutcome, store: Store) -> str:
         values = ", ".join(f"{k}={_num(v)}" for k, v in b["values"].items())
         params = ", ".join(f"{k}={_num(v)}" for k, v in b["params"].items())
         lines.append(f"{label} {b['number']}: {values}  [{params}]  train run {b['mlflow_run_id']}")
+    if outcome.registered:
+        r = outcome.registered
+        lines.append(
+            f"registered {r['name']} version {r['version']}: trial {r['trial']}'s model "
+            f"(train run {r['run_id']}), models:/{r['name']}/{r['version']}"
+        )
     lines.append(f"dashboard: {dashboard_command(outcome.storage, store)}")
     return "\n".join(lines)
 
