@@ -112,14 +112,15 @@ def _hub_where(cache: Path) -> str:
 
 def _download_hub(repo: str, names: list[str], revision, cache: Path) -> Path:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import RemoteEntryNotFoundError
 
     for candidate in names:
         try:
-            return Path(hf_hub_download(repo, candidate, revision=revision, cache_dir=cache))
-        except EntryNotFoundError:
+            with _quiet_hub():  # its retry warnings: the one error line below says it all
+                return Path(hf_hub_download(repo, candidate, revision=revision, cache_dir=cache))
+        except RemoteEntryNotFoundError:  # the Hub answered: no such file, try the next name
             continue
-        except Exception as err:  # no network, no such repository, ...
+        except Exception as err:  # no network (huggingface_hub retries first), no repository
             raise UsageError(
                 f"--download: could not fetch {repo}/{candidate} ({type(err).__name__}: "
                 f"{' '.join(str(err).split())[:160]})"
@@ -143,6 +144,19 @@ def _from_url(url: str, download: bool):
             ) from None
         return target, "", ""
     return None, f"torch hub's checkpoints ({target.parent})", f"curl -L -o {target} {url}"
+
+
+@contextlib.contextmanager
+def _quiet_hub():
+    import logging
+
+    logger = logging.getLogger("huggingface_hub")
+    before = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 @contextlib.contextmanager
