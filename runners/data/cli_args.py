@@ -84,7 +84,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         "--download",
         action="store_true",
         default=None,
-        help="download the dataset into --data-dir if absent (CIFAR-100)",
+        help="download what is missing: the dataset into --data-dir (CIFAR-100); with eval "
+        "--pretrained, the weights into the Hugging Face cache",
     )
     g.add_argument("--train-per-subclass", type=int, default=None, metavar="N")
     g.add_argument("--eval-per-subclass", type=int, default=None, metavar="N")
