@@ -25,13 +25,16 @@ from urllib.parse import urlparse
 
 from clusterprobe.tracker.errors import UsageError
 
-# timm's names for a hub repository's weights (timm.models._hub): the pickle, and the
-# safetensors file tried first.
-HF_WEIGHTS = "pytorch_model.bin"
-SAFE_ALTERNATIVES = {
-    "pytorch_model.bin": "model.safetensors",
-    "open_clip_pytorch_model.bin": "open_clip_model.safetensors",
-}
+
+def _safe_alternative(filename: str) -> str | None:
+    """The safetensors file timm tries before a hub repository's pickle ``filename``
+    (timm.models._hub._get_safe_alternatives: huggingface_hub's standard names)."""
+    from huggingface_hub import constants
+
+    if filename.endswith(constants.PYTORCH_WEIGHTS_NAME):  # open_clip_pytorch_model.bin too
+        prefix = filename[: -len(constants.PYTORCH_WEIGHTS_NAME)]
+        return prefix + constants.SAFETENSORS_SINGLE_FILE
+    return filename[: -len(".bin")] + ".safetensors" if filename.endswith(".bin") else None
 
 
 @dataclass(frozen=True)
@@ -91,11 +94,11 @@ def locate(name: str, *, download: bool = False) -> PretrainedWeights:
 
 def _from_hub(cfg, download: bool):
     """(cached file or None, where it was looked for, the command that fetches it)."""
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import constants, try_to_load_from_cache
 
     repo, _, revision = cfg.hf_hub_id.partition("@")
-    filename = cfg.hf_hub_filename or HF_WEIGHTS
-    names = [n for n in (SAFE_ALTERNATIVES.get(filename), filename) if n]
+    filename = cfg.hf_hub_filename or constants.PYTORCH_WEIGHTS_NAME  # timm's default name
+    names = [n for n in (_safe_alternative(filename), filename) if n]
     cache = hub_cache()
     for candidate in names:
         found = try_to_load_from_cache(repo, candidate, cache_dir=cache, revision=revision or None)
