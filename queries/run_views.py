@@ -50,14 +50,28 @@ PARAM_TYPES: dict[str, str] = {
     "cka": "VARCHAR",
     "probe_per_subclass": "INTEGER",
     "save": "VARCHAR",
+    "preprocess": "VARCHAR",
+    "mean": "VARCHAR",  # comma list, as input.mean
+    "std": "VARCHAR",
+    "interpolation": "VARCHAR",
+    "crop_pct": "DOUBLE",
+    cv.PARAM_INPUT_SOURCE: "VARCHAR",  # the preprocessing applied: dataset | model
+    cv.PARAM_INPUT_SIZE: "INTEGER",
+    cv.PARAM_INPUT_MEAN: "VARCHAR",
+    cv.PARAM_INPUT_STD: "VARCHAR",
+    cv.PARAM_INPUT_INTERPOLATION: "VARCHAR",
+    cv.PARAM_INPUT_CROP_PCT: "DOUBLE",
+    cv.PARAM_INPUT_CROP_MODE: "VARCHAR",
     cv.PARAM_CHECKPOINT_EPOCH: "INTEGER",
     cv.PARAM_EVAL_SET: "VARCHAR",
     cv.PARAM_PROTOCOL: "VARCHAR",  # eval runs: per_superclass (the paper's) | whole (rescore)
     cv.PARAM_DEAD_LAYERS: "VARCHAR",  # eval runs: comma list ("3" alone would infer BIGINT)
-    cv.PARAM_MODEL_SOURCE: "VARCHAR",  # eval runs: trained | weights
+    cv.PARAM_MODEL_SOURCE: "VARCHAR",  # eval runs: trained | weights | pretrained
     cv.PARAM_TEST_ACC_LABELS: "VARCHAR",  # eval runs: superclass | subclass
     cv.PARAM_WEIGHTS_SHA256: "VARCHAR",  # model runs: hex digits (all-digit ones exist)
     cv.PARAM_WEIGHTS_PATH: "VARCHAR",
+    cv.PARAM_PRETRAINED: "VARCHAR",  # model runs of timm weights: arch.tag
+    cv.PARAM_HF_HUB_ID: "VARCHAR",
 }
 
 

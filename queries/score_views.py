@@ -58,19 +58,20 @@ FROM s JOIN n USING (run_id)""",
     # from `design_views`), and columns the canned queries filter and show. norm (VGG only, as
     # runners/models.py resolves it): the `norm` param when it names one (none, bn,
     # ln), else from the timm name (vgg16_bn -> bn); NULL for other families.
-    # model_source: where the measured model came from, 'trained' (here) or 'weights'
-    # (a file; train_run_id is then its model run); runs logged before the param
-    # existed were all trained here. is_repeat: an earlier eval run (of the same status
-    # class) measured the same checkpoint of the same model on the same set the same
-    # way (`eval --from` of a run's own final checkpoint, a weights file evaluated
-    # twice): the findings count each model once, so the final views leave repeats out.
+    # model_source: where the measured model came from, 'trained' (here), 'weights' (a
+    # file) or 'pretrained' (timm's weights; for both, train_run_id is then the weights'
+    # model run); runs logged before the param existed were all trained here. is_repeat:
+    # an earlier eval run (of the same status class) measured the same checkpoint of the
+    # same model on the same set the same way (`eval --from` of a run's own final
+    # checkpoint, a weights file evaluated twice): the findings count each model once,
+    # so the final views leave repeats out.
     execute(
         con,
         setup,
         f"""CREATE TABLE snap.evals AS
 SELECT p.run_id, t.parent_run_id AS train_run_id, d.design_key, d.design, r.status, p.dataset,
        coalesce(p.{cv.PARAM_SHUFFLED}, false) AS shuffled, p.arch,
-       coalesce(regexp_extract(p.arch, '^(resnet|resnext|vgg|vit|deit|convnext|efficientnet|mobilenet)', 1),
+       coalesce(regexp_extract(p.arch, '^(resnet|resnext|vgg|vit|deit|convnext|efficientnet|mobilenet|regnet|swin)', 1),
                 p.arch) AS arch_family,
        CASE WHEN p.norm IN ('none', 'bn', 'ln') THEN p.norm
             WHEN p.arch LIKE 'vgg%\\_bn' ESCAPE '\\' THEN 'bn'

@@ -24,11 +24,12 @@ Views (stable names; `VIEW_COLUMNS` lists the columns):
   the params that vary between the store's eval runs: what tells groups apart), the
   columns the queries filter and show, is_final (last checkpoint), is_transfer
   (evaluation set != training set), rescored (made by `rescore` from another eval
-  run: left out of the canned queries) and model_source ('trained': a train run of
-  the store, by `run` or `eval --from`; 'weights': a weights file, `eval --weights`,
-  whose model run is then train_run_id) and is_repeat (an earlier FINISHED eval run
-  measured the same checkpoint of the same model on the same set: left out of the
-  final views, so the findings count each model once).
+  run: left out of the canned queries), model_source ('trained': a train run of the
+  store, by `run` or `eval --from`; 'weights': a weights file, `eval --weights`;
+  'pretrained': timm's weights, `eval --pretrained`; for these two the weights' model
+  run is train_run_id) and is_repeat (an earlier FINISHED eval run measured the same
+  checkpoint of the same model on the same set: left out of the final views, so the
+  findings count each model once).
 * ``final_evals``: the rows of ``evals`` that the paper's in-domain findings average
   over: FINISHED eval runs of the final checkpoint on the training dataset's own
   evaluation set, not rescored, not repeats (status, is_final, is_transfer and rescored are

@@ -15,6 +15,11 @@ TAPS = ("blocks", "stages")  # every residual block, or every stage output
 NORMS = ("default", "none", "bn", "ln")  # VGG only; "default": as the timm name says
 SPLITS = ("none", "rand", "good", "bad")  # BREEDS source/target splits
 SAVE = ("checkpoint", "embeddings", "distances", "plots")  # heavy artifacts a run may keep
+TAPS_LIST = "list"  # `--taps list`: print a model's taps instead of measuring it
+
+# --- preprocessing (runners/data/preprocess.py) ---
+PREPROCESS = ("dataset", "model")  # the dataset's own recipe | timm's data config of the arch
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")  # resizes of image tensors and PIL alike
 
 # --- the measurement (engine) ---
 PRECISIONS = ("fp32", "bf16", "fp64")  # the embedding forward pass (fp64: exact references)

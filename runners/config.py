@@ -74,8 +74,17 @@ class RunConfig:
     split: str = "none"  # BREEDS source/target split: none | rand | good | bad (runs use source)
     breeds_info: str | None = None  # folder of the BREEDS hierarchy files (else cache/download)
     download: bool = False  # allow downloading a dataset (CIFAR-100) into data_dir
+    # --- preprocessing (runners/data/preprocess.py): a recipe, then single overrides ---
+    # "dataset": the dataset's own recipe (what `run` trains with); "model": timm's data
+    # config of the arch (input size, mean/std, interpolation, crop), for weights made
+    # elsewhere. image_size above overrides the input size of either.
+    preprocess: str = "dataset"
+    mean: tuple[float, ...] | None = None  # per-channel mean of [0, 1] images (None: recipe's)
+    std: tuple[float, ...] | None = None
+    interpolation: str | None = None  # resize interpolation (None: the recipe's)
+    crop_pct: float | None = None  # resize to size / crop_pct, crop the centre (None: recipe's)
     # --- model ---
-    arch: str = "resnet18"  # any timm model name of a supported family
+    arch: str = "resnet18"  # any timm model name (optionally with its pretrained tag)
     stem: str = "standard"  # "standard" | "cifar" (stride-1 3x3 stem: 5-10x slower on CPU)
     taps: str = "blocks"  # "blocks" (every residual block) | "stages"
     norm: str = "default"  # VGG only: "none" | "bn" | "ln" (LayerNorm2d); "default": as named
@@ -115,6 +124,24 @@ class RunConfig:
             value = getattr(self, name)
             if value not in legal:
                 raise UsageError(f"--{name} {value!r}: choose one of {', '.join(legal)}")
+        if self.preprocess not in choices.PREPROCESS:
+            raise UsageError(
+                f"--preprocess {self.preprocess!r}: choose one of {', '.join(choices.PREPROCESS)}"
+            )
+        if self.interpolation is not None and self.interpolation not in choices.INTERPOLATIONS:
+            raise UsageError(
+                f"--interpolation {self.interpolation!r}: choose one of "
+                f"{', '.join(choices.INTERPOLATIONS)}"
+            )
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None and (len(value) != 3 or (name == "std" and min(value) <= 0)):
+                raise UsageError(
+                    f"--{name} {','.join(map(str, value))}: give 3 comma-separated numbers, "
+                    f"one per RGB channel{' (all > 0)' if name == 'std' else ''}"
+                )
+        if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
+            raise UsageError(f"--crop-pct {self.crop_pct}: give a fraction in (0, 1]")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")

@@ -1,18 +1,22 @@
-"""Where a measured model comes from: a train run of this store, or a weights file.
+"""Where a measured model comes from: a train run of this store, a weights file, or
+timm's pretrained weights.
 
-``clusterprobe eval`` measures one model from one source. Every source answers the
-same questions, in this order, all but the last before anything is stored:
+``clusterprobe eval`` (and ``transfer``) measures one model from one source. Every
+source answers the same questions, in this order, all but the last before anything
+is stored:
 
-* ``base_config()``: the RunConfig it implies, which eval's flags then override
-  (``evaluate.eval_config``): a train run's own config, rebuilt from its params;
-  for a weights file, the defaults and its architecture;
+* ``base_config()``: the RunConfig it implies, which the command's flags then
+  override (``evaluate.eval_config``): a train run's own config, rebuilt from its
+  params; for a weights file or pretrained weights, the defaults, its architecture
+  and ``preprocess="model"`` (images prepared as the weights expect, timm's data
+  config);
 * ``load(config, data, device)``: a :class:`SourceModel`, the model in eval mode
-  with what its head predicts on ``data`` and the params that describe it;
+  with what its head predicts on ``data`` (an eval set; a transfer set has no
+  labels a head predicts) and the params that describe it;
 * ``parent_run_id(tracker)``: the run its eval runs nest under: the train run, or
   the weights' ``model`` run (found by sha256, else created: the first write).
 
 ``kind`` is the eval run's ``model_source`` param (``tracker.conventions.MODEL_SOURCES``).
-A new source (timm's pretrained weights) is one more class of this shape.
 """
 
 from __future__ import annotations
@@ -41,13 +45,30 @@ class SourceModel:
     notes: list[str] = field(default_factory=list)  # what the user should be told
 
 
-def _head_note(width: int, data, head: str | None, why_not: str = "") -> str:
+def _labelled(data) -> bool:
+    """An eval set with superclass and subclass labels (a transfer set has neither)."""
+    return hasattr(data, "eval_labels")
+
+
+def _head_note(width: int, data, head: str | None, why_not: str = "") -> list[str]:
+    if not _labelled(data):
+        return []
     have = (
         f"the eval set has {data.num_superclasses} superclasses, {data.num_subclasses} subclasses"
     )
     if head is not None:
-        return f"classifier head: {width} outputs = {head} labels: test_acc on {head} labels"
-    return f"classifier head: {width} outputs; {why_not or have}: no test_acc"
+        return [f"classifier head: {width} outputs = {head} labels: test_acc on {head} labels"]
+    return [f"classifier head: {width} outputs; {why_not or have}: no test_acc"]
+
+
+def _check_size(cfg: dict, image_size: int, what: str) -> None:
+    """A model built for one input size (ViT, Swin: ``models.sized_at_creation``) takes no
+    other."""
+    if models.sized_at_creation(cfg) and cfg.get("image_size") != image_size:
+        raise UsageError(
+            f"--image-size {image_size}: the {cfg['arch']} of {what} takes "
+            f"{cfg.get('image_size')} px images"
+        )
 
 
 class TrainRunSource:
@@ -79,24 +100,24 @@ class TrainRunSource:
                     f"--epoch {epoch}: train run {run_id} stored no checkpoint at epoch {epoch}; "
                     f"saved: {', '.join(map(str, saved)) or 'none'} (run --eval-epochs saves more)"
                 )
-        stored_checkpoint(tracker, run_id, self.epoch)
+        self.folder = stored_checkpoint(tracker, run_id, self.epoch)
         self.run_name = run.info.run_name or run_id
 
     def base_config(self) -> RunConfig:
         return RunConfig.from_params(self.params)
 
+    def image_size(self) -> int | None:
+        """The image size the checkpoint's model was trained at."""
+        return models.checkpoint_config(self.folder).get("image_size")
+
     def load(self, config: RunConfig, data, device) -> SourceModel:
         from clusterprobe.runners.checkpoints import load_stored_model
 
         model, cfg = load_stored_model(self.tracker, self.run_id, device, self.epoch)
-        if cfg.get("family") == "vit" and cfg.get("image_size") != data.image_size:
-            raise UsageError(
-                f"--image-size {data.image_size}: the ViT of train run {self.run_id} takes "
-                f"{cfg.get('image_size')} px images"
-            )
+        _check_size(cfg, data.image_size, f"train run {self.run_id}")
         width = int(cfg["num_classes"])
         # Its head's labels mean what they meant in training only on the same class lists.
-        same_classes = data.digest() == self.params.get("dataset_digest")
+        same_classes = _labelled(data) and data.digest() == self.params.get("dataset_digest")
         trained_on = self.params.get("labels") or "superclass"
         head = head_labels(width, data, trained_on) if same_classes else None
         why = "" if same_classes else "the eval set has other classes than it was trained on"
@@ -108,11 +129,48 @@ class TrainRunSource:
             params=self.params,
             checkpoint_epoch=str(epoch),
             label=f"e{epoch} of {self.run_name}",
-            notes=[_head_note(width, data, head, why)],
+            notes=_head_note(width, data, head, why),
         )
 
     def parent_run_id(self, tracker) -> str:
         return self.run_id
+
+
+def _model_run(tracker, params: dict[str, str], match: tuple[str, ...], name: str) -> str:
+    """The FINISHED ``model`` run whose params equal ``params`` on ``match`` (sha256 among
+    them), created where none exists yet."""
+    sha = params[cv.PARAM_WEIGHTS_SHA256]
+    for run in tracker.search_runs(
+        kind="model",
+        status="FINISHED",
+        filter_string=f"params.{cv.PARAM_WEIGHTS_SHA256} = '{sha}'",
+    ):
+        if all(run.data.params.get(k) == params[k] for k in match):
+            return run.info.run_id
+    with tracker.start_run("model", params=params, run_name=name) as ctx:
+        pass  # a record of the weights; their measurements nest under it
+    return ctx.run_id
+
+
+def _model_params(cfg: dict, width: int) -> dict[str, str]:
+    return {
+        "arch": cfg["arch"],
+        "stem": cfg["stem"],
+        "norm": cfg["norm"],
+        "timm_name": cfg["timm_name"],
+        "family": cfg["family"],
+        "head_classes": str(width),
+        "timm_version": cfg["timm_version"],
+    }
+
+
+def _file_params(path, sha256: str, size: int, fmt: str) -> dict[str, str]:
+    return {
+        cv.PARAM_WEIGHTS_PATH: str(path),
+        cv.PARAM_WEIGHTS_SHA256: sha256,
+        "weights_bytes": str(size),
+        "weights_format": fmt,
+    }
 
 
 class WeightsSource:
@@ -125,7 +183,10 @@ class WeightsSource:
         self.model_params: dict[str, str] = {}
 
     def base_config(self) -> RunConfig:
-        return RunConfig(arch=self.arch, stem=self.stem, norm=self.norm)
+        return RunConfig(arch=self.arch, stem=self.stem, norm=self.norm, preprocess="model")
+
+    def image_size(self) -> int | None:
+        return None  # a state dict does not say; the preprocessing decides
 
     def load(self, config: RunConfig, data, device) -> SourceModel:
         """The model built with the file's own head width, so every tensor loads and the
@@ -139,19 +200,11 @@ class WeightsSource:
         cfg = models.model_config(config, width, data.image_size)
         model = models.create_model(config, width, data.image_size)
         wf.load_into(model, self.weights, config.arch)
-        head = head_labels(width, data) if width else None
+        head = head_labels(width, data) if width and _labelled(data) else None
+        w = self.weights
         self.model_params = {
-            "arch": config.arch,
-            "stem": config.stem,
-            "norm": cfg["norm"],
-            "timm_name": cfg["timm_name"],
-            "family": cfg["family"],
-            "head_classes": str(width),
-            "timm_version": cfg["timm_version"],
-            cv.PARAM_WEIGHTS_PATH: str(self.weights.path),
-            cv.PARAM_WEIGHTS_SHA256: self.weights.sha256,
-            "weights_bytes": str(self.weights.size),
-            "weights_format": self.weights.format,
+            **_model_params(cfg, width),
+            **_file_params(w.path, w.sha256, w.size, w.format),
         }
         params = {**self.model_params, cv.PARAM_MODEL_SOURCE: self.kind}
         if head is not None:
@@ -164,21 +217,78 @@ class WeightsSource:
             params=params,
             checkpoint_epoch="",
             label=f"{self.weights.path.name}",
-            notes=[_head_note(width, data, head, why)],
+            notes=_head_note(width, data, head, why),
         )
 
     def parent_run_id(self, tracker) -> str:
         """The model run of these weights (same sha256, arch, stem and norm), created
         FINISHED where none exists yet. Call after :meth:`load`."""
         match = ("arch", "stem", "norm", cv.PARAM_WEIGHTS_SHA256)
-        for run in tracker.search_runs(
-            kind="model",
-            status="FINISHED",
-            filter_string=f"params.{cv.PARAM_WEIGHTS_SHA256} = '{self.weights.sha256}'",
-        ):
-            if all(run.data.params.get(k) == self.model_params[k] for k in match):
-                return run.info.run_id
         name = f"{self.arch} {self.weights.path.name}"
-        with tracker.start_run("model", params=self.model_params, run_name=name) as ctx:
-            pass  # a record of the weights; their measurements nest under it
-        return ctx.run_id
+        return _model_run(tracker, self.model_params, match, name)
+
+
+class PretrainedSource:
+    """timm's pretrained weights for ``name`` (``arch.tag``), from the local Hugging Face
+    cache (``runners.pretrained``); fetched first only with ``download``."""
+
+    kind = "pretrained"
+
+    def __init__(self, name: str, download: bool = False):
+        """Find the cached file now: a missing one is bad input, found before any store."""
+        from clusterprobe.runners import pretrained
+
+        self.weights = pretrained.locate(name, download=download)
+        self.model_params: dict[str, str] = {}
+
+    def base_config(self) -> RunConfig:
+        return RunConfig(arch=self.weights.name, preprocess="model")
+
+    def image_size(self) -> int | None:
+        return None  # timm's data config of the weights decides (preprocess "model")
+
+    def load(self, config: RunConfig, data, device) -> SourceModel:
+        """The model as timm builds it with these weights (its own head), read from the
+        cached file with the network switched off; a model of a fixed input size built
+        for the eval set's, its position embeddings resampled by timm."""
+        from clusterprobe.runners import pretrained
+        from clusterprobe.runners.weights import file_sha256
+
+        w = self.weights
+        cfg = models.model_config(config, w.num_classes, data.image_size)
+        try:
+            with pretrained.offline():
+                model = models.build_model(cfg, pretrained_file=w.path)
+        except UsageError:
+            raise
+        except Exception as err:
+            raise UsageError(
+                f"--pretrained {w.name}: timm could not load {w.path} at {data.image_size} px "
+                f"({type(err).__name__}: {' '.join(str(err).split())[:200]})"
+            ) from None
+        fmt = "safetensors" if w.path.suffix == ".safetensors" else "torch"
+        self.model_params = {
+            **_model_params(cfg, w.num_classes),
+            **_file_params(w.path, file_sha256(w.path), w.path.stat().st_size, fmt),
+            cv.PARAM_PRETRAINED: w.name,
+            cv.PARAM_HF_HUB_ID: w.hf_hub_id,
+        }
+        head = head_labels(w.num_classes, data) if w.num_classes and _labelled(data) else None
+        params = {**self.model_params, cv.PARAM_MODEL_SOURCE: self.kind}
+        if head is not None:
+            params["labels"] = head
+        return SourceModel(
+            model=model.to(device).eval(),
+            cfg=cfg,
+            head=head,
+            params=params,
+            checkpoint_epoch="",
+            label=w.name,
+            notes=_head_note(w.num_classes, data, head),
+        )
+
+    def parent_run_id(self, tracker) -> str:
+        """The model run of these weights (same sha256 and name), created FINISHED where
+        none exists yet. Call after :meth:`load`."""
+        match = ("arch", cv.PARAM_PRETRAINED, cv.PARAM_WEIGHTS_SHA256)
+        return _model_run(tracker, self.model_params, match, f"{self.weights.name} (pretrained)")

@@ -1,7 +1,7 @@
 """Transfer clustering: how a trained model's layers cluster an out-of-distribution set.
 
 The paper's transfer protocol (finding 5): images of another dataset go through the
-trained model, every tapped layer is reduced to pooled features (global average
+model, every tapped layer is reduced to pooled features (global average
 pool; token mean for ViTs), L2-normalised, and clustered as one whole dataset
 (no superclasses) into #classes x factor clusters, factors 1..10 by default; each
 partition is scored against the transfer set's class labels (AMI, purity) with
@@ -11,7 +11,9 @@ one part of a seeded stratified split of the set and scored on the other
 (``probe_acc``, ``knn_acc``: the paper's transfer accuracy, finding 6).
 
 :func:`transfer_scores` is the measurement (pure results); :func:`transfer_run`
-loads a train run's checkpoint, measures and records a new eval run nested under it.
+loads a model from a source (``runners.sources``: a train run's checkpoint, a weights
+file, timm's pretrained weights), measures and records a new eval run nested under
+the source's run.
 """
 
 from __future__ import annotations
@@ -133,45 +135,48 @@ class TransferRequest:
     method: str = "auto"
     device: str = "auto"
     batch_size: int = 256
+    image_size: int | None = None  # None: the model's (a train run's, or its data config's)
 
 
-def transfer_run(tracker, run_id: str, request: TransferRequest, *, quiet: bool = True):
-    """Measure the transfer set with the final checkpoint of the train run ``run_id`` (or of
-    the train run above eval run ``run_id``); record a new eval run nested under it.
-    Everything is read and checked before the run exists: a bad input stores nothing.
-    Returns ``(TransferResult, new eval run id, train run id)``."""
+def transfer_run(tracker, source, request: TransferRequest, *, quiet: bool = True):
+    """Measure the transfer set with ``source``'s model (``runners.sources``: a train run's
+    final checkpoint, a weights file, timm's pretrained weights) and record a new eval run
+    nested under the source's run. Images are prepared as the source's config says: a
+    train run's image size with timm's normalisation of its arch; weights made elsewhere
+    with timm's data config (``data.preprocess``). Everything is read and checked before
+    the eval run exists: bad input stores nothing (weights get their model run first, as
+    in ``eval``). Returns ``(TransferResult, new eval run id, parent run id)``."""
     from clusterprobe.runners import models
-    from clusterprobe.runners.checkpoints import load_stored_model
-    from clusterprobe.runners.config import RunConfig
+    from clusterprobe.runners.data.preprocess import resolve
     from clusterprobe.runners.data.transfer import load_transfer
     from clusterprobe.runners.device import resolve_device
-    from clusterprobe.runners.evalrun.stored import train_run_of
 
-    train = train_run_of(tracker, run_id)
-    params, train_id = dict(train.data.params), train.info.run_id
-    device = resolve_device(request.device)
-    model, model_cfg = load_stored_model(tracker, train_id, device)
-    config = RunConfig.from_params(params)
+    config = source.base_config().replace(device=request.device)
+    if request.image_size is not None:
+        config = config.replace(image_size=request.image_size)
+    config = config.validate()
     seed = config.seed
+    device = resolve_device(config.device)
+    pre = resolve(config, native_size=source.image_size() or 224)
     data = load_transfer(
         request.source,
         data_dir=request.data_dir,
-        image_size=int(model_cfg.get("image_size") or 224),
-        arch=config.arch,
         per_class=request.per_class,
-        seed=seed,
+        seed=config.seed,
         download=request.download,
+        preprocess=pre,
     )
+    loaded = source.load(config, data, device)
     factors = tuple(sorted(set(request.factors) | {1}))
     split = _probe_split(data, seed)
     _say(
         quiet,
-        f"train run {train_id} ({config.arch}) on {data.name}: {len(data.labels)} images, "
+        f"{loaded.label} ({config.arch}) on {data.name}: {len(data.labels)} images, "
         f"{data.num_classes} classes, factors {','.join(map(str, factors))}",
     )
     result = transfer_scores(
-        model,
-        models.layer_taps(model, config),
+        loaded.model,
+        models.layer_taps(loaded.model, config),
         data,
         factors,
         device=device,
@@ -181,13 +186,16 @@ def transfer_run(tracker, run_id: str, request: TransferRequest, *, quiet: bool 
         probe_split=split,
         quiet=quiet,
     )
+    tracker.reap_orphans()
+    parent = source.parent_run_id(tracker)
     spec = evalrun.EvalSpec(
-        parent_run_id=train_id,
-        design=evalrun.design_params(params),
-        checkpoint_epoch=params.get("epochs", ""),
+        parent_run_id=parent,
+        # the model's design; the images' preparation is the transfer set's own
+        design={**evalrun.design_params(loaded.params), "taps": config.taps, **pre.params()},
+        checkpoint_epoch=loaded.checkpoint_epoch,
         eval_set=data.name,
         protocol="whole",
-        run_name=f"transfer {data.name} {train.info.run_name or train_id}",
+        run_name=f"transfer {data.name} {loaded.label}",
         tags={cv.TAG_DEVICE: str(device)},
         extra={
             "factors": ",".join(map(str, factors)),
@@ -206,7 +214,7 @@ def transfer_run(tracker, run_id: str, request: TransferRequest, *, quiet: bool 
         )
         # one "superclass", the whole set: export and rescore --method read these
         evalrun.log_embeddings(ctx, result.pooled, np.zeros_like(data.labels), data.labels)
-    return result, ctx.run_id, train_id
+    return result, ctx.run_id, parent
 
 
 def _probe_split(data, seed: int):

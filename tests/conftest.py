@@ -179,3 +179,66 @@ def tiny_run(_template_store, tmp_path_factory, tiny_config):
     store = local_store(target)  # not resolve_store: ignore any MLFLOW_TRACKING_URI
     result = pipeline.run(tiny_config, store, quiet=True)
     return store, tiny_config, result
+
+
+# --- pretrained weights: a Hugging Face cache in timm's layout, and no network -------------
+# timm's own tiny test models (~0.3-0.4M parameters, 160 px, mean/std 0.5, crop 0.95,
+# bicubic: a data config unlike ImageNet's defaults), with random-init weights.
+HUB_MODELS = ("test_convnext.r160_in1k", "test_vit.r160_in1k")
+
+
+def write_hub_weights(cache: Path, name: str, seed: int = 0) -> Path:
+    """Random-init weights of timm model ``name`` where huggingface_hub caches its repository
+    (``models--timm--NAME/refs/main`` -> ``snapshots/COMMIT/model.safetensors``); the file."""
+    import hashlib
+
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    repo_id = timm.models.get_pretrained_cfg(name).hf_hub_id
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    state = timm.create_model(name).state_dict()
+    path = snapshot / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def _hub_folder(tmp_path_factory) -> Path:
+    cache = tmp_path_factory.mktemp("hf") / "hub"
+    for name in HUB_MODELS:
+        write_hub_weights(cache, name)
+    return cache
+
+
+@pytest.fixture
+def hf_cache(_hub_folder, tmp_path, monkeypatch) -> Path:
+    """HF_HUB_CACHE pointing at a cache holding HUB_MODELS (HF_HOME at an empty folder)."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(_hub_folder))
+    return _hub_folder
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every attempt to open a connection is refused and recorded; the test fails after if
+    anything tried (even where the code under test swallowed the refusal)."""
+    import socket
+
+    attempts: list = []
+
+    def refuse(self, address, *args, **kwargs):
+        attempts.append(address)
+        raise OSError(f"no network in tests (tried {address})")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    yield attempts
+    assert not attempts, f"network access attempted: {attempts}"

@@ -22,10 +22,12 @@ from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_mutual_info_score
 from sklearn.preprocessing import normalize
 
-# The tiny run's data and measurement flags (tests/conftest.py TINY_RUN), for --weights.
+# The tiny run's data and measurement flags (tests/conftest.py TINY_RUN), for --weights;
+# --preprocess dataset: images as the run prepared them (a weights file otherwise gets
+# timm's data config of its architecture).
 TINY_FLAGS = (
     "--classes 4 --subclasses 2 --train-per-subclass 12 --eval-per-subclass 8 "
-    "--image-size 16 --batch-size 32 --probe-per-subclass 6"
+    "--image-size 16 --batch-size 32 --probe-per-subclass 6 --preprocess dataset"
 ).split()
 LAYER_METRICS = [f"{m}_f{f}" for m in ("ami", "purity") for f in range(1, 6)] + [
     cv.PROBE_METRIC,

@@ -121,7 +121,83 @@ def test_unknown_arch_lists_families_and_close_names():
     for family in ARCH_FAMILIES:
         assert family in str(err.value)
     with pytest.raises(UsageError, match="not a supported"):
-        create_model(RunConfig(arch="efficientnet_b0"), 4)
+        create_model(RunConfig(arch="resnet81"), 4)
+    with pytest.raises(UsageError, match="tags: resnet18.a1_in1k"):
+        arch_family("resnet18.no_such_tag")
+
+
+# --- any timm model: the family by class, else timm's own feature modules -----------------
+
+
+@pytest.mark.parametrize(
+    "arch,family,count",
+    [
+        ("seresnet18", "resnet", 8),  # a ResNet by class, whatever its module's name
+        ("resnet50d", "resnet", 16),  # deep stem, same 16 bottlenecks
+        ("vgg11_bn.tv_in1k", "vgg", 11),  # a pretrained tag in the name
+        ("deit_tiny_patch16_224", "vit", 24),
+        ("deit_tiny_distilled_patch16_224", "vit", 24),  # VisionTransformerDistilled
+        ("vit_small_patch16_18x2_224", "features", 18),  # parallel blocks: no after-attn point
+    ],
+)
+def test_family_by_class(arch, family, count):
+    _, taps = _taps(arch, meta=True)
+    assert arch_family(arch) == family and len(taps) == count
+
+
+@pytest.mark.parametrize(
+    "arch,count",
+    [
+        ("convnext_atto", 4),
+        ("efficientnet_b0", 5),
+        ("regnetx_002", 5),
+        ("swin_tiny_patch4_window7_224", 4),
+    ],
+)
+def test_other_models_tap_the_modules_their_feature_info_names(arch, count):
+    """The reference: timm's own feature extractor (features_only) names the same modules."""
+    _, taps = _taps(arch, meta=True)
+    with torch.device("meta"):
+        extractor = timm.create_model(arch, features_only=True)
+    assert [t.name for t in taps] == extractor.feature_info.module_name()
+    assert len(taps) == count and {t.kind for t in taps} == {"feature"}
+    assert {t.layout for t in taps} == {"NHWC" if arch.startswith("swin") else "NCHW"}
+
+
+def test_nhwc_taps_pool_over_height_and_width():
+    """Swin's stages are channels-last: the pooled vector is the mean over H and W of the
+    block output, as a plain hook reads it, and the Gram sees every value."""
+    from clusterprobe.runners.engine.embed import pooled_features
+
+    model, taps = _taps("swin_tiny_patch4_window7_224")
+    model.eval()
+    x = torch.randn(3, 3, 32, 32)
+    plain = {}
+    hooks = [
+        t.module.register_forward_hook(lambda m, a, o, i=t.index: plain.setdefault(i, o))
+        for t in taps
+    ]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    pooled = pooled_features(model, taps, torch.utils.data.TensorDataset(x), device="cpu")
+    for i, out in plain.items():
+        assert out.shape[-1] == pooled[i].shape[1]  # channels last
+        np_ref = out.mean(dim=(1, 2)).numpy()
+        assert abs(pooled[i] - np_ref).max() < 1e-5
+
+
+def test_tap_table_lists_shapes_from_a_meta_forward():
+    from clusterprobe.runners.models import tap_table
+
+    rows = tap_table(RunConfig(arch="convnext_atto"), 32)
+    assert [(r["name"], r["shape"]) for r in rows] == [
+        ("stages.0", (40, 8, 8)),
+        ("stages.1", (80, 4, 4)),
+        ("stages.2", (160, 2, 2)),
+        ("stages.3", (320, 1, 1)),
+    ]
 
 
 def test_options_outside_their_family_are_usage_errors():

@@ -219,3 +219,31 @@ def test_bad_input_is_one_line_exit_2_and_stores_nothing(store_copy, transfer_fo
     assert captured.out == "" and len(lines) == 1, captured.err
     assert lines[0].startswith("clusterprobe transfer: error: ") and message in lines[0]
     assert len(tracker.search_runs()) == before
+
+
+def test_transfer_of_pretrained_weights_nests_under_their_model_run(
+    store_copy, transfer_folder, hf_cache, no_network, capsys
+):
+    """The same model sources as eval: timm's weights from the cache, images prepared by
+    their data config (here at 32 px), one model run for the weights."""
+    store, tracker, _ = store_copy
+    name = "test_convnext.r160_in1k"
+    argv = ["transfer", "--pretrained", name, "--set", str(transfer_folder), "--factors", "1-2"]
+    assert cli_main(_argv(store, *argv, "--image-size", "32")) == 0
+    out = capsys.readouterr().out
+    run_id, parent = out.split("eval run: ")[1].split()[0], out.split("model run ")[1].split(")")[0]
+    run = tracker.get_run(run_id)
+    params = run.data.params
+    assert run.info.status == "FINISHED" and run.data.tags[cv.TAG_PARENT] == parent
+    assert params[cv.PARAM_MODEL_SOURCE] == "pretrained" and params[cv.PARAM_PROTOCOL] == "whole"
+    assert params[cv.PARAM_INPUT_SOURCE] == "model" and params[cv.PARAM_INPUT_SIZE] == "32"
+    assert params[cv.PARAM_INPUT_MEAN] == "0.5,0.5,0.5"  # the weights' data config, not ImageNet's
+    assert tracker.get_run(parent).data.params[cv.PARAM_PRETRAINED] == name
+    assert params["transfer.classes"] == "3" and params["taps"] == "blocks"
+
+
+def test_transfer_needs_one_model(store_copy, transfer_folder, capsys):
+    store, tracker, train_id = store_copy
+    argv = ["transfer", train_id, "--pretrained", "x", "--set", str(transfer_folder)]
+    assert cli_main(_argv(store, *argv)) == 2
+    assert "give one model" in capsys.readouterr().err

@@ -19,9 +19,10 @@ Runs (tag ``clusterprobe.kind``):
   model (pyfunc, named LOGGED_MODEL_NAME; its id in tag ``clusterprobe.model_id``)
   whose folder holds no weights: its loader reads ``checkpoint/``. Input: its dataset
   (context ``train``).
-* ``model``: one per external weights file (``clusterprobe eval --weights``) and
-  architecture: params ``arch`` (and ``stem``, ``norm``), ``weights_path``,
-  ``weights_sha256``, the head's width; no metrics. Found again by sha256, so every
+* ``model``: one per external weights file (``clusterprobe eval --weights``, or the
+  cached file of ``--pretrained NAME``) and architecture: params ``arch`` (and
+  ``stem``, ``norm``), ``weights_path``, ``weights_sha256``, the head's width (and
+  ``pretrained``, ``hf_hub_id``); no metrics. Found again by sha256, so every
   evaluation of the same weights nests under one model run.
 * ``eval``: one per (checkpoint, evaluation set), nested under its train run or model
   run (``mlflow.parentRunId``), repeating its params, and ``model_source`` (where the
@@ -72,12 +73,27 @@ PARAM_PROTOCOL = "protocol"  # eval runs: "per_superclass" (the paper's) | "whol
 PARAM_CKA = "cka"  # eval and compare runs: the CKA estimator of cka.parquet (RunConfig.cka)
 TAG_DEAD_LAYERS = "clusterprobe.dead_layers"  # JSON {layer index: [superclasses]} of zero rows
 # Where an eval run's model came from: "trained" (a train run of this store, by `run` or
-# `eval --from`) or "weights" (a file, `eval --weights`; its model run holds the file's
-# fingerprint). Eval runs written before the param existed are "trained".
+# `eval --from`), "weights" (a file, `eval --weights`) or "pretrained" (timm's pretrained
+# weights from the Hugging Face cache, `eval --pretrained`); for the last two its model
+# run holds the file's fingerprint. Eval runs written before the param existed are
+# "trained".
 PARAM_MODEL_SOURCE = "model_source"
-MODEL_SOURCES = ("trained", "weights")
+MODEL_SOURCES = ("trained", "weights", "pretrained")
 PARAM_WEIGHTS_PATH = "weights_path"  # model runs: the file as given (absolute)
 PARAM_WEIGHTS_SHA256 = "weights_sha256"  # model runs: what finds the run again
+PARAM_PRETRAINED = "pretrained"  # model runs of timm weights: the name with its tag
+PARAM_HF_HUB_ID = "hf_hub_id"  # ... and the Hugging Face repository it came from
+# The preprocessing the images got, as resolved (runners/data/preprocess.py): train and
+# eval runs. INPUT_SOURCE: "dataset" (the dataset's own recipe) or "model" (timm's data
+# config of the architecture, `timm.data.resolve_data_config`), before the user's
+# overrides; the rest as timm's data config names them.
+PARAM_INPUT_SOURCE = "input.preprocess"
+PARAM_INPUT_SIZE = "input.size"  # side in px of what the model sees
+PARAM_INPUT_MEAN = "input.mean"  # comma-joined per-channel mean (images in [0, 1])
+PARAM_INPUT_STD = "input.std"
+PARAM_INPUT_INTERPOLATION = "input.interpolation"  # resize interpolation ('none': no resize)
+PARAM_INPUT_CROP_PCT = "input.crop_pct"  # resize to size / crop_pct, then crop the centre
+PARAM_INPUT_CROP_MODE = "input.crop_mode"
 PARAM_TEST_ACC_LABELS = "test_acc_labels"  # eval runs: the labels test_acc is measured on
 
 # --- design: which params make two eval runs repeats of one design -------------

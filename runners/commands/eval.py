@@ -1,10 +1,11 @@
-"""`clusterprobe eval`: measure a model you already have (a stored checkpoint or a weights
-file) and record it as an eval run (``runners.evaluate``).
+"""`clusterprobe eval`: measure a model you already have (a stored checkpoint, a weights
+file, or timm's pretrained weights) and record it as an eval run (``runners.evaluate``).
 
 Thin edge: check which source the flags name, gather the data and measurement flags
 given, call ``evaluate``, print the per-layer table, the model's own accuracy and the
-run ids. Bad input is one line and exit 2 with nothing stored; a failure once the
-eval run is open ends it FAILED (one line, exit 1).
+run ids. ``--taps list`` prints the model's taps instead (``runners.taplist``).
+Bad input is one line and exit 2 with nothing stored; a failure once the eval run
+is open ends it FAILED (one line, exit 1).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ MEASURE_FLAGS = ("taps", "precision", "batch_size", "probe_per_subclass", "devic
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from clusterprobe.tracker.store import add_store_arguments
 
-    s = parser.add_argument_group("the model: --from RUN_ID, or --weights FILE --arch NAME")
+    s = parser.add_argument_group(
+        "the model: --from RUN_ID, --weights FILE --arch NAME, or --pretrained NAME"
+    )
     s.add_argument(
         "--from",
         dest="from_run",
@@ -38,12 +41,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="a state dict: .safetensors, or .pt/.pth/.bin (torch.load, weights_only=True)",
     )
-    s.add_argument("--arch", default=None, help="with --weights: the timm model they are for")
+    s.add_argument(
+        "--pretrained",
+        metavar="NAME",
+        help="timm's pretrained weights (e.g. resnet50.a1_in1k) from the Hugging Face cache; "
+        "--download fetches them when missing",
+    )
+    s.add_argument(
+        "--arch",
+        default=None,
+        help="with --weights: the timm model they are for (any timm name; alone: --taps list)",
+    )
     s.add_argument("--stem", default=None, choices=choices.STEMS, help="with --weights (ResNets)")
     s.add_argument("--norm", default=None, choices=choices.NORMS, help="with --weights (VGG)")
     add_data_arguments(parser)
     m = parser.add_argument_group("measurement (default: the train run's, else run's defaults)")
-    m.add_argument("--taps", default=None, choices=choices.TAPS, help="blocks (default) or stages")
+    m.add_argument(
+        "--taps",
+        default=None,
+        choices=(*choices.TAPS, choices.TAPS_LIST),
+        help="blocks (default) or stages; 'list' prints the model's taps and stores nothing",
+    )
     m.add_argument("--factors", default=None, metavar="SPEC", help="e.g. 1-5 (default)")
     m.add_argument(
         "--precision",
@@ -65,20 +83,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_store_arguments(parser)
 
 
+ONE_MODEL = "give one model: --from RUN_ID, --weights FILE --arch NAME, or --pretrained NAME"
+
+
 def _check_source_flags(args: argparse.Namespace) -> None:
-    if bool(args.from_run) == bool(args.weights):
-        raise UsageError("give one model: --from RUN_ID, or --weights FILE --arch NAME")
-    if args.from_run:
-        given = [f"--{n}" for n in ("arch", "stem", "norm") if getattr(args, n) is not None]
-        if given:
-            raise UsageError(
-                f"{', '.join(given)}: a train run's model is its own; they go with --weights"
-            )
-    else:
-        if args.arch is None:
-            raise UsageError("--weights needs --arch NAME: the timm model the weights are for")
-        if args.epoch is not None:
-            raise UsageError("--epoch goes with --from RUN_ID (a train run's checkpoints)")
+    if sum(map(bool, (args.from_run, args.weights, args.pretrained))) != 1:
+        raise UsageError(ONE_MODEL)
+    if args.epoch is not None and not args.from_run:
+        raise UsageError("--epoch goes with --from RUN_ID (a train run's checkpoints)")
+    flags = [f"--{n}" for n in ("arch", "stem", "norm") if getattr(args, n) is not None]
+    whose = "a train run's" if args.from_run else "timm's pretrained" if args.pretrained else ""
+    if whose and flags:
+        raise UsageError(f"{', '.join(flags)}: {whose} model is its own; they go with --weights")
+    if args.weights and args.arch is None:
+        raise UsageError("--weights needs --arch NAME: the timm model the weights are for")
+
+
+def _tap_list(args: argparse.Namespace, data_flags: dict, flags: dict) -> str:
+    """The taps of the model named by --arch or --pretrained (no weights read, no store)."""
+    from clusterprobe.runners.config import RunConfig
+    from clusterprobe.runners.evaluate import eval_config
+    from clusterprobe.runners.taplist import format_taps
+
+    arch = args.pretrained or args.arch
+    if not arch:
+        raise UsageError("--taps list: name the model with --arch NAME or --pretrained NAME")
+    base = RunConfig(
+        arch=arch, stem=args.stem or "standard", norm=args.norm or "default", preprocess="model"
+    )
+    flags = {k: v for k, v in flags.items() if k != "taps"}
+    return format_taps(eval_config(base, data_flags, flags).validate())
 
 
 def measure_flags(args: argparse.Namespace) -> dict:
@@ -104,18 +138,23 @@ def main(args: argparse.Namespace) -> int:
     from clusterprobe.tracker.store import store_from_args
     from clusterprobe.tracker.tracking import Tracker, handle_sigterm
 
-    _check_source_flags(args)
     data_flags, flags = data_config_kwargs(args), measure_flags(args)
+    if args.taps == choices.TAPS_LIST:
+        print(_tap_list(args, data_flags, flags))
+        return 0
+    _check_source_flags(args)
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads {args.threads}: give a number of threads >= 1")
-    if args.weights:  # read before the store is opened: a bad file touches nothing
-        weights = read_weights(args.weights)
-    tracker = Tracker(store_from_args(args))
+    # Files are found and read before the store is opened: a bad one touches nothing,
+    # and a missing pretrained file is reported at once.
     if args.weights:
         source = sources.WeightsSource(
-            weights, args.arch, args.stem or "standard", args.norm or "default"
+            read_weights(args.weights), args.arch, args.stem or "standard", args.norm or "default"
         )
-    else:
+    elif args.pretrained:
+        source = sources.PretrainedSource(args.pretrained, bool(data_flags.get("download")))
+    tracker = Tracker(store_from_args(args))
+    if args.from_run:
         source = sources.TrainRunSource(tracker, args.from_run, args.epoch)
     if args.threads is not None:
         import torch

@@ -31,7 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_data_arguments(parser)
     m = parser.add_argument_group("model and training")
-    m.add_argument("--arch", default=None, help="timm model name (default: resnet18)")
+    m.add_argument(
+        "--arch",
+        default=None,
+        help="any timm model name (default: resnet18); --taps list shows what is measured",
+    )
     m.add_argument(
         "--stem",
         default=None,
@@ -41,8 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument(
         "--taps",
         default=None,
-        choices=choices.TAPS,
-        help="tap every residual block (default) or every stage",
+        choices=(*choices.TAPS, choices.TAPS_LIST),
+        help="tap every residual block (default) or every stage; 'list' prints the "
+        "model's taps and runs nothing",
     )
     m.add_argument(
         "--norm",
@@ -170,6 +175,12 @@ def ui_command(store) -> str:
 def main(args: argparse.Namespace) -> int:
     from clusterprobe.tracker.store import store_from_args
 
+    if args.taps == choices.TAPS_LIST:
+        from clusterprobe.runners.taplist import format_taps
+
+        args.taps = None
+        print(format_taps(config_from_args(args).validate()))
+        return 0
     config = config_from_args(args)
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads {args.threads}: give a number of threads >= 1")

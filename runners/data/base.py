@@ -47,6 +47,8 @@ class HierarchicalData:
     image_size: int
     # What went in, for the run record: class ids/wnids per superclass, counts, options.
     record: dict = field(default_factory=dict)
+    # How images became model input (data.preprocess.Preprocess); its params are recorded.
+    preprocess: object | None = None
 
     @property
     def num_superclasses(self) -> int:

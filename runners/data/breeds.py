@@ -461,10 +461,10 @@ def load(config):
     val images. With ``split`` rand/good/bad the run uses the source domain's
     subclasses (BREEDS trains on the source); the target lists go to the record.
     """
-    from clusterprobe.runners.data import transforms
     from clusterprobe.runners.data.base import HierarchicalData, Labels
     from clusterprobe.runners.data.groups import superclass_of
     from clusterprobe.runners.data.images import ImageFiles, gather
+    from clusterprobe.runners.data.preprocess import image_transforms
 
     name = config.dataset
     if name not in BREEDS:
@@ -504,23 +504,20 @@ def load(config):
             f"({', '.join(empty[:SHOWN])}{', ...' if len(empty) > SHOWN else ''})"
         )
 
-    size = config.image_size or IMAGE_SIZE
-    mean, std = transforms.normalisation(config.arch)
-    train_tf = transforms.train_transform(size, mean, std)
-    eval_tf = transforms.eval_transform(size, mean, std)
-    eval_draft = transforms.decode_size(size, train=False)
-    train_plain = ImageFiles(tr_paths, tr_sup, tr_sub, eval_tf, eval_draft)
+    tf = image_transforms(config, IMAGE_SIZE)
+    train_plain = ImageFiles(tr_paths, tr_sup, tr_sub, tf.eval, tf.eval_draft)
     return HierarchicalData(
         name=name,
         shuffled=bool(config.shuffled),
-        train=train_plain.with_transform(train_tf, transforms.decode_size(size, train=True)),
-        eval=ImageFiles(ev_paths, ev_sup, ev_sub, eval_tf, eval_draft),
+        train=train_plain.with_transform(tf.train, tf.train_draft),
+        eval=ImageFiles(ev_paths, ev_sup, ev_sub, tf.eval, tf.eval_draft),
         train_plain=train_plain,
         train_labels=Labels(tr_sup, tr_sub),
         eval_labels=Labels(ev_sup, ev_sub),
         superclass_names=cls.superclass_names,
         subclass_names=wnids,
-        image_size=size,
+        image_size=tf.pre.input_size,
+        preprocess=tf.pre,
         record={
             "source": "BREEDS (arXiv 2008.04859) over ImageNet",
             "split": cls.split,
@@ -535,7 +532,7 @@ def load(config):
             "data_seed": config.data_seed,
             "imagenet_root": str(root),
             "breeds_info": str(info_dir),
-            "transforms": transforms.describe(size, mean, std),
+            "transforms": tf.record,
         },
     )
 

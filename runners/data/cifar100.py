@@ -123,8 +123,8 @@ def _select(fine: np.ndarray, keep: dict[int, int], per_subclass: int | None, se
 
 def load(config):
     """CIFAR-100, natural or shuffled, optionally subsampled (``classes``/``subclasses``)."""
-    from clusterprobe.runners.data import transforms
     from clusterprobe.runners.data.base import HierarchicalData, Labels
+    from clusterprobe.runners.data.preprocess import image_transforms
 
     folder = find_folder(config.data_dir, config.download)
     fine_names, coarse_names = read_meta(folder)
@@ -153,21 +153,20 @@ def load(config):
 
     tr_idx, tr_sub = _select(tr_fine, keep, config.train_per_subclass, config.data_seed)
     te_idx, te_sub = _select(te_fine, keep, config.eval_per_subclass, config.data_seed)
-    size = config.image_size or IMAGE_SIZE
-    mean, std = transforms.normalisation(config.arch)
-    eval_tf = transforms.eval_transform(size, mean, std)
-    train_plain = ArrayImages(tr_img[tr_idx], sup_of[tr_sub], tr_sub, eval_tf)
+    tf = image_transforms(config, IMAGE_SIZE)
+    train_plain = ArrayImages(tr_img[tr_idx], sup_of[tr_sub], tr_sub, tf.eval)
     return HierarchicalData(
         name="cifar100",
         shuffled=bool(config.shuffled),
-        train=train_plain.with_transform(transforms.train_transform(size, mean, std)),
-        eval=ArrayImages(te_img[te_idx], sup_of[te_sub], te_sub, eval_tf),
+        train=train_plain.with_transform(tf.train),
+        eval=ArrayImages(te_img[te_idx], sup_of[te_sub], te_sub, tf.eval),
         train_plain=train_plain,
         train_labels=Labels(sup_of[tr_sub], tr_sub),
         eval_labels=Labels(sup_of[te_sub], te_sub),
         superclass_names=names,
         subclass_names=[fine_names[f] for f in order],
-        image_size=size,
+        image_size=tf.pre.input_size,
+        preprocess=tf.pre,
         record={
             "source": "CIFAR-100 (official python pickles: coarse_labels, fine_labels, meta)",
             "classes": config.classes,
@@ -179,7 +178,7 @@ def load(config):
             "eval_per_subclass": config.eval_per_subclass,
             "data_seed": config.data_seed,
             "data_dir": str(folder),
-            "transforms": transforms.describe(size, mean, std),
+            "transforms": tf.record,
         },
     )
 

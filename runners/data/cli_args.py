@@ -37,6 +37,8 @@ FIELDS = (
     "image_size",
     "data_seed",
 )
+# The preprocessing flags: not data options (a new --dataset keeps them), so listed apart.
+PREPROCESS_FIELDS = ("preprocess", "mean", "std", "interpolation", "crop_pct")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,17 +84,52 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         "--download",
         action="store_true",
         default=None,
-        help="download the dataset into --data-dir if absent (CIFAR-100)",
+        help="download what is missing: the dataset into --data-dir (CIFAR-100); with eval "
+        "--pretrained, the weights into the Hugging Face cache",
     )
     g.add_argument("--train-per-subclass", type=int, default=None, metavar="N")
     g.add_argument("--eval-per-subclass", type=int, default=None, metavar="N")
-    g.add_argument("--image-size", type=int, default=None, metavar="PX")
+    g.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="the model's input size (default: the dataset's, or the model's with "
+        "--preprocess model)",
+    )
     g.add_argument("--data-seed", type=int, default=None, help="seed of image sampling")
+    p = parser.add_argument_group("preprocessing (a recipe, then single overrides)")
+    p.add_argument(
+        "--preprocess",
+        default=None,
+        choices=choices.PREPROCESS,
+        help="dataset: the dataset's own resize/crop/normalisation (run's default); model: "
+        "timm's data config of the architecture (default for --weights and --pretrained)",
+    )
+    p.add_argument(
+        "--mean", default=None, metavar="R,G,B", help="per-channel mean of [0, 1] images"
+    )
+    p.add_argument("--std", default=None, metavar="R,G,B", help="per-channel std")
+    p.add_argument("--interpolation", default=None, choices=choices.INTERPOLATIONS)
+    p.add_argument(
+        "--crop-pct",
+        type=float,
+        default=None,
+        metavar="F",
+        help="resize to size / F, then crop the centre (e.g. 0.875: 256 -> 224)",
+    )
 
 
 def data_config_kwargs(args: argparse.Namespace) -> dict:
     """RunConfig fields given on the command line (None = not given), checked."""
-    out = {k: getattr(args, k) for k in FIELDS if getattr(args, k, None) is not None}
+    out = {
+        k: getattr(args, k)
+        for k in (*FIELDS, *PREPROCESS_FIELDS)
+        if getattr(args, k, None) is not None
+    }
+    for name in ("mean", "std"):
+        if name in out:
+            out[name] = _floats(out[name], f"--{name}")
     if "dataset" in out:
         from clusterprobe.runners.data.registry import resolve
 
@@ -104,3 +141,12 @@ def data_config_kwargs(args: argparse.Namespace) -> dict:
 
     check_split(out.get("split"), out.get("classes"), out.get("subclasses"), out.get("shuffled"))
     return out
+
+
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(
+            f"{flag} {text!r}: give 3 comma-separated numbers, e.g. 0.485,0.456,0.406"
+        ) from None

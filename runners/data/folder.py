@@ -150,29 +150,25 @@ def _held_out(config, root: Path, rel: str, seed: int):
 def _hierarchical_data(
     config, train_paths, eval_paths, sup_of, tr_sub, ev_sub, *, names, order, record
 ):
-    """The splits as image-file datasets with the arch's transforms, and their record."""
-    from clusterprobe.runners.data import transforms
+    """The splits as image-file datasets with the run's transforms, and their record."""
     from clusterprobe.runners.data.base import HierarchicalData, Labels
+    from clusterprobe.runners.data.preprocess import image_transforms
 
-    size = config.image_size or IMAGE_SIZE
-    mean, std = transforms.normalisation(config.arch)
-    eval_tf = transforms.eval_transform(size, mean, std)
-    eval_draft = transforms.decode_size(size, train=False)
-    train_plain = ImageFiles(train_paths, sup_of[tr_sub], tr_sub, eval_tf, eval_draft)
+    tf = image_transforms(config, IMAGE_SIZE)
+    train_plain = ImageFiles(train_paths, sup_of[tr_sub], tr_sub, tf.eval, tf.eval_draft)
     return HierarchicalData(
         name="folder",
         shuffled=bool(config.shuffled),
-        train=train_plain.with_transform(
-            transforms.train_transform(size, mean, std), transforms.decode_size(size, train=True)
-        ),
-        eval=ImageFiles(eval_paths, sup_of[ev_sub], ev_sub, eval_tf, eval_draft),
+        train=train_plain.with_transform(tf.train, tf.train_draft),
+        eval=ImageFiles(eval_paths, sup_of[ev_sub], ev_sub, tf.eval, tf.eval_draft),
         train_plain=train_plain,
         train_labels=Labels(sup_of[tr_sub], tr_sub),
         eval_labels=Labels(sup_of[ev_sub], ev_sub),
         superclass_names=names,
         subclass_names=order,
-        image_size=size,
-        record={**record, "transforms": transforms.describe(size, mean, std)},
+        image_size=tf.pre.input_size,
+        record={**record, "transforms": tf.record},
+        preprocess=tf.pre,
     )
 
 

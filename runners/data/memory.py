@@ -13,7 +13,10 @@ import torch.utils.data
 
 
 class InMemoryImages(torch.utils.data.Dataset):
-    """``images`` float [N, 3, H, W] (already normalised) with both label levels.
+    """``images`` float [N, 3, H, W] with both label levels: model input as they are, or
+    through ``transform`` (a callable on [3, H, W] and [B, 3, H, W] tensors, e.g. timm's
+    resize, crop and normalisation), applied per item or batch so that images resized
+    for a model never sit in memory all at once.
 
     ``shift`` > 0 augments by a random translation of up to ``shift`` pixels
     (zero padding = the normalised mean). No flips: a mirror would turn one
@@ -26,6 +29,7 @@ class InMemoryImages(torch.utils.data.Dataset):
         superclass: torch.Tensor,
         subclass: torch.Tensor,
         shift: int = 0,
+        transform=None,
     ):
         if not (len(images) == len(superclass) == len(subclass)):
             raise ValueError("images and labels must have the same length")
@@ -33,6 +37,7 @@ class InMemoryImages(torch.utils.data.Dataset):
         self.superclass = superclass
         self.subclass = subclass
         self.shift = shift
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.images)
@@ -41,17 +46,21 @@ class InMemoryImages(torch.utils.data.Dataset):
         img = self.images[i]
         if self.shift:
             img = _translate(img[None], self.shift, None)[0]
+        if self.transform is not None:
+            img = self.transform(img)
         return img, int(self.superclass[i]), int(self.subclass[i])
 
     def with_shift(self, shift: int) -> InMemoryImages:
         """The same tensors (shared, not copied) with another augmentation."""
-        return InMemoryImages(self.images, self.superclass, self.subclass, shift)
+        return InMemoryImages(self.images, self.superclass, self.subclass, shift, self.transform)
 
     def batch(self, index: torch.Tensor, generator: torch.Generator | None = None):
         """(images, superclass, subclass) for ``index``, augmented if ``shift``."""
         img = self.images[index]
         if self.shift:
             img = _translate(img, self.shift, generator)
+        if self.transform is not None:
+            img = self.transform(img)
         return img, self.superclass[index], self.subclass[index]
 
 

@@ -69,6 +69,7 @@ def dataset_params(data: HierarchicalData) -> dict[str, str]:
         "train_images": str(len(data.train_labels.subclass)),
         "eval_images": str(len(data.eval_labels.subclass)),
         "dataset_digest": data.digest(),
+        **(data.preprocess.params() if data.preprocess is not None else {}),
     }
 
 

@@ -274,22 +274,17 @@ def load(config) -> HierarchicalData:
     for s, group in enumerate(groups):
         sup_of[group] = s
 
-    # Normalise with the train split's per-channel statistics.
-    mean = train_x.mean(axis=(0, 2, 3), dtype=np.float64)
-    std = train_x.std(axis=(0, 2, 3), dtype=np.float64)
-
-    def tensor(x):
-        return torch.from_numpy(
-            ((x - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
-        )
-
-    train_t, eval_t = tensor(train_x), tensor(eval_x)
+    pre, train_t, eval_t, transform = _model_input(config, size, train_x, eval_x)
     train_labels = Labels(sup_of[train_sub], train_sub.astype(np.int64))
     eval_labels = Labels(sup_of[eval_sub], eval_sub.astype(np.int64))
 
     def split(x, labels, shift):
         return InMemoryImages(
-            x, torch.from_numpy(labels.superclass), torch.from_numpy(labels.subclass), shift
+            x,
+            torch.from_numpy(labels.superclass),
+            torch.from_numpy(labels.subclass),
+            shift,
+            transform,
         )
 
     train_plain = split(train_t, train_labels, 0)
@@ -312,7 +307,8 @@ def load(config) -> HierarchicalData:
         eval_labels=eval_labels,
         superclass_names=superclass_names,
         subclass_names=subclass_names,
-        image_size=size,
+        image_size=pre.input_size,
+        preprocess=pre,
         record={
             "groups": groups,
             "classes": classes,
@@ -323,10 +319,39 @@ def load(config) -> HierarchicalData:
             "data_seed": config.data_seed,
             "shuffle_seed": shuffle_seed if config.shuffled else None,
             "train_shift": TRAIN_SHIFT,
-            "normalise_mean": mean.tolist(),
-            "normalise_std": std.tolist(),
+            "normalise_mean": list(pre.mean),
+            "normalise_std": list(pre.std),
+            "transforms": pre.record(),
         },
     )
+
+
+def _model_input(config, size: int, train_x: np.ndarray, eval_x: np.ndarray):
+    """(Preprocess, train and eval tensors, per-item transform or None) for rendered images.
+
+    The dataset's own recipe normalises with the train split's per-channel statistics
+    (or the ``--mean``/``--std`` given), once, in memory. The model's recipe treats the
+    renders as photos: clipped to [0, 1] like decoded images, then timm's eval transform
+    (resize, crop, the weights' normalisation) per item, so that 224 px copies of a
+    whole split never sit in memory.
+    """
+    from clusterprobe.runners.data.preprocess import resolve
+
+    if config.preprocess == "model":
+        pre = resolve(config, native_size=size)
+        raw = [torch.from_numpy(np.clip(x, 0.0, 1.0)) for x in (train_x, eval_x)]
+        return pre, raw[0], raw[1], pre.eval_transform()
+    mean = train_x.mean(axis=(0, 2, 3), dtype=np.float64)
+    std = train_x.std(axis=(0, 2, 3), dtype=np.float64)
+    pre = resolve(config, native_size=size, mean=mean.tolist(), std=std.tolist(), resizes=False)
+    mean, std = np.asarray(pre.mean, dtype=np.float64), np.asarray(pre.std, dtype=np.float64)
+
+    def tensor(x):
+        return torch.from_numpy(
+            ((x - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
+        )
+
+    return pre, tensor(train_x), tensor(eval_x), None
 
 
 def describe() -> dict:

@@ -38,6 +38,8 @@ class TransferData:
     labels: np.ndarray  # int64 [N]
     class_names: list[str]
     record: dict = field(default_factory=dict)
+    image_size: int = 224  # what the model sees
+    preprocess: object | None = None  # data.preprocess.Preprocess
 
     @property
     def num_classes(self) -> int:
@@ -68,20 +70,29 @@ def load_transfer(
     per_class: int | None = None,
     seed: int = 0,
     download: bool = False,
+    preprocess=None,
 ) -> TransferData:
-    """The transfer set ``source`` (folder path or dataset name), eval transform applied."""
-    mean, std = transforms.normalisation(arch)
-    tf = transforms.eval_transform(image_size, mean, std)
+    """The transfer set ``source`` (folder path or dataset name), eval transform applied:
+    ``preprocess`` (a ``data.preprocess.Preprocess``), else the dataset recipe at
+    ``image_size`` with timm's normalisation of ``arch``."""
+    import dataclasses
+
+    from clusterprobe.runners.data.preprocess import dataset_recipe
+
+    if preprocess is None:
+        preprocess = dataset_recipe(image_size, *transforms.normalisation(arch))
+    tf = preprocess.eval_transform()
     record = {"source": source, "per_class": per_class, "seed": seed}
-    record["transforms"] = transforms.describe(image_size, mean, std)
+    record["transforms"] = preprocess.record()
     path = Path(source).expanduser()
     if path.is_dir():
-        return _from_folder(path, tf, per_class, seed, record)
-    return _from_torchvision(source, data_dir, tf, per_class, seed, download, record)
+        data = _from_folder(path, tf, preprocess.decode_size(), per_class, seed, record)
+    else:
+        data = _from_torchvision(source, data_dir, tf, per_class, seed, download, record)
+    return dataclasses.replace(data, image_size=preprocess.input_size, preprocess=preprocess)
 
 
-def _from_folder(root: Path, tf, per_class, seed, record) -> TransferData:
-    draft = transforms.decode_size(record["transforms"]["image_size"], train=False)
+def _from_folder(root: Path, tf, draft: int, per_class, seed, record) -> TransferData:
     class_names = list_dirs(root)
     paths: list[str] = []
     labels: list[int] = []

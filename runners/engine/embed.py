@@ -160,7 +160,12 @@ class _Taps:
         return False
 
     def _got(self, pos, x):
-        self.consume(pos, _tensor_of(x).detach())
+        x = _tensor_of(x).detach()
+        if x.dim() == 4 and getattr(self.taps[pos], "layout", "NCHW") == "NHWC":
+            # A channels-last view (no copy): pooling averages over H, W; flatten keeps
+            # the memory order, which the Gram does not see.
+            x = x.permute(0, 3, 1, 2)
+        self.consume(pos, x)
         self.seen.add(pos)
         if self.stop_early and len(self.seen) == len(self.positions):
             raise _Stop
@@ -509,7 +514,7 @@ def embed_eval(
 
     model: a torch module already on ``device``. taps: list of Tap (index order =
     forward order; ``capture`` "output" hooks the module's output, "input" its
-    first input). dataset: the eval split (items ``(image, superclass, subclass)``),
+    first input; ``layout`` "NHWC" marks channels-last 4-D activations). dataset: the eval split (items ``(image, superclass, subclass)``),
     or a tensor of images; labels: its :class:`Labels`. Returns an
     :class:`Embedding`; constant layers are listed in ``.dead`` with a warning.
     ``outputs=True``: ``.outputs`` holds the model's output for every eval image (the
