@@ -30,6 +30,7 @@ PARAM_TYPES: dict[str, str] = {
     "split": "VARCHAR",
     "breeds_info": "VARCHAR",
     "download": "BOOLEAN",
+    "skip_corrupt": "BOOLEAN",
     "arch": "VARCHAR",
     "stem": "VARCHAR",
     "taps": "VARCHAR",

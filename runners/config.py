@@ -74,6 +74,7 @@ class RunConfig:
     split: str = "none"  # BREEDS source/target split: none | rand | good | bad (runs use source)
     breeds_info: str | None = None  # folder of the BREEDS hierarchy files (else cache/download)
     download: bool = False  # allow downloading a dataset (CIFAR-100) into data_dir
+    skip_corrupt: bool = False  # leave out image files that do not decode (else: refuse)
     # --- preprocessing (runners/data/preprocess.py): a recipe, then single overrides ---
     # "dataset": the dataset's own recipe (what `run` trains with); "model": timm's data
     # config of the arch (input size, mean/std, interpolation, crop), for weights made

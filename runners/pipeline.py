@@ -70,10 +70,11 @@ def prepare(config: RunConfig):
     UsageError before anything is stored."""
     from clusterprobe.runners import models
     from clusterprobe.runners.data import registry
+    from clusterprobe.runners.data.imagecheck import check_dataset
 
     config = registry.canonical(config.validate())
     models.model_config(config, num_classes=2)  # arch, stem, taps and norm: UsageError if bad
-    data = registry.load_dataset(config)
+    data = check_dataset(registry.load_dataset(config), skip_corrupt=config.skip_corrupt)
     _check_cka_images(config.cka, data.eval_labels.superclass)
     return config, data
 

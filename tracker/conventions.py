@@ -186,6 +186,9 @@ ART_MODEL_CONFIG = f"{ART_CHECKPOINT_DIR}/{CHECKPOINT_CONFIG}"
 # the loader at the run's checkpoint (run id, artifact folder, sha256 of the weights).
 LOGGED_MODEL_NAME = "model"
 MODEL_POINTER = "checkpoint_pointer.json"
+# Every run that logged artifacts, written as it finishes: {artifact path: sha256} of each
+# file, checked by the readers and `clusterprobe doctor` (tracker/checksums.py).
+ART_CHECKSUMS = "checksums.json"
 # Eval runs (written and read by runners/evalrun only):
 ART_LAYER_METRICS = "layer_metrics.parquet"
 ART_LAYERS = "layers.json"  # [{"index": i, "name": ..., "relative_depth": ...}, ...]

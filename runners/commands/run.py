@@ -21,7 +21,7 @@ from clusterprobe.runners.config import (
     parse_save,
 )
 from clusterprobe.runners.data.cli_args import add_data_arguments, data_config_kwargs
-from clusterprobe.tracker.errors import UsageError, error_line
+from clusterprobe.tracker.errors import UsageError, error_line, interrupted_exit
 
 EXIT_CRASH = 1
 
@@ -163,10 +163,14 @@ def format_bytes(n: int | None) -> str:
 
 
 def ui_command(store) -> str:
-    """The command that opens the MLflow UI on ``store`` (ours, and the plain mlflow one)."""
+    """The command that opens the MLflow UI on ``store`` (ours, and the plain mlflow one),
+    without the URI's password: libpq reads it from ~/.pgpass or PGPASSWORD."""
+    from clusterprobe.tracker.store import uri_without_password
+
+    uri = uri_without_password(store.tracking_uri)
     if store.backend == "server":
-        return f"open {store.tracking_uri}"
-    mlflow_ui = f"mlflow ui --backend-store-uri {shlex.quote(store.tracking_uri)}"
+        return f"open {uri}"
+    mlflow_ui = f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
     if store.root is None:
         return mlflow_ui
     return f"clusterprobe ui --store {shlex.quote(str(store.root))}  (or: {mlflow_ui})"
@@ -203,9 +207,9 @@ def main(args: argparse.Namespace) -> int:
         # Found only after the runs were opened (they are marked FAILED): a crash.
         print(f"clusterprobe run: failed: {error_line(err)}", file=sys.stderr)
         return EXIT_CRASH
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         print("clusterprobe run: interrupted; the runs were marked KILLED", file=sys.stderr)
-        return 130
+        return interrupted_exit(err)
     except Exception as err:  # one line; the run itself is already marked FAILED
         print(f"clusterprobe run: failed: {error_line(err)}", file=sys.stderr)
         return EXIT_CRASH
