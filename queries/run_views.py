@@ -34,6 +34,7 @@ PARAM_TYPES: dict[str, str] = {
     "stem": "VARCHAR",
     "taps": "VARCHAR",
     "norm": "VARCHAR",
+    "pool": "VARCHAR",
     "labels": "VARCHAR",
     "epochs": "INTEGER",
     "batch_size": "INTEGER",

@@ -88,6 +88,7 @@ class RunConfig:
     stem: str = "standard"  # "standard" | "cifar" (stride-1 3x3 stem: 5-10x slower on CPU)
     taps: str = "blocks"  # "blocks" (every residual block) | "stages"
     norm: str = "default"  # VGG only: "none" | "bn" | "ln" (LayerNorm2d); "default": as named
+    pool: str = "default"  # ViT only: "cls" | "gap" (timm global_pool='avg'); "default": timm's
     # --- training ---
     labels: str = "superclass"  # train on "superclass" or "subclass" labels
     # Defaults: resnet18 on the synthetic data in ~3 CPU-minutes with finding 1 visible
@@ -117,6 +118,7 @@ class RunConfig:
             ("stem", choices.STEMS),
             ("taps", choices.TAPS),
             ("norm", choices.NORMS),
+            ("pool", choices.POOLS),
             ("precision", choices.PRECISIONS),
             ("cka", choices.CKA_ESTIMATORS),
             ("split", choices.SPLITS),

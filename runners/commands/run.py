@@ -56,6 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="VGG only: normalisation after every conv/fc (default: as named)",
     )
     m.add_argument(
+        "--pool",
+        default=None,
+        choices=choices.POOLS,
+        help="ViT only: pool the class token (cls) or the mean of the patch tokens (gap: "
+        "timm's global_pool='avg' with fc_norm; the class token stays in the sequence); "
+        "probes, k-NN and transfer read the same pooling (default: timm's, cls)",
+    )
+    m.add_argument(
         "--labels",
         default=None,
         choices=choices.LABELS,
@@ -126,6 +134,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "stem",
         "taps",
         "norm",
+        "pool",
         "labels",
         "epochs",
         "batch_size",
