@@ -42,6 +42,7 @@ PARAM_TYPES: dict[str, str] = {
     "momentum": "DOUBLE",
     "weight_decay": "DOUBLE",
     "warmup_epochs": "INTEGER",
+    "save_every": "INTEGER",
     "seed": "INTEGER",
     "device": "VARCHAR",
     "workers": "INTEGER",

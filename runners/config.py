@@ -99,6 +99,7 @@ class RunConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: int = 1
+    save_every: int = 0  # store the training state every N epochs for `run --resume` (0: never)
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     workers: int = 0  # DataLoader workers (0 keeps the 2-core CPU for compute)
@@ -147,6 +148,8 @@ class RunConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
+        if self.save_every < 0:
+            raise UsageError(f"--save-every {self.save_every}: give epochs >= 1, or 0 for never")
         if self.lr <= 0:
             raise UsageError(f"--lr {self.lr}: must be > 0")
         bad = [e for e in self.eval_epochs if not 1 <= e <= self.epochs]
@@ -201,6 +204,7 @@ TRAINING_FIELDS = (
     "momentum",
     "weight_decay",
     "warmup_epochs",
+    "save_every",
     "eval_epochs",
     "workers",
 )

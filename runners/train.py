@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from clusterprobe.runners.data.base import HierarchicalData
+from clusterprobe.runners.resume import TrainState, capture, isolated_rng, kill_point
 from tqdm.auto import tqdm
 
 
@@ -67,12 +68,22 @@ def train(
     *,
     on_epoch: Callable[[int, dict], None] | None = None,
     quiet: bool = False,
+    start: TrainState | None = None,
+    on_save: Callable[[TrainState], None] | None = None,
+    extras: dict | None = None,
 ) -> list[dict]:
     """Train ``model`` in place on ``config.labels`` of ``data.train``; return per-epoch stats.
 
     Each entry (and each ``on_epoch(epoch, stats)`` call, epoch 1-based) holds
     ``train_loss`` (mean cross-entropy), ``train_acc`` and ``lr`` (at the epoch's
     last step). The model is left in eval mode.
+
+    Every ``config.save_every`` epochs ``on_save(TrainState)`` gets the state (before
+    that epoch's ``on_epoch``, so a run killed in between logs no epoch twice);
+    ``start``, a saved state, continues from it. ``extras`` (name -> object with
+    ``state_dict``/``load_state_dict``, e.g. an EMA) are saved and restored with it.
+    ``on_epoch`` runs with its own random streams, so what it draws never changes the
+    training's.
     """
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -93,10 +104,13 @@ def train(
     label_index = 1 if config.labels == "superclass" else 2
 
     history: list[dict] = []
-    step = 0
-    bar = tqdm(total=total, desc="train", unit="step", disable=quiet, leave=False)
+    step, first = 0, 1
+    if start is not None:
+        start.restore(model, optimizer, generator, extras)
+        history, step, first = [dict(h) for h in start.history], start.step, start.epoch + 1
+    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=quiet, leave=False)
     try:
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(first, config.epochs + 1):
             model.train()
             loss_sum, correct, seen = 0.0, 0, 0
             lr = peak
@@ -104,6 +118,7 @@ def train(
                 images, target = batch[0], torch.as_tensor(batch[label_index])
                 if len(target) < 2:  # BatchNorm cannot train on a single image
                     continue
+                kill_point("train_step", step)
                 lr = lr_at(step, total, warmup, peak)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -135,8 +150,21 @@ def train(
                     f"training diverged at epoch {epoch} (loss {stats['train_loss']}); lower --lr"
                 )
             history.append(stats)
+            if on_save is not None and config.save_every and epoch % config.save_every == 0:
+                on_save(
+                    capture(
+                        model,
+                        optimizer,
+                        generator,
+                        epoch=epoch,
+                        step=step,
+                        history=history,
+                        extras=extras,
+                    )
+                )
             if on_epoch is not None:
-                on_epoch(epoch, stats)
+                with isolated_rng():
+                    on_epoch(epoch, stats)
     finally:
         bar.close()
         model.eval()

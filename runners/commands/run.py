@@ -74,6 +74,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--lr", type=float, default=None, help="learning rate per 256 images")
     m.add_argument("--weight-decay", type=float, default=None)
     m.add_argument("--seed", type=int, default=None)
+    m.add_argument(
+        "--save-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="store the training state (model, optimiser, schedule, RNG states) every N "
+        "epochs, so that --resume can continue the run if it is interrupted (default 0: never)",
+    )
+    m.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_ID",
+        help="continue an interrupted train run from its last --save-every state, in the "
+        "same MLflow run, with the config it was started with (give no other run flags)",
+    )
     m.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     m.add_argument(
         "--threads",
@@ -141,6 +156,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "lr",
         "weight_decay",
         "seed",
+        "save_every",
         "device",
         "precision",
         "cka",
@@ -202,10 +218,21 @@ def main(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
 
+    if args.resume is not None and config != RunConfig():
+        changed = [k for k, v in config.to_params().items() if RunConfig().to_params().get(k) != v]
+        raise UsageError(
+            f"--resume {args.resume}: the run keeps the config it was started with; drop "
+            f"{', '.join('--' + k.replace('_', '-') for k in changed)}"
+        )
     opened: list[str] = []  # the train run, once it exists
     try:
         with _sigterm_guard():
-            result = pipeline.run(config, store, on_start=opened.append, quiet=args.quiet)
+            if args.resume is not None:
+                result = pipeline.resume(
+                    args.resume, store, on_start=opened.append, quiet=args.quiet
+                )
+            else:
+                result = pipeline.run(config, store, on_start=opened.append, quiet=args.quiet)
     except UsageError as err:
         if not opened:
             raise  # bad input, found before anything was stored: one line, exit 2
