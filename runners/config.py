@@ -89,6 +89,7 @@ class RunConfig:
     stem: str = "standard"  # "standard" | "cifar" (stride-1 3x3 stem: 5-10x slower on CPU)
     taps: str = "blocks"  # "blocks" (every residual block) | "stages"
     norm: str = "default"  # VGG only: "none" | "bn" | "ln" (LayerNorm2d); "default": as named
+    pool: str = "default"  # ViT only: "cls" | "gap" (timm global_pool='avg'); "default": timm's
     # --- training ---
     labels: str = "superclass"  # train on "superclass" or "subclass" labels
     # Defaults: resnet18 on the synthetic data in ~3 CPU-minutes with finding 1 visible
@@ -109,6 +110,7 @@ class RunConfig:
     squared_m: float = 60.0  # squared loss: target of the true class's output (M)
     supcon_temperature: float = 0.1  # Khosla et al.'s ImageNet temperature
     ema: float = 0.0  # decay of the weights' EMA used for evaluation (paper: 0.99); 0: off
+    save_every: int = 0  # store the training state every N epochs for `run --resume` (0: never)
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     workers: int = 0  # DataLoader workers (0 keeps the 2-core CPU for compute)
@@ -130,6 +132,7 @@ class RunConfig:
             ("stem", choices.STEMS),
             ("taps", choices.TAPS),
             ("norm", choices.NORMS),
+            ("pool", choices.POOLS),
             ("precision", choices.PRECISIONS),
             ("cka", choices.CKA_ESTIMATORS),
             ("split", choices.SPLITS),
@@ -162,6 +165,8 @@ class RunConfig:
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
         self._validate_training()
+        if self.save_every < 0:
+            raise UsageError(f"--save-every {self.save_every}: give epochs >= 1, or 0 for never")
         bad = [e for e in self.eval_epochs if not 1 <= e <= self.epochs]
         if bad:
             raise UsageError(
@@ -251,6 +256,7 @@ TRAINING_FIELDS = (
     "squared_m",
     "supcon_temperature",
     "ema",
+    "save_every",
     "eval_epochs",
     "workers",
 )
