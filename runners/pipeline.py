@@ -308,6 +308,8 @@ class _Job:
                 quiet=self.quiet,
             )
             self._record_stability(ctx, spec, meas, final=epoch == config.epochs)
+            if "plots" in config.save:
+                evalrun.log_report(ctx)  # last: it shows what the run stored
             if epoch < config.epochs:
                 self.earlier[ctx.run_id] = meas.protocol.assignments, meas.factors
             self.evaluations[epoch] = summary

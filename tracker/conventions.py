@@ -236,6 +236,9 @@ ARI_KINDS = ("layer", "seed", "checkpoint", "compare")  # 'compare': written by 
 # written by a compare run.
 ART_CKA = "cka.parquet"
 CKA_KINDS = ("layer", "compare")
+# Eval runs (and `clusterprobe report`): one self-contained HTML page of the run, its
+# plots inline, so the MLflow UI's artifact view shows what the run found.
+ART_REPORT = "report.html"
 
 # Columns of layer_metrics.parquet, in order: one row per (layer, superclass,
 # factor, metric) for ami/purity (means are left to SQL); layer-level metrics such
