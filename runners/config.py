@@ -74,6 +74,7 @@ class RunConfig:
     split: str = "none"  # BREEDS source/target split: none | rand | good | bad (runs use source)
     breeds_info: str | None = None  # folder of the BREEDS hierarchy files (else cache/download)
     download: bool = False  # allow downloading a dataset (CIFAR-100) into data_dir
+    skip_corrupt: bool = False  # leave out image files that do not decode (else: refuse)
     # --- preprocessing (runners/data/preprocess.py): a recipe, then single overrides ---
     # "dataset": the dataset's own recipe (what `run` trains with); "model": timm's data
     # config of the arch (input size, mean/std, interpolation, crop), for weights made
@@ -88,6 +89,7 @@ class RunConfig:
     stem: str = "standard"  # "standard" | "cifar" (stride-1 3x3 stem: 5-10x slower on CPU)
     taps: str = "blocks"  # "blocks" (every residual block) | "stages"
     norm: str = "default"  # VGG only: "none" | "bn" | "ln" (LayerNorm2d); "default": as named
+    pool: str = "default"  # ViT only: "cls" | "gap" (timm global_pool='avg'); "default": timm's
     # --- training ---
     labels: str = "superclass"  # train on "superclass" or "subclass" labels
     # Defaults: resnet18 on the synthetic data in ~3 CPU-minutes with finding 1 visible
@@ -108,6 +110,7 @@ class RunConfig:
     squared_m: float = 60.0  # squared loss: target of the true class's output (M)
     supcon_temperature: float = 0.1  # Khosla et al.'s ImageNet temperature
     ema: float = 0.0  # decay of the weights' EMA used for evaluation (paper: 0.99); 0: off
+    save_every: int = 0  # store the training state every N epochs for `run --resume` (0: never)
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     workers: int = 0  # DataLoader workers (0 keeps the 2-core CPU for compute)
@@ -129,6 +132,7 @@ class RunConfig:
             ("stem", choices.STEMS),
             ("taps", choices.TAPS),
             ("norm", choices.NORMS),
+            ("pool", choices.POOLS),
             ("precision", choices.PRECISIONS),
             ("cka", choices.CKA_ESTIMATORS),
             ("split", choices.SPLITS),
@@ -161,6 +165,8 @@ class RunConfig:
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
         self._validate_training()
+        if self.save_every < 0:
+            raise UsageError(f"--save-every {self.save_every}: give epochs >= 1, or 0 for never")
         bad = [e for e in self.eval_epochs if not 1 <= e <= self.epochs]
         if bad:
             raise UsageError(
@@ -250,6 +256,7 @@ TRAINING_FIELDS = (
     "squared_m",
     "supcon_temperature",
     "ema",
+    "save_every",
     "eval_epochs",
     "workers",
 )

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from clusterprobe.runners.data.base import HierarchicalData
+from clusterprobe.runners.resume import TrainState, capture, isolated_rng, kill_point
 from tqdm.auto import tqdm
 
 
@@ -82,6 +83,9 @@ def train(
     on_epoch: Callable[[int, dict], None] | None = None,
     quiet: bool = False,
     ema=None,
+    start: TrainState | None = None,
+    on_save: Callable[[TrainState], None] | None = None,
+    extras: dict | None = None,
 ) -> list[dict]:
     """Train ``model`` in place on ``config.labels`` of ``data.train``; return per-epoch stats.
 
@@ -90,6 +94,14 @@ def train(
     last step). ``ema`` (an ``ema.Ema`` of ``model``) is updated after every step.
     Optimiser values left None in ``config`` come from its recipe. The model is left in
     eval mode.
+
+    Every ``config.save_every`` epochs ``on_save(TrainState)`` gets the state (before
+    that epoch's ``on_epoch``, so a run killed in between logs no epoch twice);
+    ``start``, a saved state, continues from it. ``extras`` (name -> object with
+    ``state_dict``/``load_state_dict``) are saved and restored with it; the EMA and a
+    loss's own head (SupCon's projection) are always among them.
+    ``on_epoch`` runs with its own random streams, so what it draws never changes the
+    training's.
     """
     from clusterprobe.runners import losses, recipes
     from clusterprobe.runners.models import family_of
@@ -114,13 +126,21 @@ def train(
         objective.head.to(device).train()
         params += list(objective.head.parameters())
     optimizer = recipes.make_optimizer(config, params, peak)
+    extras = dict(extras or {})
+    if ema is not None:
+        extras["ema"] = ema
+    if objective.head is not None:
+        extras["loss_head"] = objective.head
     label_index = 1 if config.labels == "superclass" else 2
 
     history: list[dict] = []
-    step = 0
-    bar = tqdm(total=total, desc="train", unit="step", disable=quiet, leave=False)
+    step, first = 0, 1
+    if start is not None:
+        start.restore(model, optimizer, generator, extras)
+        history, step, first = [dict(h) for h in start.history], start.step, start.epoch + 1
+    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=quiet, leave=False)
     try:
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(first, config.epochs + 1):
             model.train()
             loss_sum, correct, seen = 0.0, 0, 0
             lr = peak
@@ -131,6 +151,7 @@ def train(
                 images, target = batch[0], torch.as_tensor(batch[label_index])
                 if len(target) < 2:  # BatchNorm cannot train on a single image
                     continue
+                kill_point("train_step", step)
                 lr = lr_at(step, total, warmup, peak)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -163,8 +184,21 @@ def train(
                     f"training diverged at epoch {epoch} (loss {stats['train_loss']}); lower --lr"
                 )
             history.append(stats)
+            if on_save is not None and config.save_every and epoch % config.save_every == 0:
+                on_save(
+                    capture(
+                        model,
+                        optimizer,
+                        generator,
+                        epoch=epoch,
+                        step=step,
+                        history=history,
+                        extras=extras,
+                    )
+                )
             if on_epoch is not None:
-                on_epoch(epoch, stats)
+                with isolated_rng():
+                    on_epoch(epoch, stats)
     finally:
         bar.close()
         model.eval()

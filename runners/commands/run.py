@@ -21,7 +21,7 @@ from clusterprobe.runners.config import (
     parse_save,
 )
 from clusterprobe.runners.data.cli_args import add_data_arguments, data_config_kwargs
-from clusterprobe.tracker.errors import UsageError, error_line
+from clusterprobe.tracker.errors import UsageError, error_line, interrupted_exit
 
 EXIT_CRASH = 1
 
@@ -56,6 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="VGG only: normalisation after every conv/fc (default: as named)",
     )
     m.add_argument(
+        "--pool",
+        default=None,
+        choices=choices.POOLS,
+        help="ViT only: pool the class token (cls) or the mean of the patch tokens (gap: "
+        "timm's global_pool='avg' with fc_norm; the class token stays in the sequence); "
+        "probes, k-NN and transfer read the same pooling (default: timm's, cls)",
+    )
+    m.add_argument(
         "--labels",
         default=None,
         choices=choices.LABELS,
@@ -65,6 +73,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--batch-size", type=int, default=None)
     add_training_arguments(m)
     m.add_argument("--seed", type=int, default=None)
+    m.add_argument(
+        "--save-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="store the training state (model, optimiser, schedule, RNG states) every N "
+        "epochs, so that --resume can continue the run if it is interrupted (default 0: never)",
+    )
+    m.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_ID",
+        help="continue an interrupted train run from its last --save-every state, in the "
+        "same MLflow run, with the config it was started with (give no other run flags)",
+    )
     m.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     m.add_argument(
         "--threads",
@@ -207,11 +230,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "stem",
         "taps",
         "norm",
+        "pool",
         "labels",
         "epochs",
         "batch_size",
         *TRAINING_FLAGS,
         "seed",
+        "save_every",
         "device",
         "precision",
         "cka",
@@ -245,10 +270,14 @@ def format_bytes(n: int | None) -> str:
 
 
 def ui_command(store) -> str:
-    """The command that opens the MLflow UI on ``store`` (ours, and the plain mlflow one)."""
+    """The command that opens the MLflow UI on ``store`` (ours, and the plain mlflow one),
+    without the URI's password: libpq reads it from ~/.pgpass or PGPASSWORD."""
+    from clusterprobe.tracker.store import uri_without_password
+
+    uri = uri_without_password(store.tracking_uri)
     if store.backend == "server":
-        return f"open {store.tracking_uri}"
-    mlflow_ui = f"mlflow ui --backend-store-uri {shlex.quote(store.tracking_uri)}"
+        return f"open {uri}"
+    mlflow_ui = f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
     if store.root is None:
         return mlflow_ui
     return f"clusterprobe ui --store {shlex.quote(str(store.root))}  (or: {mlflow_ui})"
@@ -275,19 +304,30 @@ def main(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
 
+    if args.resume is not None and config != RunConfig():
+        changed = [k for k, v in config.to_params().items() if RunConfig().to_params().get(k) != v]
+        raise UsageError(
+            f"--resume {args.resume}: the run keeps the config it was started with; drop "
+            f"{', '.join('--' + k.replace('_', '-') for k in changed)}"
+        )
     opened: list[str] = []  # the train run, once it exists
     try:
         with _sigterm_guard():
-            result = pipeline.run(config, store, on_start=opened.append, quiet=args.quiet)
+            if args.resume is not None:
+                result = pipeline.resume(
+                    args.resume, store, on_start=opened.append, quiet=args.quiet
+                )
+            else:
+                result = pipeline.run(config, store, on_start=opened.append, quiet=args.quiet)
     except UsageError as err:
         if not opened:
             raise  # bad input, found before anything was stored: one line, exit 2
         # Found only after the runs were opened (they are marked FAILED): a crash.
         print(f"clusterprobe run: failed: {error_line(err)}", file=sys.stderr)
         return EXIT_CRASH
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         print("clusterprobe run: interrupted; the runs were marked KILLED", file=sys.stderr)
-        return 130
+        return interrupted_exit(err)
     except Exception as err:  # one line; the run itself is already marked FAILED
         print(f"clusterprobe run: failed: {error_line(err)}", file=sys.stderr)
         return EXIT_CRASH
