@@ -63,7 +63,7 @@ def test_prepare_records_the_resolved_values_and_refuses_bad_ones():
         (dict(squared_m=0.0, loss="squared"), "--squared-m 0.0: must be > 0"),
         (dict(warmup_epochs=-1), "--warmup-epochs -1: must be >= 0"),
         (dict(probe_dim=0), "--probe-dim 0: must be >= 1"),
-        (dict(probe_features="flat"), "--probe_features 'flat': choose one of pooled"),
+        (dict(probe_features="flat"), "--probe-features 'flat': choose one of pooled"),
     ],
 )
 def test_bad_training_values_name_the_value(fields, message):
