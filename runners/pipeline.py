@@ -139,6 +139,7 @@ def resume(
     train_run_id: str,
     store,
     *,
+    tags: dict | None = None,
     on_start: Callable[[str], None] | None = None,
     on_eval: Callable[[int, dict], None] | None = None,
     quiet: bool = False,
@@ -146,7 +147,8 @@ def resume(
     """Continue an interrupted train run from its last stored training state
     (``--save-every``), in the same MLflow run: the epochs after that state are trained
     again, an epoch already logged keeps its metrics (none is logged twice), and the run
-    is measured and recorded as ``run`` does, ending FINISHED. UsageError for a run that
+    is measured and recorded as ``run`` does, ending FINISHED. ``tags`` are set on the
+    train run (a study's retry relinks it to its new trial). UsageError for a run that
     is not a train run, is finished or still running, or stored no training state."""
     from clusterprobe.runners.device import resolve_device
     from clusterprobe.runners.resume import stored_state
@@ -164,12 +166,13 @@ def resume(
     config, data = prepare(RunConfig.from_params(run.data.params))
     state = stored_state(tracker, train_run_id)
     device = resolve_device(config.device)
-    tags = {k: v for k, v in run.data.tags.items() if k == cv.TAG_PARENT}
+    tags = {**{k: v for k, v in run.data.tags.items() if k == cv.TAG_PARENT}, **(tags or {})}
     job = _Job(tracker, config, data, device, tags, on_eval, quiet)
     job.logged_epochs = {
         int(m.step) for m in tracker.client.get_metric_history(train_run_id, "train_loss")
     }
     with tracker.reopen_run(train_run_id) as train_ctx:
+        train_ctx.set_tags(job.tags)
         if on_start is not None:
             on_start(train_ctx.run_id)
         if not quiet:

@@ -171,3 +171,60 @@ def test_resume_refuses_a_finished_or_unknown_run(store, capsys):
     assert "the run is FINISHED (nothing to resume)" in capsys.readouterr().err
     assert cli_main(["run", "--resume", "nosuchrun", "--store", str(store.root)]) == 2
     assert "nosuchrun" in capsys.readouterr().err
+
+
+STUDY_SPACE = """
+[fixed]
+classes = 2
+subclasses = 2
+train_per_subclass = 8
+eval_per_subclass = 4
+image_size = 16
+epochs = 3
+batch_size = 8
+save_every = 1
+factors = "1"
+save = []
+device = "cpu"
+
+[params.lr]
+choices = [0.4]
+"""
+
+
+def test_study_resume_continues_an_interrupted_trials_training(tmp_path, store, monkeypatch):
+    """A worker SIGKILLed mid-epoch: --resume retries its trial by resuming the same run."""
+    import optuna
+    from clusterprobe.runners import train
+    from clusterprobe.runners.study.objective import ATTR_RESUME_RUN, ATTR_RUN_ID
+    from clusterprobe.runners.study.retry import ATTR_RETRY_OF
+    from clusterprobe.tracker.conventions import TAG_TRIAL
+    from optuna.trial import TrialState
+
+    space = tmp_path / "space.toml"
+    space.write_text(STUDY_SPACE)
+    base = ["--store", str(store.root), "--quiet"]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["CLUSTERPROBE_TEST_KILL_AT"] = f"train_step:{KILL_STEP}"
+    proc = subprocess.run(
+        [*_command(), "study", "--name", "r", "--trials", "1", "--space", str(space), *base],
+        capture_output=True, text=True, env=env, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+
+    steps = []
+    monkeypatch.setattr(train, "kill_point", lambda name, step: steps.append(step))
+    assert cli_main(["study", "--resume", "r", *base]) == 0
+    assert steps == list(range(4, 12))  # from epoch 1's state, not from scratch
+
+    study = optuna.load_study(study_name="r", storage=store.optuna_url)
+    first, retry = study.trials
+    assert first.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    run_id = first.user_attrs[ATTR_RUN_ID]
+    assert retry.user_attrs[ATTR_RETRY_OF] == 0 and retry.user_attrs[ATTR_RESUME_RUN] == run_id
+    assert retry.user_attrs[ATTR_RUN_ID] == run_id and retry.params == first.params
+    tracker = Tracker(store)
+    (run,) = tracker.search_runs(kind="train")  # one run: continued, not started again
+    assert run.info.status == "FINISHED" and run.data.tags[TAG_TRIAL] == "1"
+    assert [s for s, _ in _steps(tracker, run_id)] == [1, 2, 3]
+    assert not tracker.search_runs(status="RUNNING")
