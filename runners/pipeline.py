@@ -68,12 +68,17 @@ class RunResult:
 def prepare(config: RunConfig):
     """Validate ``config`` (the one place it is validated) and load its dataset; raises
     UsageError before anything is stored."""
-    from clusterprobe.runners import models
+    from clusterprobe.runners import models, recipes
     from clusterprobe.runners.data import registry
+    from clusterprobe.runners.data.imagecheck import check_dataset
 
     config = registry.canonical(config.validate())
     models.model_config(config, num_classes=2)  # arch, stem, taps and norm: UsageError if bad
-    data = registry.load_dataset(config)
+    try:  # the recipe's values where the user set none, so the params record them
+        config = recipes.resolve(config, models.arch_family(config.arch))
+    except ValueError as err:
+        raise UsageError(f"--{err}") from None
+    data = check_dataset(registry.load_dataset(config), skip_corrupt=config.skip_corrupt)
     _check_cka_images(config.cka, data.eval_labels.superclass)
     return config, data
 
@@ -207,6 +212,7 @@ class _Job:
     def train_and_measure(self, train_ctx, start=None) -> None:
         """Train (from ``start``, a stored ``resume.TrainState``, if given), then measure."""
         from clusterprobe.runners import models
+        from clusterprobe.runners.ema import for_config as ema_for_config
         from clusterprobe.runners.resume import log_state
         from clusterprobe.runners.train import train
         from clusterprobe.tracker.datasets import log_dataset
@@ -221,13 +227,14 @@ class _Job:
                 f" train / {len(data.eval_labels.superclass)} eval images, device {self.device}"
             )
         model = models.create_model(config, self.num_classes, data.image_size).to(self.device)
+        ema = ema_for_config(model, config)  # evaluation and checkpoints use its weights
 
         def on_epoch(epoch: int, metrics: dict) -> None:
             if epoch not in self.logged_epochs:
                 train_ctx.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
             if epoch in config.eval_epochs and epoch < config.epochs:
                 # Measure a frozen copy so the training loop's model and mode stay untouched.
-                snapshot = copy.deepcopy(model)
+                snapshot = ema.averaged_model(model) if ema else copy.deepcopy(model)
                 self._save_checkpoint(train_ctx, snapshot, epoch)
                 self._evaluate(train_ctx.run_id, snapshot, epoch)
                 del snapshot
@@ -241,6 +248,7 @@ class _Job:
                 self.device,
                 on_epoch=on_epoch,
                 quiet=self.quiet,
+                ema=ema,
                 start=start,
                 on_save=lambda state: log_state(train_ctx, state),
             )
@@ -248,8 +256,9 @@ class _Job:
         )
         self.seconds["train"] = time.perf_counter() - t0
         train_ctx.log_metrics({"seconds_train": self.seconds["train"]}, step=config.epochs)
-        self._save_checkpoint(train_ctx, model, None)
-        self._evaluate(train_ctx.run_id, model, config.epochs)
+        final = ema.averaged_model(model) if ema else model
+        self._save_checkpoint(train_ctx, final, None)
+        self._evaluate(train_ctx.run_id, final, config.epochs)
 
     def _save_checkpoint(self, train_ctx, model, epoch: int | None) -> None:
         """Store checkpoint ``epoch`` (None: the final one, also logged as the run's
@@ -302,6 +311,8 @@ class _Job:
                 quiet=self.quiet,
             )
             self._record_stability(ctx, spec, meas, final=epoch == config.epochs)
+            if "plots" in config.save:
+                evalrun.log_report(ctx)  # last: it shows what the run stored
             if epoch < config.epochs:
                 self.earlier[ctx.run_id] = meas.protocol.assignments, meas.factors
             self.evaluations[epoch] = summary

@@ -200,6 +200,9 @@ ART_MODEL_CONFIG = f"{ART_CHECKPOINT_DIR}/{CHECKPOINT_CONFIG}"
 # the loader at the run's checkpoint (run id, artifact folder, sha256 of the weights).
 LOGGED_MODEL_NAME = "model"
 MODEL_POINTER = "checkpoint_pointer.json"
+# Every run that logged artifacts, written as it finishes: {artifact path: sha256} of each
+# file, checked by the readers and `clusterprobe doctor` (tracker/checksums.py).
+ART_CHECKSUMS = "checksums.json"
 # Eval runs (written and read by runners/evalrun only):
 ART_LAYER_METRICS = "layer_metrics.parquet"
 ART_LAYERS = "layers.json"  # [{"index": i, "name": ..., "relative_depth": ...}, ...]
@@ -233,6 +236,9 @@ ARI_KINDS = ("layer", "seed", "checkpoint", "compare")  # 'compare': written by 
 # written by a compare run.
 ART_CKA = "cka.parquet"
 CKA_KINDS = ("layer", "compare")
+# Eval runs (and `clusterprobe report`): one self-contained HTML page of the run, its
+# plots inline, so the MLflow UI's artifact view shows what the run found.
+ART_REPORT = "report.html"
 
 # Columns of layer_metrics.parquet, in order: one row per (layer, superclass,
 # factor, metric) for ami/purity (means are left to SQL); layer-level metrics such
