@@ -102,24 +102,37 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(
     assert all(torch.equal(got[k], want[k]) for k in want)
 
 
-def test_train_continues_from_a_saved_state_exactly():
-    """The loop alone: stop after epoch 1's state, start a fresh model from it."""
+@pytest.mark.parametrize("options", [{}, {"ema": 0.9}, {"loss": "supcon", "ema": 0.9}])
+def test_train_continues_from_a_saved_state_exactly(options):
+    """The loop alone: stop after epoch 1's state, start a fresh model from it; the EMA
+    and a loss head (SupCon's projection) travel in the state too."""
     from clusterprobe.runners import models
     from clusterprobe.runners.data.registry import load_dataset
+    from clusterprobe.runners.ema import for_config
     from clusterprobe.runners.train import train
 
-    config = RunConfig(**TINY)
+    config = RunConfig(**{**TINY, **options})
     data = load_dataset(config)
-    whole = models.create_model(config, 2, 16)
-    saved = []
-    full = train(whole, data, config, "cpu", quiet=True, on_save=saved.append)
-    assert [s.epoch for s in saved] == [1, 2, 3] and [s.step for s in saved] == [4, 8, 12]
 
-    part = models.create_model(config, 2, 16)
-    rest = train(part, data, config, "cpu", quiet=True, start=saved[0])
+    def fresh():
+        model = models.create_model(config, 2, 16)
+        return model, for_config(model, config)
+
+    whole, whole_ema = fresh()
+    saved = []
+    full = train(whole, data, config, "cpu", quiet=True, on_save=saved.append, ema=whole_ema)
+    assert [s.epoch for s in saved] == [1, 2, 3] and [s.step for s in saved] == [4, 8, 12]
+    assert ("ema" in saved[0].extras) == ("ema" in options)
+    assert ("loss_head" in saved[0].extras) == (options.get("loss") == "supcon")
+
+    part, part_ema = fresh()
+    rest = train(part, data, config, "cpu", quiet=True, start=saved[0], ema=part_ema)
     assert rest == full  # the history of epoch 1 comes with the state
     a, b = whole.state_dict(), part.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    if whole_ema is not None:
+        a, b = whole_ema.averaged_state(whole), part_ema.averaged_state(part)
+        assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_the_state_file_loads_weights_only(tmp_path):
