@@ -156,7 +156,7 @@ TINY = dict(
 
 @pytest.mark.parametrize(
     "options",
-    [dict(arch=VIT, pool="gap"), dict(arch=VIT, pool="cls"), dict(arch="vgg11", norm="ln")],
+    [dict(arch=VIT, pool="gap"), dict(arch=VIT, pool="cls"), dict(arch="vgg11", norm="bn")],
 )
 def test_each_option_trains_one_epoch_on_the_built_in_data(store, options):
     from clusterprobe.runners import pipeline
