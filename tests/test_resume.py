@@ -32,10 +32,12 @@ TINY = dict(
     save=("checkpoint",),
     device="cpu",
 )
+KILLED = dict(TINY, eval_epochs=(1, 2))
 FLAGS = [
     "--classes", "2", "--subclasses", "2", "--train-per-subclass", "8",
     "--eval-per-subclass", "4", "--image-size", "16", "--epochs", "3", "--batch-size", "8",
     "--save-every", "1", "--factors", "1", "--save", "checkpoint", "--device", "cpu",
+    "--eval-epochs", "1,2",
 ]  # fmt: skip
 KILL_STEP = 6  # the third of epoch 2's four steps: mid-epoch, after epoch 1's save
 
@@ -90,11 +92,21 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(
     assert "clusterprobe.error" not in run.data.tags
     resumed = _steps(tracker, run_id)
     assert [s for s, _ in resumed] == [1, 2, 3]  # every epoch logged once
-    (final_eval,) = tracker.search_runs(kind="eval", parent_run_id=run_id, status="FINISHED")
-    assert final_eval.data.params["checkpoint_epoch"] == "3"
+    # epoch 1 was measured before the kill and is not measured again; the final
+    # checkpoint is compared with both earlier ones, as in an uninterrupted run
+    evals = tracker.search_runs(kind="eval", parent_run_id=run_id, status="FINISHED")
+    by_epoch = {e.data.params["checkpoint_epoch"]: e.info.run_id for e in evals}
+    assert sorted(by_epoch) == ["1", "2", "3"] and len(evals) == 3
+    import pandas as pd
+
+    ari = pd.read_parquet(tracker.artifact_path(by_epoch["3"], "ari.parquet"))
+    assert set(ari.loc[ari["kind"] == "checkpoint", "other_run_id"]) == {
+        by_epoch["1"],
+        by_epoch["2"],
+    }
 
     # The same seed, never interrupted, in another store: the same weights, bit for bit.
-    reference = pipeline.run(Config(**TINY), store, quiet=True)
+    reference = pipeline.run(Config(**KILLED), store, quiet=True)
     ref_tracker = Tracker(store)
     assert _steps(ref_tracker, reference.train_run_id) == resumed
     got, want = _weights(tracker, run_id), _weights(ref_tracker, reference.train_run_id)
