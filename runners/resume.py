@@ -27,6 +27,7 @@ from clusterprobe.tracker.errors import UsageError
 # Test hook: ``CLUSTERPROBE_TEST_KILL_AT=train_step:N`` SIGKILLs the process right before
 # optimiser step N (0-based), a deterministic point inside an epoch for resume tests.
 KILL_ENV = "CLUSTERPROBE_TEST_KILL_AT"
+_STATE_PATH = f"{cv.ART_TRAINING_STATE_DIR}/{cv.TRAINING_STATE_FILE}"
 
 
 def kill_point(name: str, value: int) -> None:
@@ -134,9 +135,18 @@ def log_state(ctx, state: TrainState) -> None:
         ctx.log_artifact(str(path), cv.ART_TRAINING_STATE_DIR)
 
 
+def has_state(tracker, run_id: str) -> bool:
+    """Whether a train run stored a training state (without loading it)."""
+    try:
+        tracker.artifact_path(run_id, _STATE_PATH)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def stored_state(tracker, run_id: str) -> TrainState:
     """The latest training state a train run stored; UsageError when it has none."""
-    where = f"{cv.ART_TRAINING_STATE_DIR}/{cv.TRAINING_STATE_FILE}"
+    where = _STATE_PATH
     try:
         path = tracker.artifact_path(run_id, where)
     except FileNotFoundError:

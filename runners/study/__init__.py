@@ -16,7 +16,8 @@ A worker that dies leaves a RUNNING trial. It is failed by (a) Optuna's heartbea
 RDB storages (SQLite, PostgreSQL: any host), and (b) a host/pid check on this host for
 every storage (the journal file has no heartbeat). Its RUNNING MLflow runs are failed
 by `Tracker.reap_orphans`. Both run before any new trial starts, so ``--resume`` never
-leaves orphans and never repeats a trial.
+leaves orphans and never repeats a trial. ``--resume`` retries an interrupted trial whose
+run saved a training state (``save_every``), continuing that run (``retry``).
 
 This package's ``__init__`` creates or resumes the study and drives it to the end;
 the parts live in ``options`` (flags), ``settings`` (what a study keeps), ``storage``
@@ -40,6 +41,7 @@ from clusterprobe.runners.study.mlflow_run import log_study_summary, study_run
 from clusterprobe.runners.study.options import StudyOptions, validate_options
 from clusterprobe.runners.study.processes import run_workers
 from clusterprobe.runners.study.report import StudyOutcome, registry_pick, summarize
+from clusterprobe.runners.study.retry import enqueue_interrupted
 from clusterprobe.runners.study.settings import (
     ATTR_SETTINGS,
     StudySettings,
@@ -139,6 +141,10 @@ def run_study(opts: StudyOptions, store: Store) -> StudyOutcome:
                 changes["seed"] = opts.seed
             settings = dataclasses.replace(settings, **changes)
             _check_register_best(opts, settings)
+            for number, run_id in enqueue_interrupted(study, tracker):
+                log_progress(
+                    opts.quiet, f"trial {number} was interrupted: its run {run_id} will resume"
+                )
         else:
             name = opts.name or "study-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             if name in names:
