@@ -29,7 +29,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from clusterprobe.tracker.checksums import hash_logged
 from clusterprobe.tracker.conventions import (
+    ART_CHECKSUMS,
     TAG_ERROR,
     TAG_HOST,
     TAG_KIND,
@@ -128,6 +130,8 @@ def _slug(name: str) -> str:
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised as a KeyboardInterrupt so that runs end KILLED."""
 
+    signum = signal.SIGTERM  # errors.interrupted_exit: exit 143
+
 
 @contextlib.contextmanager
 def handle_sigterm() -> Iterator[None]:
@@ -171,6 +175,8 @@ class RunContext:
         # measures (logged_models.use_model) and its dataset input (datasets.log_dataset).
         self.model_id: str | None = None
         self.dataset: tuple[str, str] | None = None  # (name, digest)
+        # {artifact path: sha256} of every file logged, written as checksums.json on FINISHED.
+        self.checksums: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"RunContext(run_id={self.run_id!r}, status={self.status!r})"
@@ -202,6 +208,9 @@ class RunContext:
             raise ValueError(f"status {status!r}: valid {_TERMINAL}")
         if self.status != "RUNNING":
             return
+        if status == "FINISHED" and self.checksums:
+            # Last artifact of a finished run: what every earlier one must still hash to.
+            self.log_json(dict(sorted(self.checksums.items())), ART_CHECKSUMS)
         client = self.tracker.client
         # Ending must survive a Ctrl-C or SIGTERM arriving meanwhile, or the run stays RUNNING.
         with _deferred_signals():
@@ -282,6 +291,10 @@ class RunContext:
     def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Copy a file (or a folder's contents) into the run's artifacts under ``artifact_path``."""
         local_path = Path(local_path)
+        if local_path.exists():
+            digests = hash_logged(local_path, artifact_path)
+            digests.pop(ART_CHECKSUMS, None)
+            self.checksums.update(digests)
         if local_path.is_dir():
             self.tracker._retry(
                 self.tracker.client.log_artifacts, self.run_id, str(local_path), artifact_path
@@ -472,6 +485,20 @@ class Tracker:
         try:
             if checked_params:
                 ctx.log_params(checked_params)
+        except BaseException as exc:
+            ctx.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return ctx
+
+    def reopen_run(self, run_id: str) -> RunContext:
+        """An ended run RUNNING again, owned by this process (``run --resume``): its owner
+        tags become ours and its error tag goes; the context ends it as ``start_run``'s."""
+        self._retry(self.client.update_run, run_id, status="RUNNING")
+        ctx = RunContext(self, self.get_run(run_id))
+        try:
+            ctx.set_tags(owner_tags())
+            if TAG_ERROR in self.get_run(run_id).data.tags:
+                self._retry(self.client.delete_tag, run_id, TAG_ERROR)
         except BaseException as exc:
             ctx.__exit__(type(exc), exc, exc.__traceback__)
             raise
