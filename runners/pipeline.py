@@ -41,6 +41,7 @@ from clusterprobe.runners.evalrun.stability import find_seed_runs, record_stabil
 from clusterprobe.runners.measure import head_labels, measure, probe_indices
 from clusterprobe.tracker import conventions as cv
 from clusterprobe.tracker.errors import UsageError
+from clusterprobe.tracker.killpoint import kill_point
 
 EVAL_SPLIT = "eval"
 
@@ -132,6 +133,7 @@ def run(
     ) as train_ctx:
         if on_start is not None:
             on_start(train_ctx.run_id)
+        kill_point("run-start")
         job.train_and_measure(train_ctx)
     return job.result(train_ctx.run_id)
 
@@ -175,6 +177,7 @@ class _Job:
 
         def on_epoch(epoch: int, metrics: dict) -> None:
             train_ctx.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
+            kill_point("train")
             if epoch in config.eval_epochs and epoch < config.epochs:
                 # Measure a frozen copy so the training loop's model and mode stay untouched.
                 snapshot = copy.deepcopy(model)
@@ -230,6 +233,7 @@ class _Job:
             self.eval_run_ids.append(ctx.run_id)
             if not self.quiet:
                 _say(f"eval run {ctx.run_id}: checkpoint epoch {epoch}")
+            kill_point("embed")
             meas, summary = measure_into(
                 ctx,
                 net,

@@ -109,6 +109,10 @@ def run_study(opts: StudyOptions, store: Store) -> StudyOutcome:
     from clusterprobe.tracker.tracking import Tracker
 
     validate_options(opts)
+    # A new study's space, objectives and pruner are checked before any file exists.
+    fresh = None if opts.resume is not None else _new_settings(opts, opts.name or "")
+    if fresh is not None:
+        _check_register_best(opts, fresh)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = resolve_storage(opts.storage, store)
     kind = storage_kind(spec)
@@ -146,7 +150,7 @@ def run_study(opts: StudyOptions, store: Store) -> StudyOutcome:
                     f"--name {name!r}: a study of that name exists in {redact(spec)}; "
                     f"continue it with --resume {name} or pick another --name"
                 )
-            settings = _new_settings(opts, name)
+            settings = dataclasses.replace(fresh, name=name)
             _check_register_best(opts, settings)
             study = optuna.create_study(
                 study_name=name,
