@@ -76,6 +76,10 @@ def prepare(config: RunConfig):
     config = registry.canonical(config.validate())
     models.model_config(config, num_classes=2)  # arch, stem, taps and norm: UsageError if bad
     data = check_dataset(registry.load_dataset(config), skip_corrupt=config.skip_corrupt)
+    from clusterprobe.runners.data.splitcheck import split_warnings
+
+    for line in split_warnings(data.train_labels.subclass, data.eval_labels.subclass):
+        print(f"clusterprobe: warning: {line}", file=sys.stderr, flush=True)
     _check_cka_images(config.cka, data.eval_labels.superclass)
     return config, data
 

@@ -122,6 +122,12 @@ def run_study(opts: StudyOptions, store: Store) -> StudyOutcome:
             "writers reliably; give --storage DIR/optuna.journal (journal file, one machine) "
             "or --storage postgresql://USER@HOST:5432/DB"
         )
+    if opts.resume is not None and kind != "postgresql":
+        path = Path(spec.split(":///", 1)[1] if kind == "sqlite" else spec)
+        if not path.is_file():  # nothing to resume: create no storage file either
+            raise UsageError(
+                f"--resume {opts.resume!r}: no such study; {redact(spec)} does not exist"
+            )
     tracker = Tracker(store)  # creates/upgrades the MLflow schema once, before any worker
     with _create_lock(spec):  # the storage schema and the study are created exactly once
         storage = open_storage(spec)
