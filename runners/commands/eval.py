@@ -18,7 +18,15 @@ from clusterprobe.runners.data.cli_args import add_data_arguments, data_config_k
 from clusterprobe.tracker.errors import UsageError, error_line, interrupted_exit
 
 EXIT_CRASH = 1
-MEASURE_FLAGS = ("taps", "precision", "batch_size", "probe_per_subclass", "device")
+MEASURE_FLAGS = (
+    "taps",
+    "precision",
+    "batch_size",
+    "probe_per_subclass",
+    "probe_features",
+    "probe_dim",
+    "device",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +79,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     m.add_argument("--batch-size", type=int, default=None)
     m.add_argument("--probe-per-subclass", type=int, default=None, metavar="N")
+    m.add_argument(
+        "--probe-features",
+        default=None,
+        choices=choices.PROBE_FEATURES,
+        help="linear probe input: pooled (default) or projected (flattened, sparse projection)",
+    )
+    m.add_argument("--probe-dim", type=int, default=None, help="projected probe dimension")
     m.add_argument(
         "--save",
         default=None,
