@@ -146,7 +146,9 @@ class RunConfig:
         ):
             value = getattr(self, name)
             if value not in legal:
-                raise UsageError(f"--{name} {value!r}: choose one of {', '.join(legal)}")
+                raise UsageError(
+                    f"--{name.replace('_', '-')} {value!r}: choose one of {', '.join(legal)}"
+                )
         if self.preprocess not in choices.PREPROCESS:
             raise UsageError(
                 f"--preprocess {self.preprocess!r}: choose one of {', '.join(choices.PREPROCESS)}"

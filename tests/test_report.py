@@ -299,3 +299,16 @@ def test_unknown_study_lists_the_stored_ones(tiny_study, capsys):
     assert cli_main(["report", "--study", "nope", "--store", str(store.root)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("--study 'nope': no such study in this storage; studies: tiny3")
+
+
+def test_the_study_run_carries_the_studys_report(tiny_study, tmp_path):
+    """`clusterprobe study` logs report.html on its study run: the page `report --study`
+    writes (links to the default UI address), byte for byte."""
+    store, outcome = tiny_study
+    logged = Tracker(store).artifact_path(outcome.study_run_id, cv.ART_REPORT).read_text()
+    out = tmp_path / "s.html"
+    assert (
+        cli_main(["report", "--study", "tiny3", "--store", str(store.root), "--out", str(out)]) == 0
+    )
+    assert logged == out.read_text()
+    assert "http://127.0.0.1:5000/#/experiments/" in logged

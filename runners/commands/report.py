@@ -12,10 +12,9 @@ import argparse
 import os
 from pathlib import Path
 
+from clusterprobe.runners.report import DEFAULT_UI_URL
 from clusterprobe.tracker.errors import UsageError
 from clusterprobe.tracker.store import add_store_arguments, redact_uri, store_from_args
-
-DEFAULT_UI_URL = "http://127.0.0.1:5000"  # where `clusterprobe ui` serves by default
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

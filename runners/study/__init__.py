@@ -37,7 +37,7 @@ from pathlib import Path
 
 from clusterprobe.runners.space import DEFAULT_SPACE, build_config, load_space
 from clusterprobe.runners.study.lock import SlotLock
-from clusterprobe.runners.study.mlflow_run import log_study_summary, study_run
+from clusterprobe.runners.study.mlflow_run import log_study_report, log_study_summary, study_run
 from clusterprobe.runners.study.options import StudyOptions, validate_options
 from clusterprobe.runners.study.processes import run_workers
 from clusterprobe.runners.study.report import StudyOutcome, registry_pick, summarize
@@ -164,7 +164,8 @@ def run_study(opts: StudyOptions, store: Store) -> StudyOutcome:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names([m for m, _ in settings.objectives])
 
-    with study_run(tracker, settings, spec, opts) as run_id:
+    with study_run(tracker, settings, spec, opts) as study_ctx:
+        run_id = study_ctx.run_id
         settings = dataclasses.replace(settings, study_run_id=run_id)
         study.set_user_attr(ATTR_SETTINGS, settings.to_json())
         log_progress(
@@ -176,6 +177,7 @@ def run_study(opts: StudyOptions, store: Store) -> StudyOutcome:
         outcome = summarize(study, spec)
         outcome.study_run_id = run_id
         log_study_summary(tracker, run_id, outcome)
+        log_study_report(study_ctx, study, spec)
         if outcome.complete < outcome.trials:
             raise StudyFailed(
                 f"study {name} has {outcome.complete} of {outcome.trials} complete trials; "
