@@ -253,3 +253,11 @@ def test_study_resume_continues_an_interrupted_trials_training(tmp_path, store, 
     assert run.info.status == "FINISHED" and run.data.tags[TAG_TRIAL] == "1"
     assert [s for s, _ in _steps(tracker, run_id)] == [1, 2, 3]
     assert not tracker.search_runs(status="RUNNING")
+
+
+def test_save_every_must_not_be_negative(tmp_path, capsys):
+    argv = ["run", "--save-every", "-1", "--store", str(tmp_path / "mlruns")]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--save-every -1: give epochs >= 1, or 0 for never" in err
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()  # nothing stored
