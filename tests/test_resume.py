@@ -261,3 +261,39 @@ def test_save_every_must_not_be_negative(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--save-every -1: give epochs >= 1, or 0 for never" in err
     assert not (tmp_path / "mlruns" / "mlflow.db").exists()  # nothing stored
+
+
+def test_epochs_after_the_last_state_are_trained_again_but_not_logged_or_measured_twice(
+    store, monkeypatch
+):
+    """--save-every 2, stopped (Ctrl-C) in epoch 4 after epoch 3 was logged and measured:
+    the resume trains epochs 3 and 4 from epoch 2's state; epoch 3 keeps its first
+    metrics and its eval run."""
+    from clusterprobe.runners import pipeline, train
+
+    config = RunConfig(**{**TINY, "epochs": 4, "save_every": 2, "eval_epochs": (1, 3)})
+
+    def stop_at(name, step):
+        if step == 13:  # the second of epoch 4's four steps
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "kill_point", stop_at)
+    opened = []
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(config, store, on_start=opened.append, quiet=True)
+    (run_id,) = opened
+    tracker = Tracker(store)
+    assert tracker.get_run(run_id).info.status == "KILLED"
+    before = _steps(tracker, run_id)
+    assert [s for s, _ in before] == [1, 2, 3]
+
+    steps = []
+    monkeypatch.setattr(train, "kill_point", lambda name, step: steps.append(step))
+    result = pipeline.resume(run_id, store, quiet=True)
+    assert steps == list(range(8, 16))  # epochs 3 and 4, from epoch 2's state
+    assert tracker.get_run(run_id).info.status == "FINISHED"
+    after = _steps(tracker, run_id)
+    assert after[:3] == before and [s for s, _ in after] == [1, 2, 3, 4]
+    evals = tracker.search_runs(kind="eval", parent_run_id=run_id, status="FINISHED")
+    assert sorted(e.data.params["checkpoint_epoch"] for e in evals) == ["1", "3", "4"]
+    assert sorted(result.eval_run_ids) == sorted(e.info.run_id for e in evals)
