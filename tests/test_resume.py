@@ -297,3 +297,20 @@ def test_epochs_after_the_last_state_are_trained_again_but_not_logged_or_measure
     evals = tracker.search_runs(kind="eval", parent_run_id=run_id, status="FINISHED")
     assert sorted(e.data.params["checkpoint_epoch"] for e in evals) == ["1", "3", "4"]
     assert sorted(result.eval_run_ids) == sorted(e.info.run_id for e in evals)
+
+
+def test_reopen_run_makes_an_ended_run_running_again_under_this_process(store):
+    from clusterprobe.tracker.conventions import TAG_ERROR, TAG_PID
+
+    tracker = Tracker(store)
+    ctx = tracker.start_run("train", params={"a": "1"})
+    ctx.end("FAILED", error="owner process gone")
+    tracker.client.set_tag(ctx.run_id, TAG_PID, "1")  # as if another process had owned it
+    with tracker.reopen_run(ctx.run_id) as again:
+        run = tracker.get_run(again.run_id)
+        assert run.info.status == "RUNNING" and TAG_ERROR not in run.data.tags
+        assert run.data.tags[TAG_PID] == str(os.getpid())
+        again.log_metrics({"x": 1.0}, step=1)
+    run = tracker.get_run(ctx.run_id)
+    assert run.info.status == "FINISHED" and run.data.params == {"a": "1"}
+    assert run.data.metrics["x"] == 1.0
