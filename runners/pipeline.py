@@ -41,6 +41,7 @@ from clusterprobe.runners.evalrun.stability import find_seed_runs, record_stabil
 from clusterprobe.runners.measure import head_labels, measure, probe_indices
 from clusterprobe.tracker import conventions as cv
 from clusterprobe.tracker.errors import UsageError
+from clusterprobe.tracker.killpoint import kill_point
 
 EVAL_SPLIT = "eval"
 
@@ -79,6 +80,10 @@ def prepare(config: RunConfig):
     except ValueError as err:
         raise UsageError(f"--{err}") from None
     data = check_dataset(registry.load_dataset(config), skip_corrupt=config.skip_corrupt)
+    from clusterprobe.runners.data.splitcheck import split_warnings
+
+    for line in split_warnings(data.train_labels.subclass, data.eval_labels.subclass):
+        print(f"clusterprobe: warning: {line}", file=sys.stderr, flush=True)
     _check_cka_images(config.cka, data.eval_labels.superclass)
     return config, data
 
@@ -136,6 +141,7 @@ def run(
     ) as train_ctx:
         if on_start is not None:
             on_start(train_ctx.run_id)
+        kill_point("run-start")
         job.train_and_measure(train_ctx)
     return job.result(train_ctx.run_id)
 
@@ -258,6 +264,7 @@ class _Job:
         def on_epoch(epoch: int, metrics: dict) -> None:
             if epoch not in self.logged_epochs:
                 train_ctx.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
+            kill_point("train")
             if (
                 epoch in config.eval_epochs
                 and epoch < config.epochs
@@ -329,6 +336,7 @@ class _Job:
             self.eval_run_ids.append(ctx.run_id)
             if not self.quiet:
                 _say(f"eval run {ctx.run_id}: checkpoint epoch {epoch}")
+            kill_point("embed")
             meas, summary = measure_into(
                 ctx,
                 net,

@@ -12,9 +12,7 @@ Written with ``torch.save`` from tensors, numbers and strings only, so it loads 
 from __future__ import annotations
 
 import contextlib
-import os
 import random
-import signal
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,16 +22,7 @@ import torch
 from clusterprobe.tracker import conventions as cv
 from clusterprobe.tracker.errors import UsageError
 
-# Test hook: ``CLUSTERPROBE_TEST_KILL_AT=train_step:N`` SIGKILLs the process right before
-# optimiser step N (0-based), a deterministic point inside an epoch for resume tests.
-KILL_ENV = "CLUSTERPROBE_TEST_KILL_AT"
 _STATE_PATH = f"{cv.ART_TRAINING_STATE_DIR}/{cv.TRAINING_STATE_FILE}"
-
-
-def kill_point(name: str, value: int) -> None:
-    """SIGKILL this process when ``KILL_ENV`` says ``name:value`` (tests only)."""
-    if os.environ.get(KILL_ENV) == f"{name}:{value}":
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass

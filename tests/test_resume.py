@@ -13,6 +13,7 @@ import pytest
 import torch
 from clusterprobe.runners.cli import main as cli_main
 from clusterprobe.runners.config import RunConfig
+from clusterprobe.tracker.killpoint import ENV_KILL_AT
 from clusterprobe.tracker.store import local_store
 from clusterprobe.tracker.tracking import Tracker
 
@@ -64,7 +65,7 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(
 
     killed_store = tmp_path / "killed"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["CLUSTERPROBE_TEST_KILL_AT"] = f"train_step:{KILL_STEP}"
+    env[ENV_KILL_AT] = f"train_step@{KILL_STEP}"
     proc = subprocess.run(
         [*_command(), "run", *FLAGS, "--threads", "1", "--quiet",
          "--store", str(killed_store)],
@@ -230,7 +231,7 @@ def test_study_resume_continues_an_interrupted_trials_training(tmp_path, store, 
     space.write_text(STUDY_SPACE)
     base = ["--store", str(store.root), "--quiet"]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["CLUSTERPROBE_TEST_KILL_AT"] = f"train_step:{KILL_STEP}"
+    env[ENV_KILL_AT] = f"train_step@{KILL_STEP}"
     proc = subprocess.run(
         [*_command(), "study", "--name", "r", "--trials", "1", "--space", str(space), *base],
         capture_output=True, text=True, env=env, timeout=600, check=False,

@@ -111,6 +111,10 @@ def run_study(opts: StudyOptions, store: Store) -> StudyOutcome:
     from clusterprobe.tracker.tracking import Tracker
 
     validate_options(opts)
+    # A new study's space, objectives and pruner are checked before any file exists.
+    fresh = None if opts.resume is not None else _new_settings(opts, opts.name or "")
+    if fresh is not None:
+        _check_register_best(opts, fresh)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = resolve_storage(opts.storage, store)
     kind = storage_kind(spec)
@@ -120,6 +124,12 @@ def run_study(opts: StudyOptions, store: Store) -> StudyOutcome:
             "writers reliably; give --storage DIR/optuna.journal (journal file, one machine) "
             "or --storage postgresql://USER@HOST:5432/DB"
         )
+    if opts.resume is not None and kind != "postgresql":
+        path = Path(spec.split(":///", 1)[1] if kind == "sqlite" else spec)
+        if not path.is_file():  # nothing to resume: create no storage file either
+            raise UsageError(
+                f"--resume {opts.resume!r}: no such study; {redact(spec)} does not exist"
+            )
     tracker = Tracker(store)  # creates/upgrades the MLflow schema once, before any worker
     with _create_lock(spec):  # the storage schema and the study are created exactly once
         storage = open_storage(spec)
@@ -152,7 +162,7 @@ def run_study(opts: StudyOptions, store: Store) -> StudyOutcome:
                     f"--name {name!r}: a study of that name exists in {redact(spec)}; "
                     f"continue it with --resume {name} or pick another --name"
                 )
-            settings = _new_settings(opts, name)
+            settings = dataclasses.replace(fresh, name=name)
             _check_register_best(opts, settings)
             study = optuna.create_study(
                 study_name=name,
