@@ -82,7 +82,7 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(
     from clusterprobe.runners import train
 
     steps = []  # the steps the resumed loop takes: from epoch 1's state on, not from scratch
-    monkeypatch.setattr(train, "kill_point", lambda name, step: steps.append(step))
+    monkeypatch.setattr(train, "kill_point", lambda name, at=None: steps.append(at))
     assert cli_main(["run", "--resume", run_id, "--quiet", "--store", str(killed_store)]) == 0
     assert steps == list(range(4, 12))
     assert f"train run: {run_id}" in capsys.readouterr().out
@@ -239,7 +239,7 @@ def test_study_resume_continues_an_interrupted_trials_training(tmp_path, store, 
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
 
     steps = []
-    monkeypatch.setattr(train, "kill_point", lambda name, step: steps.append(step))
+    monkeypatch.setattr(train, "kill_point", lambda name, at=None: steps.append(at))
     assert cli_main(["study", "--resume", "r", *base]) == 0
     assert steps == list(range(4, 12))  # from epoch 1's state, not from scratch
 
@@ -274,8 +274,8 @@ def test_epochs_after_the_last_state_are_trained_again_but_not_logged_or_measure
 
     config = RunConfig(**{**TINY, "epochs": 4, "save_every": 2, "eval_epochs": (1, 3)})
 
-    def stop_at(name, step):
-        if step == 13:  # the second of epoch 4's four steps
+    def stop_at(name, at=None):
+        if at == 13:  # the second of epoch 4's four steps
             raise KeyboardInterrupt
 
     monkeypatch.setattr(train, "kill_point", stop_at)
@@ -289,7 +289,7 @@ def test_epochs_after_the_last_state_are_trained_again_but_not_logged_or_measure
     assert [s for s, _ in before] == [1, 2, 3]
 
     steps = []
-    monkeypatch.setattr(train, "kill_point", lambda name, step: steps.append(step))
+    monkeypatch.setattr(train, "kill_point", lambda name, at=None: steps.append(at))
     result = pipeline.resume(run_id, store, quiet=True)
     assert steps == list(range(8, 16))  # epochs 3 and 4, from epoch 2's state
     assert tracker.get_run(run_id).info.status == "FINISHED"
