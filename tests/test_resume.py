@@ -254,6 +254,7 @@ def test_study_resume_continues_an_interrupted_trials_training(tmp_path, store, 
     assert run.info.status == "FINISHED" and run.data.tags[TAG_TRIAL] == "1"
     assert [s for s, _ in _steps(tracker, run_id)] == [1, 2, 3]
     assert not tracker.search_runs(status="RUNNING")
+    assert cli_main(["doctor", "--store", str(store.root)]) == 0  # trials and runs agree
 
 
 def test_save_every_must_not_be_negative(tmp_path, capsys):
