@@ -316,3 +316,21 @@ def test_reopen_run_makes_an_ended_run_running_again_under_this_process(store):
     run = tracker.get_run(ctx.run_id)
     assert run.info.status == "FINISHED" and run.data.params == {"a": "1"}
     assert run.data.metrics["x"] == 1.0
+
+
+def test_a_stopped_run_says_how_to_resume_it(tmp_path):
+    """SIGTERM mid-epoch: the run ends KILLED, exit 143, and the line names --resume."""
+    from clusterprobe.runners.resume import has_state
+
+    target = tmp_path / "mlruns"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env[ENV_KILL_AT] = f"train_step@{KILL_STEP}:TERM"
+    proc = subprocess.run(
+        [*_command(), "run", *FLAGS, "--threads", "1", "--quiet", "--store", str(target)],
+        capture_output=True, text=True, env=env, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    tracker = Tracker(local_store(target))
+    (run,) = tracker.search_runs(kind="train")
+    assert run.info.status == "KILLED" and has_state(tracker, run.info.run_id)
+    assert f"continue it: clusterprobe run --resume {run.info.run_id}" in proc.stderr
