@@ -62,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     s.add_argument("--stem", default=None, choices=choices.STEMS, help="with --weights (ResNets)")
     s.add_argument("--norm", default=None, choices=choices.NORMS, help="with --weights (VGG)")
+    s.add_argument(
+        "--pool",
+        default=None,
+        choices=choices.POOLS,
+        help="with --weights (ViT): the pooling the weights were trained with (cls | gap)",
+    )
     add_data_arguments(parser)
     m = parser.add_argument_group("measurement (default: the train run's, else run's defaults)")
     m.add_argument(
@@ -106,7 +112,7 @@ def _check_source_flags(args: argparse.Namespace) -> None:
         raise UsageError(ONE_MODEL)
     if args.epoch is not None and not args.from_run:
         raise UsageError("--epoch goes with --from RUN_ID (a train run's checkpoints)")
-    flags = [f"--{n}" for n in ("arch", "stem", "norm") if getattr(args, n) is not None]
+    flags = [f"--{n}" for n in ("arch", "stem", "norm", "pool") if getattr(args, n) is not None]
     whose = "a train run's" if args.from_run else "timm's pretrained" if args.pretrained else ""
     if whose and flags:
         raise UsageError(f"{', '.join(flags)}: {whose} model is its own; they go with --weights")
@@ -124,7 +130,11 @@ def _tap_list(args: argparse.Namespace, data_flags: dict, flags: dict) -> str:
     if not arch:
         raise UsageError("--taps list: name the model with --arch NAME or --pretrained NAME")
     base = RunConfig(
-        arch=arch, stem=args.stem or "standard", norm=args.norm or "default", preprocess="model"
+        arch=arch,
+        stem=args.stem or "standard",
+        norm=args.norm or "default",
+        pool=args.pool or "default",
+        preprocess="model",
     )
     flags = {k: v for k, v in flags.items() if k != "taps"}
     return format_taps(eval_config(base, data_flags, flags).validate())
@@ -164,7 +174,11 @@ def main(args: argparse.Namespace) -> int:
     # and a missing pretrained file is reported at once.
     if args.weights:
         source = sources.WeightsSource(
-            read_weights(args.weights), args.arch, args.stem or "standard", args.norm or "default"
+            read_weights(args.weights),
+            args.arch,
+            args.stem or "standard",
+            args.norm or "default",
+            args.pool or "default",
         )
     elif args.pretrained:
         source = sources.PretrainedSource(args.pretrained, bool(data_flags.get("download")))
