@@ -312,3 +312,32 @@ def test_the_study_run_carries_the_studys_report(tiny_study, tmp_path):
     )
     assert logged == out.read_text()
     assert "http://127.0.0.1:5000/#/experiments/" in logged
+
+
+def test_single_objective_study_of_another_tool():
+    """A study not made by `clusterprobe study` (no settings, no runs): Optuna's direction
+    and a plain 'value'; no Pareto front; Optuna's importances, drawn and listed."""
+    from clusterprobe.runners.report.study_report import RunLinks, study_report
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.trial import create_trial
+
+    study = optuna.create_study(study_name="plain", direction="minimize")
+    dists = {"x": FloatDistribution(0.0, 1.0), "c": CategoricalDistribution(["a", "b"])}
+    for i in range(8):
+        x, c = i / 8, "ab"[i % 2]
+        params = {"x": x, "c": c}
+        study.add_trial(create_trial(params=params, distributions=dists, value=(x - 0.4) ** 2))
+    html = study_report(study, RunLinks("http://127.0.0.1:5000", {}), "in memory")
+    page = Page(html)
+    assert_offline(html, page)
+    assert [a for a, _ in page.images] == ["optimisation history of value", "value importances"]
+    assert "Pareto front" not in html and "objective: value (minimize)" in html
+    assert page.table_with("trial")["trial"].astype(int).tolist() == [study.best_trial.number]
+    shown = page.table_with("importance")
+    expected = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+    )
+    assert shown["param"].tolist() == list(expected)
+    np.testing.assert_allclose(
+        shown["importance"].astype(float), list(expected.values()), atol=1e-4
+    )
