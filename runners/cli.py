@@ -46,6 +46,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "ui": ("clusterprobe.runners.commands.ui", "open the MLflow UI on the store"),
     "dashboard": ("clusterprobe.runners.commands.dashboard", "open optuna-dashboard"),
+    "doctor": (
+        "clusterprobe.runners.commands.doctor",
+        "check a store (orphaned runs, artifact checksums, studies); --fix repairs",
+    ),
 }
 
 EXIT_BAD_INPUT = 2

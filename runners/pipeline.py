@@ -41,6 +41,7 @@ from clusterprobe.runners.evalrun.stability import find_seed_runs, record_stabil
 from clusterprobe.runners.measure import head_labels, measure, probe_indices
 from clusterprobe.tracker import conventions as cv
 from clusterprobe.tracker.errors import UsageError
+from clusterprobe.tracker.killpoint import kill_point
 
 EVAL_SPLIT = "eval"
 
@@ -79,6 +80,10 @@ def prepare(config: RunConfig):
     except ValueError as err:
         raise UsageError(f"--{err}") from None
     data = check_dataset(registry.load_dataset(config), skip_corrupt=config.skip_corrupt)
+    from clusterprobe.runners.data.splitcheck import split_warnings
+
+    for line in split_warnings(data.train_labels.subclass, data.eval_labels.subclass):
+        print(f"clusterprobe: warning: {line}", file=sys.stderr, flush=True)
     _check_cka_images(config.cka, data.eval_labels.superclass)
     return config, data
 
@@ -136,6 +141,7 @@ def run(
     ) as train_ctx:
         if on_start is not None:
             on_start(train_ctx.run_id)
+        kill_point("run-start")
         job.train_and_measure(train_ctx)
     return job.result(train_ctx.run_id)
 
@@ -144,6 +150,7 @@ def resume(
     train_run_id: str,
     store,
     *,
+    tags: dict | None = None,
     on_start: Callable[[str], None] | None = None,
     on_eval: Callable[[int, dict], None] | None = None,
     quiet: bool = False,
@@ -151,7 +158,8 @@ def resume(
     """Continue an interrupted train run from its last stored training state
     (``--save-every``), in the same MLflow run: the epochs after that state are trained
     again, an epoch already logged keeps its metrics (none is logged twice), and the run
-    is measured and recorded as ``run`` does, ending FINISHED. UsageError for a run that
+    is measured and recorded as ``run`` does, ending FINISHED. ``tags`` are set on the
+    train run (a study's retry relinks it to its new trial). UsageError for a run that
     is not a train run, is finished or still running, or stored no training state."""
     from clusterprobe.runners.device import resolve_device
     from clusterprobe.runners.resume import stored_state
@@ -169,12 +177,14 @@ def resume(
     config, data = prepare(RunConfig.from_params(run.data.params))
     state = stored_state(tracker, train_run_id)
     device = resolve_device(config.device)
-    tags = {k: v for k, v in run.data.tags.items() if k == cv.TAG_PARENT}
+    tags = {**{k: v for k, v in run.data.tags.items() if k == cv.TAG_PARENT}, **(tags or {})}
     job = _Job(tracker, config, data, device, tags, on_eval, quiet)
     job.logged_epochs = {
         int(m.step) for m in tracker.client.get_metric_history(train_run_id, "train_loss")
     }
+    job.adopt_evaluations(train_run_id)
     with tracker.reopen_run(train_run_id) as train_ctx:
+        train_ctx.set_tags(job.tags)
         if on_start is not None:
             on_start(train_ctx.run_id)
         if not quiet:
@@ -205,6 +215,31 @@ class _Job:
         self.final: dict = {}
         self.earlier: dict[str, tuple] = {}  # eval run id -> (assignments, factors)
         self.logged_epochs: set[int] = set()  # resume: epochs the interrupted run logged
+        self.evaluated: set[int] = set()  # resume: intermediate epochs it measured
+
+    def adopt_evaluations(self, train_run_id: str) -> None:
+        """Resume: the intermediate checkpoints the interrupted run measured already are
+        not measured again (no second eval run of one checkpoint), and the final one is
+        compared with them (checkpoint ARI) as in an uninterrupted run."""
+        import warnings
+
+        from clusterprobe.runners.evalrun.stored import load_assignments
+
+        finished = self.tracker.search_runs(
+            kind="eval", parent_run_id=train_run_id, status="FINISHED"
+        )
+        for ev in finished:
+            epoch = int(ev.data.params.get(cv.PARAM_CHECKPOINT_EPOCH) or 0)
+            if not 0 < epoch < self.config.epochs:
+                continue
+            self.evaluated.add(epoch)
+            self.eval_run_ids.append(ev.info.run_id)
+            try:
+                assignments, factors, _ = load_assignments(self.tracker, ev.info.run_id)
+            except Exception as err:  # a missing table costs an ARI row, never the run
+                warnings.warn(f"checkpoint ARI: skipped run {ev.info.run_id}: {err}", stacklevel=2)
+                continue
+            self.earlier[ev.info.run_id] = assignments, factors
 
     def train_and_measure(self, train_ctx, start=None) -> None:
         """Train (from ``start``, a stored ``resume.TrainState``, if given), then measure."""
@@ -229,7 +264,12 @@ class _Job:
         def on_epoch(epoch: int, metrics: dict) -> None:
             if epoch not in self.logged_epochs:
                 train_ctx.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
-            if epoch in config.eval_epochs and epoch < config.epochs:
+            kill_point("train")
+            if (
+                epoch in config.eval_epochs
+                and epoch < config.epochs
+                and epoch not in self.evaluated
+            ):
                 # Measure a frozen copy so the training loop's model and mode stay untouched.
                 snapshot = ema.averaged_model(model) if ema else copy.deepcopy(model)
                 self._save_checkpoint(train_ctx, snapshot, epoch)
@@ -296,6 +336,7 @@ class _Job:
             self.eval_run_ids.append(ctx.run_id)
             if not self.quiet:
                 _say(f"eval run {ctx.run_id}: checkpoint epoch {epoch}")
+            kill_point("embed")
             meas, summary = measure_into(
                 ctx,
                 net,

@@ -12,9 +12,7 @@ Written with ``torch.save`` from tensors, numbers and strings only, so it loads 
 from __future__ import annotations
 
 import contextlib
-import os
 import random
-import signal
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,15 +22,7 @@ import torch
 from clusterprobe.tracker import conventions as cv
 from clusterprobe.tracker.errors import UsageError
 
-# Test hook: ``CLUSTERPROBE_TEST_KILL_AT=train_step:N`` SIGKILLs the process right before
-# optimiser step N (0-based), a deterministic point inside an epoch for resume tests.
-KILL_ENV = "CLUSTERPROBE_TEST_KILL_AT"
-
-
-def kill_point(name: str, value: int) -> None:
-    """SIGKILL this process when ``KILL_ENV`` says ``name:value`` (tests only)."""
-    if os.environ.get(KILL_ENV) == f"{name}:{value}":
-        os.kill(os.getpid(), signal.SIGKILL)
+_STATE_PATH = f"{cv.ART_TRAINING_STATE_DIR}/{cv.TRAINING_STATE_FILE}"
 
 
 @dataclass
@@ -134,9 +124,18 @@ def log_state(ctx, state: TrainState) -> None:
         ctx.log_artifact(str(path), cv.ART_TRAINING_STATE_DIR)
 
 
+def has_state(tracker, run_id: str) -> bool:
+    """Whether a train run stored a training state (without loading it)."""
+    try:
+        tracker.artifact_path(run_id, _STATE_PATH)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def stored_state(tracker, run_id: str) -> TrainState:
     """The latest training state a train run stored; UsageError when it has none."""
-    where = f"{cv.ART_TRAINING_STATE_DIR}/{cv.TRAINING_STATE_FILE}"
+    where = _STATE_PATH
     try:
         path = tracker.artifact_path(run_id, where)
     except FileNotFoundError:

@@ -87,6 +87,11 @@ def test_pool_is_recorded_and_vit_only():
         model_config(RunConfig(arch="resnet18", pool="cls"), 4)
     with pytest.raises(UsageError, match="--pool 'max'"):
         RunConfig(pool="max").validate()
+    # a ViT built without a class token: gap only, and recorded as such
+    no_cls = "vit_medium_patch16_gap_256"
+    assert model_config(RunConfig(arch=no_cls, pool="gap"), 4, 32)["class_token"] is False
+    with pytest.raises(UsageError, match="has no class token"):
+        model_config(RunConfig(arch=no_cls, pool="cls"), 4, 32)
 
 
 @pytest.mark.parametrize(
@@ -151,7 +156,7 @@ TINY = dict(
 
 @pytest.mark.parametrize(
     "options",
-    [dict(arch=VIT, pool="gap"), dict(arch=VIT, pool="cls"), dict(arch="vgg11", norm="ln")],
+    [dict(arch=VIT, pool="gap"), dict(arch=VIT, pool="cls"), dict(arch="vgg11", norm="bn")],
 )
 def test_each_option_trains_one_epoch_on_the_built_in_data(store, options):
     from clusterprobe.runners import pipeline

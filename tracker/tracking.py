@@ -41,9 +41,8 @@ from clusterprobe.tracker.conventions import (
 from clusterprobe.tracker.errors import UsageError, error_line
 from clusterprobe.tracker.provenance import (
     TAG_PROCESS,
+    owner_gone,
     owner_tags,
-    pid_alive,
-    process_identity,
     provenance_tags,
 )
 from clusterprobe.tracker.schema import prepare_store
@@ -607,23 +606,29 @@ class Tracker:
 
     # orphans -------------------------------------------------------------------
 
-    def reap_orphans(self) -> list[str]:
-        """Fail RUNNING runs whose owner process on this host is gone; return their ids.
+    def orphan_runs(self) -> list[Run]:
+        """RUNNING runs whose owner process on this host is gone (read-only).
 
         A run is an orphan when its host tag is this host and its pid is not alive, or
         the pid now belongs to another process (start time differs). Runs of other
-        hosts, runs without owner tags and live owners are never touched.
+        hosts, runs without owner tags and live owners are never listed.
         """
         host = socket.gethostname()
-        reaped = []
+        out = []
         for run in self.search_runs(status="RUNNING", tags={TAG_HOST: host}):
             tags = run.data.tags
             try:
                 pid = int(tags.get(TAG_PID, ""))
             except ValueError:
                 continue
-            if not _owner_gone(pid, tags.get(TAG_PROCESS)):
-                continue
+            if owner_gone(pid, tags.get(TAG_PROCESS)):
+                out.append(run)
+        return out
+
+    def reap_orphans(self) -> list[str]:
+        """Fail the `orphan_runs` (error tag ``owner process gone``); return their ids."""
+        reaped = []
+        for run in self.orphan_runs():
             # Re-read right before writing: the owner may have ended the run meanwhile.
             if self.get_run(run.info.run_id).info.status != "RUNNING":
                 continue
@@ -631,18 +636,6 @@ class Tracker:
             self._retry(self.client.set_terminated, run.info.run_id, "FAILED")
             reaped.append(run.info.run_id)
         return reaped
-
-
-def _owner_gone(pid: int, identity: str | None) -> bool:
-    if pid == os.getpid():
-        return False
-    if not pid_alive(pid):
-        return True
-    if identity:
-        now = process_identity(pid)
-        # A different boot or start time: the pid was recycled by another process.
-        return now is not None and now != identity
-    return False
 
 
 def _quote(value: str) -> str:

@@ -64,6 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "probes, k-NN and transfer read the same pooling (default: timm's, cls)",
     )
     m.add_argument(
+        "--augment",
+        default=None,
+        choices=choices.AUGMENTS,
+        help="training augmentation: paper (random-resized crop, area 0.05-1, + flip; pixels "
+        "in [0, 1], no mean/std), standard (timm's), none, or default: the dataset's own "
+        "(the synthetic set: a 2 px translation)",
+    )
+    m.add_argument(
         "--labels",
         default=None,
         choices=choices.LABELS,
@@ -231,6 +239,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "taps",
         "norm",
         "pool",
+        "augment",
         "labels",
         "epochs",
         "batch_size",

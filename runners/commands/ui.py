@@ -72,7 +72,12 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers {args.workers}: use 1 or more")
     from clusterprobe.tracker.tracking import Tracker
 
-    Tracker(store)  # schema once, relocation of a moved folder, before the server reads it
+    tracker = Tracker(store)  # schema once, relocation of a moved folder, before the server
+    from clusterprobe.tracker.doctor import orphan_note
+
+    note = orphan_note(len(tracker.orphan_runs()))  # read-only: said, never marked
+    if note:
+        print(f"clusterprobe ui: note: {note}", file=sys.stderr)
     argv = ui_argv(store, args.host, args.port, args.workers)
     if args.print_command:
         uri = shlex.quote(uri_without_password(store.tracking_uri))

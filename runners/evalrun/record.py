@@ -24,6 +24,7 @@ from clusterprobe.runners.data.record import dataset_info
 from clusterprobe.runners.evalrun import tables
 from clusterprobe.runners.evalrun.scores import LayerScores
 from clusterprobe.tracker import conventions as cv
+from clusterprobe.tracker.killpoint import kill_point
 
 PROTOCOLS = ("per_superclass", "whole")  # the paper's in-domain protocol | one whole set
 
@@ -165,6 +166,7 @@ def record_measurement(
     record_seconds(ctx, meas.seconds)
     if meas.cka is not None:
         record_cka(ctx, meas.cka)
+    kill_point("artifacts")
     if "embeddings" in save:
         log_embeddings(ctx, emb.pooled, labels.superclass, labels.subclass)
     if "distances" in save:
