@@ -341,3 +341,18 @@ def test_single_objective_study_of_another_tool():
     np.testing.assert_allclose(
         shown["importance"].astype(float), list(expected.values()), atol=1e-4
     )
+
+
+def test_a_report_that_cannot_be_drawn_warns_and_the_run_finishes(store):
+    """An eval run with nothing stored yet: log_report warns, writes no page, and the run
+    still ends FINISHED (the measurement is what matters; `report` can draw it later)."""
+    from clusterprobe.runners.evalrun import log_report
+
+    tracker = Tracker(store)
+    with tracker.start_run("eval", params={"arch": "resnet18"}) as ctx:
+        with pytest.warns(RuntimeWarning, match=f"eval run {ctx.run_id}: no report.html"):
+            log_report(ctx)
+    run = tracker.get_run(ctx.run_id)
+    assert run.info.status == "FINISHED"
+    with pytest.raises(FileNotFoundError):
+        tracker.artifact_path(ctx.run_id, cv.ART_REPORT)
