@@ -123,7 +123,7 @@ def test_the_report_opens_offline_and_holds_every_plot(final_report):
     alts = [alt for alt, _ in page.images]
     assert alts == [
         "layer profile: AMI per factor, probe and k-NN accuracy, pixel baseline",
-        "AMI f1 heat map, superclass x layer",
+        "AMI f1 heat map, superclass x layer (Ward inside each superclass)",
         "layer x layer ARI matrix, factor 1",
     ]
     for _, src in page.images:  # real PNGs that decode, not placeholders
@@ -356,3 +356,29 @@ def test_a_report_that_cannot_be_drawn_warns_and_the_run_finishes(store):
     assert run.info.status == "FINISHED"
     with pytest.raises(FileNotFoundError):
         tracker.artifact_path(ctx.run_id, cv.ART_REPORT)
+
+
+def test_report_of_a_whole_set_rescore_without_probes(tiny_run, tmp_path, capsys):
+    """A re-scored run (k-means on the pooled embeddings of the whole set): no probes, one
+    'all' row of AMI, no layer ARI; the page still holds its plots, offline."""
+    import shutil
+
+    store, _, result = tiny_run
+    root = tmp_path / "mlruns"
+    shutil.copytree(store.root, root)  # the shared run's store stays as it was
+    argv = ["--store", str(root)]
+    assert cli_main(["rescore", result.eval_run_ids[-1], "--method", "kmeans", *argv]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("eval run:"))
+    out = tmp_path / "r.html"
+    assert cli_main(["report", line.split()[2], *argv, "--out", str(out)]) == 0
+    html = out.read_text()
+    page = Page(html)
+    assert_offline(html, page)
+    assert len(page.images) == 2  # profile and AMI heat map; a note stands for the ARI
+    assert "protocol whole" in html
+    assert (
+        page.images[1][0] == "AMI f1 heat map, superclass x layer (the whole set clustered at once)"
+    )
+    assert "this run has no layer x layer ARI" in html
+    rows = page.table_with("AMI f1")
+    assert "probe acc" not in rows.columns and len(rows) == 8
