@@ -83,7 +83,7 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(
     from clusterprobe.runners import train
 
     steps = []  # the steps the resumed loop takes: from epoch 1's state on, not from scratch
-    monkeypatch.setattr(train, "kill_point", lambda name, step: steps.append(step))
+    monkeypatch.setattr(train, "kill_point", lambda name, at=None: steps.append(at))
     assert cli_main(["run", "--resume", run_id, "--quiet", "--store", str(killed_store)]) == 0
     assert steps == list(range(4, 12))
     assert f"train run: {run_id}" in capsys.readouterr().out
@@ -239,7 +239,7 @@ def test_study_resume_continues_an_interrupted_trials_training(tmp_path, store, 
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
 
     steps = []
-    monkeypatch.setattr(train, "kill_point", lambda name, step: steps.append(step))
+    monkeypatch.setattr(train, "kill_point", lambda name, at=None: steps.append(at))
     assert cli_main(["study", "--resume", "r", *base]) == 0
     assert steps == list(range(4, 12))  # from epoch 1's state, not from scratch
 
