@@ -382,3 +382,12 @@ def test_report_of_a_whole_set_rescore_without_probes(tiny_run, tmp_path, capsys
     assert "this run has no layer x layer ARI" in html
     rows = page.table_with("AMI f1")
     assert "probe acc" not in rows.columns and len(rows) == 8
+
+
+def test_default_file_name_is_in_the_current_folder(tiny_study, tmp_path, monkeypatch, capsys):
+    store, _ = tiny_study
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["report", "--study", "tiny3", "--store", str(store.root)]) == 0
+    assert (tmp_path / "report_tiny3.html").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["report_tiny3.html"]  # no temporary left
+    assert "report of study tiny3: report_tiny3.html" in capsys.readouterr().out
