@@ -155,7 +155,6 @@ def _probes(model, taps, config, data, device, probe_index, eval_pooled):
     )
     train_y = data.train_labels.subclass[probe_index]
     eval_y = data.eval_labels.subclass
-    probe_acc = [
-        float(a) for a in probe_layers(train_pooled, train_y, eval_pooled, eval_y, seed=config.seed)
-    ]
-    return probe_acc, knn_layers(train_pooled, train_y, eval_pooled, eval_y)
+    args = (train_pooled, train_y, eval_pooled, eval_y)
+    probe_acc = [float(a) for a in probe_layers(*args, seed=config.seed, device=device)]
+    return probe_acc, knn_layers(*args, device=device)
