@@ -103,11 +103,15 @@ def _whitener(x: torch.Tensor) -> _Whitener:
     scale = torch.where(std > 0, std, torch.ones_like(std))
     xs = (x - mean) / scale
     # The covariance in the features' precision (one matrix product), its eigenvectors in
-    # float64: the penalty weights 1 / lambda need the small eigenvalues right.
-    cov = (xs.T @ xs).double() / len(x)
-    lam, vec = torch.linalg.eigh(cov)
+    # float64: the penalty weights 1 / lambda need the small eigenvalues right. With fewer
+    # rows than features the n x n Gram has the same nonzero eigenvalues, and is smaller.
+    n, d = xs.shape
+    gram = (xs @ xs.T if n < d else xs.T @ xs).double() / n
+    lam, vec = torch.linalg.eigh(gram)
     keep = lam > RANK_RTOL * max(float(lam[-1]), 0.0) if len(lam) else lam > 0
     lam, vec = lam[keep], vec[:, keep]
+    if n < d:  # row-space eigenvectors -> feature-space ones: X^T v / sqrt(n lambda)
+        vec = (xs.T.double() @ vec) / (n * lam).sqrt()
     basis = (vec / lam.sqrt()).to(x.dtype)
     return _Whitener(mean, scale, basis, lam.to(x.dtype))
 
@@ -248,8 +252,9 @@ def _whitened(h: _Whitener, a: torch.Tensor, a0: torch.Tensor) -> torch.Tensor:
 
 def _bucket(rank: int) -> int:
     """Layers are solved together with others of the same power-of-two width bucket:
-    zero-padding within a bucket costs at most 2x, padding all to the widest 4-8x."""
-    return 1 << max(rank - 1, 0).bit_length()
+    zero-padding within a bucket costs at most 2x, padding all to the widest 4-8x. Below
+    64 columns a solve costs its fixed per-iteration overhead: those share one bucket."""
+    return max(1 << max(rank - 1, 0).bit_length(), 64)
 
 
 def _solve(xs, y, num_classes: int, cs: list[tuple], evals: list, init=None):
