@@ -8,6 +8,7 @@ import sys
 from clusterprobe.queries import output
 from clusterprobe.queries.canned import load_query, parse_params, query_names
 from clusterprobe.queries.connect import connect
+from clusterprobe.queries.orphans import warn_orphans
 from clusterprobe.tracker.errors import UsageError
 from clusterprobe.tracker.store import add_store_arguments
 
@@ -72,6 +73,7 @@ def main(args: argparse.Namespace) -> int:
     with connect(args.store, args.tracking_uri, args.storage) as analysis:
         for line in analysis.sources.notes:
             print(f"clusterprobe query: note: {line}", file=sys.stderr)
+        warn_orphans(analysis, "query")
         relation = analysis.sql(query.sql, params)
         output.write(relation, args.format, args.out)
     return 0

@@ -15,6 +15,7 @@ import duckdb
 from clusterprobe.queries import output
 from clusterprobe.queries.cli_query import add_database_arguments, add_output_arguments
 from clusterprobe.queries.connect import connect
+from clusterprobe.queries.orphans import warn_orphans
 from clusterprobe.queries.view_columns import VIEW_COLUMNS
 from clusterprobe.tracker.errors import UsageError
 
@@ -65,6 +66,7 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError('give a query: clusterprobe sql "SELECT * FROM runs"')
     check_read_only(text)
     with connect(args.store, args.tracking_uri, args.storage) as analysis:
+        warn_orphans(analysis, "sql")
         allowed = analysis.restrict_to_store()
         try:
             relation = analysis.con.sql(text)

@@ -47,6 +47,11 @@ def stored_checkpoint(tracker, train_run_id: str, epoch: int | None = None) -> P
             f"train run {train_run_id} has no stored checkpoint ({where}/{cv.CHECKPOINT_WEIGHTS});"
             " rerun it with --save including checkpoint (the default)"
         )
+    root = tracker.artifact_dir(train_run_id)
+    if root is not None:  # the sha256 recorded when the run was written (remote: not checked)
+        from clusterprobe.tracker.checksums import verify_tree
+
+        verify_tree(root, Path(folder), train_run_id)
     return Path(folder)
 
 

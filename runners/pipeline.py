@@ -41,6 +41,7 @@ from clusterprobe.runners.evalrun.stability import find_seed_runs, record_stabil
 from clusterprobe.runners.measure import head_labels, measure, probe_indices
 from clusterprobe.tracker import conventions as cv
 from clusterprobe.tracker.errors import UsageError
+from clusterprobe.tracker.killpoint import kill_point
 
 EVAL_SPLIT = "eval"
 
@@ -68,12 +69,21 @@ class RunResult:
 def prepare(config: RunConfig):
     """Validate ``config`` (the one place it is validated) and load its dataset; raises
     UsageError before anything is stored."""
-    from clusterprobe.runners import models
+    from clusterprobe.runners import models, recipes
     from clusterprobe.runners.data import registry
+    from clusterprobe.runners.data.imagecheck import check_dataset
 
     config = registry.canonical(config.validate())
     models.model_config(config, num_classes=2)  # arch, stem, taps and norm: UsageError if bad
-    data = registry.load_dataset(config)
+    try:  # the recipe's values where the user set none, so the params record them
+        config = recipes.resolve(config, models.arch_family(config.arch))
+    except ValueError as err:
+        raise UsageError(f"--{err}") from None
+    data = check_dataset(registry.load_dataset(config), skip_corrupt=config.skip_corrupt)
+    from clusterprobe.runners.data.splitcheck import split_warnings
+
+    for line in split_warnings(data.train_labels.subclass, data.eval_labels.subclass):
+        print(f"clusterprobe: warning: {line}", file=sys.stderr, flush=True)
     _check_cka_images(config.cka, data.eval_labels.superclass)
     return config, data
 
@@ -131,9 +141,57 @@ def run(
     ) as train_ctx:
         if on_start is not None:
             on_start(train_ctx.run_id)
+        kill_point("run-start")
         t0 = time.perf_counter()
         job.train_and_measure(train_ctx)
         job.record_share(train_ctx, time.perf_counter() - t0)
+    return job.result(train_ctx.run_id)
+
+
+def resume(
+    train_run_id: str,
+    store,
+    *,
+    tags: dict | None = None,
+    on_start: Callable[[str], None] | None = None,
+    on_eval: Callable[[int, dict], None] | None = None,
+    quiet: bool = False,
+) -> RunResult:
+    """Continue an interrupted train run from its last stored training state
+    (``--save-every``), in the same MLflow run: the epochs after that state are trained
+    again, an epoch already logged keeps its metrics (none is logged twice), and the run
+    is measured and recorded as ``run`` does, ending FINISHED. ``tags`` are set on the
+    train run (a study's retry relinks it to its new trial). UsageError for a run that
+    is not a train run, is finished or still running, or stored no training state."""
+    from clusterprobe.runners.device import resolve_device
+    from clusterprobe.runners.resume import stored_state
+    from clusterprobe.tracker.tracking import Tracker
+
+    tracker = Tracker(store)
+    tracker.reap_orphans()  # a killed run's RUNNING status, and its eval runs', end FAILED
+    run = tracker.open_run(train_run_id)
+    kind, status = run.data.tags.get(cv.TAG_KIND), run.info.status
+    if kind != "train":
+        raise UsageError(f"--resume {train_run_id}: a {kind} run; give a train run's id")
+    if status in ("FINISHED", "RUNNING"):
+        why = "nothing to resume" if status == "FINISHED" else "its process is alive"
+        raise UsageError(f"--resume {train_run_id}: the run is {status} ({why})")
+    config, data = prepare(RunConfig.from_params(run.data.params))
+    state = stored_state(tracker, train_run_id)
+    device = resolve_device(config.device)
+    tags = {**{k: v for k, v in run.data.tags.items() if k == cv.TAG_PARENT}, **(tags or {})}
+    job = _Job(tracker, config, data, device, tags, on_eval, quiet)
+    job.logged_epochs = {
+        int(m.step) for m in tracker.client.get_metric_history(train_run_id, "train_loss")
+    }
+    job.adopt_evaluations(train_run_id)
+    with tracker.reopen_run(train_run_id) as train_ctx:
+        train_ctx.set_tags(job.tags)
+        if on_start is not None:
+            on_start(train_ctx.run_id)
+        if not quiet:
+            _say(f"train run {train_run_id}: resuming after epoch {state.epoch}")
+        job.train_and_measure(train_ctx, start=state)
     return job.result(train_ctx.run_id)
 
 
@@ -159,14 +217,44 @@ class _Job:
         self.history: list[dict] = []
         self.final: dict = {}
         self.earlier: dict[str, tuple] = {}  # eval run id -> (assignments, factors)
+        self.logged_epochs: set[int] = set()  # resume: epochs the interrupted run logged
+        self.evaluated: set[int] = set()  # resume: intermediate epochs it measured
 
-    def train_and_measure(self, train_ctx) -> None:
+    def adopt_evaluations(self, train_run_id: str) -> None:
+        """Resume: the intermediate checkpoints the interrupted run measured already are
+        not measured again (no second eval run of one checkpoint), and the final one is
+        compared with them (checkpoint ARI) as in an uninterrupted run."""
+        import warnings
+
+        from clusterprobe.runners.evalrun.stored import load_assignments
+
+        finished = self.tracker.search_runs(
+            kind="eval", parent_run_id=train_run_id, status="FINISHED"
+        )
+        for ev in finished:
+            epoch = int(ev.data.params.get(cv.PARAM_CHECKPOINT_EPOCH) or 0)
+            if not 0 < epoch < self.config.epochs:
+                continue
+            self.evaluated.add(epoch)
+            self.eval_run_ids.append(ev.info.run_id)
+            try:
+                assignments, factors, _ = load_assignments(self.tracker, ev.info.run_id)
+            except Exception as err:  # a missing table costs an ARI row, never the run
+                warnings.warn(f"checkpoint ARI: skipped run {ev.info.run_id}: {err}", stacklevel=2)
+                continue
+            self.earlier[ev.info.run_id] = assignments, factors
+
+    def train_and_measure(self, train_ctx, start=None) -> None:
+        """Train (from ``start``, a stored ``resume.TrainState``, if given), then measure."""
         from clusterprobe.runners import models
+        from clusterprobe.runners.ema import for_config as ema_for_config
+        from clusterprobe.runners.resume import log_state
         from clusterprobe.runners.train import train
         from clusterprobe.tracker.datasets import log_dataset
 
         config, data = self.config, self.data
-        log_dataset(train_ctx, dataset_info(self.dataset), "train")
+        if start is None:  # a resumed run logged its dataset input already
+            log_dataset(train_ctx, dataset_info(self.dataset), "train")
         if not self.quiet:
             _say(
                 f"train run {train_ctx.run_id}: {config.arch} on {data.name}"
@@ -174,24 +262,43 @@ class _Job:
                 f" train / {len(data.eval_labels.superclass)} eval images, device {self.device}"
             )
         model = models.create_model(config, self.num_classes, data.image_size).to(self.device)
+        ema = ema_for_config(model, config)  # evaluation and checkpoints use its weights
 
         def on_epoch(epoch: int, metrics: dict) -> None:
-            train_ctx.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
-            if epoch in config.eval_epochs and epoch < config.epochs:
+            if epoch not in self.logged_epochs:
+                train_ctx.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
+            kill_point("train")
+            if (
+                epoch in config.eval_epochs
+                and epoch < config.epochs
+                and epoch not in self.evaluated
+            ):
                 # Measure a frozen copy so the training loop's model and mode stay untouched.
-                snapshot = copy.deepcopy(model)
+                snapshot = ema.averaged_model(model) if ema else copy.deepcopy(model)
                 self._save_checkpoint(train_ctx, snapshot, epoch)
                 self._evaluate(train_ctx.run_id, snapshot, epoch)
                 del snapshot
 
         t0 = time.perf_counter()
         self.history = list(
-            train(model, data, config, self.device, on_epoch=on_epoch, quiet=self.quiet) or []
+            train(
+                model,
+                data,
+                config,
+                self.device,
+                on_epoch=on_epoch,
+                quiet=self.quiet,
+                ema=ema,
+                start=start,
+                on_save=lambda state: log_state(train_ctx, state),
+            )
+            or []
         )
         self.seconds["train"] = time.perf_counter() - t0
         train_ctx.log_metrics({"seconds_train": self.seconds["train"]}, step=config.epochs)
-        self._save_checkpoint(train_ctx, model, None)
-        self._evaluate(train_ctx.run_id, model, config.epochs)
+        final = ema.averaged_model(model) if ema else model
+        self._save_checkpoint(train_ctx, final, None)
+        self._evaluate(train_ctx.run_id, final, config.epochs)
 
     def _save_checkpoint(self, train_ctx, model, epoch: int | None) -> None:
         """Store checkpoint ``epoch`` (None: the final one, also logged as the run's
@@ -232,6 +339,7 @@ class _Job:
             self.eval_run_ids.append(ctx.run_id)
             if not self.quiet:
                 _say(f"eval run {ctx.run_id}: checkpoint epoch {epoch}")
+            kill_point("embed")
             meas, summary = measure_into(
                 ctx,
                 net,
@@ -244,6 +352,8 @@ class _Job:
                 quiet=self.quiet,
             )
             self._record_stability(ctx, spec, meas, final=epoch == config.epochs)
+            if "plots" in config.save:
+                evalrun.log_report(ctx)  # last: it shows what the run stored
             if epoch < config.epochs:
                 self.earlier[ctx.run_id] = meas.protocol.assignments, meas.factors
             self.evaluations[epoch] = summary

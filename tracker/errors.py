@@ -22,3 +22,11 @@ def did_you_mean(name: str, choices, n: int = 3) -> str:
 
     close = difflib.get_close_matches(name, list(choices), n=n)
     return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def interrupted_exit(exc: BaseException) -> int:
+    """Exit status of a command stopped by ``exc``: 128 + the signal's number, the shell's
+    convention (130 for Ctrl-C; 143 for SIGTERM, raised as ``tracking.Terminated``)."""
+    import signal
+
+    return 128 + int(getattr(exc, "signum", signal.SIGINT))

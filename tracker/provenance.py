@@ -63,6 +63,19 @@ def process_identity(pid: int) -> str | None:
     return f"{boot}:{fields[19]}"
 
 
+def owner_gone(pid: int, identity: str | None) -> bool:
+    """Whether the process that owned a run (``pid``, its ``process_identity`` when tagged)
+    is gone: dead, or the pid recycled by another process (other boot or start time)."""
+    if pid == os.getpid():
+        return False
+    if not pid_alive(pid):
+        return True
+    if identity:
+        now = process_identity(pid)
+        return now is not None and now != identity
+    return False
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` runs; a zombie (killed, not yet waited for) counts as dead."""
     try:

@@ -112,6 +112,12 @@ def redact_uri(uri: str) -> str:
     return re.sub(r"^([a-z0-9+.-]+://[^/:@]*):[^/]*@", r"\1:***@", uri, flags=re.IGNORECASE)
 
 
+def uri_without_password(uri: str) -> str:
+    """``uri`` with any password dropped (``user@host``), for commands printed for the user
+    to run: libpq then takes it from ``~/.pgpass`` or ``PGPASSWORD``, where ``***`` would fail."""
+    return re.sub(r"^([a-z0-9+.-]+://[^/:@]*):[^/]*@", r"\1@", uri, flags=re.IGNORECASE)
+
+
 def _scheme(uri: str) -> str:
     return urlparse(uri).scheme.split("+", 1)[0].lower()
 

@@ -29,7 +29,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from clusterprobe.tracker.checksums import hash_logged
 from clusterprobe.tracker.conventions import (
+    ART_CHECKSUMS,
     TAG_ERROR,
     TAG_HOST,
     TAG_KIND,
@@ -39,9 +41,8 @@ from clusterprobe.tracker.conventions import (
 from clusterprobe.tracker.errors import UsageError, error_line
 from clusterprobe.tracker.provenance import (
     TAG_PROCESS,
+    owner_gone,
     owner_tags,
-    pid_alive,
-    process_identity,
     provenance_tags,
 )
 from clusterprobe.tracker.schema import prepare_store
@@ -128,6 +129,8 @@ def _slug(name: str) -> str:
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised as a KeyboardInterrupt so that runs end KILLED."""
 
+    signum = signal.SIGTERM  # errors.interrupted_exit: exit 143
+
 
 @contextlib.contextmanager
 def handle_sigterm() -> Iterator[None]:
@@ -171,6 +174,8 @@ class RunContext:
         # measures (logged_models.use_model) and its dataset input (datasets.log_dataset).
         self.model_id: str | None = None
         self.dataset: tuple[str, str] | None = None  # (name, digest)
+        # {artifact path: sha256} of every file logged, written as checksums.json on FINISHED.
+        self.checksums: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"RunContext(run_id={self.run_id!r}, status={self.status!r})"
@@ -202,6 +207,9 @@ class RunContext:
             raise ValueError(f"status {status!r}: valid {_TERMINAL}")
         if self.status != "RUNNING":
             return
+        if status == "FINISHED" and self.checksums:
+            # Last artifact of a finished run: what every earlier one must still hash to.
+            self.log_json(dict(sorted(self.checksums.items())), ART_CHECKSUMS)
         client = self.tracker.client
         # Ending must survive a Ctrl-C or SIGTERM arriving meanwhile, or the run stays RUNNING.
         with _deferred_signals():
@@ -282,6 +290,10 @@ class RunContext:
     def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Copy a file (or a folder's contents) into the run's artifacts under ``artifact_path``."""
         local_path = Path(local_path)
+        if local_path.exists():
+            digests = hash_logged(local_path, artifact_path)
+            digests.pop(ART_CHECKSUMS, None)
+            self.checksums.update(digests)
         if local_path.is_dir():
             self.tracker._retry(
                 self.tracker.client.log_artifacts, self.run_id, str(local_path), artifact_path
@@ -477,6 +489,20 @@ class Tracker:
             raise
         return ctx
 
+    def reopen_run(self, run_id: str) -> RunContext:
+        """An ended run RUNNING again, owned by this process (``run --resume``): its owner
+        tags become ours and its error tag goes; the context ends it as ``start_run``'s."""
+        self._retry(self.client.update_run, run_id, status="RUNNING")
+        ctx = RunContext(self, self.get_run(run_id))
+        try:
+            ctx.set_tags(owner_tags())
+            if TAG_ERROR in self.get_run(run_id).data.tags:
+                self._retry(self.client.delete_tag, run_id, TAG_ERROR)
+        except BaseException as exc:
+            ctx.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return ctx
+
     def get_run(self, run_id: str) -> Run:
         return self.client.get_run(run_id)
 
@@ -580,23 +606,29 @@ class Tracker:
 
     # orphans -------------------------------------------------------------------
 
-    def reap_orphans(self) -> list[str]:
-        """Fail RUNNING runs whose owner process on this host is gone; return their ids.
+    def orphan_runs(self) -> list[Run]:
+        """RUNNING runs whose owner process on this host is gone (read-only).
 
         A run is an orphan when its host tag is this host and its pid is not alive, or
         the pid now belongs to another process (start time differs). Runs of other
-        hosts, runs without owner tags and live owners are never touched.
+        hosts, runs without owner tags and live owners are never listed.
         """
         host = socket.gethostname()
-        reaped = []
+        out = []
         for run in self.search_runs(status="RUNNING", tags={TAG_HOST: host}):
             tags = run.data.tags
             try:
                 pid = int(tags.get(TAG_PID, ""))
             except ValueError:
                 continue
-            if not _owner_gone(pid, tags.get(TAG_PROCESS)):
-                continue
+            if owner_gone(pid, tags.get(TAG_PROCESS)):
+                out.append(run)
+        return out
+
+    def reap_orphans(self) -> list[str]:
+        """Fail the `orphan_runs` (error tag ``owner process gone``); return their ids."""
+        reaped = []
+        for run in self.orphan_runs():
             # Re-read right before writing: the owner may have ended the run meanwhile.
             if self.get_run(run.info.run_id).info.status != "RUNNING":
                 continue
@@ -604,18 +636,6 @@ class Tracker:
             self._retry(self.client.set_terminated, run.info.run_id, "FAILED")
             reaped.append(run.info.run_id)
         return reaped
-
-
-def _owner_gone(pid: int, identity: str | None) -> bool:
-    if pid == os.getpid():
-        return False
-    if not pid_alive(pid):
-        return True
-    if identity:
-        now = process_identity(pid)
-        # A different boot or start time: the pid was recycled by another process.
-        return now is not None and now != identity
-    return False
 
 
 def _quote(value: str) -> str:

@@ -15,7 +15,7 @@ import sys
 
 from clusterprobe.runners import choices
 from clusterprobe.runners.data.cli_args import add_data_arguments, data_config_kwargs
-from clusterprobe.tracker.errors import UsageError, error_line
+from clusterprobe.tracker.errors import UsageError, error_line, interrupted_exit
 
 EXIT_CRASH = 1
 MEASURE_FLAGS = ("taps", "precision", "batch_size", "probe_per_subclass", "device")
@@ -177,9 +177,9 @@ def main(args: argparse.Namespace) -> int:
             raise  # bad input, found before the eval run existed: one line, exit 2
         print(f"clusterprobe eval: failed: {error_line(err)}", file=sys.stderr)
         return EXIT_CRASH
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         print("clusterprobe eval: interrupted; the run was marked KILLED", file=sys.stderr)
-        return 130
+        return interrupted_exit(err)
     except Exception as err:  # one line; the eval run is already marked FAILED
         print(f"clusterprobe eval: failed: {error_line(err)}", file=sys.stderr)
         return EXIT_CRASH

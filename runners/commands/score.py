@@ -60,6 +60,8 @@ def main(args) -> int:
         checked = _read(args)
     except (ValueError, TypeError) as err:  # the file's fault: a usage error
         raise UsageError(str(err)) from None
+    if not args.whole:
+        _warn_undersized(checked[1], factors)
     try:
         result = _score(checked, factors, args)
     except Exception as err:  # the input was fine, so this is ours: a crash, in one line
@@ -116,6 +118,19 @@ def _score(checked: tuple, factors: tuple[int, ...], args) -> dict:
 
     grams, subclass = checked
     return result_json(cluster_protocol(grams, subclass, factors, n_jobs=args.jobs))
+
+
+def _warn_undersized(subclass: dict, factors: tuple[int, ...]) -> None:
+    """One line per superclass too small for its clusters (shown even with --quiet)."""
+    from clusterprobe.runners.engine.score import undersized_superclasses
+
+    for s, rows, clusters in undersized_superclasses(subclass, factors):
+        print(
+            f"clusterprobe score: warning: superclass {s} has {rows} row(s) for its "
+            f"{clusters} clusters at factor {max(factors)}: one row per cluster, so its AMI "
+            "and purity mean nothing (give more rows per superclass or lower --factors)",
+            file=sys.stderr,
+        )
 
 
 def _log(args, msg: str) -> None:

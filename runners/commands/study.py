@@ -84,10 +84,12 @@ def main(args: argparse.Namespace) -> int:
     except StudyFailed as err:
         print(f"clusterprobe study: error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the trial is FAIL, its runs KILLED
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: the trial is FAIL, its runs KILLED
+        from clusterprobe.tracker.errors import interrupted_exit
+
         name = args.resume or args.name or "NAME"
         print(f"clusterprobe study: interrupted; continue with --resume {name}", file=sys.stderr)
-        return 130
+        return interrupted_exit(err)
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ FIELDS = (
     "data_dir",
     "breeds_info",
     "download",
+    "skip_corrupt",
     "train_per_subclass",
     "eval_per_subclass",
     "image_size",
@@ -86,6 +87,13 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="download what is missing: the dataset into --data-dir (CIFAR-100); with eval "
         "--pretrained, the weights into the Hugging Face cache",
+    )
+    g.add_argument(
+        "--skip-corrupt",
+        action="store_true",
+        default=None,
+        help="leave out image files that do not decode, counted in the run's dataset record "
+        "(default: refuse the dataset, naming the first bad file)",
     )
     g.add_argument("--train-per-subclass", type=int, default=None, metavar="N")
     g.add_argument("--eval-per-subclass", type=int, default=None, metavar="N")

@@ -16,8 +16,9 @@ from clusterprobe.runners.data.groups import shuffle_groups, subsample_groups, s
 from clusterprobe.runners.data.images import ImageFiles, list_dirs, list_images, take
 from clusterprobe.tracker.errors import UsageError
 
-IMAGE_SIZE = 224
+IMAGE_SIZE = 224  # the largest default input size: ImageNet-like photos
 EVAL_FRACTION = 0.2  # held out per subclass when there is no val/ root
+SIZE_SAMPLE = 64  # files whose headers give the folder's own image size
 
 
 def scan(root: Path) -> dict[str, list[str]]:
@@ -154,7 +155,7 @@ def _hierarchical_data(
     from clusterprobe.runners.data.base import HierarchicalData, Labels
     from clusterprobe.runners.data.preprocess import image_transforms
 
-    tf = image_transforms(config, IMAGE_SIZE)
+    tf = image_transforms(config, native_size(train_paths + eval_paths))
     train_plain = ImageFiles(train_paths, sup_of[tr_sub], tr_sub, tf.eval, tf.eval_draft)
     return HierarchicalData(
         name="folder",
@@ -172,13 +173,29 @@ def _hierarchical_data(
     )
 
 
+def native_size(paths: list[str]) -> int:
+    """The input size a folder defaults to: its images' own (median shorter side of a
+    sample, read from the headers), at most ``IMAGE_SIZE``. Small images are not blown up
+    to 224 px, which made 32 px digits train ~5x slower than at their own size."""
+    from clusterprobe.runners.data.imagecheck import image_size
+
+    step = max(1, len(paths) // SIZE_SAMPLE)
+    sides = []
+    for path in paths[::step][:SIZE_SAMPLE]:
+        try:
+            sides.append(min(image_size(path)))
+        except Exception:
+            continue  # a bad file: the decode check names it
+    return int(min(IMAGE_SIZE, np.median(sides))) if sides else IMAGE_SIZE
+
+
 def describe(name: str | None = None) -> dict:
     return {
         "superclasses": "your folders",
         "subclasses_per_superclass": "your folders",
         "train_per_subclass": "all (or --train-per-subclass)",
         "eval_per_subclass": "val/ or 20% held out",
-        "image_size": IMAGE_SIZE,
+        "image_size": f"the images' own (at most {IMAGE_SIZE})",
         "offline": True,
         "needs": "--data-dir DIR/<superclass>/<subclass>/<images> (optional DIR/train, DIR/val)",
     }

@@ -316,3 +316,17 @@ def load_npz(
         need_superclass=need_superclass,
         check_finite=check_finite,
     )
+
+
+def undersized_superclasses(subclass: dict[int, np.ndarray], factors) -> list[tuple[int, int, int]]:
+    """``(superclass, rows, clusters)`` where a superclass has no more rows than the clusters
+    asked of it at the largest factor (#subclasses x factor): there Ward puts every row in
+    a cluster of its own, so purity is 1 and AMI as high as it goes, meaning nothing."""
+    top = max(factors)
+    out = []
+    for s in sorted(subclass):
+        labels = np.asarray(subclass[s])
+        clusters = len(np.unique(labels)) * top
+        if len(labels) <= clusters:
+            out.append((int(s), len(labels), int(clusters)))
+    return out

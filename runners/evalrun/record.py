@@ -24,6 +24,7 @@ from clusterprobe.runners.data.record import dataset_info
 from clusterprobe.runners.evalrun import tables
 from clusterprobe.runners.evalrun.scores import LayerScores
 from clusterprobe.tracker import conventions as cv
+from clusterprobe.tracker.killpoint import kill_point
 
 PROTOCOLS = ("per_superclass", "whole")  # the paper's in-domain protocol | one whole set
 
@@ -165,6 +166,7 @@ def record_measurement(
     record_seconds(ctx, meas.seconds)
     if meas.cka is not None:
         record_cka(ctx, meas.cka)
+    kill_point("artifacts")
     if "embeddings" in save:
         log_embeddings(ctx, emb.pooled, labels.superclass, labels.subclass)
     if "distances" in save:
@@ -260,3 +262,11 @@ def log_layer_profile(ctx, scores: LayerScores, title: str) -> None:
     )
     ctx.log_figure(fig, cv.ART_PLOT)
     plt.close(fig)
+
+
+def log_report(ctx) -> None:
+    """``report.html``: the run's one-page report (``runners.report.run_report``), built
+    from what the run has stored so far, so it shows what ``clusterprobe report`` shows."""
+    from clusterprobe.runners.report.run_report import eval_run_report
+
+    ctx.log_text(eval_run_report(ctx.tracker, ctx.run_id), cv.ART_REPORT)

@@ -3,7 +3,9 @@ cluster assignments, and one layer exported in ``clusterprobe score``'s format.
 
 Every reader checks shapes and values before anything is computed from them, and
 a missing or corrupt artifact is one UsageError line naming the file (so the
-commands that read runs store nothing when the input is bad).
+commands that read runs store nothing when the input is bad). Each file is checked
+against the sha256 the run recorded when it was written (``checksums.json``); runs
+written before checksums existed are read unverified.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from clusterprobe.tracker import conventions as cv
+from clusterprobe.tracker.checksums import verify_file
 from clusterprobe.tracker.errors import UsageError
 
 
@@ -85,11 +88,20 @@ def _artifact(tracker, run_id: str, path: str, what: str) -> Path:
         ) from None
 
 
-def _file(folder: Path, name: str, run_id: str, what: str) -> Path:
+def _file(folder: Path, name: str, run_id: str, what: str, tracker=None) -> Path:
     path = folder / name
     if not path.is_file():
         raise UsageError(f"{path}: missing; the {what} of run {run_id} are incomplete")
-    return path
+    return path if tracker is None else verified(tracker, run_id, path)
+
+
+def verified(tracker, run_id: str, path: Path) -> Path:
+    """``path`` (an artifact of run ``run_id``), refused in one line if its sha256 is not the
+    one recorded when the run was written. Remote artifacts (downloaded copies) pass."""
+    root = tracker.artifact_dir(run_id)
+    if root is not None:
+        verify_file(root, Path(path), run_id)
+    return Path(path)
 
 
 def _load_npy(path: Path, *, mmap: bool = True) -> np.ndarray:
@@ -120,7 +132,7 @@ def _finite(array: np.ndarray, path: Path) -> np.ndarray:
 
 
 def layer_names(tracker, run_id: str) -> list[str]:
-    path = _artifact(tracker, run_id, cv.ART_LAYERS, "its layer map")
+    path = verified(tracker, run_id, _artifact(tracker, run_id, cv.ART_LAYERS, "its layer map"))
     try:
         entries = json.loads(path.read_text())
         names = [str(e["name"]) for e in sorted(entries, key=lambda e: int(e["index"]))]
@@ -131,16 +143,32 @@ def layer_names(tracker, run_id: str) -> list[str]:
     return names
 
 
+def load_layer_metrics(tracker, run_id: str):
+    """The run's ``layer_metrics.parquet`` (LAYER_METRICS_COLUMNS), checked for its columns."""
+    path = _artifact(tracker, run_id, cv.ART_LAYER_METRICS, "its per-layer table")
+    return _read_parquet(verified(tracker, run_id, path), cv.LAYER_METRICS_COLUMNS)
+
+
+def load_ari(tracker, run_id: str):
+    """The run's ``ari.parquet`` (ARI_COLUMNS), or None where it has none (runs recorded
+    before ARI tables existed, and rescored runs, have none)."""
+    try:
+        path = Path(tracker.artifact_path(run_id, cv.ART_ARI))
+    except Exception:
+        return None
+    return _read_parquet(verified(tracker, run_id, path), cv.ARI_COLUMNS)
+
+
 def load_distances(tracker, run_id: str) -> StoredDistances:
     """The run's per-superclass Gram matrices, checked for shape and finiteness."""
     names = layer_names(tracker, run_id)
     folder = _artifact(tracker, run_id, cv.ART_DIST_DIR, "distances")
-    index_path = _file(folder, cv.DIST_INDEX, run_id, "distances")
+    index_path = _file(folder, cv.DIST_INDEX, run_id, "distances", tracker)
     index = _read_parquet(index_path, ("superclass", "row", "subclass"))
     grams, pixels, subclass, eval_index = {}, {}, {}, {}
     for s, rows in index.groupby("superclass", sort=True):
         s, n = int(s), len(rows)
-        path = _file(folder, cv.DIST_GRAM.format(superclass=s), run_id, "distances")
+        path = _file(folder, cv.DIST_GRAM.format(superclass=s), run_id, "distances", tracker)
         gram = _load_npy(path)
         if gram.ndim != 3 or gram.shape != (len(names), n, n):
             raise UsageError(
@@ -150,7 +178,7 @@ def load_distances(tracker, run_id: str) -> StoredDistances:
         grams[s] = _finite(gram, path)
         pixel_path = folder / cv.DIST_PIXEL.format(superclass=s)
         if pixel_path.is_file():
-            pixel = _load_npy(pixel_path)
+            pixel = _load_npy(verified(tracker, run_id, pixel_path))
             if pixel.shape == (n, n):
                 pixels[s] = _finite(pixel, pixel_path)
         rows = rows.sort_values("row")
@@ -168,7 +196,7 @@ def load_pooled(tracker, run_id: str, layers: list[int] | None = None) -> Stored
     """The run's pooled embeddings (memory-mapped) and eval labels, checked."""
     names = layer_names(tracker, run_id)
     folder = _artifact(tracker, run_id, cv.ART_EMBED_DIR, "embeddings")
-    labels_path = _file(folder, cv.EMBED_LABELS, run_id, "embeddings")
+    labels_path = _file(folder, cv.EMBED_LABELS, run_id, "embeddings", tracker)
     labels = _read_parquet(labels_path, ("eval_index", "superclass", "subclass"))
     labels = labels.sort_values("eval_index")
     n = len(labels)
@@ -176,7 +204,7 @@ def load_pooled(tracker, run_id: str, layers: list[int] | None = None) -> Stored
     for i in range(len(names)) if layers is None else layers:
         if not 0 <= i < len(names):
             raise UsageError(f"layer {i}: run {run_id} has layers 0..{len(names) - 1}")
-        path = _file(folder, cv.EMBED_POOLED.format(layer=i), run_id, "embeddings")
+        path = _file(folder, cv.EMBED_POOLED.format(layer=i), run_id, "embeddings", tracker)
         x = _load_npy(path)
         if x.ndim != 2 or x.shape[0] != n:
             raise UsageError(f"{path}: shape {x.shape}, expected ({n}, channels)")
@@ -195,7 +223,7 @@ def load_assignments(tracker, run_id: str):
     import pandas as pd
     from clusterprobe.runners.evalrun.tables import assignments_from_frame
 
-    path = tracker.artifact_path(run_id, cv.ART_ASSIGNMENTS)
+    path = verified(tracker, run_id, tracker.artifact_path(run_id, cv.ART_ASSIGNMENTS))
     return assignments_from_frame(pd.read_parquet(path))
 
 
@@ -209,6 +237,8 @@ def require_assignments(tracker, run_id: str):
             f"run {run_id} has no {cv.ART_ASSIGNMENTS!r} artifact (cluster assignments); "
             "it was recorded without them"
         ) from None
+    except UsageError:
+        raise
     except Exception as err:
         raise UsageError(
             f"run {run_id}: unreadable {cv.ART_ASSIGNMENTS} ({type(err).__name__}: {err})"

@@ -16,7 +16,8 @@ A worker that dies leaves a RUNNING trial. It is failed by (a) Optuna's heartbea
 RDB storages (SQLite, PostgreSQL: any host), and (b) a host/pid check on this host for
 every storage (the journal file has no heartbeat). Its RUNNING MLflow runs are failed
 by `Tracker.reap_orphans`. Both run before any new trial starts, so ``--resume`` never
-leaves orphans and never repeats a trial.
+leaves orphans and never repeats a trial. ``--resume`` retries an interrupted trial whose
+run saved a training state (``save_every``), continuing that run (``retry``).
 
 This package's ``__init__`` creates or resumes the study and drives it to the end;
 the parts live in ``options`` (flags), ``settings`` (what a study keeps), ``storage``
@@ -36,10 +37,11 @@ from pathlib import Path
 
 from clusterprobe.runners.space import DEFAULT_SPACE, build_config, load_space
 from clusterprobe.runners.study.lock import SlotLock
-from clusterprobe.runners.study.mlflow_run import log_study_summary, study_run
+from clusterprobe.runners.study.mlflow_run import log_study_report, log_study_summary, study_run
 from clusterprobe.runners.study.options import StudyOptions, validate_options
 from clusterprobe.runners.study.processes import run_workers
 from clusterprobe.runners.study.report import StudyOutcome, registry_pick, summarize
+from clusterprobe.runners.study.retry import enqueue_interrupted
 from clusterprobe.runners.study.settings import (
     ATTR_SETTINGS,
     StudySettings,
@@ -109,6 +111,10 @@ def run_study(opts: StudyOptions, store: Store) -> StudyOutcome:
     from clusterprobe.tracker.tracking import Tracker
 
     validate_options(opts)
+    # A new study's space, objectives and pruner are checked before any file exists.
+    fresh = None if opts.resume is not None else _new_settings(opts, opts.name or "")
+    if fresh is not None:
+        _check_register_best(opts, fresh)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = resolve_storage(opts.storage, store)
     kind = storage_kind(spec)
@@ -118,6 +124,12 @@ def run_study(opts: StudyOptions, store: Store) -> StudyOutcome:
             "writers reliably; give --storage DIR/optuna.journal (journal file, one machine) "
             "or --storage postgresql://USER@HOST:5432/DB"
         )
+    if opts.resume is not None and kind != "postgresql":
+        path = Path(spec.split(":///", 1)[1] if kind == "sqlite" else spec)
+        if not path.is_file():  # nothing to resume: create no storage file either
+            raise UsageError(
+                f"--resume {opts.resume!r}: no such study; {redact(spec)} does not exist"
+            )
     tracker = Tracker(store)  # creates/upgrades the MLflow schema once, before any worker
     with _create_lock(spec):  # the storage schema and the study are created exactly once
         storage = open_storage(spec)
@@ -139,6 +151,10 @@ def run_study(opts: StudyOptions, store: Store) -> StudyOutcome:
                 changes["seed"] = opts.seed
             settings = dataclasses.replace(settings, **changes)
             _check_register_best(opts, settings)
+            for number, run_id in enqueue_interrupted(study, tracker):
+                log_progress(
+                    opts.quiet, f"trial {number} was interrupted: its run {run_id} will resume"
+                )
         else:
             name = opts.name or "study-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             if name in names:
@@ -146,7 +162,7 @@ def run_study(opts: StudyOptions, store: Store) -> StudyOutcome:
                     f"--name {name!r}: a study of that name exists in {redact(spec)}; "
                     f"continue it with --resume {name} or pick another --name"
                 )
-            settings = _new_settings(opts, name)
+            settings = dataclasses.replace(fresh, name=name)
             _check_register_best(opts, settings)
             study = optuna.create_study(
                 study_name=name,
@@ -158,7 +174,8 @@ def run_study(opts: StudyOptions, store: Store) -> StudyOutcome:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names([m for m, _ in settings.objectives])
 
-    with study_run(tracker, settings, spec, opts) as run_id:
+    with study_run(tracker, settings, spec, opts) as study_ctx:
+        run_id = study_ctx.run_id
         settings = dataclasses.replace(settings, study_run_id=run_id)
         study.set_user_attr(ATTR_SETTINGS, settings.to_json())
         log_progress(
@@ -170,6 +187,7 @@ def run_study(opts: StudyOptions, store: Store) -> StudyOutcome:
         outcome = summarize(study, spec)
         outcome.study_run_id = run_id
         log_study_summary(tracker, run_id, outcome)
+        log_study_report(study_ctx, study, spec)
         if outcome.complete < outcome.trials:
             raise StudyFailed(
                 f"study {name} has {outcome.complete} of {outcome.trials} complete trials; "

@@ -12,6 +12,7 @@ import sys
 
 from clusterprobe.runners.study.options import StudyOptions
 from clusterprobe.runners.study.worker import log_progress, run_worker
+from clusterprobe.tracker.killpoint import kill_point
 from clusterprobe.tracker.store import Store
 
 
@@ -45,6 +46,7 @@ def run_workers(opts: StudyOptions, spec: str, name: str, store: Store) -> None:
         if opts.quiet:
             cmd.append("--quiet")
         procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env))
+    kill_point("study-workers")
     try:
         codes = [p.wait() for p in procs]
     except BaseException:
