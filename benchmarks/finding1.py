@@ -9,6 +9,7 @@ layer's AMI. Independent of the tracker: sklearn directly on the features.
 
     python benchmarks/finding1.py --seeds 0 1 2 --threads 1
     python benchmarks/finding1.py --seeds 0 --epochs 6 --lr 0.2   # try a recipe
+    python benchmarks/finding1.py --seeds 0 1 2 --threads 1 --ema 0.99   # with the EMA
 
 Measured with the defaults (resnet18, 10 epochs, batch 64, lr 0.4 per 256), one
 process per (variant, seed), best-layer AMI at factor 1:
@@ -24,11 +25,13 @@ import dataclasses
 import json
 import sys
 import time
+import typing
 
 import numpy as np
 import torch
 from clusterprobe.runners.config import PRESETS, RunConfig
 from clusterprobe.runners.data.registry import load_dataset
+from clusterprobe.runners.ema import for_config as ema_for_config
 from clusterprobe.runners.models import create_model, layer_taps
 from clusterprobe.runners.train import seed_everything, train
 from sklearn.cluster import AgglomerativeClustering
@@ -77,8 +80,11 @@ def one(config: RunConfig, quiet: bool) -> dict:
     seed_everything(config.seed)
     model = create_model(config, data.num_superclasses, data.image_size)
     t0 = time.perf_counter()
-    history = train(model, data, config, torch.device("cpu"), quiet=quiet)
+    ema = ema_for_config(model, config)
+    history = train(model, data, config, torch.device("cpu"), quiet=quiet, ema=ema)
     train_s = time.perf_counter() - t0
+    if ema is not None:  # scored as a run evaluates: the averaged weights
+        model = ema.averaged_model(model).eval()
     taps = layer_taps(model, config)
     images = data.eval.images
     sup, sub = data.eval_labels.superclass, data.eval_labels.subclass
@@ -118,8 +124,13 @@ def main() -> int:
         "train_per_subclass",
         "eval_per_subclass",
         "data_seed",
+        "ema",
+        "optimizer",
+        "recipe",
+        "loss",
     ):
-        kind = type(fields[name].default) if fields[name].default is not None else int
+        hint = typing.get_type_hints(RunConfig)[name]
+        kind = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind)
     args = parser.parse_args()
     if args.threads:

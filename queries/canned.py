@@ -8,13 +8,18 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import duckdb
 from clusterprobe.tracker.errors import UsageError
 
-if TYPE_CHECKING:
-    from clusterprobe.queries.connect import Analysis
+
+class Session(Protocol):
+    """What a canned query needs of a connection (`connect.Analysis` is one); named
+    here so this module need not import the module that re-exports it."""
+
+    def sql(self, text: str, variables: Mapping[str, object] | None = None): ...
+
 
 QUERY_DIR = Path(__file__).resolve().parent
 
@@ -109,7 +114,7 @@ def _cast(param: Param, raw: str, query: str) -> object:
     return value
 
 
-def run_query(analysis: Analysis, name: str, params: Mapping[str, object] | None = None):
+def run_query(analysis: Session, name: str, params: Mapping[str, object] | None = None):
     """Run canned query ``name`` with typed ``params``; returns a DuckDB relation."""
     query = load_query(name)
     values = parse_params(query, [])
@@ -122,6 +127,6 @@ def run_query(analysis: Analysis, name: str, params: Mapping[str, object] | None
     return analysis.sql(query.sql, values)
 
 
-def query_df(analysis: Analysis, name: str, **params):
+def query_df(analysis: Session, name: str, **params):
     """Canned query ``name`` as a pandas DataFrame (for Python users and plots)."""
     return run_query(analysis, name, params).df()

@@ -13,9 +13,18 @@ LABELS = ("superclass", "subclass")  # which labels a model is trained on
 STEMS = ("standard", "cifar")  # timm's stem, or a stride-1 3x3 stem (ResNets only)
 TAPS = ("blocks", "stages")  # every residual block, or every stage output
 NORMS = ("default", "none", "bn", "ln")  # VGG only; "default": as the timm name says
+POOLS = ("default", "cls", "gap")  # ViT only: class token | mean of patch tokens; default: timm's
+AUGMENTS = ("default", "paper", "standard", "none")  # training augmentation (data/transforms.py)
 SPLITS = ("none", "rand", "good", "bad")  # BREEDS source/target splits
 SAVE = ("checkpoint", "embeddings", "distances", "plots")  # heavy artifacts a run may keep
-TAPS_LIST = "list"  # `--taps list`: print a model's taps instead of measuring it
+TAPS_LIST = "list"
+LOSSES = ("ce", "squared", "supcon")  # runners/losses.py: cross-entropy, Hui & Belkin, SupCon
+OPTIMIZERS = ("sgd", "adamw")  # runners/recipes.py; SGD is Nesterov
+RECIPES = ("default", "paper")  # per-family defaults: today's rates, or the paper's absolute ones
+PROBE_FEATURES = (
+    "pooled",
+    "projected",
+)  # linear probe input: GAP, or flattened + sparse projection  # `--taps list`: print a model's taps instead of measuring it
 
 # --- preprocessing (runners/data/preprocess.py) ---
 PREPROCESS = ("dataset", "model")  # the dataset's own recipe | timm's data config of the arch

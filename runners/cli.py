@@ -40,6 +40,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "query": ("clusterprobe.queries.cli_query", "run a canned SQL query"),
     "sql": ("clusterprobe.queries.cli_sql", "run ad-hoc SQL over the stores"),
     "plot": ("clusterprobe.queries.cli_plot", "draw a canned query as a PNG/SVG"),
+    "report": (
+        "clusterprobe.runners.commands.report",
+        "one self-contained HTML page of an eval run or a study",
+    ),
     "ui": ("clusterprobe.runners.commands.ui", "open the MLflow UI on the store"),
     "dashboard": ("clusterprobe.runners.commands.dashboard", "open optuna-dashboard"),
     "doctor": (

@@ -89,16 +89,28 @@ class RunConfig:
     stem: str = "standard"  # "standard" | "cifar" (stride-1 3x3 stem: 5-10x slower on CPU)
     taps: str = "blocks"  # "blocks" (every residual block) | "stages"
     norm: str = "default"  # VGG only: "none" | "bn" | "ln" (LayerNorm2d); "default": as named
+    pool: str = "default"  # ViT only: "cls" | "gap" (timm global_pool='avg'); "default": timm's
     # --- training ---
     labels: str = "superclass"  # train on "superclass" or "subclass" labels
     # Defaults: resnet18 on the synthetic data in ~3 CPU-minutes with finding 1 visible
     # (benchmarks/finding1.py); batch 64 = twice the updates per epoch of 128 at the same cost.
     epochs: int = 10
     batch_size: int = 64
-    lr: float = 0.4  # per 256 images, scaled linearly with batch_size (0.1 at 64)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
+    # Optimiser fields left None take the recipe's value for the arch's family
+    # (runners/recipes.py: resnet SGD lr 0.4, i.e. 0.1 at batch 64); runs record the values used.
+    recipe: str = "default"  # "default" | "paper" (the paper's absolute values)
+    optimizer: str | None = None  # "sgd" (Nesterov) | "adamw"
+    lr: float | None = None  # per 256 images, scaled linearly with batch_size
+    momentum: float | None = None  # SGD only
+    weight_decay: float | None = None
+    warmup_epochs: int | None = None
+    loss: str = "ce"  # runners/losses.py: "ce" | "squared" (Hui & Belkin) | "supcon"
+    label_smoothing: float = 0.0  # ce only
+    squared_k: float = 9.0  # squared loss: weight on the true class (the authors' k)
+    squared_m: float = 60.0  # squared loss: target of the true class's output (M)
+    supcon_temperature: float = 0.1  # Khosla et al.'s ImageNet temperature
+    ema: float = 0.0  # decay of the weights' EMA used for evaluation (paper: 0.99); 0: off
+    save_every: int = 0  # store the training state every N epochs for `run --resume` (0: never)
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     workers: int = 0  # DataLoader workers (0 keeps the 2-core CPU for compute)
@@ -108,6 +120,8 @@ class RunConfig:
     precision: str = "fp32"  # "fp32" | "bf16" for the embedding forward pass
     cka: str = "linear"  # layer x layer CKA estimator: "linear" | "debiased" (unbiased HSIC)
     probe_per_subclass: int = 100  # training images per subclass for the linear probe
+    probe_features: str = "pooled"  # "pooled" | "projected" (flattened, sparse projection)
+    probe_dim: int = 1024  # dimension of the projected probe input
     save: tuple[str, ...] = ("checkpoint", "embeddings", "distances", "plots")
     extra: dict = field(default_factory=dict)  # dataset-specific options (paths, splits)
 
@@ -118,9 +132,13 @@ class RunConfig:
             ("stem", choices.STEMS),
             ("taps", choices.TAPS),
             ("norm", choices.NORMS),
+            ("pool", choices.POOLS),
             ("precision", choices.PRECISIONS),
             ("cka", choices.CKA_ESTIMATORS),
             ("split", choices.SPLITS),
+            ("recipe", choices.RECIPES),
+            ("loss", choices.LOSSES),
+            ("probe_features", choices.PROBE_FEATURES),
         ):
             value = getattr(self, name)
             if value not in legal:
@@ -146,8 +164,9 @@ class RunConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
-        if self.lr <= 0:
-            raise UsageError(f"--lr {self.lr}: must be > 0")
+        self._validate_training()
+        if self.save_every < 0:
+            raise UsageError(f"--save-every {self.save_every}: give epochs >= 1, or 0 for never")
         bad = [e for e in self.eval_epochs if not 1 <= e <= self.epochs]
         if bad:
             raise UsageError(
@@ -157,6 +176,35 @@ class RunConfig:
         if bad:
             raise UsageError(f"--save {sorted(bad)}: choose from {', '.join(choices.SAVE)}")
         return self
+
+    def _validate_training(self) -> None:
+        if self.optimizer is not None and self.optimizer not in choices.OPTIMIZERS:
+            raise UsageError(
+                f"--optimizer {self.optimizer!r}: choose one of {', '.join(choices.OPTIMIZERS)}"
+            )
+        for name, value, ok, valid in (
+            ("lr", self.lr, self.lr is None or self.lr > 0, "> 0"),
+            (
+                "momentum",
+                self.momentum,
+                self.momentum is None or 0 <= self.momentum < 1,
+                "in [0, 1)",
+            ),
+            ("weight-decay", self.weight_decay, (self.weight_decay or 0) >= 0, ">= 0"),
+            ("warmup-epochs", self.warmup_epochs, (self.warmup_epochs or 0) >= 0, ">= 0"),
+            ("label-smoothing", self.label_smoothing, 0 <= self.label_smoothing < 1, "in [0, 1)"),
+            ("squared-k", self.squared_k, self.squared_k > 0, "> 0"),
+            ("squared-m", self.squared_m, self.squared_m > 0, "> 0"),
+            ("supcon-temperature", self.supcon_temperature, self.supcon_temperature > 0, "> 0"),
+            ("ema", self.ema, 0 <= self.ema < 1, "in [0, 1) (0 turns it off)"),
+            ("probe-dim", self.probe_dim, self.probe_dim >= 1, ">= 1"),
+        ):
+            if not ok:
+                raise UsageError(f"--{name} {value}: must be {valid}")
+        if self.label_smoothing and self.loss != "ce":
+            raise UsageError(
+                f"--label-smoothing {self.label_smoothing} applies to --loss ce, not {self.loss!r}"
+            )
 
     def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
@@ -200,6 +248,15 @@ TRAINING_FIELDS = (
     "momentum",
     "weight_decay",
     "warmup_epochs",
+    "recipe",
+    "optimizer",
+    "loss",
+    "label_smoothing",
+    "squared_k",
+    "squared_m",
+    "supcon_temperature",
+    "ema",
+    "save_every",
     "eval_epochs",
     "workers",
 )

@@ -52,6 +52,11 @@ class Tap:
     # Axis order of a 4-D activation: "NCHW", or "NHWC" (Swin, MambaOut): where the
     # channels are, for average pooling (flattening ignores the order).
     layout: str = "NCHW"
+    # How a [B, T, C] token activation becomes the pooled vector (probes, k-NN, transfer):
+    # "avg" over tokens ``prefix_tokens`` onwards, or "token" (the class token, index 0).
+    # The Gram always keeps every token.
+    pool: str = "avg"
+    prefix_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -233,6 +238,9 @@ def model_config(config, num_classes: int, image_size: int | None = None) -> dic
         raise UsageError(f"--stem {config.stem!r} applies to ResNets only; use 'standard'")
     if family == "vit" and config.taps == "stages":
         raise UsageError("--taps stages: ViTs have no stages; use --taps blocks")
+    pool = config.pool
+    if family != "vit" and pool != "default":
+        raise UsageError(f"--pool {pool!r} applies to ViTs only; leave it 'default' for {family}")
     timm_name = config.arch
     if family == "vgg":
         name, tag = split_model_name_tag(config.arch)
@@ -249,6 +257,13 @@ def model_config(config, num_classes: int, image_size: int | None = None) -> dic
         "num_classes": int(num_classes),
         "stem": config.stem,
         "norm": norm,
+        # The paper's VGG normalises after fc6/fc7 too; "default" keeps timm's model as named
+        # (vgg16_bn: after the convs only, what its pretrained weights hold).
+        "fc_norm": family == "vgg" and config.norm in ("bn", "ln"),
+        # ViT: "cls" or "gap" (timm global_pool 'token' | 'avg'); gap keeps the class token
+        # in the sequence, excluded from the mean (timm's avg pool), with fc_norm.
+        "pool": pool,
+        "class_token": True if family == "vit" and pool != "default" else None,
         "image_size": image_size or config.image_size,
         "timm_version": timm.__version__,
     }
@@ -272,6 +287,8 @@ def build_model(cfg: dict, pretrained_file: str | Path | None = None) -> torch.n
     kwargs: dict = {"pretrained": False, "num_classes": cfg["num_classes"]}
     if cfg["family"] == "vgg" and cfg["norm"] == "ln":
         kwargs["norm_layer"] = timm.layers.LayerNorm2d
+    if cfg.get("pool") in VIT_POOLS:
+        kwargs["global_pool"] = VIT_POOLS[cfg["pool"]]
     if sized_at_creation(cfg):
         kwargs["img_size"] = cfg["image_size"]
     if pretrained_file is not None:
@@ -292,12 +309,38 @@ def build_model(cfg: dict, pretrained_file: str | Path | None = None) -> torch.n
         width = model.bn1.num_features  # the stem's width, deep (resnet-d) stems too
         model.conv1 = torch.nn.Conv2d(3, width, 3, stride=1, padding=1, bias=False)
         model.maxpool = torch.nn.Identity()
+    if cfg.get("fc_norm"):
+        _norm_after_fc(model, cfg["norm"])
     for module in model.modules():
         # An in-place op (ReLU, SiLU, LayerScale, ...) would overwrite a tapped output
         # after its hook returned.
         if isinstance(getattr(module, "inplace", None), bool):
             module.inplace = False
     return model
+
+
+VIT_POOLS = {"cls": "token", "gap": "avg"}  # --pool -> timm's global_pool
+
+
+class NormAct(torch.nn.Sequential):
+    """Norm then activation, in place of a VGG head's activation: timm's ConvMlp has no
+    norm after fc1/fc2, and its forward is fixed, so the norm rides in the act's slot (the
+    fc taps, hooked on the fc itself, stay before it)."""
+
+    def __init__(self, norm: torch.nn.Module, act: torch.nn.Module):
+        super().__init__()
+        self.norm, self.act = norm, act
+
+
+def _norm_after_fc(model, norm: str) -> None:
+    """BatchNorm2d or LayerNorm2d after fc6 and fc7 (timm runs them as convs on [B, C, 1, 1])."""
+    import timm
+
+    make = torch.nn.BatchNorm2d if norm == "bn" else timm.layers.LayerNorm2d
+    head = model.pre_logits
+    for fc, act in (("fc1", "act1"), ("fc2", "act2")):
+        width = getattr(head, fc).out_channels
+        setattr(head, act, NormAct(make(width), getattr(head, act)))
 
 
 def create_model(config, num_classes: int, image_size: int | None = None) -> torch.nn.Module:
@@ -343,10 +386,21 @@ def layer_taps(model: torch.nn.Module, config) -> list[Tap]:
         )
     nhwc = str(getattr(model, "output_fmt", "NCHW")).upper().endswith("NHWC")
     layout = "NHWC" if nhwc and family == "features" else "NCHW"
+    pool, prefix = token_pooling(model) if family == "vit" else ("avg", 0)
     return [
-        Tap(i, name, module, kind, capture, layout)
+        Tap(i, name, module, kind, capture, layout, pool, prefix)
         for i, (name, module, kind, capture) in enumerate(found)
     ]
+
+
+def token_pooling(model) -> tuple[str, int]:
+    """A ViT's own pooling as (Tap.pool, Tap.prefix_tokens): its class token where it pools
+    the token ('token'), else the mean of the patch tokens (prefix tokens excluded, as
+    timm's 'avg' pool; also for 'map' and unpooled heads)."""
+    prefix = int(getattr(model, "num_prefix_tokens", 0))
+    if getattr(model, "global_pool", "") == "token" and prefix > 0:
+        return "token", prefix
+    return "avg", prefix
 
 
 _CONTAINERS = (torch.nn.ModuleList, torch.nn.ModuleDict)

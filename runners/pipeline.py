@@ -69,12 +69,16 @@ class RunResult:
 def prepare(config: RunConfig):
     """Validate ``config`` (the one place it is validated) and load its dataset; raises
     UsageError before anything is stored."""
-    from clusterprobe.runners import models
+    from clusterprobe.runners import models, recipes
     from clusterprobe.runners.data import registry
     from clusterprobe.runners.data.imagecheck import check_dataset
 
     config = registry.canonical(config.validate())
     models.model_config(config, num_classes=2)  # arch, stem, taps and norm: UsageError if bad
+    try:  # the recipe's values where the user set none, so the params record them
+        config = recipes.resolve(config, models.arch_family(config.arch))
+    except ValueError as err:
+        raise UsageError(f"--{err}") from None
     data = check_dataset(registry.load_dataset(config), skip_corrupt=config.skip_corrupt)
     from clusterprobe.runners.data.splitcheck import split_warnings
 
@@ -142,6 +146,49 @@ def run(
     return job.result(train_ctx.run_id)
 
 
+def resume(
+    train_run_id: str,
+    store,
+    *,
+    on_start: Callable[[str], None] | None = None,
+    on_eval: Callable[[int, dict], None] | None = None,
+    quiet: bool = False,
+) -> RunResult:
+    """Continue an interrupted train run from its last stored training state
+    (``--save-every``), in the same MLflow run: the epochs after that state are trained
+    again, an epoch already logged keeps its metrics (none is logged twice), and the run
+    is measured and recorded as ``run`` does, ending FINISHED. UsageError for a run that
+    is not a train run, is finished or still running, or stored no training state."""
+    from clusterprobe.runners.device import resolve_device
+    from clusterprobe.runners.resume import stored_state
+    from clusterprobe.tracker.tracking import Tracker
+
+    tracker = Tracker(store)
+    tracker.reap_orphans()  # a killed run's RUNNING status, and its eval runs', end FAILED
+    run = tracker.open_run(train_run_id)
+    kind, status = run.data.tags.get(cv.TAG_KIND), run.info.status
+    if kind != "train":
+        raise UsageError(f"--resume {train_run_id}: a {kind} run; give a train run's id")
+    if status in ("FINISHED", "RUNNING"):
+        why = "nothing to resume" if status == "FINISHED" else "its process is alive"
+        raise UsageError(f"--resume {train_run_id}: the run is {status} ({why})")
+    config, data = prepare(RunConfig.from_params(run.data.params))
+    state = stored_state(tracker, train_run_id)
+    device = resolve_device(config.device)
+    tags = {k: v for k, v in run.data.tags.items() if k == cv.TAG_PARENT}
+    job = _Job(tracker, config, data, device, tags, on_eval, quiet)
+    job.logged_epochs = {
+        int(m.step) for m in tracker.client.get_metric_history(train_run_id, "train_loss")
+    }
+    with tracker.reopen_run(train_run_id) as train_ctx:
+        if on_start is not None:
+            on_start(train_ctx.run_id)
+        if not quiet:
+            _say(f"train run {train_run_id}: resuming after epoch {state.epoch}")
+        job.train_and_measure(train_ctx, start=state)
+    return job.result(train_ctx.run_id)
+
+
 class _Job:
     """One run while it trains and measures: the train run and its eval runs."""
 
@@ -163,14 +210,19 @@ class _Job:
         self.history: list[dict] = []
         self.final: dict = {}
         self.earlier: dict[str, tuple] = {}  # eval run id -> (assignments, factors)
+        self.logged_epochs: set[int] = set()  # resume: epochs the interrupted run logged
 
-    def train_and_measure(self, train_ctx) -> None:
+    def train_and_measure(self, train_ctx, start=None) -> None:
+        """Train (from ``start``, a stored ``resume.TrainState``, if given), then measure."""
         from clusterprobe.runners import models
+        from clusterprobe.runners.ema import for_config as ema_for_config
+        from clusterprobe.runners.resume import log_state
         from clusterprobe.runners.train import train
         from clusterprobe.tracker.datasets import log_dataset
 
         config, data = self.config, self.data
-        log_dataset(train_ctx, dataset_info(self.dataset), "train")
+        if start is None:  # a resumed run logged its dataset input already
+            log_dataset(train_ctx, dataset_info(self.dataset), "train")
         if not self.quiet:
             _say(
                 f"train run {train_ctx.run_id}: {config.arch} on {data.name}"
@@ -178,25 +230,39 @@ class _Job:
                 f" train / {len(data.eval_labels.superclass)} eval images, device {self.device}"
             )
         model = models.create_model(config, self.num_classes, data.image_size).to(self.device)
+        ema = ema_for_config(model, config)  # evaluation and checkpoints use its weights
 
         def on_epoch(epoch: int, metrics: dict) -> None:
-            train_ctx.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
+            if epoch not in self.logged_epochs:
+                train_ctx.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
             kill_point("train")
             if epoch in config.eval_epochs and epoch < config.epochs:
                 # Measure a frozen copy so the training loop's model and mode stay untouched.
-                snapshot = copy.deepcopy(model)
+                snapshot = ema.averaged_model(model) if ema else copy.deepcopy(model)
                 self._save_checkpoint(train_ctx, snapshot, epoch)
                 self._evaluate(train_ctx.run_id, snapshot, epoch)
                 del snapshot
 
         t0 = time.perf_counter()
         self.history = list(
-            train(model, data, config, self.device, on_epoch=on_epoch, quiet=self.quiet) or []
+            train(
+                model,
+                data,
+                config,
+                self.device,
+                on_epoch=on_epoch,
+                quiet=self.quiet,
+                ema=ema,
+                start=start,
+                on_save=lambda state: log_state(train_ctx, state),
+            )
+            or []
         )
         self.seconds["train"] = time.perf_counter() - t0
         train_ctx.log_metrics({"seconds_train": self.seconds["train"]}, step=config.epochs)
-        self._save_checkpoint(train_ctx, model, None)
-        self._evaluate(train_ctx.run_id, model, config.epochs)
+        final = ema.averaged_model(model) if ema else model
+        self._save_checkpoint(train_ctx, final, None)
+        self._evaluate(train_ctx.run_id, final, config.epochs)
 
     def _save_checkpoint(self, train_ctx, model, epoch: int | None) -> None:
         """Store checkpoint ``epoch`` (None: the final one, also logged as the run's
@@ -250,6 +316,8 @@ class _Job:
                 quiet=self.quiet,
             )
             self._record_stability(ctx, spec, meas, final=epoch == config.epochs)
+            if "plots" in config.save:
+                evalrun.log_report(ctx)  # last: it shows what the run stored
             if epoch < config.epochs:
                 self.earlier[ctx.run_id] = meas.protocol.assignments, meas.factors
             self.evaluations[epoch] = summary

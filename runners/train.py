@@ -1,8 +1,10 @@
-"""Supervised training: cross-entropy, SGD with momentum, warm-up then cosine, seeded.
+"""Supervised training: a loss, an optimiser, warm-up then cosine, seeded.
 
 The paper's recipe (arXiv 2311.07864) scaled down: learning rate given per 256
 images and scaled linearly with the batch, linear warm-up then cosine decay
 updated every step, weight decay on weights but not on biases/norm parameters.
+The loss comes from ``losses``, the optimiser and the values left unset from the
+family's recipe (``recipes``), the weights' EMA from ``ema``.
 Splits that hold their images in memory (``InMemoryImages``) are batched by
 indexing one tensor, far faster on a small CPU than a DataLoader.
 """
@@ -15,8 +17,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from clusterprobe.runners.data.base import HierarchicalData
+from clusterprobe.runners.resume import TrainState, capture, isolated_rng, kill_point
 from tqdm.auto import tqdm
 
 
@@ -35,28 +37,41 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     return 0.5 * peak * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)  # biases and norm scales: no decay
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def _batches(dataset, batch_size: int, generator: torch.Generator, workers: int):
-    """Yield (images, superclass, subclass) for one epoch in a seeded random order."""
+def _batches(dataset, batch_size: int, generator: torch.Generator, workers: int, views: int = 1):
+    """Yield (images, superclass, subclass) for one epoch in a seeded random order; with
+    ``views`` > 1 the images hold that many augmented views of the batch, concatenated."""
     if hasattr(dataset, "batch"):
         order = torch.randperm(len(dataset), generator=generator)
         for start in range(0, len(order), batch_size):
-            yield dataset.batch(order[start : start + batch_size], generator)
+            index = order[start : start + batch_size]
+            first = dataset.batch(index, generator)
+            more = [dataset.batch(index, generator)[0] for _ in range(views - 1)]
+            yield (torch.cat([first[0], *more]), *first[1:]) if more else first
         return
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, generator=generator, num_workers=workers
+        _Views(dataset, views) if views > 1 else dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=generator,
+        num_workers=workers,
     )
-    yield from loader
+    for images, *labels in loader:
+        # [B, V, ...] -> the V views one after another: [V * B, ...]
+        yield (images.transpose(0, 1).flatten(0, 1) if views > 1 else images, *labels)
+
+
+class _Views(torch.utils.data.Dataset):
+    """``views`` independently augmented copies of each item, stacked: [V, C, H, W]."""
+
+    def __init__(self, dataset, views: int):
+        self.dataset, self.views = dataset, views
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        items = [self.dataset[i] for _ in range(self.views)]
+        return (torch.stack([it[0] for it in items]), *items[0][1:])
 
 
 def train(
@@ -67,13 +82,31 @@ def train(
     *,
     on_epoch: Callable[[int, dict], None] | None = None,
     quiet: bool = False,
+    ema=None,
+    start: TrainState | None = None,
+    on_save: Callable[[TrainState], None] | None = None,
+    extras: dict | None = None,
 ) -> list[dict]:
     """Train ``model`` in place on ``config.labels`` of ``data.train``; return per-epoch stats.
 
     Each entry (and each ``on_epoch(epoch, stats)`` call, epoch 1-based) holds
-    ``train_loss`` (mean cross-entropy), ``train_acc`` and ``lr`` (at the epoch's
-    last step). The model is left in eval mode.
+    ``train_loss`` (mean of the loss), ``train_acc`` and ``lr`` (at the epoch's
+    last step). ``ema`` (an ``ema.Ema`` of ``model``) is updated after every step.
+    Optimiser values left None in ``config`` come from its recipe. The model is left in
+    eval mode.
+
+    Every ``config.save_every`` epochs ``on_save(TrainState)`` gets the state (before
+    that epoch's ``on_epoch``, so a run killed in between logs no epoch twice);
+    ``start``, a saved state, continues from it. ``extras`` (name -> object with
+    ``state_dict``/``load_state_dict``) are saved and restored with it; the EMA and a
+    loss's own head (SupCon's projection) are always among them.
+    ``on_epoch`` runs with its own random streams, so what it draws never changes the
+    training's.
     """
+    from clusterprobe.runners import losses, recipes
+    from clusterprobe.runners.models import family_of
+
+    config = recipes.resolve(config, family_of(model))
     device = torch.device(device)
     cuda = device.type == "cuda"
     generator = torch.Generator().manual_seed(config.seed)
@@ -87,23 +120,38 @@ def train(
     total = steps_per_epoch * config.epochs
     warmup = min(total, max(1, round(config.warmup_epochs * steps_per_epoch)))
     peak = config.lr * config.batch_size / 256
-    optimizer = torch.optim.SGD(
-        _param_groups(model, config.weight_decay), lr=peak, momentum=config.momentum, nesterov=True
-    )
+    objective = losses.make_objective(config, model)
+    params = list(model.parameters())
+    if objective.head is not None:  # SupCon's projection head trains alongside
+        objective.head.to(device).train()
+        params += list(objective.head.parameters())
+    optimizer = recipes.make_optimizer(config, params, peak)
+    extras = dict(extras or {})
+    if ema is not None:
+        extras["ema"] = ema
+    if objective.head is not None:
+        extras["loss_head"] = objective.head
     label_index = 1 if config.labels == "superclass" else 2
 
     history: list[dict] = []
-    step = 0
-    bar = tqdm(total=total, desc="train", unit="step", disable=quiet, leave=False)
+    step, first = 0, 1
+    if start is not None:
+        start.restore(model, optimizer, generator, extras)
+        history, step, first = [dict(h) for h in start.history], start.step, start.epoch + 1
+    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=quiet, leave=False)
     try:
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(first, config.epochs + 1):
             model.train()
             loss_sum, correct, seen = 0.0, 0, 0
             lr = peak
-            for batch in _batches(data.train, config.batch_size, generator, config.workers):
+            batches = _batches(
+                data.train, config.batch_size, generator, config.workers, objective.views
+            )
+            for batch in batches:
                 images, target = batch[0], torch.as_tensor(batch[label_index])
                 if len(target) < 2:  # BatchNorm cannot train on a single image
                     continue
+                kill_point("train_step", step)
                 lr = lr_at(step, total, warmup, peak)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -112,11 +160,12 @@ def train(
                 if cuda:
                     images = images.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                    logits = model(images)
-                    loss = F.cross_entropy(logits.float(), target)
+                    loss, logits, target = objective(model, images, target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if ema is not None:
+                    ema.update(model)
                 step += 1
                 loss_sum += loss.item() * len(target)
                 correct += int((logits.argmax(1) == target).sum())
@@ -135,8 +184,21 @@ def train(
                     f"training diverged at epoch {epoch} (loss {stats['train_loss']}); lower --lr"
                 )
             history.append(stats)
+            if on_save is not None and config.save_every and epoch % config.save_every == 0:
+                on_save(
+                    capture(
+                        model,
+                        optimizer,
+                        generator,
+                        epoch=epoch,
+                        step=step,
+                        history=history,
+                        extras=extras,
+                    )
+                )
             if on_epoch is not None:
-                on_epoch(epoch, stats)
+                with isolated_rng():
+                    on_epoch(epoch, stats)
     finally:
         bar.close()
         model.eval()

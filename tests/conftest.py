@@ -181,6 +181,52 @@ def tiny_run(_template_store, tmp_path_factory, tiny_config):
     return store, tiny_config, result
 
 
+# --- a 3-trial, two-objective study (Pareto front) of tiny runs that keep their plots and
+# reports (resnet10t, 16 px, 1 epoch): the reports' and the browser's study. ~15 s on 2 cores.
+TINY_STUDY_SPACE = """
+[fixed]
+arch = "resnet10t"
+classes = 4
+subclasses = 2
+train_per_subclass = 10
+eval_per_subclass = 8
+image_size = 16
+epochs = 1
+batch_size = 40
+probe_per_subclass = 6
+device = "cpu"
+save = ["plots"]
+
+[params.lr]
+type = "float"
+low = 0.01
+high = 0.3
+log = true
+
+[params.taps]
+choices = ["blocks", "stages"]
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_study(_template_store, tmp_path_factory):
+    """``(store, StudyOutcome)`` of study 'tiny3' (objectives best_ami, best_probe_acc)."""
+    from clusterprobe.runners.study import run_study
+    from clusterprobe.runners.study.options import StudyOptions
+    from clusterprobe.tracker.store import local_store
+
+    root = tmp_path_factory.mktemp("study") / "mlruns"
+    shutil.copytree(_template_store.root, root)
+    space = root.parent / "tiny.toml"
+    space.write_text(TINY_STUDY_SPACE)
+    objectives = ("best_ami:max", "best_probe_acc:max")
+    opts = StudyOptions(
+        name="tiny3", trials=3, space=str(space), objectives=objectives, seed=0, quiet=True
+    )
+    store = local_store(root)
+    return store, run_study(opts, store)
+
+
 # --- pretrained weights: a Hugging Face cache in timm's layout, and no network -------------
 # timm's own tiny test models (~0.3-0.4M parameters, 160 px, mean/std 0.5, crop 0.95,
 # bicubic: a data config unlike ImageNet's defaults), with random-init weights.

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from clusterprobe.runners import recipes
 from clusterprobe.runners.config import RunConfig
 from clusterprobe.runners.engine.cka import CkaMatrices
 from clusterprobe.runners.evalrun import LayerScores
@@ -42,6 +43,15 @@ ARCHS = {
 # and a transfer set, ARI tables): a design that differs from the default one in one
 # param alone, lr.
 LR_VARIANT = 0.1
+
+
+def _config(**fields) -> RunConfig:
+    """A config with the optimiser values a run records, resolved as for a ResNet whatever
+    the arch, so the runs here differ only in the params each test varies."""
+    return recipes.resolve(RunConfig(**fields), "resnet")
+
+
+DEFAULT_LR = _config().lr
 FACTORS = (1, 2)
 SUPERCLASSES = 2
 EPOCHS = 2  # eval at epoch 1 (intermediate) and 2 (final)
@@ -117,7 +127,7 @@ def build(store: Store) -> QueryStore:
         names = [f"{arch}.layer{i}" for i in range(n_layers)]
         for shuffled in hierarchies:
             for seed in range(seeds):
-                config = RunConfig(arch=arch, shuffled=shuffled, seed=seed, epochs=EPOCHS)
+                config = _config(arch=arch, shuffled=shuffled, seed=seed, epochs=EPOCHS)
                 params = {**config.to_params(), cv.PARAM_DATASET: "synthetic"}
                 with tracker.start_run("train", params=params) as train:
                     for epoch in range(1, EPOCHS + 1):
@@ -161,7 +171,7 @@ def build(store: Store) -> QueryStore:
 
     variant = []
     for seed in range(2):
-        config = RunConfig(arch="resnet18", seed=seed, epochs=EPOCHS, lr=LR_VARIANT)
+        config = _config(arch="resnet18", seed=seed, epochs=EPOCHS, lr=LR_VARIANT)
         params = {**config.to_params(), cv.PARAM_DATASET: "synthetic"}
         with tracker.start_run("train", params=params) as train:
             ctx, _ = record_eval(
@@ -215,7 +225,7 @@ def build(store: Store) -> QueryStore:
     # subclass labels (two new train runs), evaluated on another dataset
     for labels in ("superclass", "subclass"):
         for seed in range(2):
-            config = RunConfig(arch="resnet18", labels=labels, seed=seed, epochs=EPOCHS)
+            config = _config(arch="resnet18", labels=labels, seed=seed, epochs=EPOCHS)
             params = {**config.to_params(), cv.PARAM_DATASET: "synthetic"}
             names = [f"resnet18.layer{i}" for i in range(6)]
             if labels == "superclass":
@@ -246,7 +256,7 @@ def build(store: Store) -> QueryStore:
             )
 
     # the odd ones: deleted, still RUNNING, rescored, re-logged, NaN
-    base = RunConfig(arch="resnet18", epochs=EPOCHS)
+    base = _config(arch="resnet18", epochs=EPOCHS)
     params = {**base.to_params(), cv.PARAM_DATASET: "synthetic"}
     names = [f"resnet18.layer{i}" for i in range(6)]
     parent = train_ids[("resnet18", False, 0)]
@@ -294,7 +304,7 @@ def build(store: Store) -> QueryStore:
 
     study, trials = _study(store, train_ids)
     evals_df = pd.DataFrame(evals)
-    evals_df["lr"] = evals_df["lr"].fillna(RunConfig().lr)
+    evals_df["lr"] = evals_df["lr"].fillna(DEFAULT_LR)
     evals_df["dataset"] = "synthetic"
     evals_df["taps"] = "blocks"
     evals_df["is_final"] = evals_df["checkpoint_epoch"] == EPOCHS

@@ -119,7 +119,7 @@ def test_run_params_are_typed(db, qs):
     rp = db.sql("SELECT * FROM run_params WHERE kind = 'eval'").df().set_index("run_id")
     row = rp.loc[qs.evals["run_id"].iloc[0]]
     assert row["arch"] == "resnet18" and row["epochs"] == querystore.EPOCHS
-    assert row["checkpoint_epoch"] == 1 and row["lr"] == pytest.approx(RunConfig().lr)
+    assert row["checkpoint_epoch"] == 1 and row["lr"] == pytest.approx(querystore.DEFAULT_LR)
     assert bool(row["shuffled"]) is False and pd.isna(row["classes"])  # '' -> NULL
     types = dict(db.sql("SELECT * FROM run_params LIMIT 0").df().dtypes.astype(str))
     assert types["epochs"].startswith("int") and types["lr"] == "float64"
@@ -422,7 +422,7 @@ def test_natural_vs_shuffled(db, qs):
     r18 = got[(got.arch == "resnet18") & got.shuffled]
     assert r18["minus_natural"].mean() > 0.1
     # against the natural design of the same lr (0.4), never the lr 0.1 one
-    default = want[(want.arch == "resnet18") & (want.lr == RunConfig().lr)]
+    default = want[(want.arch == "resnet18") & (want.lr == querystore.DEFAULT_LR)]
     natural = default[~default.shuffled].set_index("layer_index")["mean"]
     shuffled = default[default.shuffled].set_index("layer_index")["mean"]
     diff = r18.set_index("layer_index")["minus_natural"]
@@ -526,7 +526,7 @@ def test_transfer_by_pretraining_labels(db, qs):
     # against the superclass-label design of the same lr
     diff = got.set_index(["pretrain_labels", "lr"])["minus_superclass"]
     w = want.set_index(["pretrain_labels", "lr"])["mean"]
-    lr = RunConfig().lr
+    lr = querystore.DEFAULT_LR
     assert diff[("subclass", lr)] == pytest.approx(
         w[("subclass", lr)] - w[("superclass", lr)], abs=1e-9
     )
@@ -548,7 +548,7 @@ def test_seed_stability_reads_ari_tables(db, qs):
     _check(got, want, ["arch", "lr", "layer_a"], {"mean": "mean", "n": "n", "ci_lo": "ci_lo"})
     heat = _designs(query_df(db, "seed_stability", kind="layer", arch="resnet18"))
     assert len(heat) == 2 * 36  # a 6 x 6 heatmap for each learning rate
-    heat = heat[heat.lr == RunConfig().lr]
+    heat = heat[heat.lr == querystore.DEFAULT_LR]
     diag = heat[heat.layer_a == heat.layer_b]
     np.testing.assert_allclose(diag["mean"], 1.0)
 
@@ -625,7 +625,7 @@ def test_one_param_apart_is_another_group_and_seeds_average(db, name):
     got = _designs(got[got["design"].notna()].reset_index(drop=True))
     mine = got[(got.d_arch == "resnet18") & ~got.d_shuffled.astype(bool)]
     mine = mine[mine.d_labels == "superclass"]
-    assert set(mine["lr"]) == {RunConfig().lr, querystore.LR_VARIANT}
+    assert set(mine["lr"]) == {querystore.DEFAULT_LR, querystore.LR_VARIANT}
     assert mine.groupby("lr")["design_key"].nunique().eq(1).all()
     assert (mine["n"] == 2).all()
     assert mine[lo].notna().all() and (mine[lo] <= mine[hi]).all()

@@ -104,7 +104,17 @@ PARAM_TEST_ACC_LABELS = "test_acc_labels"  # eval runs: the labels test_acc is m
 #
 # Where and how fast a run ran, what else it saved, which extra checkpoints it measured:
 NON_DESIGN_PARAMS = frozenset(
-    {"seed", "device", "workers", "save", "eval_epochs", "data_dir", "breeds_info", "download"}
+    {
+        "seed",
+        "device",
+        "workers",
+        "save",
+        "save_every",
+        "eval_epochs",
+        "data_dir",
+        "breeds_info",
+        "download",
+    }
     # Where the model came from: eval runs written before it existed lack it, and a
     # weights file's design already differs from a trained model's (no training params).
     | {PARAM_MODEL_SOURCE}
@@ -179,6 +189,10 @@ SUMMARY_METRICS = (
 ART_CHECKPOINT_DIR = "checkpoint"
 ART_EPOCH_CHECKPOINT_DIR = "checkpoints/epoch_{epoch:03d}"
 CHECKPOINT_WEIGHTS = "model.safetensors"
+# --save-every N: the training state to resume from (model, optimiser, step, RNG states,
+# extras such as EMA), replaced at each save; only the latest is kept.
+ART_TRAINING_STATE_DIR = "training_state"
+TRAINING_STATE_FILE = "state.pt"
 CHECKPOINT_CONFIG = "model_config.json"
 ART_WEIGHTS = f"{ART_CHECKPOINT_DIR}/{CHECKPOINT_WEIGHTS}"
 ART_MODEL_CONFIG = f"{ART_CHECKPOINT_DIR}/{CHECKPOINT_CONFIG}"
@@ -222,6 +236,9 @@ ARI_KINDS = ("layer", "seed", "checkpoint", "compare")  # 'compare': written by 
 # written by a compare run.
 ART_CKA = "cka.parquet"
 CKA_KINDS = ("layer", "compare")
+# Eval runs (and `clusterprobe report`): one self-contained HTML page of the run, its
+# plots inline, so the MLflow UI's artifact view shows what the run found.
+ART_REPORT = "report.html"
 
 # Columns of layer_metrics.parquet, in order: one row per (layer, superclass,
 # factor, metric) for ami/purity (means are left to SQL); layer-level metrics such

@@ -489,6 +489,20 @@ class Tracker:
             raise
         return ctx
 
+    def reopen_run(self, run_id: str) -> RunContext:
+        """An ended run RUNNING again, owned by this process (``run --resume``): its owner
+        tags become ours and its error tag goes; the context ends it as ``start_run``'s."""
+        self._retry(self.client.update_run, run_id, status="RUNNING")
+        ctx = RunContext(self, self.get_run(run_id))
+        try:
+            ctx.set_tags(owner_tags())
+            if TAG_ERROR in self.get_run(run_id).data.tags:
+                self._retry(self.client.delete_tag, run_id, TAG_ERROR)
+        except BaseException as exc:
+            ctx.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return ctx
+
     def get_run(self, run_id: str) -> Run:
         return self.client.get_run(run_id)
 

@@ -56,6 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="VGG only: normalisation after every conv/fc (default: as named)",
     )
     m.add_argument(
+        "--pool",
+        default=None,
+        choices=choices.POOLS,
+        help="ViT only: pool the class token (cls) or the mean of the patch tokens (gap: "
+        "timm's global_pool='avg' with fc_norm; the class token stays in the sequence); "
+        "probes, k-NN and transfer read the same pooling (default: timm's, cls)",
+    )
+    m.add_argument(
         "--labels",
         default=None,
         choices=choices.LABELS,
@@ -63,9 +71,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     m.add_argument("--epochs", type=int, default=None)
     m.add_argument("--batch-size", type=int, default=None)
-    m.add_argument("--lr", type=float, default=None, help="learning rate per 256 images")
-    m.add_argument("--weight-decay", type=float, default=None)
+    add_training_arguments(m)
     m.add_argument("--seed", type=int, default=None)
+    m.add_argument(
+        "--save-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="store the training state (model, optimiser, schedule, RNG states) every N "
+        "epochs, so that --resume can continue the run if it is interrupted (default 0: never)",
+    )
+    m.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_ID",
+        help="continue an interrupted train run from its last --save-every state, in the "
+        "same MLflow run, with the config it was started with (give no other run flags)",
+    )
     m.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     m.add_argument(
         "--threads",
@@ -96,6 +118,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "debiased (unbiased HSIC; needs 4+ eval images per superclass)",
     )
     e.add_argument(
+        "--probe-features",
+        default=None,
+        choices=choices.PROBE_FEATURES,
+        help="linear probe input: pooled (default: global average) or projected (the "
+        "paper's: flattened features through a seeded sparse random projection)",
+    )
+    e.add_argument(
+        "--probe-dim",
+        type=int,
+        default=None,
+        help="dimension of the projected probe input (default 1024; narrower layers are "
+        "used flattened as they are)",
+    )
+    e.add_argument(
         "--eval-epochs",
         default=None,
         metavar="SPEC",
@@ -117,6 +153,74 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_store_arguments(parser)
 
 
+# Flags of runners/recipes.py, runners/losses.py and runners/ema.py (RunConfig fields).
+TRAINING_FLAGS = (
+    "recipe",
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "warmup_epochs",
+    "loss",
+    "label_smoothing",
+    "squared_k",
+    "squared_m",
+    "supcon_temperature",
+    "ema",
+)
+
+
+def add_training_arguments(group) -> None:
+    """The optimiser, recipe, loss and EMA flags (unset: the recipe's or RunConfig's)."""
+    group.add_argument(
+        "--recipe",
+        default=None,
+        choices=choices.RECIPES,
+        help="values for the optimiser flags left unset: default (resnet SGD lr 0.4, VGG a "
+        "tenth of it, ViT AdamW 1e-3 with weight decay 0.1) or paper (SGD lr 0.1, VGG 0.01, "
+        "weight decay 1e-4, 5 warm-up epochs)",
+    )
+    group.add_argument(
+        "--optimizer",
+        default=None,
+        choices=choices.OPTIMIZERS,
+        help="sgd (Nesterov) or adamw (default: the recipe's for the family)",
+    )
+    group.add_argument(
+        "--lr", type=float, default=None, help="learning rate per 256 images (default: recipe's)"
+    )
+    group.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
+    group.add_argument("--weight-decay", type=float, default=None)
+    group.add_argument("--warmup-epochs", type=int, default=None, help="linear warm-up epochs")
+    group.add_argument(
+        "--loss",
+        default=None,
+        choices=choices.LOSSES,
+        help="ce (cross-entropy, default), squared (Hui & Belkin's rescaled squared loss) or "
+        "supcon (supervised contrastive on two views, linear head on detached features)",
+    )
+    group.add_argument(
+        "--label-smoothing", type=float, default=None, help="--loss ce only (default 0)"
+    )
+    group.add_argument(
+        "--squared-k", type=float, default=None, help="squared loss: true-class weight (9)"
+    )
+    group.add_argument(
+        "--squared-m", type=float, default=None, help="squared loss: true-class target (60)"
+    )
+    group.add_argument(
+        "--supcon-temperature", type=float, default=None, help="supcon temperature (0.1)"
+    )
+    group.add_argument(
+        "--ema",
+        type=float,
+        default=None,
+        metavar="DECAY",
+        help="evaluate and save an EMA of the weights, debiased (the paper's 0.99); 0 (default) "
+        "turns it off",
+    )
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """RunConfig: defaults < --quick preset < explicit flags (``pipeline.prepare`` validates it)."""
     kwargs: dict = dict(PRESETS["quick"]) if args.quick else {}
@@ -126,15 +230,18 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "stem",
         "taps",
         "norm",
+        "pool",
         "labels",
         "epochs",
         "batch_size",
-        "lr",
-        "weight_decay",
+        *TRAINING_FLAGS,
         "seed",
+        "save_every",
         "device",
         "precision",
         "cka",
+        "probe_features",
+        "probe_dim",
     ):
         value = getattr(args, name, None)
         if value is not None:
@@ -197,10 +304,21 @@ def main(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
 
+    if args.resume is not None and config != RunConfig():
+        changed = [k for k, v in config.to_params().items() if RunConfig().to_params().get(k) != v]
+        raise UsageError(
+            f"--resume {args.resume}: the run keeps the config it was started with; drop "
+            f"{', '.join('--' + k.replace('_', '-') for k in changed)}"
+        )
     opened: list[str] = []  # the train run, once it exists
     try:
         with _sigterm_guard():
-            result = pipeline.run(config, store, on_start=opened.append, quiet=args.quiet)
+            if args.resume is not None:
+                result = pipeline.resume(
+                    args.resume, store, on_start=opened.append, quiet=args.quiet
+                )
+            else:
+                result = pipeline.run(config, store, on_start=opened.append, quiet=args.quiet)
     except UsageError as err:
         if not opened:
             raise  # bad input, found before anything was stored: one line, exit 2

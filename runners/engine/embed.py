@@ -98,13 +98,22 @@ def unit_gram(x: torch.Tensor) -> torch.Tensor:
     return scale_to_unit(gram_block(x, x))
 
 
-def pool(t: torch.Tensor) -> torch.Tensor:
-    """Global average pool: [B,C,H,W] -> mean over H,W; [B,T,C] -> mean over tokens; fp32."""
+def pool(t: torch.Tensor, how: str = "avg", prefix_tokens: int = 0) -> torch.Tensor:
+    """The pooled vector, fp32: [B,C,H,W] -> mean over H,W; [B,T,C] -> the mean of tokens
+    ``prefix_tokens`` onwards (``how="avg"``: a ViT's patch tokens) or the class token
+    (``how="token"``: token 0), following the model's own pooling."""
     if t.dim() == 4:
         return t.mean(dim=(2, 3), dtype=torch.float32)
     if t.dim() == 3:
-        return t.mean(dim=1, dtype=torch.float32)
+        if how == "token":
+            return t[:, 0].float()
+        return t[:, prefix_tokens:].mean(dim=1, dtype=torch.float32)
     return t.reshape(t.shape[0], -1).float()
+
+
+def pool_tap(t: torch.Tensor, tap) -> torch.Tensor:
+    """:func:`pool` with the tap's pooling (``Tap.pool``, ``Tap.prefix_tokens``)."""
+    return pool(t, getattr(tap, "pool", "avg"), getattr(tap, "prefix_tokens", 0))
 
 
 def gram_block(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -275,7 +284,7 @@ def _probe_shapes(model, taps, dataset, index, device, precision) -> list[tuple[
     out: dict[int, tuple[int, int]] = {}
 
     def consume(pos, t):
-        out[pos] = (int(flatten(t).shape[1]), int(pool(t).shape[1]))
+        out[pos] = (int(flatten(t).shape[1]), int(pool_tap(t, taps[pos]).shape[1]))
 
     x = _first_image(dataset, index).to(device)
     with _Taps(taps, range(len(taps)), consume) as hooks:
@@ -398,7 +407,7 @@ class _Superclass:
             b = t.shape[0]
             feats[pos][cursor[0] : cursor[0] + b].copy_(flatten(t))
             if pos >= 0:
-                pooled[pos].append(pool(t))
+                pooled[pos].append(pool_tap(t, fwd.taps[pos]))
 
         tap_positions = [p for p in positions if p >= 0]
         keep = fwd.outputs_with(tap_positions)
@@ -434,7 +443,7 @@ class _Superclass:
 
             def keep(r0, f, t, _held=held):
                 _held[r0 : r0 + f.shape[0]] = f
-                pooled.append(pool(t))
+                pooled.append(pool_tap(t, fwd.taps[pos]) if pos >= 0 else pool(t))
 
             self._stream(fwd, pos, rows[p0:p1], bs, keep, outputs)
             gram[p0:p1, p0:p1] = gram_block(held, held)
@@ -669,14 +678,15 @@ def pooled_features(
     workers: int = 0,
     quiet: bool = True,
 ) -> list[np.ndarray]:
-    """Per layer float32 [n, C_l]: global-average-pooled activations of ``dataset[indices]``."""
+    """Per layer float32 [n, C_l]: pooled activations of ``dataset[indices]`` (global average;
+    a ViT's tokens as the model pools them, :func:`pool_tap`)."""
     check_choice("precision", precision, PRECISIONS)
     device = torch.device(device)
     rows = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
     chunks: list[list[torch.Tensor]] = [[] for _ in taps]
 
     def consume(pos, t):
-        chunks[pos].append(pool(t).cpu())
+        chunks[pos].append(pool_tap(t, taps[pos]).cpu())
 
     hooks = _Taps(taps, range(len(taps)), consume)
     progress = progress_bar(len(rows), show=not quiet, desc="pooled", unit="image")

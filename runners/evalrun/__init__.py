@@ -7,7 +7,7 @@ and how the numbers were computed (``cluster.*``, ``whole.*``, ``embed.*``).
 Metrics: ``ami_f{k}``, ``purity_f{k}``, ``probe_acc``, ``knn_acc`` at step = layer
 index, and the summaries. Artifacts: ``layer_metrics.parquet``, ``layers.json``,
 ``dataset.json``, pooled embeddings, per-superclass Grams, cluster assignments and
-ARI tables, the layer x layer CKA table, the layer-profile plot (names in
+ARI tables, the layer x layer CKA table, the layer-profile plot, the run's report (names in
 ``tracker.conventions``).
 
 Writers (``pipeline``, ``rescore``, ``transfer``, and every later producer) build an
@@ -24,6 +24,7 @@ from clusterprobe.runners.evalrun.record import (
     log_distances,
     log_embeddings,
     log_layer_profile,
+    log_report,
     record_cka,
     record_dead_layers,
     record_measurement,
@@ -41,6 +42,7 @@ __all__ = [
     "log_distances",
     "log_embeddings",
     "log_layer_profile",
+    "log_report",
     "record_cka",
     "record_dead_layers",
     "record_measurement",

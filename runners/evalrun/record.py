@@ -262,3 +262,11 @@ def log_layer_profile(ctx, scores: LayerScores, title: str) -> None:
     )
     ctx.log_figure(fig, cv.ART_PLOT)
     plt.close(fig)
+
+
+def log_report(ctx) -> None:
+    """``report.html``: the run's one-page report (``runners.report.run_report``), built
+    from what the run has stored so far, so it shows what ``clusterprobe report`` shows."""
+    from clusterprobe.runners.report.run_report import eval_run_report
+
+    ctx.log_text(eval_run_report(ctx.tracker, ctx.run_id), cv.ART_REPORT)

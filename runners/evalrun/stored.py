@@ -143,6 +143,22 @@ def layer_names(tracker, run_id: str) -> list[str]:
     return names
 
 
+def load_layer_metrics(tracker, run_id: str):
+    """The run's ``layer_metrics.parquet`` (LAYER_METRICS_COLUMNS), checked for its columns."""
+    path = _artifact(tracker, run_id, cv.ART_LAYER_METRICS, "its per-layer table")
+    return _read_parquet(path, cv.LAYER_METRICS_COLUMNS)
+
+
+def load_ari(tracker, run_id: str):
+    """The run's ``ari.parquet`` (ARI_COLUMNS), or None where it has none (runs recorded
+    before ARI tables existed, and rescored runs, have none)."""
+    try:
+        path = Path(tracker.artifact_path(run_id, cv.ART_ARI))
+    except Exception:
+        return None
+    return _read_parquet(path, cv.ARI_COLUMNS)
+
+
 def load_distances(tracker, run_id: str) -> StoredDistances:
     """The run's per-superclass Gram matrices, checked for shape and finiteness."""
     names = layer_names(tracker, run_id)
