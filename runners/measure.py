@@ -165,5 +165,6 @@ def _probes(model, taps, config, data, device, probe_index, eval_pooled):
         projector = Projector(config.probe_dim, config.seed)  # the same matrices for both sets
         train_x = features(data.train_plain, probe_index, reduce=projector)
         eval_x = features(data.eval, reduce=projector)
-    probe_acc = [float(a) for a in probe_layers(train_x, train_y, eval_x, eval_y, seed=config.seed)]
-    return probe_acc, knn_layers(train_pooled, train_y, eval_pooled, eval_y)
+    fit = probe_layers(train_x, train_y, eval_x, eval_y, seed=config.seed, device=device)
+    probe_acc = [float(a) for a in fit]
+    return probe_acc, knn_layers(train_pooled, train_y, eval_pooled, eval_y, device=device)

@@ -60,7 +60,7 @@ class RunResult:
     evaluations: dict[int, dict] = field(default_factory=dict)  # epoch -> summary
     history: list[dict] = field(default_factory=list)  # per-epoch training metrics
     seconds: dict[str, float] = field(default_factory=dict)  # train (incl. intermediate evals),
-    # then the final checkpoint's embed, cluster, probe
+    # then the final checkpoint's embed, cluster, cka, probe; run (wall) and measure_share
 
 
 # --- preparation: everything that can fail before a run is started -----------------------
@@ -142,7 +142,9 @@ def run(
         if on_start is not None:
             on_start(train_ctx.run_id)
         kill_point("run-start")
+        t0 = time.perf_counter()
         job.train_and_measure(train_ctx)
+        job.record_share(train_ctx, time.perf_counter() - t0)
     return job.result(train_ctx.run_id)
 
 
@@ -211,6 +213,7 @@ class _Job:
         self.eval_run_ids: list[str] = []
         self.evaluations: dict[int, dict] = {}
         self.seconds: dict[str, float] = {}
+        self.measuring = 0.0  # seconds measuring, every checkpoint evaluated
         self.history: list[dict] = []
         self.final: dict = {}
         self.earlier: dict[str, tuple] = {}  # eval run id -> (assignments, factors)
@@ -354,9 +357,20 @@ class _Job:
             if epoch < config.epochs:
                 self.earlier[ctx.run_id] = meas.protocol.assignments, meas.factors
             self.evaluations[epoch] = summary
+            self.measuring += sum(meas.seconds.values())
             self.final.update(layers=meas.scores.rows(), summary=summary, seconds=meas.seconds)
             if self.on_eval is not None:
                 self.on_eval(epoch, summary)
+
+    def record_share(self, train_ctx, wall: float) -> None:
+        """Log the run's wall time (training, measuring, recording) and the share of it
+        spent measuring (embed, cluster, CKA, probes of every evaluated checkpoint)."""
+        self.seconds["run"] = wall
+        self.seconds["measure_share"] = self.measuring / wall if wall > 0 else float("nan")
+        train_ctx.log_metrics(
+            {"seconds_run": wall, "measure_share": self.seconds["measure_share"]},
+            step=self.config.epochs,
+        )
 
     def _record_stability(self, ctx, spec: evalrun.EvalSpec, meas, *, final: bool) -> None:
         eval_index = meas.embedding.eval_index
@@ -377,6 +391,10 @@ class _Job:
         )
 
     def result(self, train_run_id: str) -> RunResult:
+        seconds = {**self.seconds, **self.final["seconds"]}
+        for key in ("run", "measure_share"):  # the totals last
+            if key in seconds:
+                seconds[key] = seconds.pop(key)
         return RunResult(
             train_run_id=train_run_id,
             eval_run_ids=self.eval_run_ids,
@@ -388,7 +406,7 @@ class _Job:
             model_id=self.model_id,
             evaluations=self.evaluations,
             history=self.history,
-            seconds={**self.seconds, **self.final["seconds"]},
+            seconds=seconds,
         )
 
 
