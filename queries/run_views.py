@@ -36,6 +36,7 @@ PARAM_TYPES: dict[str, str] = {
     "taps": "VARCHAR",
     "norm": "VARCHAR",
     "pool": "VARCHAR",
+    "augment": "VARCHAR",
     "labels": "VARCHAR",
     "epochs": "INTEGER",
     "batch_size": "INTEGER",

@@ -92,6 +92,9 @@ class RunConfig:
     pool: str = "default"  # ViT only: "cls" | "gap" (timm global_pool='avg'); "default": timm's
     # --- training ---
     labels: str = "superclass"  # train on "superclass" or "subclass" labels
+    # Training augmentation (runners/data/transforms.py): "paper" | "standard" (timm's) |
+    # "none"; "default": each dataset's own (the synthetic set: a 2 px translation).
+    augment: str = "default"
     # Defaults: resnet18 on the synthetic data in ~3 CPU-minutes with finding 1 visible
     # (benchmarks/finding1.py); batch 64 = twice the updates per epoch of 128 at the same cost.
     epochs: int = 10
@@ -133,6 +136,7 @@ class RunConfig:
             ("taps", choices.TAPS),
             ("norm", choices.NORMS),
             ("pool", choices.POOLS),
+            ("augment", choices.AUGMENTS),
             ("precision", choices.PRECISIONS),
             ("cka", choices.CKA_ESTIMATORS),
             ("split", choices.SPLITS),
@@ -142,7 +146,9 @@ class RunConfig:
         ):
             value = getattr(self, name)
             if value not in legal:
-                raise UsageError(f"--{name} {value!r}: choose one of {', '.join(legal)}")
+                raise UsageError(
+                    f"--{name.replace('_', '-')} {value!r}: choose one of {', '.join(legal)}"
+                )
         if self.preprocess not in choices.PREPROCESS:
             raise UsageError(
                 f"--preprocess {self.preprocess!r}: choose one of {', '.join(choices.PREPROCESS)}"
@@ -257,6 +263,7 @@ TRAINING_FIELDS = (
     "supcon_temperature",
     "ema",
     "save_every",
+    "augment",
     "eval_epochs",
     "workers",
 )

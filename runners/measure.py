@@ -14,6 +14,7 @@ no second forward pass over the eval set is needed.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -137,25 +138,33 @@ def measure(
 
 
 def _probes(model, taps, config, data, device, probe_index, eval_pooled):
-    """Linear- and k-NN-probe accuracy per layer on subclass labels: trained on the pooled
-    features of ``probe_index`` train images, tested on the eval split ([] if no images)."""
+    """Linear- and k-NN-probe accuracy per layer on subclass labels: trained on the
+    features of ``probe_index`` train images, tested on the eval split ([] if no images).
+    The k-NN probe reads pooled features; the linear probe reads ``config.probe_features``:
+    pooled, or the flattened features through a seeded sparse random projection
+    (``engine.projection``, the paper's probe input), streamed per batch."""
     from clusterprobe.runners.engine.embed import pooled_features
     from clusterprobe.runners.engine.probe import knn_layers, probe_layers
+    from clusterprobe.runners.engine.projection import Projector
 
     if not len(probe_index):
         return [], []
-    train_pooled = pooled_features(
+    features = functools.partial(
+        pooled_features,
         model,
         taps,
-        data.train_plain,
-        probe_index,
         device=device,
         precision=config.precision,
         batch_size=config.batch_size,
     )
+    train_pooled = features(data.train_plain, probe_index)
     train_y = data.train_labels.subclass[probe_index]
     eval_y = data.eval_labels.subclass
-    probe_acc = [
-        float(a) for a in probe_layers(train_pooled, train_y, eval_pooled, eval_y, seed=config.seed)
-    ]
-    return probe_acc, knn_layers(train_pooled, train_y, eval_pooled, eval_y)
+    train_x, eval_x = train_pooled, eval_pooled
+    if config.probe_features == "projected":
+        projector = Projector(config.probe_dim, config.seed)  # the same matrices for both sets
+        train_x = features(data.train_plain, probe_index, reduce=projector)
+        eval_x = features(data.eval, reduce=projector)
+    fit = probe_layers(train_x, train_y, eval_x, eval_y, seed=config.seed, device=device)
+    probe_acc = [float(a) for a in fit]
+    return probe_acc, knn_layers(train_pooled, train_y, eval_pooled, eval_y, device=device)

@@ -196,6 +196,16 @@ def check_name(arch: str) -> None:
 
 
 @functools.cache
+def _has_class_token(arch: str) -> bool:
+    """Whether timm builds ``arch`` with a class token (kept for --pool gap as well)."""
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model(arch, pretrained=False)
+    return getattr(model, "cls_token", None) is not None
+
+
+@functools.cache
 def arch_family(arch: str) -> str:
     """The family of a timm model name (a UsageError for an unknown one), found by
     building it on the meta device (no memory, no init cost) and asking its class."""
@@ -241,6 +251,11 @@ def model_config(config, num_classes: int, image_size: int | None = None) -> dic
     pool = config.pool
     if family != "vit" and pool != "default":
         raise UsageError(f"--pool {pool!r} applies to ViTs only; leave it 'default' for {family}")
+    if pool == "cls" and not _has_class_token(config.arch):
+        raise UsageError(
+            f"--pool cls: timm's {config.arch} has no class token (class_token=False); "
+            "use --pool gap"
+        )
     timm_name = config.arch
     if family == "vgg":
         name, tag = split_model_name_tag(config.arch)
@@ -263,7 +278,7 @@ def model_config(config, num_classes: int, image_size: int | None = None) -> dic
         # ViT: "cls" or "gap" (timm global_pool 'token' | 'avg'); gap keeps the class token
         # in the sequence, excluded from the mean (timm's avg pool), with fc_norm.
         "pool": pool,
-        "class_token": True if family == "vit" and pool != "default" else None,
+        "class_token": _has_class_token(timm_name) if family == "vit" else None,
         "image_size": image_size or config.image_size,
         "timm_version": timm.__version__,
     }

@@ -60,7 +60,7 @@ class RunResult:
     evaluations: dict[int, dict] = field(default_factory=dict)  # epoch -> summary
     history: list[dict] = field(default_factory=list)  # per-epoch training metrics
     seconds: dict[str, float] = field(default_factory=dict)  # train (incl. intermediate evals),
-    # then the final checkpoint's embed, cluster, probe
+    # then the final checkpoint's embed, cluster, cka, probe; run (wall) and measure_share
 
 
 # --- preparation: everything that can fail before a run is started -----------------------
@@ -142,7 +142,9 @@ def run(
         if on_start is not None:
             on_start(train_ctx.run_id)
         kill_point("run-start")
+        t0 = time.perf_counter()
         job.train_and_measure(train_ctx)
+        job.record_share(train_ctx, time.perf_counter() - t0)
     return job.result(train_ctx.run_id)
 
 
@@ -150,6 +152,7 @@ def resume(
     train_run_id: str,
     store,
     *,
+    tags: dict | None = None,
     on_start: Callable[[str], None] | None = None,
     on_eval: Callable[[int, dict], None] | None = None,
     quiet: bool = False,
@@ -157,7 +160,8 @@ def resume(
     """Continue an interrupted train run from its last stored training state
     (``--save-every``), in the same MLflow run: the epochs after that state are trained
     again, an epoch already logged keeps its metrics (none is logged twice), and the run
-    is measured and recorded as ``run`` does, ending FINISHED. UsageError for a run that
+    is measured and recorded as ``run`` does, ending FINISHED. ``tags`` are set on the
+    train run (a study's retry relinks it to its new trial). UsageError for a run that
     is not a train run, is finished or still running, or stored no training state."""
     from clusterprobe.runners.device import resolve_device
     from clusterprobe.runners.resume import stored_state
@@ -175,12 +179,14 @@ def resume(
     config, data = prepare(RunConfig.from_params(run.data.params))
     state = stored_state(tracker, train_run_id)
     device = resolve_device(config.device)
-    tags = {k: v for k, v in run.data.tags.items() if k == cv.TAG_PARENT}
+    tags = {**{k: v for k, v in run.data.tags.items() if k == cv.TAG_PARENT}, **(tags or {})}
     job = _Job(tracker, config, data, device, tags, on_eval, quiet)
     job.logged_epochs = {
         int(m.step) for m in tracker.client.get_metric_history(train_run_id, "train_loss")
     }
+    job.adopt_evaluations(train_run_id)
     with tracker.reopen_run(train_run_id) as train_ctx:
+        train_ctx.set_tags(job.tags)
         if on_start is not None:
             on_start(train_ctx.run_id)
         if not quiet:
@@ -207,10 +213,36 @@ class _Job:
         self.eval_run_ids: list[str] = []
         self.evaluations: dict[int, dict] = {}
         self.seconds: dict[str, float] = {}
+        self.measuring = 0.0  # seconds measuring, every checkpoint evaluated
         self.history: list[dict] = []
         self.final: dict = {}
         self.earlier: dict[str, tuple] = {}  # eval run id -> (assignments, factors)
         self.logged_epochs: set[int] = set()  # resume: epochs the interrupted run logged
+        self.evaluated: set[int] = set()  # resume: intermediate epochs it measured
+
+    def adopt_evaluations(self, train_run_id: str) -> None:
+        """Resume: the intermediate checkpoints the interrupted run measured already are
+        not measured again (no second eval run of one checkpoint), and the final one is
+        compared with them (checkpoint ARI) as in an uninterrupted run."""
+        import warnings
+
+        from clusterprobe.runners.evalrun.stored import load_assignments
+
+        finished = self.tracker.search_runs(
+            kind="eval", parent_run_id=train_run_id, status="FINISHED"
+        )
+        for ev in finished:
+            epoch = int(ev.data.params.get(cv.PARAM_CHECKPOINT_EPOCH) or 0)
+            if not 0 < epoch < self.config.epochs:
+                continue
+            self.evaluated.add(epoch)
+            self.eval_run_ids.append(ev.info.run_id)
+            try:
+                assignments, factors, _ = load_assignments(self.tracker, ev.info.run_id)
+            except Exception as err:  # a missing table costs an ARI row, never the run
+                warnings.warn(f"checkpoint ARI: skipped run {ev.info.run_id}: {err}", stacklevel=2)
+                continue
+            self.earlier[ev.info.run_id] = assignments, factors
 
     def train_and_measure(self, train_ctx, start=None) -> None:
         """Train (from ``start``, a stored ``resume.TrainState``, if given), then measure."""
@@ -236,7 +268,11 @@ class _Job:
             if epoch not in self.logged_epochs:
                 train_ctx.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
             kill_point("train")
-            if epoch in config.eval_epochs and epoch < config.epochs:
+            if (
+                epoch in config.eval_epochs
+                and epoch < config.epochs
+                and epoch not in self.evaluated
+            ):
                 # Measure a frozen copy so the training loop's model and mode stay untouched.
                 snapshot = ema.averaged_model(model) if ema else copy.deepcopy(model)
                 self._save_checkpoint(train_ctx, snapshot, epoch)
@@ -321,9 +357,20 @@ class _Job:
             if epoch < config.epochs:
                 self.earlier[ctx.run_id] = meas.protocol.assignments, meas.factors
             self.evaluations[epoch] = summary
+            self.measuring += sum(meas.seconds.values())
             self.final.update(layers=meas.scores.rows(), summary=summary, seconds=meas.seconds)
             if self.on_eval is not None:
                 self.on_eval(epoch, summary)
+
+    def record_share(self, train_ctx, wall: float) -> None:
+        """Log the run's wall time (training, measuring, recording) and the share of it
+        spent measuring (embed, cluster, CKA, probes of every evaluated checkpoint)."""
+        self.seconds["run"] = wall
+        self.seconds["measure_share"] = self.measuring / wall if wall > 0 else float("nan")
+        train_ctx.log_metrics(
+            {"seconds_run": wall, "measure_share": self.seconds["measure_share"]},
+            step=self.config.epochs,
+        )
 
     def _record_stability(self, ctx, spec: evalrun.EvalSpec, meas, *, final: bool) -> None:
         eval_index = meas.embedding.eval_index
@@ -344,6 +391,10 @@ class _Job:
         )
 
     def result(self, train_run_id: str) -> RunResult:
+        seconds = {**self.seconds, **self.final["seconds"]}
+        for key in ("run", "measure_share"):  # the totals last
+            if key in seconds:
+                seconds[key] = seconds.pop(key)
         return RunResult(
             train_run_id=train_run_id,
             eval_run_ids=self.eval_run_ids,
@@ -355,7 +406,7 @@ class _Job:
             model_id=self.model_id,
             evaluations=self.evaluations,
             history=self.history,
-            seconds={**self.seconds, **self.final["seconds"]},
+            seconds=seconds,
         )
 
 

@@ -21,11 +21,8 @@ import numpy as np
 import torch
 from clusterprobe.tracker import conventions as cv
 from clusterprobe.tracker.errors import UsageError
-from clusterprobe.tracker.killpoint import ENV_KILL_AT, kill_point  # noqa: F401 (re-export)
 
-# Test hook (tracker/killpoint.py): ``CLUSTERPROBE_TEST_KILL_AT=train_step:N`` SIGKILLs the
-# process right before optimiser step N (0-based), a point inside an epoch for resume tests.
-KILL_ENV = ENV_KILL_AT
+_STATE_PATH = f"{cv.ART_TRAINING_STATE_DIR}/{cv.TRAINING_STATE_FILE}"
 
 
 @dataclass
@@ -127,9 +124,18 @@ def log_state(ctx, state: TrainState) -> None:
         ctx.log_artifact(str(path), cv.ART_TRAINING_STATE_DIR)
 
 
+def has_state(tracker, run_id: str) -> bool:
+    """Whether a train run stored a training state (without loading it)."""
+    try:
+        tracker.artifact_path(run_id, _STATE_PATH)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def stored_state(tracker, run_id: str) -> TrainState:
     """The latest training state a train run stored; UsageError when it has none."""
-    where = f"{cv.ART_TRAINING_STATE_DIR}/{cv.TRAINING_STATE_FILE}"
+    where = _STATE_PATH
     try:
         path = tracker.artifact_path(run_id, where)
     except FileNotFoundError:

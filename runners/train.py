@@ -18,7 +18,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from clusterprobe.runners.data.base import HierarchicalData
-from clusterprobe.runners.resume import TrainState, capture, isolated_rng, kill_point
+from clusterprobe.runners.resume import TrainState, capture, isolated_rng
+from clusterprobe.tracker.killpoint import kill_point
 from tqdm.auto import tqdm
 
 
@@ -151,7 +152,7 @@ def train(
                 images, target = batch[0], torch.as_tensor(batch[label_index])
                 if len(target) < 2:  # BatchNorm cannot train on a single image
                     continue
-                kill_point("train_step", step)
+                kill_point("train_step", at=step)
                 lr = lr_at(step, total, warmup, peak)
                 for group in optimizer.param_groups:
                     group["lr"] = lr

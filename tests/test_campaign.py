@@ -1,7 +1,7 @@
 """The reliability campaign as tests: parallel first writers, kill -9 at named points of a
 run, SIGTERM, and what `clusterprobe doctor` then finds and repairs.
 
-Kills are reached through the test-only hook (``CLUSTERPROBE_KILL_AT``, tracker/killpoint.py),
+Kills are reached through the test-only hook (``CLUSTERPROBE_TEST_KILL_AT``, tracker/killpoint.py),
 not by timing, so each lands at its point on a busy machine too. Runs are tiny (resnet10t,
 16 px, 2 x 2 classes, 1 epoch, one torch thread).
 """

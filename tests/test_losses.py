@@ -102,3 +102,29 @@ def test_supcon_refuses_a_model_without_a_linear_classifier():
 
     with pytest.raises(ValueError, match="classifier is a Linear layer; Odd's is Identity"):
         make_objective(RunConfig(loss="supcon"), Odd())
+
+
+def test_two_views_on_both_batch_paths():
+    from clusterprobe.runners.data import synthetic
+    from clusterprobe.runners.train import _batches
+
+    cfg = RunConfig(classes=2, subclasses=2, train_per_subclass=4, image_size=16)
+    data = synthetic.load(cfg)
+
+    class Plain(torch.utils.data.Dataset):  # no .batch(): the DataLoader path
+        def __len__(self):
+            return len(data.train)
+
+        def __getitem__(self, i):
+            return data.train[i]
+
+    for dataset in (data.train, Plain()):
+        gen = torch.Generator().manual_seed(0)
+        images, sup, _ = next(iter(_batches(dataset, 8, gen, 0, views=2)))
+        assert images.shape == (16, 3, 16, 16) and len(sup) == 8
+        # each image's two views: the same picture, shifted differently (shift = 2 px)
+        assert not torch.equal(images[:8], images[8:])
+        centre = (slice(None), slice(None), slice(4, 12), slice(4, 12))
+        close = (images[:8][centre] - images[8:][centre]).abs().mean()
+        other = (images[:8][centre] - images[8:].roll(1, 0)[centre]).abs().mean()
+        assert close < other

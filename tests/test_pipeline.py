@@ -112,6 +112,21 @@ def test_summary_metrics(recorded):
     assert result.bytes_stored and result.bytes_stored > 1_000_000  # a resnet18 checkpoint
 
 
+def test_run_records_the_share_spent_measuring(recorded):
+    """measure_share = the eval runs' embed + cluster + cka + probe seconds (every
+    checkpoint measured) over the run's wall time, recorded on the train run."""
+    _, _, result, _, _, train, evals = recorded
+    stages = ("embed", "cluster", "cka", "probe")
+    measuring = sum(r.data.metrics[f"seconds_{k}"] for r in evals.values() for k in stages)
+    wall = train.data.metrics["seconds_run"]
+    final = evals[max(evals)].data.metrics  # earlier checkpoints' are inside seconds_train
+    print({k: round(final[f"seconds_{k}"], 2) for k in stages})
+    assert wall >= train.data.metrics["seconds_train"] + sum(final[f"seconds_{k}"] for k in stages)
+    assert train.data.metrics["measure_share"] == pytest.approx(measuring / wall)
+    assert result.seconds["measure_share"] == train.data.metrics["measure_share"]
+    assert list(result.seconds)[-2:] == ["run", "measure_share"]
+
+
 def test_layer_metrics_parquet(recorded):
     _, config, result, tracker, _, _, evals = recorded
     run_id = evals[config.epochs].info.run_id

@@ -63,7 +63,7 @@ def test_prepare_records_the_resolved_values_and_refuses_bad_ones():
         (dict(squared_m=0.0, loss="squared"), "--squared-m 0.0: must be > 0"),
         (dict(warmup_epochs=-1), "--warmup-epochs -1: must be >= 0"),
         (dict(probe_dim=0), "--probe-dim 0: must be >= 1"),
-        (dict(probe_features="flat"), "--probe_features 'flat': choose one of pooled"),
+        (dict(probe_features="flat"), "--probe-features 'flat': choose one of pooled"),
     ],
 )
 def test_bad_training_values_name_the_value(fields, message):
@@ -81,3 +81,49 @@ def test_optimizers_are_sgd_nesterov_and_adamw():
     # weight decay on the weight matrix only, none on the bias
     assert [g["weight_decay"] for g in adamw.param_groups] == [0.1, 0.0]
     assert [len(g["params"]) for g in adamw.param_groups] == [1, 1]
+
+
+def test_a_study_space_searches_the_training_choices():
+    import optuna
+    from clusterprobe.runners.space import build_config, parse_space
+
+    space = parse_space(
+        """
+[params.loss]
+choices = ["ce", "squared", "supcon"]
+[params.label_smoothing]
+type = "float"
+low = 0.0
+high = 0.2
+when = { loss = "ce" }
+[params.optimizer]
+choices = ["sgd", "adamw"]
+[params.recipe]
+choices = ["default", "paper"]
+[params.ema]
+choices = [0.0, 0.99]
+[params.probe_features]
+choices = ["pooled", "projected"]
+"""
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(30):
+        values = space.suggest(study.ask())
+        config = build_config(space, values)
+        assert (config.loss == "ce") == ("label_smoothing" in values)
+        seen.add((config.loss, config.optimizer))
+    assert {loss for loss, _ in seen} == {"ce", "squared", "supcon"}
+    with pytest.raises(UsageError, match=r"\[params.ema\]: --ema 1.5: must be in"):
+        parse_space("[params.ema]\nchoices = [0.0, 1.5]")
+
+
+def test_eval_takes_the_probe_input_flags():
+    import argparse
+
+    from clusterprobe.runners.commands import eval as eval_command
+
+    parser = argparse.ArgumentParser()
+    eval_command.add_arguments(parser)
+    args = parser.parse_args(["--probe-features", "projected", "--probe-dim", "64"])
+    assert eval_command.measure_flags(args) == {"probe_features": "projected", "probe_dim": 64}

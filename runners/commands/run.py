@@ -64,6 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "probes, k-NN and transfer read the same pooling (default: timm's, cls)",
     )
     m.add_argument(
+        "--augment",
+        default=None,
+        choices=choices.AUGMENTS,
+        help="training augmentation: paper (random-resized crop, area 0.05-1, + flip; pixels "
+        "in [0, 1], no mean/std), standard (timm's), none, or default: the dataset's own "
+        "(the synthetic set: a 2 px translation)",
+    )
+    m.add_argument(
         "--labels",
         default=None,
         choices=choices.LABELS,
@@ -231,6 +239,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "taps",
         "norm",
         "pool",
+        "augment",
         "labels",
         "epochs",
         "batch_size",
@@ -326,7 +335,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"clusterprobe run: failed: {error_line(err)}", file=sys.stderr)
         return EXIT_CRASH
     except KeyboardInterrupt as err:
-        print("clusterprobe run: interrupted; the runs were marked KILLED", file=sys.stderr)
+        resumable = opened and (config.save_every or args.resume)
+        hint = f"; continue it: clusterprobe run --resume {opened[0]}" if resumable else ""
+        print(f"clusterprobe run: interrupted; the runs were marked KILLED{hint}", file=sys.stderr)
         return interrupted_exit(err)
     except Exception as err:  # one line; the run itself is already marked FAILED
         print(f"clusterprobe run: failed: {error_line(err)}", file=sys.stderr)
@@ -341,8 +352,12 @@ def main(args: argparse.Namespace) -> int:
         f"raw pixels AMI f1 {s.get('pixel_ami_f1', float('nan')):.3f}; "
         f"test acc {s.get('test_acc', float('nan')):.3f}"
     )
-    if result.seconds:
-        print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
+    seconds = dict(result.seconds)
+    share = seconds.pop("measure_share", None)
+    if seconds:
+        print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+    if share is not None:
+        print(f"measuring (embed, cluster, CKA, probes): {100 * share:.1f} % of the run")
     print(f"train run: {result.train_run_id}")
     print(f"eval runs: {' '.join(result.eval_run_ids)}")
     if result.model_id:

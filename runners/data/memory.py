@@ -20,7 +20,9 @@ class InMemoryImages(torch.utils.data.Dataset):
 
     ``shift`` > 0 augments by a random translation of up to ``shift`` pixels
     (zero padding = the normalised mean). No flips: a mirror would turn one
-    grating orientation into another, i.e. change the subclass.
+    grating orientation into another, i.e. change the subclass. ``augment``, a callable
+    on one [3, H, W] image, is applied to each image after that (``--augment paper`` or
+    ``standard``), before ``transform``.
     """
 
     def __init__(
@@ -30,6 +32,7 @@ class InMemoryImages(torch.utils.data.Dataset):
         subclass: torch.Tensor,
         shift: int = 0,
         transform=None,
+        augment=None,
     ):
         if not (len(images) == len(superclass) == len(subclass)):
             raise ValueError("images and labels must have the same length")
@@ -38,6 +41,7 @@ class InMemoryImages(torch.utils.data.Dataset):
         self.subclass = subclass
         self.shift = shift
         self.transform = transform
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.images)
@@ -46,19 +50,29 @@ class InMemoryImages(torch.utils.data.Dataset):
         img = self.images[i]
         if self.shift:
             img = _translate(img[None], self.shift, None)[0]
+        if self.augment is not None:
+            img = self.augment(img)
         if self.transform is not None:
             img = self.transform(img)
         return img, int(self.superclass[i]), int(self.subclass[i])
 
     def with_shift(self, shift: int) -> InMemoryImages:
         """The same tensors (shared, not copied) with another augmentation."""
-        return InMemoryImages(self.images, self.superclass, self.subclass, shift, self.transform)
+        return InMemoryImages(
+            self.images, self.superclass, self.subclass, shift, self.transform, self.augment
+        )
+
+    def with_augment(self, augment, transform=None) -> InMemoryImages:
+        """The same tensors with a per-image ``augment`` (and ``transform``), no shift."""
+        return InMemoryImages(self.images, self.superclass, self.subclass, 0, transform, augment)
 
     def batch(self, index: torch.Tensor, generator: torch.Generator | None = None):
         """(images, superclass, subclass) for ``index``, augmented if ``shift``."""
         img = self.images[index]
         if self.shift:
             img = _translate(img, self.shift, generator)
+        if self.augment is not None:
+            img = torch.stack([self.augment(x) for x in img])
         if self.transform is not None:
             img = self.transform(img)
         return img, self.superclass[index], self.subclass[index]

@@ -206,13 +206,29 @@ class ImageTransforms:
 def image_transforms(config, native_size: int) -> ImageTransforms:
     """The transforms of a dataset of ``native_size`` px images (BREEDS, CIFAR-100, your
     folders) under ``config``'s preprocessing."""
-    pre = resolve(config, native_size=native_size)
+    pre = paper_pixels(resolve(config, native_size=native_size), config)
     size = pre.input_size
     return ImageTransforms(
         pre=pre,
         eval=pre.eval_transform(),
-        train=transforms.train_transform(size, pre.mean, pre.std),
+        train=(
+            pre.eval_transform()
+            if config.augment == "none"
+            else transforms.train_transform(size, pre.mean, pre.std, config.augment)
+        ),
         eval_draft=pre.decode_size(),
         train_draft=transforms.decode_size(size, train=True),
-        record={**transforms.describe(size, pre.mean, pre.std), **pre.record()},
+        record={**transforms.describe(size, pre.mean, pre.std, config.augment), **pre.record()},
+    )
+
+
+def paper_pixels(pre: Preprocess, config) -> Preprocess:
+    """``--augment paper`` feeds pixels in [0, 1], in training and evaluation alike: no
+    mean/std unless ``--mean``/``--std`` are given."""
+    if config.augment != "paper":
+        return pre
+    return replace(
+        pre,
+        mean=pre.mean if config.mean is not None else transforms.PAPER_MEAN,
+        std=pre.std if config.std is not None else transforms.PAPER_STD,
     )

@@ -300,7 +300,7 @@ def load(config) -> HierarchicalData:
     return HierarchicalData(
         name="synthetic",
         shuffled=bool(config.shuffled),
-        train=train_plain.with_shift(TRAIN_SHIFT),
+        train=_train_split(config.augment, train_plain, pre),
         eval=split(eval_t, eval_labels, 0),
         train_plain=train_plain,
         train_labels=train_labels,
@@ -318,7 +318,8 @@ def load(config) -> HierarchicalData:
             "image_size": size,
             "data_seed": config.data_seed,
             "shuffle_seed": shuffle_seed if config.shuffled else None,
-            "train_shift": TRAIN_SHIFT,
+            "train_shift": TRAIN_SHIFT if config.augment == "default" else 0,
+            "augment": config.augment,
             "normalise_mean": list(pre.mean),
             "normalise_std": list(pre.std),
             "transforms": pre.record(),
@@ -335,15 +336,28 @@ def _model_input(config, size: int, train_x: np.ndarray, eval_x: np.ndarray):
     (resize, crop, the weights' normalisation) per item, so that 224 px copies of a
     whole split never sit in memory.
     """
-    from clusterprobe.runners.data.preprocess import resolve
+    from clusterprobe.runners.data.preprocess import paper_pixels, resolve
 
     if config.preprocess == "model":
+        if config.augment in ("paper", "standard"):
+            raise UsageError(
+                f"--augment {config.augment}: the synthetic set augments with --preprocess "
+                "dataset only; use --augment default or none"
+            )
         pre = resolve(config, native_size=size)
         raw = [torch.from_numpy(np.clip(x, 0.0, 1.0)) for x in (train_x, eval_x)]
         return pre, raw[0], raw[1], pre.eval_transform()
+    if config.augment in ("paper", "standard"):  # pixels in [0, 1], as decoded photos
+        train_x, eval_x = np.clip(train_x, 0.0, 1.0), np.clip(eval_x, 0.0, 1.0)
     mean = train_x.mean(axis=(0, 2, 3), dtype=np.float64)
     std = train_x.std(axis=(0, 2, 3), dtype=np.float64)
     pre = resolve(config, native_size=size, mean=mean.tolist(), std=std.tolist(), resizes=False)
+    pre = paper_pixels(pre, config)
+    if config.augment == "standard":  # timm's transform normalises after its PIL steps
+        from torchvision import transforms as T
+
+        raw = [torch.from_numpy(x.astype(np.float32)) for x in (train_x, eval_x)]
+        return pre, raw[0], raw[1], T.Normalize(pre.mean, pre.std)
     mean, std = np.asarray(pre.mean, dtype=np.float64), np.asarray(pre.std, dtype=np.float64)
 
     def tensor(x):
@@ -352,6 +366,22 @@ def _model_input(config, size: int, train_x: np.ndarray, eval_x: np.ndarray):
         )
 
     return pre, tensor(train_x), tensor(eval_x), None
+
+
+def _train_split(augment: str, plain: InMemoryImages, pre) -> InMemoryImages:
+    """The training split under ``--augment``: the set's own translation (default), none,
+    or the paper's / timm's augmentation per image (flips included: they change a
+    grating's orientation, so the subclass cue, but not the superclass's silhouette)."""
+    from clusterprobe.runners.data import transforms
+
+    if augment == "paper":
+        return plain.with_augment(transforms.paper_augment(pre.input_size))
+    if augment == "standard":
+        from torchvision import transforms as T
+
+        timm_train = transforms.standard_augment(pre.input_size, pre.mean, pre.std)
+        return plain.with_augment(T.Compose([T.ToPILImage(), timm_train]))
+    return plain if augment == "none" else plain.with_shift(TRAIN_SHIFT)
 
 
 def describe() -> dict:

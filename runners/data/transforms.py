@@ -4,6 +4,15 @@ Large images (ImageNet/BREEDS, 224 px): train = ``RandomResizedCrop(scale=(0.05,
 + horizontal flip; eval = resize to 256/224 of the size + centre crop (resize 256,
 crop 224 at the standard size). Small images (<= 64 px, CIFAR-style): train = resize
 to the size + random crop with size/8 zero padding + flip; eval = resize + centre crop.
+
+``--augment`` (``RunConfig.augment``) picks the training augmentation:
+
+* ``default``: the above (the built-in synthetic set: its own small translation);
+* ``paper``: random-resized crop (area 0.05-1) + horizontal flip at every size, pixels
+  in [0, 1] with no mean/std (train and eval), as the authors' code;
+* ``standard``: timm's training transform (``timm.data.create_transform(is_training=
+  True)``: random-resized crop 0.08-1, flip, colour jitter 0.4), normalised;
+* ``none``: the evaluation transform.
 """
 
 from __future__ import annotations
@@ -31,8 +40,35 @@ def normalisation(arch: str | None) -> tuple[tuple[float, ...], tuple[float, ...
     return IMAGENET_MEAN, IMAGENET_STD
 
 
-def train_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> T.Compose:
-    """PIL image -> augmented, normalised float tensor [3, size, size]."""
+PAPER_MEAN, PAPER_STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # --augment paper: pixels in [0, 1]
+
+
+def paper_augment(size: int) -> T.Compose:
+    """The authors' training augmentation on a PIL image or a [3, H, W] tensor in [0, 1]
+    (not normalised): random-resized crop to ``size``, area 0.05-1, then a flip."""
+    return T.Compose(
+        [T.RandomResizedCrop(size, scale=TRAIN_SCALE, antialias=True), T.RandomHorizontalFlip()]
+    )
+
+
+def standard_augment(size: int, mean, std):
+    """timm's training transform for ``size`` px (PIL image -> normalised tensor)."""
+    from timm.data import create_transform
+
+    return create_transform(size, is_training=True, mean=tuple(mean), std=tuple(std))
+
+
+def train_transform(
+    size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, augment: str = "default"
+) -> T.Compose:
+    """PIL image -> augmented float tensor [3, size, size] (normalised by mean/std), by
+    ``augment`` (see the module docstring)."""
+    if augment == "paper":
+        return T.Compose([paper_augment(size), T.ToTensor(), T.Normalize(mean, std)])
+    if augment == "standard":
+        return standard_augment(size, mean, std)
+    if augment == "none":
+        return eval_transform(size, mean, std)
     if size <= SMALL_MAX:
         steps = [
             T.Resize(size, antialias=True),
@@ -71,13 +107,23 @@ def decode_size(size: int, train: bool) -> int | None:
     return None if train else round(size * EVAL_RESIZE_RATIO)
 
 
-def describe(size: int, mean, std) -> dict:
+AUGMENT_TEXT = {
+    "paper": "random resized crop {size} scale (0.05, 1.0), hflip, pixels in [0, 1]",
+    "standard": "timm create_transform(is_training=True) at {size}",
+    "none": "as evaluated",
+}
+
+
+def describe(size: int, mean, std, augment: str = "default") -> dict:
     """The transform recipe for the run record."""
     small = size <= SMALL_MAX
     return {
         "image_size": size,
+        "augment": augment,
         "train": (
-            f"resize {size}, random crop {size} pad {max(1, size // 8)}, hflip"
+            AUGMENT_TEXT[augment].format(size=size)
+            if augment in AUGMENT_TEXT
+            else f"resize {size}, random crop {size} pad {max(1, size // 8)}, hflip"
             if small
             else f"random resized crop {size} scale {TRAIN_SCALE}, hflip"
         ),

@@ -677,19 +677,24 @@ def pooled_features(
     batch_size: int = 256,
     workers: int = 0,
     quiet: bool = True,
+    reduce=None,
 ) -> list[np.ndarray]:
     """Per layer float32 [n, C_l]: pooled activations of ``dataset[indices]`` (global average;
-    a ViT's tokens as the model pools them, :func:`pool_tap`)."""
+    a ViT's tokens as the model pools them, :func:`pool_tap`); or, with ``reduce(layer,
+    activation) -> [B, k]`` (e.g. ``projection.Projector``), what it makes of each batch's
+    flattened activation, so only the reduced rows are ever kept."""
     check_choice("precision", precision, PRECISIONS)
     device = torch.device(device)
     rows = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
     chunks: list[list[torch.Tensor]] = [[] for _ in taps]
 
     def consume(pos, t):
-        chunks[pos].append(pool_tap(t, taps[pos]).cpu())
+        reduced = pool_tap(t, taps[pos]) if reduce is None else reduce(pos, flatten(t))
+        chunks[pos].append(reduced.cpu())
 
     hooks = _Taps(taps, range(len(taps)), consume)
-    progress = progress_bar(len(rows), show=not quiet, desc="pooled", unit="image")
+    desc = "pooled" if reduce is None else "projected"
+    progress = progress_bar(len(rows), show=not quiet, desc=desc, unit="image")
     with _eval_mode(model, precision, device):
         for x in _batches(dataset, rows, batch_size, device, workers):
             with hooks:

@@ -146,7 +146,7 @@ def layer_names(tracker, run_id: str) -> list[str]:
 def load_layer_metrics(tracker, run_id: str):
     """The run's ``layer_metrics.parquet`` (LAYER_METRICS_COLUMNS), checked for its columns."""
     path = _artifact(tracker, run_id, cv.ART_LAYER_METRICS, "its per-layer table")
-    return _read_parquet(path, cv.LAYER_METRICS_COLUMNS)
+    return _read_parquet(verified(tracker, run_id, path), cv.LAYER_METRICS_COLUMNS)
 
 
 def load_ari(tracker, run_id: str):
@@ -156,7 +156,7 @@ def load_ari(tracker, run_id: str):
         path = Path(tracker.artifact_path(run_id, cv.ART_ARI))
     except Exception:
         return None
-    return _read_parquet(path, cv.ARI_COLUMNS)
+    return _read_parquet(verified(tracker, run_id, path), cv.ARI_COLUMNS)
 
 
 def load_distances(tracker, run_id: str) -> StoredDistances:

@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # headless: servers and tests have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 ANNOTATE_MAX = 12  # write the value in each cell up to this many rows and columns
 
@@ -74,6 +75,7 @@ def optimisation_history(
     ax.plot(numbers, values, "o", color="tab:blue", label=f"trial {objective}")
     ax.step(numbers, best, where="post", color="tab:red", label=f"best so far ({direction})")
     ax.set_xlabel("trial number")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(objective)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)

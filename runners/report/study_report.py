@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from clusterprobe.runners.report import figures, page
+from clusterprobe.runners.report import DEFAULT_UI_URL, figures, page
 from clusterprobe.runners.study.objective import ATTR_EVAL_RUN_IDS, ATTR_RUN_ID
 from clusterprobe.tracker import conventions as cv
 from clusterprobe.tracker.errors import UsageError
@@ -49,7 +49,8 @@ def objectives(study) -> list[tuple[str, str]]:
     raw = study.user_attrs.get(ATTR_SETTINGS)
     if raw is not None:
         return [tuple(o) for o in StudySettings.from_json(raw).objectives]
-    names = study.metric_names or [f"value {i}" for i in range(len(study.directions))]
+    n = len(study.directions)
+    names = study.metric_names or (["value"] if n == 1 else [f"value {i}" for i in range(n)])
     return [(n, d.name.lower()) for n, d in zip(names, study.directions, strict=True)]
 
 
@@ -64,7 +65,7 @@ def load_study(name: str, storage):
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def run_links(tracker, study_name: str, ui_url: str) -> RunLinks:
+def run_links(tracker, study_name: str, ui_url: str = DEFAULT_UI_URL) -> RunLinks:
     """Links to the MLflow runs of the study's trials (train and eval runs carry its tag)."""
     runs = tracker.search_runs(tags={cv.TAG_STUDY: study_name})
     return RunLinks(ui_url, {r.info.run_id: r.info.experiment_id for r in runs})

@@ -16,7 +16,8 @@ A worker that dies leaves a RUNNING trial. It is failed by (a) Optuna's heartbea
 RDB storages (SQLite, PostgreSQL: any host), and (b) a host/pid check on this host for
 every storage (the journal file has no heartbeat). Its RUNNING MLflow runs are failed
 by `Tracker.reap_orphans`. Both run before any new trial starts, so ``--resume`` never
-leaves orphans and never repeats a trial.
+leaves orphans and never repeats a trial. ``--resume`` retries an interrupted trial whose
+run saved a training state (``save_every``), continuing that run (``retry``).
 
 This package's ``__init__`` creates or resumes the study and drives it to the end;
 the parts live in ``options`` (flags), ``settings`` (what a study keeps), ``storage``
@@ -36,10 +37,11 @@ from pathlib import Path
 
 from clusterprobe.runners.space import DEFAULT_SPACE, build_config, load_space
 from clusterprobe.runners.study.lock import SlotLock
-from clusterprobe.runners.study.mlflow_run import log_study_summary, study_run
+from clusterprobe.runners.study.mlflow_run import log_study_report, log_study_summary, study_run
 from clusterprobe.runners.study.options import StudyOptions, validate_options
 from clusterprobe.runners.study.processes import run_workers
 from clusterprobe.runners.study.report import StudyOutcome, registry_pick, summarize
+from clusterprobe.runners.study.retry import enqueue_interrupted
 from clusterprobe.runners.study.settings import (
     ATTR_SETTINGS,
     StudySettings,
@@ -149,6 +151,10 @@ def run_study(opts: StudyOptions, store: Store) -> StudyOutcome:
                 changes["seed"] = opts.seed
             settings = dataclasses.replace(settings, **changes)
             _check_register_best(opts, settings)
+            for number, run_id in enqueue_interrupted(study, tracker):
+                log_progress(
+                    opts.quiet, f"trial {number} was interrupted: its run {run_id} will resume"
+                )
         else:
             name = opts.name or "study-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             if name in names:
@@ -168,7 +174,8 @@ def run_study(opts: StudyOptions, store: Store) -> StudyOutcome:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names([m for m, _ in settings.objectives])
 
-    with study_run(tracker, settings, spec, opts) as run_id:
+    with study_run(tracker, settings, spec, opts) as study_ctx:
+        run_id = study_ctx.run_id
         settings = dataclasses.replace(settings, study_run_id=run_id)
         study.set_user_attr(ATTR_SETTINGS, settings.to_json())
         log_progress(
@@ -180,6 +187,7 @@ def run_study(opts: StudyOptions, store: Store) -> StudyOutcome:
         outcome = summarize(study, spec)
         outcome.study_run_id = run_id
         log_study_summary(tracker, run_id, outcome)
+        log_study_report(study_ctx, study, spec)
         if outcome.complete < outcome.trials:
             raise StudyFailed(
                 f"study {name} has {outcome.complete} of {outcome.trials} complete trials; "

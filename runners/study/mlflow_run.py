@@ -2,12 +2,14 @@
 
 It is created once, with the study's settings as params and its space as an artifact,
 and re-opened on ``--resume`` (found by its id, or by the study tag in another store);
-when the workers are done it gets the study's trial counts as metrics.
+when the workers are done it gets the study's trial counts as metrics and the study's
+report (``report.html``, as ``clusterprobe report --study`` writes it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,12 +17,13 @@ from clusterprobe.runners.study.options import StudyOptions
 from clusterprobe.runners.study.report import StudyOutcome
 from clusterprobe.runners.study.settings import StudySettings
 from clusterprobe.runners.study.storage import redact
-from clusterprobe.tracker.conventions import TAG_STUDY
+from clusterprobe.tracker.conventions import ART_REPORT, TAG_STUDY
 
 
 @contextlib.contextmanager
-def study_run(tracker, settings: StudySettings, spec: str, opts: StudyOptions) -> Iterator[str]:
-    """The study's MLflow run: created once, reused (re-opened) on --resume."""
+def study_run(tracker, settings: StudySettings, spec: str, opts: StudyOptions) -> Iterator:
+    """The study's MLflow run (its run context): created once, reused (re-opened) on
+    --resume."""
     params = {
         "study_name": settings.name,
         "trials": settings.trials,
@@ -38,7 +41,7 @@ def study_run(tracker, settings: StudySettings, spec: str, opts: StudyOptions) -
     existing = existing or _find_study_run(tracker, settings.name)
     if existing is not None:
         with _reopen_run(tracker, existing) as run:
-            yield run.run_id
+            yield run
         return
     with tracker.start_run(
         "study", params=params, tags={TAG_STUDY: settings.name}, run_name=settings.name
@@ -50,7 +53,7 @@ def study_run(tracker, settings: StudySettings, spec: str, opts: StudyOptions) -
                 path = Path(tmp) / "space.toml"
                 path.write_text(settings.space_text)
                 run.log_artifact(path)
-        yield run.run_id
+        yield run
 
 
 def _reopen_run(tracker, run_id: str):
@@ -89,3 +92,19 @@ def log_study_summary(tracker, run_id: str, outcome: StudyOutcome) -> None:
         }
         for key, value in metrics.items():
             client.log_metric(run_id, key, float(value))
+
+
+def log_study_report(ctx, study, spec: str) -> None:
+    """``report.html`` on the study run: the study's one-page report, its links pointing at
+    ``clusterprobe ui``'s default address. Drawing it never fails the study: a warning."""
+    from clusterprobe.runners.report import study_report as sr
+
+    try:
+        links = sr.run_links(ctx.tracker, study.study_name)
+        ctx.log_text(sr.study_report(study, links, redact(spec)), ART_REPORT)
+    except Exception as err:
+        warnings.warn(
+            f"study {study.study_name}: no report.html ({type(err).__name__}: {err})",
+            RuntimeWarning,
+            stacklevel=2,
+        )

@@ -24,6 +24,7 @@ ATTR_EVAL_RUN_IDS = "mlflow_eval_run_ids"
 ATTR_HOST = "clusterprobe.host"  # trial user attrs: the worker that owns a RUNNING trial
 ATTR_PID = "clusterprobe.pid"
 ATTR_FAILED_BY = "clusterprobe.failed_by"
+ATTR_RESUME_RUN = "clusterprobe.resume_run_id"  # a retry's train run to resume (retry.py)
 
 
 @dataclass
@@ -59,19 +60,29 @@ class Objective:
         from clusterprobe.runners import pipeline
 
         tags = {TAG_STUDY: self.settings.name, TAG_TRIAL: str(trial.number)}
+
+        def link(run_id: str) -> None:
+            # linked at once: a trial that dies (or is failed by the heartbeat later) still
+            # names its train run
+            trial.set_user_attr(ATTR_RUN_ID, run_id)
+
+        resumed = trial.user_attrs.get(ATTR_RESUME_RUN)  # study --resume: see retry.py
         try:
             config = build_config(self.space, values, quick=self.settings.quick)
-            result = pipeline.run(
-                config,
-                self.store,
-                parent_run_id=self.settings.study_run_id,
-                tags=tags,
-                # linked at once: a trial that dies (or is failed by the heartbeat later)
-                # still names its train run
-                on_start=lambda run_id: trial.set_user_attr(ATTR_RUN_ID, run_id),
-                on_eval=on_eval,
-                quiet=self.quiet,
-            )
+            if resumed:
+                result = pipeline.resume(
+                    resumed, self.store, tags=tags, on_start=link, on_eval=on_eval, quiet=self.quiet
+                )
+            else:
+                result = pipeline.run(
+                    config,
+                    self.store,
+                    parent_run_id=self.settings.study_run_id,
+                    tags=tags,
+                    on_start=link,
+                    on_eval=on_eval,
+                    quiet=self.quiet,
+                )
         except UsageError as err:  # the space makes an invalid run: stop, do not repeat it
             self.usage_error = err
             raise
