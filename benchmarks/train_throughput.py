@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from clusterprobe.runners.config import RunConfig
 from clusterprobe.runners.ema import for_config as ema_for_config
-from clusterprobe.runners.models import create_model
+from clusterprobe.runners.models import create_model, family_of
+from clusterprobe.runners.recipes import resolve
 from clusterprobe.runners.train import train
 
 
@@ -43,10 +44,12 @@ class FixedBatches(torch.utils.data.Dataset):
         return self.images[:n], self.labels[:n], self.labels[:n]
 
 
-def bare_loop(model, images, labels, steps: int, lr: float, device) -> float:
-    """Seconds for ``steps`` plain timm training steps."""
+def bare_loop(model, images, labels, steps: int, lr: float, device, weight_decay: float) -> float:
+    """Seconds for ``steps`` plain timm training steps (SGD, Nesterov, the same decay)."""
     cuda = device.type == "cuda"
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
+    )
     model.train()
     sync(device)
     t0 = time.perf_counter()
@@ -86,7 +89,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--classes", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--loss", default="ce")
@@ -118,12 +121,13 @@ def main() -> int:
     # warm-up: allocator, cuDNN/oneDNN algorithm choice, lazy inits
     warm = SimpleNamespace(train=FixedBatches(images, labels, 3))
     ours(fresh(), config, warm, device)
-    bare_loop(fresh(), images, labels, 3, lr, device)
+    decay = resolve(config, family_of(fresh())).weight_decay
+    bare_loop(fresh(), images, labels, 3, lr, device, decay)
     data = SimpleNamespace(train=FixedBatches(images, labels, args.steps))
     t_ours, t_bare = [], []
     for _ in range(args.repeats):
         t_ours.append(ours(fresh(), config, data, device))
-        t_bare.append(bare_loop(fresh(), images, labels, args.steps, lr, device))
+        t_bare.append(bare_loop(fresh(), images, labels, args.steps, lr, device, decay))
     n = args.steps * args.batch_size
     ours_ips, bare_ips = n / min(t_ours), n / min(t_bare)
     print(

@@ -22,6 +22,7 @@ import duckdb
 from clusterprobe.queries.sources import Source
 from clusterprobe.queries.sql_text import empty_select, execute, ident, quote
 from clusterprobe.tracker.errors import UsageError
+from clusterprobe.tracker.store import redact_uri
 
 
 def extension_dir() -> Path:
@@ -84,7 +85,9 @@ def attach(
     except duckdb.Error as err:
         if is_locked(err):
             raise
-        raise UsageError(f"cannot open {source.type} database {source.target!r}: {err}") from err
+        raise UsageError(
+            redact_uri(f"cannot open {source.type} database {source.target!r}: {err}")
+        ) from err
     rows = con.execute(
         "SELECT table_name FROM information_schema.tables "
         "WHERE table_catalog = ? AND table_schema = ?",

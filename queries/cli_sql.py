@@ -18,6 +18,7 @@ from clusterprobe.queries.connect import connect
 from clusterprobe.queries.orphans import warn_orphans
 from clusterprobe.queries.view_columns import VIEW_COLUMNS
 from clusterprobe.tracker.errors import UsageError
+from clusterprobe.tracker.store import uri_without_password
 
 # Statement types that only read. Everything else (INSERT, CREATE, COPY, ATTACH, ...)
 # is refused before it runs; the databases are attached READ_ONLY besides.
@@ -59,7 +60,9 @@ def check_read_only(text: str) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.setup:
         with connect(args.store, args.tracking_uri, args.storage) as analysis:
-            sys.stdout.write(";\n\n".join(analysis.setup) + ";\n")
+            # For a DuckDB shell to run: libpq reads a password from PGPASSWORD/~/.pgpass.
+            text = ";\n\n".join(analysis.setup) + ";\n"
+            sys.stdout.write(uri_without_password(text))
         return 0
     text = sys.stdin.read() if args.query == "-" else args.query
     if not text:

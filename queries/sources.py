@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from clusterprobe.tracker.errors import UsageError
+from clusterprobe.tracker.store import redact_uri
 
 
 @dataclass(frozen=True)
@@ -104,5 +105,5 @@ def locate(
     else:
         optuna = Source(None)
     if mlflow.target is None:
-        notes.append(f"no MLflow database at {resolved.tracking_uri}: views are empty")
+        notes.append(f"no MLflow database at {redact_uri(resolved.tracking_uri)}: views are empty")
     return Sources(mlflow=mlflow, optuna=optuna, root=resolved.root, notes=tuple(notes))

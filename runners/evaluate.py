@@ -112,6 +112,8 @@ def evaluate(
             quiet=quiet,
         )
         record_stability(ctx, meas.protocol.assignments, meas.factors, meas.embedding.eval_index)
+        if "plots" in config.save:
+            evalrun.log_report(ctx)  # last: it shows what the run stored
     return EvalResult(ctx.run_id, parent, source.kind, meas.scores, summary, loaded.notes)
 
 

@@ -157,6 +157,7 @@ def _model_params(cfg: dict, width: int) -> dict[str, str]:
         "arch": cfg["arch"],
         "stem": cfg["stem"],
         "norm": cfg["norm"],
+        "pool": cfg.get("pool", "default"),
         "timm_name": cfg["timm_name"],
         "family": cfg["family"],
         "head_classes": str(width),
@@ -178,12 +179,22 @@ class WeightsSource:
 
     kind = "weights"
 
-    def __init__(self, weights: WeightsFile, arch: str, stem: str = "standard", norm="default"):
+    def __init__(
+        self,
+        weights: WeightsFile,
+        arch: str,
+        stem: str = "standard",
+        norm: str = "default",
+        pool: str = "default",
+    ):
         self.weights, self.arch, self.stem, self.norm = weights, arch, stem, norm
+        self.pool = pool
         self.model_params: dict[str, str] = {}
 
     def base_config(self) -> RunConfig:
-        return RunConfig(arch=self.arch, stem=self.stem, norm=self.norm, preprocess="model")
+        return RunConfig(
+            arch=self.arch, stem=self.stem, norm=self.norm, pool=self.pool, preprocess="model"
+        )
 
     def image_size(self) -> int | None:
         return None  # a state dict does not say; the preprocessing decides
@@ -221,9 +232,9 @@ class WeightsSource:
         )
 
     def parent_run_id(self, tracker) -> str:
-        """The model run of these weights (same sha256, arch, stem and norm), created
+        """The model run of these weights (same sha256, arch, stem, norm and pool), created
         FINISHED where none exists yet. Call after :meth:`load`."""
-        match = ("arch", "stem", "norm", cv.PARAM_WEIGHTS_SHA256)
+        match = ("arch", "stem", "norm", "pool", cv.PARAM_WEIGHTS_SHA256)
         name = f"{self.arch} {self.weights.path.name}"
         return _model_run(tracker, self.model_params, match, name)
 

@@ -126,6 +126,8 @@ def load_into(model: torch.nn.Module, weights: WeightsFile, arch: str) -> None:
         hint = ""
         if any(k.endswith("pos_embed") for k in mismatched):
             hint = "; a ViT's position embeddings fix its image size: pass --image-size"
+        elif any(k.startswith("fc_norm.") for k in (*missing, *unexpected)):
+            hint = "; a ViT's fc_norm comes with its pooling: pass --pool gap or --pool cls"
         raise UsageError(
             f"--weights {str(weights.path)!r} does not fit --arch {arch}: {len(mismatched)} "
             f"tensors of another shape, {len(missing)} missing, {len(unexpected)} unexpected "

@@ -98,6 +98,8 @@ def test_eval_from_reproduces_the_runs_own_metrics(stored, capsys, epoch):
         assert params[key] == reference[key], key
     assert params[cv.PARAM_TEST_ACC_LABELS] == "superclass"
     _assert_same_measurement(tracker, run_id, own[epoch])
+    report = tracker.artifact_path(run_id, cv.ART_REPORT).read_text()  # eval logs one too
+    assert f"eval run {run_id}; model {params['arch']}" in report
 
 
 def test_eval_weights_reproduces_them_again_under_one_model_run(stored, capsys):

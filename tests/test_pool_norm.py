@@ -168,3 +168,27 @@ def test_each_option_trains_one_epoch_on_the_built_in_data(store, options):
     assert all(run.data.params[k] == v for k, v in options.items())
     assert len(result.layers) == (24 if "pool" in options else 8 + 3)
     assert np.isfinite(result.history[0]["train_loss"])
+
+
+def test_eval_weights_of_a_gap_vit_with_pool(store, tmp_path, capsys):
+    """`eval --weights --arch VIT --pool gap`: a GAP-trained state dict (fc_norm, no final
+    norm) loads and its model run records the pooling; without --pool it does not fit."""
+    from clusterprobe.runners.cli import main as cli_main
+    from clusterprobe.tracker.tracking import Tracker
+    from safetensors.torch import save_file
+
+    model = create_model(RunConfig(arch=VIT, pool="gap"), 2, image_size=32)
+    path = tmp_path / "vit_gap.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    data = "--classes 2 --subclasses 2 --train-per-subclass 4 --eval-per-subclass 4".split()
+    argv = ["eval", "--weights", str(path), "--arch", VIT, "--image-size", "32", *data]
+    argv += ["--preprocess", "dataset", "--factors", "1", "--save", "none", "--quiet"]
+    argv += ["--store", str(store.root)]
+    assert cli_main([*argv, "--pool", "gap"]) == 0
+    (run,) = Tracker(store).search_runs(kind="model")
+    assert run.data.params["pool"] == "gap"
+    capsys.readouterr()
+    assert cli_main(argv) == 2  # default pooling: a final norm the file does not hold
+    err = capsys.readouterr().err
+    assert "first missing: norm.weight" in err and "pass --pool gap" in err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1

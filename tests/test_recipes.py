@@ -116,3 +116,14 @@ choices = ["pooled", "projected"]
     assert {loss for loss, _ in seen} == {"ce", "squared", "supcon"}
     with pytest.raises(UsageError, match=r"\[params.ema\]: --ema 1.5: must be in"):
         parse_space("[params.ema]\nchoices = [0.0, 1.5]")
+
+
+def test_eval_takes_the_probe_input_flags():
+    import argparse
+
+    from clusterprobe.runners.commands import eval as eval_command
+
+    parser = argparse.ArgumentParser()
+    eval_command.add_arguments(parser)
+    args = parser.parse_args(["--probe-features", "projected", "--probe-dim", "64"])
+    assert eval_command.measure_flags(args) == {"probe_features": "projected", "probe_dim": 64}

@@ -123,7 +123,7 @@ def test_the_report_opens_offline_and_holds_every_plot(final_report):
     alts = [alt for alt, _ in page.images]
     assert alts == [
         "layer profile: AMI per factor, probe and k-NN accuracy, pixel baseline",
-        "AMI f1 heat map, superclass x layer",
+        "AMI f1 heat map, superclass x layer (Ward inside each superclass)",
         "layer x layer ARI matrix, factor 1",
     ]
     for _, src in page.images:  # real PNGs that decode, not placeholders
@@ -226,12 +226,14 @@ def test_report_of_a_train_run_is_its_final_eval_run(tiny_run, tmp_path, capsys)
         (["EVAL", "--out", "x.txt"], "--out 'x.txt': give a file name ending in .html"),
         (["EVAL", "--out", "no/such/dir/r.html"], "folder 'no/such/dir' does not exist"),
         (["TRAIN_PARENT"], "is a study run; give an eval run or a train run"),
+        (["EVAL", "--storage", "j.log"], "--storage names a study's storage: use it with --study"),
+        (["--study", "tiny3", "--ui-url", "ui:5000"], "--ui-url 'ui:5000': give the UI's address"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tiny_run, tiny_study, args, message, capsys):
     store, _, result = tiny_run
     study_store, outcome = tiny_study
-    where = store
+    where = study_store if "--study" in args else store
     if "TRAIN_PARENT" in args:  # a study run: no report of its own (use --study)
         where, args = study_store, [outcome.study_run_id]
     args = [a.replace("EVAL", result.eval_run_ids[-1]) for a in args]
@@ -312,3 +314,82 @@ def test_the_study_run_carries_the_studys_report(tiny_study, tmp_path):
     )
     assert logged == out.read_text()
     assert "http://127.0.0.1:5000/#/experiments/" in logged
+
+
+def test_single_objective_study_of_another_tool():
+    """A study not made by `clusterprobe study` (no settings, no runs): Optuna's direction
+    and a plain 'value'; no Pareto front; Optuna's importances, drawn and listed."""
+    from clusterprobe.runners.report.study_report import RunLinks, study_report
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.trial import create_trial
+
+    study = optuna.create_study(study_name="plain", direction="minimize")
+    dists = {"x": FloatDistribution(0.0, 1.0), "c": CategoricalDistribution(["a", "b"])}
+    for i in range(8):
+        x, c = i / 8, "ab"[i % 2]
+        params = {"x": x, "c": c}
+        study.add_trial(create_trial(params=params, distributions=dists, value=(x - 0.4) ** 2))
+    html = study_report(study, RunLinks("http://127.0.0.1:5000", {}), "in memory")
+    page = Page(html)
+    assert_offline(html, page)
+    assert [a for a, _ in page.images] == ["optimisation history of value", "value importances"]
+    assert "Pareto front" not in html and "objective: value (minimize)" in html
+    assert page.table_with("trial")["trial"].astype(int).tolist() == [study.best_trial.number]
+    shown = page.table_with("importance")
+    expected = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+    )
+    assert shown["param"].tolist() == list(expected)
+    np.testing.assert_allclose(
+        shown["importance"].astype(float), list(expected.values()), atol=1e-4
+    )
+
+
+def test_a_report_that_cannot_be_drawn_warns_and_the_run_finishes(store):
+    """An eval run with nothing stored yet: log_report warns, writes no page, and the run
+    still ends FINISHED (the measurement is what matters; `report` can draw it later)."""
+    from clusterprobe.runners.evalrun import log_report
+
+    tracker = Tracker(store)
+    with tracker.start_run("eval", params={"arch": "resnet18"}) as ctx:
+        with pytest.warns(RuntimeWarning, match=f"eval run {ctx.run_id}: no report.html"):
+            log_report(ctx)
+    run = tracker.get_run(ctx.run_id)
+    assert run.info.status == "FINISHED"
+    with pytest.raises(FileNotFoundError):
+        tracker.artifact_path(ctx.run_id, cv.ART_REPORT)
+
+
+def test_report_of_a_whole_set_rescore_without_probes(tiny_run, tmp_path, capsys):
+    """A re-scored run (k-means on the pooled embeddings of the whole set): no probes, one
+    'all' row of AMI, no layer ARI; the page still holds its plots, offline."""
+    import shutil
+
+    store, _, result = tiny_run
+    root = tmp_path / "mlruns"
+    shutil.copytree(store.root, root)  # the shared run's store stays as it was
+    argv = ["--store", str(root)]
+    assert cli_main(["rescore", result.eval_run_ids[-1], "--method", "kmeans", *argv]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("eval run:"))
+    out = tmp_path / "r.html"
+    assert cli_main(["report", line.split()[2], *argv, "--out", str(out)]) == 0
+    html = out.read_text()
+    page = Page(html)
+    assert_offline(html, page)
+    assert len(page.images) == 2  # profile and AMI heat map; a note stands for the ARI
+    assert "protocol whole" in html
+    assert (
+        page.images[1][0] == "AMI f1 heat map, superclass x layer (the whole set clustered at once)"
+    )
+    assert "this run has no layer x layer ARI" in html
+    rows = page.table_with("AMI f1")
+    assert "probe acc" not in rows.columns and len(rows) == 8
+
+
+def test_default_file_name_is_in_the_current_folder(tiny_study, tmp_path, monkeypatch, capsys):
+    store, _ = tiny_study
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["report", "--study", "tiny3", "--store", str(store.root)]) == 0
+    assert (tmp_path / "report_tiny3.html").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["report_tiny3.html"]  # no temporary left
+    assert "report of study tiny3: report_tiny3.html" in capsys.readouterr().out

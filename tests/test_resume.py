@@ -33,7 +33,6 @@ TINY = dict(
     save=("checkpoint",),
     device="cpu",
 )
-KILLED = dict(TINY, eval_epochs=(1, 2))
 FLAGS = [
     "--classes", "2", "--subclasses", "2", "--train-per-subclass", "8",
     "--eval-per-subclass", "4", "--image-size", "16", "--epochs", "3", "--batch-size", "8",
@@ -106,8 +105,9 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(
         by_epoch["2"],
     }
 
-    # The same seed, never interrupted, in another store: the same weights, bit for bit.
-    reference = pipeline.run(Config(**KILLED), store, quiet=True)
+    # The same seed, never interrupted (nor measured between epochs: measuring never
+    # draws from the training's random streams), in another store: the same weights.
+    reference = pipeline.run(Config(**TINY), store, quiet=True)
     ref_tracker = Tracker(store)
     assert _steps(ref_tracker, reference.train_run_id) == resumed
     got, want = _weights(tracker, run_id), _weights(ref_tracker, reference.train_run_id)
@@ -254,3 +254,83 @@ def test_study_resume_continues_an_interrupted_trials_training(tmp_path, store, 
     assert run.info.status == "FINISHED" and run.data.tags[TAG_TRIAL] == "1"
     assert [s for s, _ in _steps(tracker, run_id)] == [1, 2, 3]
     assert not tracker.search_runs(status="RUNNING")
+    assert cli_main(["doctor", "--store", str(store.root)]) == 0  # trials and runs agree
+
+
+def test_save_every_must_not_be_negative(tmp_path, capsys):
+    argv = ["run", "--save-every", "-1", "--store", str(tmp_path / "mlruns")]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--save-every -1: give epochs >= 1, or 0 for never" in err
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()  # nothing stored
+
+
+def test_epochs_after_the_last_state_are_trained_again_but_not_logged_or_measured_twice(
+    store, monkeypatch
+):
+    """--save-every 2, stopped (Ctrl-C) in epoch 4 after epoch 3 was logged and measured:
+    the resume trains epochs 3 and 4 from epoch 2's state; epoch 3 keeps its first
+    metrics and its eval run."""
+    from clusterprobe.runners import pipeline, train
+
+    config = RunConfig(**{**TINY, "epochs": 4, "save_every": 2, "eval_epochs": (1, 3)})
+
+    def stop_at(name, at=None):
+        if at == 13:  # the second of epoch 4's four steps
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "kill_point", stop_at)
+    opened = []
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(config, store, on_start=opened.append, quiet=True)
+    (run_id,) = opened
+    tracker = Tracker(store)
+    assert tracker.get_run(run_id).info.status == "KILLED"
+    before = _steps(tracker, run_id)
+    assert [s for s, _ in before] == [1, 2, 3]
+
+    steps = []
+    monkeypatch.setattr(train, "kill_point", lambda name, at=None: steps.append(at))
+    result = pipeline.resume(run_id, store, quiet=True)
+    assert steps == list(range(8, 16))  # epochs 3 and 4, from epoch 2's state
+    assert tracker.get_run(run_id).info.status == "FINISHED"
+    after = _steps(tracker, run_id)
+    assert after[:3] == before and [s for s, _ in after] == [1, 2, 3, 4]
+    evals = tracker.search_runs(kind="eval", parent_run_id=run_id, status="FINISHED")
+    assert sorted(e.data.params["checkpoint_epoch"] for e in evals) == ["1", "3", "4"]
+    assert sorted(result.eval_run_ids) == sorted(e.info.run_id for e in evals)
+
+
+def test_reopen_run_makes_an_ended_run_running_again_under_this_process(store):
+    from clusterprobe.tracker.conventions import TAG_ERROR, TAG_PID
+
+    tracker = Tracker(store)
+    ctx = tracker.start_run("train", params={"a": "1"})
+    ctx.end("FAILED", error="owner process gone")
+    tracker.client.set_tag(ctx.run_id, TAG_PID, "1")  # as if another process had owned it
+    with tracker.reopen_run(ctx.run_id) as again:
+        run = tracker.get_run(again.run_id)
+        assert run.info.status == "RUNNING" and TAG_ERROR not in run.data.tags
+        assert run.data.tags[TAG_PID] == str(os.getpid())
+        again.log_metrics({"x": 1.0}, step=1)
+    run = tracker.get_run(ctx.run_id)
+    assert run.info.status == "FINISHED" and run.data.params == {"a": "1"}
+    assert run.data.metrics["x"] == 1.0
+
+
+def test_a_stopped_run_says_how_to_resume_it(tmp_path):
+    """SIGTERM mid-epoch: the run ends KILLED, exit 143, and the line names --resume."""
+    from clusterprobe.runners.resume import has_state
+
+    target = tmp_path / "mlruns"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env[ENV_KILL_AT] = f"train_step@{KILL_STEP}:TERM"
+    proc = subprocess.run(
+        [*_command(), "run", *FLAGS, "--threads", "1", "--quiet", "--store", str(target)],
+        capture_output=True, text=True, env=env, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    tracker = Tracker(local_store(target))
+    (run,) = tracker.search_runs(kind="train")
+    assert run.info.status == "KILLED" and has_state(tracker, run.info.run_id)
+    assert f"continue it: clusterprobe run --resume {run.info.run_id}" in proc.stderr

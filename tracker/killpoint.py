@@ -1,6 +1,6 @@
 """A test-only hook: the process kills itself at a named point of its work.
 
-``CLUSTERPROBE_KILL_AT=POINT`` makes the process SIGKILL itself when it reaches
+``CLUSTERPROBE_TEST_KILL_AT=POINT`` makes the process SIGKILL itself when it reaches
 ``kill_point(POINT)``; ``POINT@N`` only where the point is reached with ``at=N`` (the
 N-th training step, say); ``POINT:TERM`` sends SIGTERM instead (the handled stop). With
 ``CLUSTERPROBE_KILL_ONCE=FILE`` only the first process to get there does (it creates
@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import signal
 
-ENV_KILL_AT = "CLUSTERPROBE_KILL_AT"
+ENV_KILL_AT = "CLUSTERPROBE_TEST_KILL_AT"
 ENV_KILL_ONCE = "CLUSTERPROBE_KILL_ONCE"
 
 # Where the hook is placed, in the order a run reaches them.
@@ -29,7 +29,7 @@ POINTS = (
 
 
 def kill_point(name: str, at: int | None = None) -> None:
-    """Kill this process here if ``$CLUSTERPROBE_KILL_AT`` names ``name`` (module docstring)."""
+    """Kill this process here if ``$CLUSTERPROBE_TEST_KILL_AT`` names ``name`` (module docstring)."""
     wanted = os.environ.get(ENV_KILL_AT)
     if not wanted:
         return

@@ -107,15 +107,21 @@ class Store:
         }
 
 
+# user:password@ of a URL anywhere in a text (a message, a SQL statement).
+_URL_PASSWORD = re.compile(r"\b([a-z][a-z0-9+.-]*://[^/:@\s'\"]*):[^@/\s'\"]*@", re.IGNORECASE)
+
+
 def redact_uri(uri: str) -> str:
-    """``uri`` with any password replaced by ``***``, for messages and logs."""
-    return re.sub(r"^([a-z0-9+.-]+://[^/:@]*):[^/]*@", r"\1:***@", uri, flags=re.IGNORECASE)
+    """``uri`` (or any text holding URLs) with each password replaced by ``***``, for
+    messages and logs."""
+    return _URL_PASSWORD.sub(r"\1:***@", uri)
 
 
 def uri_without_password(uri: str) -> str:
-    """``uri`` with any password dropped (``user@host``), for commands printed for the user
-    to run: libpq then takes it from ``~/.pgpass`` or ``PGPASSWORD``, where ``***`` would fail."""
-    return re.sub(r"^([a-z0-9+.-]+://[^/:@]*):[^/]*@", r"\1@", uri, flags=re.IGNORECASE)
+    """``uri`` (or any text holding URLs) with each password dropped (``user@host``), for
+    commands printed for the user to run: libpq then takes it from ``~/.pgpass`` or
+    ``PGPASSWORD``, where ``***`` would fail."""
+    return _URL_PASSWORD.sub(r"\1@", uri)
 
 
 def _scheme(uri: str) -> str:

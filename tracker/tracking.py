@@ -513,7 +513,7 @@ class Tracker:
         except MlflowException as err:
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise UsageError(
-                f"RUN_ID {run_id!r}: no such run in {self.store.tracking_uri} ({first})"
+                f"RUN_ID {run_id!r}: no such run in {redact_uri(self.store.tracking_uri)} ({first})"
             ) from None
 
     def _all_experiment_ids(self) -> list[str]:

@@ -18,7 +18,15 @@ from clusterprobe.runners.data.cli_args import add_data_arguments, data_config_k
 from clusterprobe.tracker.errors import UsageError, error_line, interrupted_exit
 
 EXIT_CRASH = 1
-MEASURE_FLAGS = ("taps", "precision", "batch_size", "probe_per_subclass", "device")
+MEASURE_FLAGS = (
+    "taps",
+    "precision",
+    "batch_size",
+    "probe_per_subclass",
+    "probe_features",
+    "probe_dim",
+    "device",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     s.add_argument("--stem", default=None, choices=choices.STEMS, help="with --weights (ResNets)")
     s.add_argument("--norm", default=None, choices=choices.NORMS, help="with --weights (VGG)")
+    s.add_argument(
+        "--pool",
+        default=None,
+        choices=choices.POOLS,
+        help="with --weights (ViT): the pooling the weights were trained with (cls | gap)",
+    )
     add_data_arguments(parser)
     m = parser.add_argument_group("measurement (default: the train run's, else run's defaults)")
     m.add_argument(
@@ -71,6 +85,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     m.add_argument("--batch-size", type=int, default=None)
     m.add_argument("--probe-per-subclass", type=int, default=None, metavar="N")
+    m.add_argument(
+        "--probe-features",
+        default=None,
+        choices=choices.PROBE_FEATURES,
+        help="linear probe input: pooled (default) or projected (flattened, sparse projection)",
+    )
+    m.add_argument("--probe-dim", type=int, default=None, help="projected probe dimension")
     m.add_argument(
         "--save",
         default=None,
@@ -91,7 +112,7 @@ def _check_source_flags(args: argparse.Namespace) -> None:
         raise UsageError(ONE_MODEL)
     if args.epoch is not None and not args.from_run:
         raise UsageError("--epoch goes with --from RUN_ID (a train run's checkpoints)")
-    flags = [f"--{n}" for n in ("arch", "stem", "norm") if getattr(args, n) is not None]
+    flags = [f"--{n}" for n in ("arch", "stem", "norm", "pool") if getattr(args, n) is not None]
     whose = "a train run's" if args.from_run else "timm's pretrained" if args.pretrained else ""
     if whose and flags:
         raise UsageError(f"{', '.join(flags)}: {whose} model is its own; they go with --weights")
@@ -109,7 +130,11 @@ def _tap_list(args: argparse.Namespace, data_flags: dict, flags: dict) -> str:
     if not arch:
         raise UsageError("--taps list: name the model with --arch NAME or --pretrained NAME")
     base = RunConfig(
-        arch=arch, stem=args.stem or "standard", norm=args.norm or "default", preprocess="model"
+        arch=arch,
+        stem=args.stem or "standard",
+        norm=args.norm or "default",
+        pool=args.pool or "default",
+        preprocess="model",
     )
     flags = {k: v for k, v in flags.items() if k != "taps"}
     return format_taps(eval_config(base, data_flags, flags).validate())
@@ -149,7 +174,11 @@ def main(args: argparse.Namespace) -> int:
     # and a missing pretrained file is reported at once.
     if args.weights:
         source = sources.WeightsSource(
-            read_weights(args.weights), args.arch, args.stem or "standard", args.norm or "default"
+            read_weights(args.weights),
+            args.arch,
+            args.stem or "standard",
+            args.norm or "default",
+            args.pool or "default",
         )
     elif args.pretrained:
         source = sources.PretrainedSource(args.pretrained, bool(data_flags.get("download")))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 
 from clusterprobe.runners.report import DEFAULT_UI_URL
@@ -49,7 +50,9 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("give either RUN_ID or --study NAME (one of them)")
     if args.run_id is not None and args.storage is not None:
         raise UsageError("--storage names a study's storage: use it with --study")
-    out = Path(args.out or f"report_{args.run_id or args.study}.html")
+    # A study name may hold any character: the default file name keeps the safe ones.
+    default = "report_" + re.sub(r"[^A-Za-z0-9_.-]", "_", args.run_id or args.study) + ".html"
+    out = Path(args.out or default)
     if out.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"--out {str(out)!r}: give a file name ending in .html")
     if not out.parent.is_dir():

@@ -333,7 +333,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"clusterprobe run: failed: {error_line(err)}", file=sys.stderr)
         return EXIT_CRASH
     except KeyboardInterrupt as err:
-        print("clusterprobe run: interrupted; the runs were marked KILLED", file=sys.stderr)
+        resumable = opened and (config.save_every or args.resume)
+        hint = f"; continue it: clusterprobe run --resume {opened[0]}" if resumable else ""
+        print(f"clusterprobe run: interrupted; the runs were marked KILLED{hint}", file=sys.stderr)
         return interrupted_exit(err)
     except Exception as err:  # one line; the run itself is already marked FAILED
         print(f"clusterprobe run: failed: {error_line(err)}", file=sys.stderr)

@@ -266,7 +266,18 @@ def log_layer_profile(ctx, scores: LayerScores, title: str) -> None:
 
 def log_report(ctx) -> None:
     """``report.html``: the run's one-page report (``runners.report.run_report``), built
-    from what the run has stored so far, so it shows what ``clusterprobe report`` shows."""
+    from what the run has stored so far, so it shows what ``clusterprobe report`` shows.
+    A page that cannot be drawn is a warning: the measurement it shows is already stored,
+    and ``clusterprobe report`` can draw it later."""
     from clusterprobe.runners.report.run_report import eval_run_report
 
-    ctx.log_text(eval_run_report(ctx.tracker, ctx.run_id), cv.ART_REPORT)
+    try:
+        html = eval_run_report(ctx.tracker, ctx.run_id)
+    except Exception as err:
+        warnings.warn(
+            f"eval run {ctx.run_id}: no {cv.ART_REPORT} ({type(err).__name__}: {err})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return
+    ctx.log_text(html, cv.ART_REPORT)

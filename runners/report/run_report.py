@@ -142,7 +142,8 @@ def eval_run_report(tracker, run_id: str) -> str:
                     table.probe_acc or None,
                     knn_acc=table.knn_acc,
                     pixel_ami=pixel,
-                    title=f"{params.get('arch', '')}: AMI at every factor, probe and k-NN",
+                    title=f"{params.get('arch', '')}: AMI at every factor"
+                    + (", probe and k-NN accuracy" if table.probe_acc else ""),
                 ),
                 "layer profile: AMI per factor, probe and k-NN accuracy, pixel baseline",
             )
@@ -172,17 +173,18 @@ def _summary(metrics) -> str:
 def _ami_section(table: LayerTable, labels: list[str]) -> page.Section:
     factor = table.factors[0]
     rows = ["all" if s is None else str(s) for s in table.superclasses]
+    how = "the whole set clustered at once" if rows == ["all"] else "Ward inside each superclass"
     fig = figures.heatmap(
         table.ami,
         rows,
         labels,
-        title=f"AMI f{factor} per superclass and layer (Ward inside each superclass)",
+        title=f"AMI f{factor} per superclass and layer ({how})",
         xlabel="layer",
         ylabel="superclass",
         value_label=f"AMI f{factor}",
     )
     return page.Section("AMI per superclass x layer", anchor="ami").add(
-        page.figure(fig, f"AMI f{factor} heat map, superclass x layer")
+        page.figure(fig, f"AMI f{factor} heat map, superclass x layer ({how})")
     )
 
 
@@ -211,8 +213,9 @@ def _layer_rows(table: LayerTable) -> str:
     rows = []
     for i, name in enumerate(table.names):
         row = [i, name, *(float(v) for v in table.mean_ami[i])]
-        row += [table.probe_acc[i]] * bool(table.probe_acc)
-        row += [table.knn_acc[i]] * bool(table.knn_acc)
+        for values in (table.probe_acc, table.knn_acc):
+            if values:  # a re-scored or transfer run may have no probes
+                row.append(values[i])
         rows.append(row)
     return page.table(columns, rows)
 

@@ -49,7 +49,8 @@ def objectives(study) -> list[tuple[str, str]]:
     raw = study.user_attrs.get(ATTR_SETTINGS)
     if raw is not None:
         return [tuple(o) for o in StudySettings.from_json(raw).objectives]
-    names = study.metric_names or [f"value {i}" for i in range(len(study.directions))]
+    n = len(study.directions)
+    names = study.metric_names or (["value"] if n == 1 else [f"value {i}" for i in range(n)])
     return [(n, d.name.lower()) for n, d in zip(names, study.directions, strict=True)]
 
 

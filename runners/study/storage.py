@@ -29,7 +29,7 @@ def resolve_storage(storage: str | None, store: Store) -> str:
     if storage is None:
         if store.optuna_url is None:
             raise UsageError(
-                f"--tracking-uri {store.tracking_uri!r} has no local folder for optuna.db; "
+                f"--tracking-uri {redact(store.tracking_uri)!r} has no local folder for optuna.db; "
                 "give --storage postgresql://... or a journal file path"
             )
         return store.optuna_url
