@@ -71,3 +71,14 @@ def test_augment_batch_is_seeded_and_in_range():
         images, 32, torch.Generator(), scale=(1, 1), ratio=(1, 1), flip=False
     )
     torch.testing.assert_close(whole, images.float() / 255, atol=1e-5, rtol=0)
+
+
+def test_augment_batch_flips_are_mirrors():
+    images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    out = cache.augment_batch(
+        images, 8, torch.Generator().manual_seed(2), scale=(1, 1), ratio=(1, 1)
+    )
+    x = images.float() / 255
+    same = (out - x).abs().amax(dim=(1, 2, 3)) < 1e-5
+    mirrored = (out - x.flip(3)).abs().amax(dim=(1, 2, 3)) < 1e-5
+    assert bool((same | mirrored).all()) and 0 < int(mirrored.sum()) < 16
