@@ -152,27 +152,29 @@ def augment_batch(
     """Random-resized crop (torchvision's area and aspect ranges) and horizontal flip of a
     uint8 batch [B, 3, S, S], as float [B, 3, out_size, out_size] in [0, 1], on its device.
 
-    One ``grid_sample`` resamples every crop of the batch at once (bilinear, each crop an
-    affine map of the output grid, the flip a negative x scale of the same map; torchvision's
-    ``roi_align`` on the CPU was 10x slower, measured); the random numbers come from
-    ``generator`` (CPU), so a seed gives the same crops on any device.
+    Each crop is resized by ``interpolate`` (bilinear, antialiased as torchvision's
+    tensor transforms): on the CPU straight from uint8 channels-last pixels, torch's
+    vectorised path (4x faster than one ``grid_sample`` over the float batch, and 40x
+    faster than ``roi_align``, measured); the random numbers come from ``generator``
+    (CPU), so a seed gives the same crops on any device.
     """
     b, _, h, w = images.shape
     area = h * w * torch.empty(b).uniform_(*scale, generator=generator)
     log_r = torch.empty(b).uniform_(np.log(ratio[0]), np.log(ratio[1]), generator=generator)
     aspect = log_r.exp()
-    cw = (area * aspect).sqrt().clamp(1, w)
-    ch = (area / aspect).sqrt().clamp(1, h)
-    x0 = torch.rand(b, generator=generator) * (w - cw)
-    y0 = torch.rand(b, generator=generator) * (h - ch)
-    sx = cw / w
-    if flip:
-        sx = torch.where(torch.rand(b, generator=generator) < 0.5, -sx, sx)
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 2] = sx, (2 * x0 + cw) / w - 1  # crop centre, in [-1, 1]
-    theta[:, 1, 1], theta[:, 1, 2] = ch / h, (2 * y0 + ch) / h - 1
-    x = images.float().div_(255.0)
-    grid = torch.nn.functional.affine_grid(
-        theta.to(x.device), [b, images.shape[1], out_size, out_size], align_corners=False
-    )
-    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", align_corners=False)
+    cw = (area * aspect).sqrt().round().clamp(1, w).long()
+    ch = (area / aspect).sqrt().round().clamp(1, h).long()
+    x0 = (torch.rand(b, generator=generator) * (w - cw + 1)).long().clamp(max=w - cw)
+    y0 = (torch.rand(b, generator=generator) * (h - ch + 1)).long().clamp(max=h - ch)
+    mirror = (torch.rand(b, generator=generator) < 0.5) & flip
+    src = images if images.device.type == "cpu" else images.float()
+    src = src.contiguous(memory_format=torch.channels_last)
+    out = []
+    for i in range(b):
+        crop = src[i : i + 1, :, y0[i] : y0[i] + ch[i], x0[i] : x0[i] + cw[i]]
+        crop = torch.nn.functional.interpolate(
+            crop, size=(out_size, out_size), mode="bilinear", antialias=True, align_corners=False
+        )
+        out.append(crop.flip(3) if mirror[i] else crop)
+    x = torch.cat(out).float()
+    return x.div_(255.0).contiguous()
