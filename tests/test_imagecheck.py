@@ -82,3 +82,16 @@ def test_corrupt_transfer_image_is_refused_naming_it(tmp_path):
     truncate_jpeg(cut)
     with pytest.raises(UsageError, match=str(cut)):
         load_transfer(str(tmp_path / "flowers"), image_size=16)
+
+
+def test_prepare_says_what_skip_corrupt_left_out(tmp_path, capsys):
+    from clusterprobe.runners.pipeline import prepare
+
+    make_tree(tmp_path, n=6)
+    config = RunConfig(dataset="folder", data_dir=str(tmp_path), image_size=16)
+    cut = Path(next(p for p in load_dataset(config).train_plain.paths if "/fern/" in p))
+    truncate_jpeg(cut)
+    _, data = prepare(config.replace(skip_corrupt=True))
+    assert data.record["skipped_corrupt"] == [str(cut)]
+    err = capsys.readouterr().err
+    assert "--skip-corrupt left out 1 image file(s)" in err and str(cut) in err
