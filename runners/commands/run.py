@@ -101,9 +101,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=None,
-        help="CPU threads for torch (default: torch's, one per core). Use 1 when other "
-        "busy processes share the cores: torch's threads spin-wait for each other and "
-        "were measured ~17x slower on a shared 2-core machine",
+        help="CPU threads for torch (default: the cores the 1-minute load average leaves "
+        "free, at least 1; OMP_NUM_THREADS, where set, decides instead). Busy processes "
+        "sharing the cores make torch's threads spin-wait: one per free core avoids that",
     )
     e = parser.add_argument_group("measurement")
     e.add_argument(
@@ -307,11 +307,9 @@ def main(args: argparse.Namespace) -> int:
     store = store_from_args(args)
     from clusterprobe.runners import pipeline
     from clusterprobe.runners.evalrun import format_layers
+    from clusterprobe.runners.threads import apply_threads
 
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
 
     if args.resume is not None and config != RunConfig():
         changed = [k for k, v in config.to_params().items() if RunConfig().to_params().get(k) != v]
