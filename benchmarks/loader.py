@@ -9,6 +9,12 @@ steady state (the baseline re-forks its workers every epoch). At 224 px both do
 the same work; at <= 64 px ours lets libjpeg decode at a reduced scale.
 
     .venv/bin/python benchmarks/loader.py --images 384 --workers 0,1,2 --sizes 224,64
+    .venv/bin/python benchmarks/loader.py --cache-only --sizes 224   # the decoded-image cache
+
+``--cache``/``--cache-only`` add the decoded-image cache (``runners/data/cache.py``): its
+first pass (decode + resize once into a uint8 file), then an epoch read from the memory
+map with random-resized crop + flip on the batch tensor, against the first-epoch decode
+path (ours, 0 workers, the same 224 px output) on the same tree.
 """
 
 from __future__ import annotations
@@ -56,6 +62,33 @@ def one_pass(loader) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
+def cache_vs_decode(paths, sup, sub, size: int, batch_size: int, cache_root: Path) -> None:
+    """images/s: first-epoch decode (ours, 0 workers) vs an epoch from the cache."""
+    from clusterprobe.runners.data import cache
+
+    tf = transforms.train_transform(size)
+    decode_ds = ImageFiles(paths, sup, sub, tf, transforms.decode_size(size, train=True))
+    one_pass(make_loader(decode_ds, batch_size=batch_size))  # warm the page cache
+    n, dt = one_pass(make_loader(decode_ds, batch_size=batch_size, shuffle=True, workers=0))
+    decode_rate = n / dt
+    t0 = time.perf_counter()
+    # Stored a little larger than the crop, as the eval resize (256 for 224) is.
+    pixels, _ = cache.open_or_build(paths, sub, "train", size * 8 // 7, root=cache_root)
+    build_rate = len(paths) / (time.perf_counter() - t0)
+    data = cache.CachedImages(pixels, sup, sub)
+    gen = torch.Generator().manual_seed(0)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True)
+    t0, n = time.perf_counter(), 0
+    for images, _, _ in loader:
+        n += len(cache.augment_batch(images, size, gen))
+    cached_rate = n / (time.perf_counter() - t0)
+    print(
+        f"\ncache at {size} px ({len(paths)} images, stored at {size * 8 // 7} px): first-epoch "
+        f"decode {decode_rate:.0f} img/s; cache first pass {build_rate:.0f} img/s; epoch from "
+        f"the cache {cached_rate:.0f} img/s: {cached_rate / decode_rate:.1f}x the decode path"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=384, help="images in the tree")
@@ -63,6 +96,8 @@ def main() -> None:
     p.add_argument("--workers", default="0,1,2")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--sizes", default="224,64", help="image sizes (train transform)")
+    p.add_argument("--cache", action="store_true", help="also time the decoded-image cache")
+    p.add_argument("--cache-only", action="store_true", help="only the cache comparison")
     args = p.parse_args()
     torch.set_num_threads(1)  # the transforms are per image; keep the main process lean
 
@@ -73,6 +108,11 @@ def main() -> None:
         print(f"fake ImageNet: {args.images} JPEGs 500x375 in {time.perf_counter() - t0:.1f} s")
         sup_of = np.zeros(len(folders), dtype=np.int64)
         paths, sup, sub = gather(folders, sup_of, None, 0)
+        if args.cache or args.cache_only:
+            for size in (int(x) for x in args.sizes.split(",")):
+                cache_vs_decode(paths, sup, sub, size, args.batch_size, root / "cache")
+            if args.cache_only:
+                return
         for size in (int(x) for x in args.sizes.split(",")):
             tf = transforms.train_transform(size)
             # Ours: the dataset BREEDS builds (JPEG draft decoding where the recipe allows).

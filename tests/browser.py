@@ -94,11 +94,13 @@ class Browser:
 
     # --- the protocol -------------------------------------------------------------------
 
-    def send(self, method: str, timeout: float = 60.0, **params) -> dict:
+    def send(self, method: str, timeout: float = 60.0, session: str | None = None, **params):
+        """One command, to the page (or to ``session``: a frame attached by `frame`)."""
         self._next_id += 1
         message = {"id": self._next_id, "method": method, "params": params}
-        if self.session is not None and not method.startswith(("Target.", "Browser.")):
-            message["sessionId"] = self.session
+        session = session or self.session
+        if session is not None and not method.startswith(("Target.", "Browser.")):
+            message["sessionId"] = session
         os.write(self._to_chrome, json.dumps(message).encode() + b"\0")
         deadline = time.monotonic() + timeout
         while True:
@@ -129,21 +131,25 @@ class Browser:
         if result.get("errorText"):
             raise BrowserError(f"{url}: {result['errorText']}")
 
-    def evaluate(self, expression: str):
+    def evaluate(self, expression: str, session: str | None = None):
         result = self.send(
-            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
+            "Runtime.evaluate",
+            session=session,
+            expression=expression,
+            returnByValue=True,
+            awaitPromise=True,
         )
         if "exceptionDetails" in result:
             raise BrowserError(f"{expression[:80]}: {result['exceptionDetails'].get('text')}")
         return result["result"].get("value")
 
-    def wait_for(self, expression: str, timeout: float = 60.0, what: str = ""):
+    def wait_for(self, expression: str, timeout: float = 60.0, what: str = "", session=None):
         """Poll ``expression`` until it is truthy; its value. A timeout says what the page
         showed instead."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                value = self.evaluate(expression)
+                value = self.evaluate(expression, session)
             except BrowserError:
                 value = None  # the page is between documents
             if value:
@@ -153,6 +159,20 @@ class Browser:
                 raise BrowserError(
                     f"timed out waiting for {what or expression!r}; the page shows: {text[:600]!r}"
                 )
+            time.sleep(0.25)
+
+    def frame(self, url_prefix: str, timeout: float = 60.0) -> str:
+        """A session in the page's out-of-process iframe whose URL starts with ``url_prefix``
+        (a sandboxed frame is another process: the page's own scripts cannot look in)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for target in self.send("Target.getTargets")["targetInfos"]:
+                if target["type"] == "iframe" and target["url"].startswith(url_prefix):
+                    return self.send(
+                        "Target.attachToTarget", targetId=target["targetId"], flatten=True
+                    )["sessionId"]
+            if time.monotonic() > deadline:
+                raise BrowserError(f"no iframe at {url_prefix}...")
             time.sleep(0.25)
 
     def text(self) -> str:

@@ -4,7 +4,8 @@ headless Chromium (Debian's package, driven over the DevTools protocol: tests/br
 A tiny run and a 3-trial study (tests/conftest.py) in temporary stores; both servers on
 free local ports, stopped by process id. Checked on the rendered pages: the eval run's
 page lists its per-layer metrics, its logged model and its dataset; the ami_f1 chart draws
-one point per layer; the run's report.html renders in the artifact view; the dashboard
+one point per layer; the run's report.html renders in the artifact view (looked at inside
+the UI's sandboxed, out-of-process frame: its figures decoded); the dashboard
 lists the study and its trials. Screenshots go to the folder the test prints (and are
 copied to $CLUSTERPROBE_SCREENSHOTS when set). Without a browser the tests skip, and FAIL
 instead when CLUSTERPROBE_REQUIRE_BROWSER=1 (CI installs chromium).
@@ -193,9 +194,22 @@ def test_report_artifact_renders_in_the_artifact_view(session, eval_run, screens
         f"{frame} && {frame}.getBoundingClientRect().height > 300", PAGE_TIMEOUT, "the report"
     )
     # The UI hands the iframe the artifact itself (a blob of it): the report, byte for byte.
+    src = browser.evaluate(f"{frame}.src")
     shown = browser.evaluate(f"fetch({frame}.src).then(r => r.text())")
     assert shown == tracker.artifact_path(run.info.run_id, cv.ART_REPORT).read_text()
-    time.sleep(1)  # the sandboxed frame paints its images after its text
+    # Inside the (sandboxed, out-of-process) frame: the page's title and its three figures
+    # decoded by the browser.
+    inside = browser.frame(src)
+    images = browser.wait_for(
+        "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
+        " && Array.from(document.images).map(i => [i.alt, i.naturalWidth, i.naturalHeight])",
+        PAGE_TIMEOUT,
+        "the report's figures",
+        session=inside,
+    )
+    assert len(images) == 3 and all(w > 300 and h > 200 for _, w, h in images)
+    title = browser.evaluate("document.querySelector('h1').innerText", session=inside)
+    assert title == f"clusterprobe report: {run.info.run_name}"
     browser.screenshot(screens / "mlflow_report_artifact.png")
 
 

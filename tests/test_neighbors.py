@@ -96,6 +96,35 @@ def test_resolve_backend_auto_picks_an_installed_engine():
         neighbors.resolve_backend("cuvs")
 
 
+@pytest.mark.parametrize(
+    ("facts", "want"),
+    [
+        # faiss-gpu installed (the README's replace step) and a GPU seen: FAISS's GPU index
+        (dict(has_faiss=True, faiss_gpu=True, has_torch=True, torch_cuda=True), "faiss"),
+        # the base faiss-cpu on a GPU machine: torch on CUDA, not FAISS on the CPU
+        (dict(has_faiss=True, faiss_gpu=False, has_torch=True, torch_cuda=True), "torch"),
+        (dict(has_faiss=False, faiss_gpu=False, has_torch=True, torch_cuda=True), "torch"),
+        # CPU only: small work takes FAISS, big work times both engines
+        (dict(has_faiss=True, faiss_gpu=False, has_torch=True, torch_cuda=False), "faiss"),
+        (dict(has_faiss=True, faiss_gpu=False, has_torch=True, torch_cuda=False, big=1), "probe"),
+        (dict(has_faiss=False, faiss_gpu=False, has_torch=True, torch_cuda=False, big=1), "torch"),
+        (dict(has_faiss=True, faiss_gpu=False, has_torch=False, torch_cuda=False, big=1), "faiss"),
+    ],
+)
+def test_auto_engine_choice_on_the_machines_facts(facts, want):
+    work = 10 * neighbors._PROBE_WORK if facts.pop("big", 0) else 0.0
+    assert neighbors.pick_engine(**facts, work=work) == want
+
+
+def test_this_machine_reports_its_facts_consistently():
+    """On this (CPU) machine the base faiss-cpu is no GPU build, so "auto" never picks
+    FAISS's GPU index here, and a GPU build would be reported as one."""
+    faiss = pytest.importorskip("faiss")
+    assert neighbors._faiss_gpu() == (
+        hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    )
+
+
 def test_bad_input_is_a_value_or_type_error():
     x = _points(n=50)
     with pytest.raises(ValueError, match="k=50"):

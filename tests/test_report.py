@@ -226,12 +226,14 @@ def test_report_of_a_train_run_is_its_final_eval_run(tiny_run, tmp_path, capsys)
         (["EVAL", "--out", "x.txt"], "--out 'x.txt': give a file name ending in .html"),
         (["EVAL", "--out", "no/such/dir/r.html"], "folder 'no/such/dir' does not exist"),
         (["TRAIN_PARENT"], "is a study run; give an eval run or a train run"),
+        (["EVAL", "--storage", "j.log"], "--storage names a study's storage: use it with --study"),
+        (["--study", "tiny3", "--ui-url", "ui:5000"], "--ui-url 'ui:5000': give the UI's address"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tiny_run, tiny_study, args, message, capsys):
     store, _, result = tiny_run
     study_store, outcome = tiny_study
-    where = store
+    where = study_store if "--study" in args else store
     if "TRAIN_PARENT" in args:  # a study run: no report of its own (use --study)
         where, args = study_store, [outcome.study_run_id]
     args = [a.replace("EVAL", result.eval_run_ids[-1]) for a in args]

@@ -354,47 +354,49 @@ def test_dashboard_lists_the_study(sqlite_study):
         proc.wait(timeout=30)
 
 
-def test_three_workers_on_postgresql(postgres_url, store, space_file):
-    """3 worker processes x 3 trials: exactly 9 complete trials, each with its runs."""
+def test_four_workers_on_postgresql(postgres_url, store, space_file):
+    """4 worker processes, 8 trials: exactly 8 complete trials, each with its runs."""
     opts = StudyOptions(
-        name="pg9",
-        trials=9,
+        name="pg8",
+        trials=8,
         space=str(space_file),
         storage=postgres_url,
-        workers=3,
+        workers=4,
         seed=1,
         heartbeat=2,
         quiet=True,
     )
     outcome = run_study(opts, store)
-    assert (outcome.complete, outcome.failed) == (9, 0)
-    study = optuna.load_study(study_name="pg9", storage=postgres_url)
+    assert (outcome.complete, outcome.failed) == (8, 0)
+    study = optuna.load_study(study_name="pg8", storage=postgres_url)
     trials = study.get_trials()
-    assert sorted(t.number for t in trials) == list(range(9))  # no lost, no extra trials
+    assert sorted(t.number for t in trials) == list(range(8))  # no lost, no extra trials
     assert {t.state for t in trials} == {TrialState.COMPLETE}
     pids = {t.user_attrs[ATTR_PID] for t in trials}
     assert os.getpid() not in pids and len(pids) >= 2  # the worker processes shared them
     tracker = Tracker(store)
-    study_run = _study_runs(tracker, "pg9")
+    study_run = _study_runs(tracker, "pg8")
     train_runs = _check_linkage(tracker, study, study_run.info.run_id)
-    assert len(train_runs) == 9
-    assert sorted(int(r.data.tags[TAG_TRIAL]) for r in train_runs) == list(range(9))
+    assert len(train_runs) == 8
+    assert sorted(int(r.data.tags[TAG_TRIAL]) for r in train_runs) == list(range(8))
     run_ids = [t.user_attrs[ATTR_RUN_ID] for t in trials]
-    assert len(set(run_ids)) == 9  # no duplicate runs
+    assert len(set(run_ids)) == 8  # no duplicate runs
 
 
-def test_two_workers_on_a_journal_file(store, space_file):
-    """The one-machine parallel storage: exactly N complete trials from 2 processes."""
+def test_four_workers_on_a_journal_file(store, space_file):
+    """The one-machine parallel storage: exactly 8 complete trials from 4 processes."""
     journal = store.root / "optuna.journal"
     opts = StudyOptions(
-        name="j", trials=2, space=str(space_file), storage=str(journal), workers=2, quiet=True
+        name="j", trials=8, space=str(space_file), storage=str(journal), workers=4, quiet=True
     )
     outcome = run_study(opts, store)
-    assert (outcome.complete, outcome.failed, outcome.storage) == (2, 0, str(journal))
+    assert (outcome.complete, outcome.failed, outcome.storage) == (8, 0, str(journal))
     study = optuna.load_study(study_name="j", storage=open_storage(str(journal)))
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 8  # none lost
+    assert sorted(t.number for t in study.trials) == list(range(8))  # none duplicated
     tracker = Tracker(store)
-    assert len(_check_linkage(tracker, study, _study_runs(tracker, "j").info.run_id)) == 2
+    train_runs = _check_linkage(tracker, study, _study_runs(tracker, "j").info.run_id)
+    assert sorted(int(r.data.tags[TAG_TRIAL]) for r in train_runs) == list(range(8))
 
 
 def test_sigkill_mid_trial_then_resume(store, space_file):

@@ -50,21 +50,38 @@ def _study_storage(args, store) -> str | None:
     return store.optuna_url if os.path.isfile(path) else None
 
 
-def main(args: argparse.Namespace) -> int:
-    store = store_from_args(args)
-    if store.db_path is not None and not store.db_path.is_file():
-        raise UsageError(f"--store {store.root}: no store there (no {store.db_path.name})")
-    spec = _study_storage(args, store)
+def _check(tracker, spec: str | None):
     from clusterprobe.tracker import doctor
-    from clusterprobe.tracker.tracking import Tracker
 
-    tracker = Tracker(store)
     report = doctor.check_runs(tracker)
     findings = list(report.findings)
     if spec is not None:
         from clusterprobe.runners.study.doctor import check_studies
 
         findings += check_studies(tracker, spec)
+    return report, findings
+
+
+def _fix(tracker, spec: str | None, findings) -> int:
+    from clusterprobe.tracker import doctor
+
+    fixed = doctor.fix(tracker, [f for f in findings if f.kind == doctor.ORPHAN])
+    if spec is not None:
+        from clusterprobe.runners.study.doctor import fix_studies
+
+        fixed += fix_studies(tracker, spec, findings)
+    return len(fixed)
+
+
+def main(args: argparse.Namespace) -> int:
+    store = store_from_args(args)
+    if store.db_path is not None and not store.db_path.is_file():
+        raise UsageError(f"--store {store.root}: no store there (no {store.db_path.name})")
+    spec = _study_storage(args, store)
+    from clusterprobe.tracker.tracking import Tracker
+
+    tracker = Tracker(store)
+    report, findings = _check(tracker, spec)
     for f in findings:
         print(f.line())
     notes = [f"{report.finished} finished run(s) checked"]
@@ -80,14 +97,17 @@ def main(args: argparse.Namespace) -> int:
         hint = f"; {fixable} repairable with --fix" if fixable else ""
         print(f"found {len(findings)} problem(s){hint}; {'; '.join(notes)}")
         return EXIT_FOUND
-    fixed = doctor.fix(tracker, [f for f in findings if f.kind == doctor.ORPHAN])
-    if spec is not None:
-        from clusterprobe.runners.study.doctor import fix_studies
-
-        fixed += fix_studies(tracker, spec, findings)
-    left = len(findings) - len(fixed)
-    print(f"fixed {len(fixed)} of {len(findings)} problem(s); {'; '.join(notes)}")
-    if left:
-        print(f"{left} left: finished runs are never changed; rerun them")
+    fixed = _fix(tracker, spec, findings)
+    # A repair can reveal the next one: an orphaned study run, once FAILED, disagrees with
+    # a study whose workers finished every trial, and is set FINISHED on this second pass.
+    _, again = _check(tracker, spec)
+    if any(f.fixable for f in again):
+        fixed += _fix(tracker, spec, again)
+        _, again = _check(tracker, spec)
+    print(f"fixed {fixed} problem(s); {'; '.join(notes)}")
+    for f in again:
+        print(f"left: {f.line()}")
+    if again:
+        print(f"{len(again)} left: finished runs are never changed; rerun them")
         return EXIT_FOUND
     return 0

@@ -185,10 +185,9 @@ def main(args: argparse.Namespace) -> int:
     tracker = Tracker(store_from_args(args))
     if args.from_run:
         source = sources.TrainRunSource(tracker, args.from_run, args.epoch)
-    if args.threads is not None:
-        import torch
+    from clusterprobe.runners.threads import apply_threads
 
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
 
     opened: list[str] = []
     try:

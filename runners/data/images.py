@@ -73,10 +73,13 @@ class ImageFiles(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        with Image.open(self.paths[i]) as im:
-            if self.draft:
-                im.draft("RGB", (self.draft, self.draft))  # no-op for non-JPEG files
-            image = self.transform(im.convert("RGB"))
+        try:
+            with Image.open(self.paths[i]) as im:
+                if self.draft:
+                    im.draft("RGB", (self.draft, self.draft))  # no-op for non-JPEG files
+                image = self.transform(im.convert("RGB"))
+        except OSError as err:  # PIL's own message names no file (changed since the check)
+            raise OSError(f"{self.paths[i]}: {err}") from err
         return image, int(self.superclass[i]), int(self.subclass[i])
 
     def with_transform(self, transform: Callable, draft: int | None = None) -> ImageFiles:

@@ -100,19 +100,36 @@ def resolve_backend(
     has_faiss, has_torch = _have_faiss(), _have_torch()
     if not has_faiss and not has_torch:
         raise ValueError("neither faiss nor torch is installed; install faiss-cpu or torch")
-    if _faiss_gpu():
+    engine = pick_engine(
+        has_faiss=has_faiss,
+        faiss_gpu=has_faiss and _faiss_gpu(),
+        has_torch=has_torch,
+        torch_cuda=has_torch and _torch_cuda(),
+        work=work,
+    )
+    if engine != "probe":
+        return engine
+    if task not in _decisions:
+        _decisions[task] = _probe_cpu(task, dim)
+    return _decisions[task]
+
+
+def pick_engine(
+    *, has_faiss: bool, faiss_gpu: bool, has_torch: bool, torch_cuda: bool, work: float
+) -> str:
+    """The "auto" rule on the machine's facts: ``"faiss"``, ``"torch"``, or ``"probe"``
+    (time both CPU engines). A GPU wins over any CPU: FAISS's GPU index where FAISS is a
+    GPU build that sees one (``faiss-gpu``), else torch on CUDA; on the CPU, whichever is
+    installed, FAISS for small work, the faster measured one for big work."""
+    if faiss_gpu:
         return "faiss"
-    if has_torch and _torch_cuda():
+    if torch_cuda:
         return "torch"
     if not has_torch:
         return "faiss"
     if not has_faiss:
         return "torch"
-    if work < _PROBE_WORK:
-        return "faiss"
-    if task not in _decisions:
-        _decisions[task] = _probe_cpu(task, dim)
-    return _decisions[task]
+    return "faiss" if work < _PROBE_WORK else "probe"
 
 
 def _probe_cpu(task: str, dim: int) -> str:

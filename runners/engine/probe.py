@@ -151,9 +151,10 @@ def fit_logistic(
     # var(z) / K = 1 / K (whitened), plus its penalty; optimise theta = W / scale.
     scale = (1.0 / (1.0 / k + pen)).sqrt().transpose(1, 2).unsqueeze(-1)  # [L, D+1, c, 1]
     pen4 = pen.transpose(1, 2).unsqueeze(-1)  # [L, D+1, c, 1]
-    idx = y.view(1, n, 1, 1).expand(nl, n, c, 1)
 
-    def objective(theta):
+    def objective(theta, za, scale, pen4):
+        nl, c = theta.shape[0], theta.shape[2]
+        idx = y.view(1, n, 1, 1).expand(nl, n, c, 1)
         w = theta * scale
         logits = torch.bmm(za, w.reshape(nl, d + 1, c * k)).view(nl, n, c, k)
         lse = torch.logsumexp(logits, dim=3, keepdim=True)  # [L, n, c, 1]
@@ -170,12 +171,30 @@ def fit_logistic(
         return (a * b).sum(dim=(1, 3))
 
     theta = z.new_zeros(nl, d + 1, c, k) if init is None else init / scale
-    f, g = objective(theta)
+    out = theta * scale  # every problem's result, written as it leaves the batch
+    rows, cols = torch.arange(nl, device=z.device), torch.arange(c, device=z.device)
+    f, g = objective(theta, za, scale, pen4)
     s_hist, y_hist, rho_hist = [], [], []
     done = g.abs().amax(dim=(1, 3)) <= tol
     it = 0
     while it < max_iter and not bool(done.all()):
         it += 1
+        # Finished layers (all strengths) and strengths (all layers) leave the batch: the
+        # strong penalties converge first and would otherwise cost as much as the rest.
+        keep_l, keep_c = ~done.all(1), ~done.all(0)
+        if not bool(keep_l.all() and keep_c.all()):
+            out[rows[:, None], :, cols[None, :]] = (theta * scale).permute(0, 2, 1, 3)
+            kl, kc = keep_l.nonzero().flatten(), keep_c.nonzero().flatten()
+            rows, cols = rows[kl], cols[kc]
+
+            def sub(t, kl=kl, kc=kc):
+                return t.index_select(0, kl).index_select(2, kc)
+
+            za = za.index_select(0, kl)
+            scale, pen4, theta, g = sub(scale), sub(pen4), sub(theta), sub(g)
+            f, done = f[kl][:, kc], done[kl][:, kc]
+            s_hist, y_hist = [sub(t) for t in s_hist], [sub(t) for t in y_hist]
+            rho_hist = [t[kl][:, kc] for t in rho_hist]
         # two-loop recursion, every problem at once
         q = g.clone()
         alphas = []
@@ -203,7 +222,7 @@ def fit_logistic(
         slack = 8 * torch.finfo(z.dtype).eps * f.abs()  # rounding of f itself
         for _ in range(MAX_HALVINGS):  # Armijo backtracking, per problem
             new_theta = theta + step[:, None, :, None] * direction
-            new_f, new_g = objective(new_theta)
+            new_f, new_g = objective(new_theta, za, scale, pen4)
             ok = (new_f <= f + 1e-4 * step * slope + slack) | done
             if bool(ok.all()):
                 break
@@ -225,7 +244,8 @@ def fit_logistic(
             if len(s_hist) > HISTORY:
                 s_hist.pop(0), y_hist.pop(0), rho_hist.pop(0)
         done = done | stuck | small | (g.abs().amax(dim=(1, 3)) <= tol)
-    return theta * scale, it
+    out[rows[:, None], :, cols[None, :]] = (theta * scale).permute(0, 2, 1, 3)
+    return out, it
 
 
 def _predict(w: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -9,22 +9,51 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 
 from clusterprobe.runners.study.options import StudyOptions
+from clusterprobe.runners.study.storage import ENV_STORAGE
 from clusterprobe.runners.study.worker import log_progress, run_worker
 from clusterprobe.tracker.killpoint import kill_point
-from clusterprobe.tracker.store import Store
+from clusterprobe.tracker.store import ENV_TRACKING_URI, Store
+
+
+def visible_gpus(env: Mapping[str, str]) -> list[str]:
+    """The GPUs the workers may use: ``CUDA_VISIBLE_DEVICES``'s entries where it is set
+    (the user's choice), else every GPU torch counts (none without CUDA)."""
+    chosen = env.get("CUDA_VISIBLE_DEVICES")
+    if chosen is not None:
+        return [g.strip() for g in chosen.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def worker_env(
+    index: int, workers: int, base: Mapping[str, str], gpus: list[str], cores: int
+) -> dict[str, str]:
+    """The environment of worker ``index`` of ``workers``: GPU ``index mod G`` of ``gpus``
+    (through ``CUDA_VISIBLE_DEVICES``, so each worker sees one device as ``cuda``) and the
+    machine's ``cores`` divided among the workers as its CPU threads (OpenMP and MKL, which
+    torch reads at start), unless ``base`` sets the thread counts already."""
+    env = dict(base)
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+    # N workers share this machine's cores: one BLAS/OpenMP pool each, not N oversubscribed.
+    threads = str(max(1, cores // workers))
+    env.setdefault("OMP_NUM_THREADS", threads)
+    env.setdefault("MKL_NUM_THREADS", env["OMP_NUM_THREADS"])
+    return env
 
 
 def run_workers(opts: StudyOptions, spec: str, name: str, store: Store) -> None:
     if opts.workers == 1:
         run_worker(spec, name, store, heartbeat=opts.heartbeat, quiet=opts.quiet)
         return
-    env = dict(os.environ)
-    # N workers share this machine's cores: one BLAS/OpenMP pool each, not N oversubscribed.
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // opts.workers)))
+    gpus, cores = visible_gpus(os.environ), os.cpu_count() or 1
     procs = []
     for i in range(opts.workers):
+        env = worker_env(i, opts.workers, os.environ, gpus, cores)
         cmd = [
             sys.executable,
             "-m",
@@ -34,10 +63,6 @@ def run_workers(opts: StudyOptions, spec: str, name: str, store: Store) -> None:
             str(i),
             "--resume",
             name,
-            "--storage",
-            spec,
-            "--tracking-uri",
-            store.tracking_uri,
             "--heartbeat",
             str(opts.heartbeat),
         ]
@@ -45,6 +70,10 @@ def run_workers(opts: StudyOptions, spec: str, name: str, store: Store) -> None:
             cmd += ["--artifact-root", store.artifact_root]
         if opts.quiet:
             cmd.append("--quiet")
+        # The URLs travel in the environment, not on the command line `ps` shows to every
+        # user: either may hold a database password.
+        env[ENV_TRACKING_URI] = store.tracking_uri
+        env[ENV_STORAGE] = spec
         procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env))
     kill_point("study-workers")
     try:

@@ -1,0 +1,34 @@
+"""Thread count for processes sharing a machine: the free cores, unless told."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from clusterprobe.runners.threads import free_cores, pick_threads
+
+
+@pytest.mark.parametrize(
+    ("cores", "load", "want"),
+    [(2, 0.0, 2), (2, 0.4, 2), (2, 0.6, 1), (2, 1.0, 1), (2, 7.0, 1), (16, 3.2, 13), (16, 0, 16)],
+)
+def test_free_cores_leave_the_busy_ones(cores, load, want):
+    assert free_cores(cores, load) == want
+
+
+def test_explicit_threads_and_omp_num_threads_win():
+    assert pick_threads(3, 2, 5.0, env={}) == 3  # --threads: as asked, even above the cores
+    assert pick_threads(None, 16, 4.0, env={"OMP_NUM_THREADS": "2"}) is None  # torch reads it
+    assert pick_threads(None, 16, 4.0, env={}) == 12
+    with pytest.raises(ValueError, match="threads 0: give a number of threads >= 1"):
+        pick_threads(0, 2, 0.0, env={})
+
+
+def test_apply_threads_sets_torch_in_a_fresh_process():
+    code = (
+        "from clusterprobe.runners.threads import apply_threads; import torch; "
+        "print(apply_threads(1), torch.get_num_threads())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "1"]
