@@ -13,19 +13,22 @@ from clusterprobe.tracker.errors import UsageError
 
 
 @pytest.mark.parametrize(
-    ("family", "recipe", "want"),
+    ("family", "recipe", "want", "loss"),
     [
-        ("resnet", "default", ("sgd", 0.4, 0.9, 5e-4, 1)),
-        ("features", "default", ("sgd", 0.4, 0.9, 5e-4, 1)),
-        ("vgg", "default", ("sgd", 0.04, 0.9, 5e-4, 1)),  # a tenth of the ResNet rate
-        ("vit", "default", ("adamw", 1e-3, None, 0.1, 1)),
-        ("resnet", "paper", ("sgd", 0.1, 0.9, 1e-4, 5)),  # the paper's absolute values
-        ("vgg", "paper", ("sgd", 0.01, 0.9, 1e-4, 5)),
-        ("vit", "paper", ("adamw", 1e-3, None, 0.1, 5)),
+        ("resnet", "default", ("sgd", 0.4, 0.9, 5e-4, 1), "ce"),
+        ("features", "default", ("sgd", 0.4, 0.9, 5e-4, 1), "ce"),
+        ("vgg", "default", ("sgd", 0.04, 0.9, 5e-4, 1), "ce"),  # a tenth of the ResNet rate
+        ("vit", "default", ("adamw", 1e-3, None, 0.1, 1), "ce"),
+        ("resnet", "paper", ("sgd", 0.1, 0.9, 1e-4, 5), "ce"),  # the paper's absolute values
+        ("vgg", "paper", ("sgd", 0.01, 0.9, 1e-4, 5), "ce"),
+        ("vit", "paper", ("adamw", 1e-3, None, 0.1, 5), "ce"),
+        ("resnet", "default", ("sgd", 0.04, 0.9, 5e-4, 1), "squared"),  # a tenth with SGD
+        ("vgg", "default", ("sgd", 0.004, 0.9, 5e-4, 1), "squared"),
+        ("vit", "default", ("adamw", 1e-3, None, 0.1, 1), "squared"),
     ],
 )
-def test_recipe_per_family(family, recipe, want):
-    got = resolve(RunConfig(recipe=recipe), family)
+def test_recipe_per_family(family, recipe, want, loss):
+    got = resolve(RunConfig(recipe=recipe, loss=loss), family)
     values = (got.optimizer, got.lr, got.momentum, got.weight_decay, got.warmup_epochs)
     assert values == pytest.approx(want)
 
