@@ -82,6 +82,14 @@ def prepare(config: RunConfig):
     data = check_dataset(registry.load_dataset(config), skip_corrupt=config.skip_corrupt)
     from clusterprobe.runners.data.splitcheck import split_warnings
 
+    skipped = data.record.get("skipped_corrupt") or []
+    if skipped:
+        print(
+            f"clusterprobe: warning: --skip-corrupt left out {len(skipped)} image file(s) that "
+            f"do not decode (listed in dataset.json), e.g. {skipped[0]}",
+            file=sys.stderr,
+            flush=True,
+        )
     for line in split_warnings(data.train_labels.subclass, data.eval_labels.subclass):
         print(f"clusterprobe: warning: {line}", file=sys.stderr, flush=True)
     _check_cka_images(config.cka, data.eval_labels.superclass)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -75,6 +76,109 @@ class _Views(torch.utils.data.Dataset):
         return (torch.stack([it[0] for it in items]), *items[0][1:])
 
 
+@dataclass(frozen=True)
+class _Schedule:
+    """Warm-up then cosine over the whole run, per optimiser step."""
+
+    total: int  # optimiser steps in the run
+    warmup: int
+    peak: float  # the learning rate at the batch size used
+
+    @classmethod
+    def of(cls, config, n_train: int) -> _Schedule:
+        steps_per_epoch = math.ceil(n_train / config.batch_size)
+        total = steps_per_epoch * config.epochs
+        warmup = min(total, max(1, round(config.warmup_epochs * steps_per_epoch)))
+        return cls(total, warmup, config.lr * config.batch_size / 256)
+
+    def lr(self, step: int) -> float:
+        return lr_at(step, self.total, self.warmup, self.peak)
+
+
+@dataclass
+class _Loop:
+    """The moving parts of one training loop; ``step`` counts optimiser steps taken."""
+
+    model: torch.nn.Module
+    objective: object  # losses.Objective
+    optimizer: torch.optim.Optimizer
+    schedule: _Schedule
+    device: torch.device
+    ema: object = None  # ema.Ema
+    step: int = 0
+
+    @classmethod
+    def build(cls, model, config, device: torch.device, n_train: int, ema) -> _Loop:
+        from clusterprobe.runners import losses, recipes
+
+        model.to(device)
+        if device.type == "cuda":
+            model.to(memory_format=torch.channels_last)
+        schedule = _Schedule.of(config, n_train)
+        objective = losses.make_objective(config, model)
+        params = list(model.parameters())
+        if objective.head is not None:  # SupCon's projection head trains alongside
+            objective.head.to(device).train()
+            params += list(objective.head.parameters())
+        optimizer = recipes.make_optimizer(config, params, schedule.peak)
+        return cls(model, objective, optimizer, schedule, device, ema)
+
+    def saved_extras(self) -> dict:
+        """What a training state holds beside the model and optimiser."""
+        extras = {}
+        if self.ema is not None:
+            extras["ema"] = self.ema
+        if self.objective.head is not None:
+            extras["loss_head"] = self.objective.head
+        return extras
+
+    def run_epoch(self, epoch: int, batches, label_index: int, bar) -> dict:
+        """One pass over ``batches``; the epoch's mean loss, accuracy and last rate."""
+        self.model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        lr = self.schedule.peak
+        for batch in batches:
+            images, target = batch[0], torch.as_tensor(batch[label_index])
+            if len(target) < 2:  # BatchNorm cannot train on a single image
+                continue
+            lr = self.schedule.lr(self.step)
+            loss, logits, target = self._step(images, target, lr)
+            loss_sum += loss.item() * len(target)
+            correct += int((logits.argmax(1) == target).sum())
+            seen += len(target)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        stats = {
+            "train_loss": loss_sum / max(seen, 1),
+            "train_acc": correct / max(seen, 1),
+            "lr": lr,
+        }
+        if not math.isfinite(stats["train_loss"]):
+            raise FloatingPointError(
+                f"training diverged at epoch {epoch} (loss {stats['train_loss']}); lower --lr"
+            )
+        return stats
+
+    def _step(self, images, target, lr: float):
+        kill_point("train_step", at=self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        cuda = self.device.type == "cuda"
+        images = images.to(self.device, non_blocking=True)
+        target = target.to(self.device, non_blocking=True)
+        if cuda:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cuda):
+            loss, logits, target = self.objective(self.model, images, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        return loss, logits, target
+
+
 def train(
     model: torch.nn.Module,
     data: HierarchicalData,
@@ -104,99 +208,44 @@ def train(
     ``on_epoch`` runs with its own random streams, so what it draws never changes the
     training's.
     """
-    from clusterprobe.runners import losses, recipes
+    from clusterprobe.runners import recipes
     from clusterprobe.runners.models import family_of
 
     config = recipes.resolve(config, family_of(model))
     device = torch.device(device)
-    cuda = device.type == "cuda"
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    model.to(device)
-    if cuda:
-        model.to(memory_format=torch.channels_last)
-
-    n = len(data.train)
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    total = steps_per_epoch * config.epochs
-    warmup = min(total, max(1, round(config.warmup_epochs * steps_per_epoch)))
-    peak = config.lr * config.batch_size / 256
-    objective = losses.make_objective(config, model)
-    params = list(model.parameters())
-    if objective.head is not None:  # SupCon's projection head trains alongside
-        objective.head.to(device).train()
-        params += list(objective.head.parameters())
-    optimizer = recipes.make_optimizer(config, params, peak)
-    extras = dict(extras or {})
-    if ema is not None:
-        extras["ema"] = ema
-    if objective.head is not None:
-        extras["loss_head"] = objective.head
+    loop = _Loop.build(model, config, device, len(data.train), ema)
+    extras = {**(extras or {}), **loop.saved_extras()}
     label_index = 1 if config.labels == "superclass" else 2
 
     history: list[dict] = []
-    step, first = 0, 1
+    first = 1
     if start is not None:
-        start.restore(model, optimizer, generator, extras)
-        history, step, first = [dict(h) for h in start.history], start.step, start.epoch + 1
-    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=quiet, leave=False)
+        start.restore(model, loop.optimizer, generator, extras)
+        history, loop.step, first = [dict(h) for h in start.history], start.step, start.epoch + 1
+    total = loop.schedule.total
+    bar = tqdm(
+        total=total, initial=loop.step, desc="train", unit="step", disable=quiet, leave=False
+    )
     try:
         for epoch in range(first, config.epochs + 1):
-            model.train()
-            loss_sum, correct, seen = 0.0, 0, 0
-            lr = peak
             batches = _batches(
-                data.train, config.batch_size, generator, config.workers, objective.views
+                data.train, config.batch_size, generator, config.workers, loop.objective.views
             )
-            for batch in batches:
-                images, target = batch[0], torch.as_tensor(batch[label_index])
-                if len(target) < 2:  # BatchNorm cannot train on a single image
-                    continue
-                kill_point("train_step", at=step)
-                lr = lr_at(step, total, warmup, peak)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                images = images.to(device, non_blocking=True)
-                target = target.to(device, non_blocking=True)
-                if cuda:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                    loss, logits, target = objective(model, images, target)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if ema is not None:
-                    ema.update(model)
-                step += 1
-                loss_sum += loss.item() * len(target)
-                correct += int((logits.argmax(1) == target).sum())
-                seen += len(target)
-                bar.update(1)
-                bar.set_postfix(
-                    epoch=epoch, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}"
-                )
-            stats = {
-                "train_loss": loss_sum / max(seen, 1),
-                "train_acc": correct / max(seen, 1),
-                "lr": lr,
-            }
-            if not math.isfinite(stats["train_loss"]):
-                raise FloatingPointError(
-                    f"training diverged at epoch {epoch} (loss {stats['train_loss']}); lower --lr"
-                )
+            stats = loop.run_epoch(epoch, batches, label_index, bar)
             history.append(stats)
             if on_save is not None and config.save_every and epoch % config.save_every == 0:
-                on_save(
-                    capture(
-                        model,
-                        optimizer,
-                        generator,
-                        epoch=epoch,
-                        step=step,
-                        history=history,
-                        extras=extras,
-                    )
+                state = capture(
+                    model,
+                    loop.optimizer,
+                    generator,
+                    epoch=epoch,
+                    step=loop.step,
+                    history=history,
+                    extras=extras,
                 )
+                on_save(state)
             if on_epoch is not None:
                 with isolated_rng():
                     on_epoch(epoch, stats)

@@ -68,3 +68,30 @@ def test_run_stops_on_a_corrupt_image_before_any_store_exists(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(cut) in lines[0] and "--skip-corrupt" in lines[0]
     assert not store.exists()
+
+
+def test_corrupt_transfer_image_is_refused_naming_it(tmp_path):
+    from clusterprobe.runners.data.transfer import load_transfer
+
+    for k, name in enumerate(["daisy", "rose"]):
+        folder = tmp_path / "flowers" / name
+        folder.mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (12, 12), (50 * k, i, 0)).save(folder / f"{i}.png")
+    cut = tmp_path / "flowers" / "rose" / "1.png"
+    truncate_jpeg(cut)
+    with pytest.raises(UsageError, match=str(cut)):
+        load_transfer(str(tmp_path / "flowers"), image_size=16)
+
+
+def test_prepare_says_what_skip_corrupt_left_out(tmp_path, capsys):
+    from clusterprobe.runners.pipeline import prepare
+
+    make_tree(tmp_path, n=6)
+    config = RunConfig(dataset="folder", data_dir=str(tmp_path), image_size=16)
+    cut = Path(next(p for p in load_dataset(config).train_plain.paths if "/fern/" in p))
+    truncate_jpeg(cut)
+    _, data = prepare(config.replace(skip_corrupt=True))
+    assert data.record["skipped_corrupt"] == [str(cut)]
+    err = capsys.readouterr().err
+    assert "--skip-corrupt left out 1 image file(s)" in err and str(cut) in err

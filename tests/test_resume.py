@@ -135,7 +135,7 @@ def test_train_continues_from_a_saved_state_exactly(options):
     saved = []
     full = train(whole, data, config, "cpu", quiet=True, on_save=saved.append, ema=whole_ema)
     assert [s.epoch for s in saved] == [1, 2, 3] and [s.step for s in saved] == [4, 8, 12]
-    assert ("ema" in saved[0].extras) == ("ema" in options)
+    assert ("ema" in saved[0].extras) == (config.ema > 0)  # on by default
     assert ("loss_head" in saved[0].extras) == (options.get("loss") == "supcon")
 
     part, part_ema = fresh()

@@ -41,7 +41,7 @@ RECORDED = {  # params the runs must record: the flags, and the recipe's values 
     ),
     "supcon-paper-momentum": dict(
         loss="supcon", supcon_temperature="0.2", recipe="paper", optimizer="sgd", lr="0.1",
-        momentum="0.8", weight_decay="0.0001", warmup_epochs="5", ema="0.0",
+        momentum="0.8", weight_decay="0.0001", warmup_epochs="5", ema="0.99",
     ),
     "ce-label-smoothing-sgd": dict(
         loss="ce", label_smoothing="0.1", optimizer="sgd", lr="0.4", weight_decay="0.0001"

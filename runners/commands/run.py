@@ -30,7 +30,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from clusterprobe.tracker.store import add_store_arguments
 
     add_data_arguments(parser)
-    m = parser.add_argument_group("model and training")
+    _add_model_arguments(parser.add_argument_group("model and training"))
+    _add_measurement_arguments(parser.add_argument_group("measurement"))
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"small demo preset {PRESETS['quick']} (explicit flags override)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress output on stderr")
+    add_store_arguments(parser)
+
+
+def _add_model_arguments(m) -> None:
     m.add_argument(
         "--arch",
         default=None,
@@ -105,7 +116,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "free, at least 1; OMP_NUM_THREADS, where set, decides instead). Busy processes "
         "sharing the cores make torch's threads spin-wait: one per free core avoids that",
     )
-    e = parser.add_argument_group("measurement")
+
+
+def _add_measurement_arguments(e) -> None:
     e.add_argument(
         "--factors",
         default=None,
@@ -152,13 +165,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"heavy artifacts to keep: comma list of {', '.join(choices.SAVE)}, "
         "'all' (default) or 'none'",
     )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"small demo preset {PRESETS['quick']} (explicit flags override)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress output on stderr")
-    add_store_arguments(parser)
 
 
 # Flags of runners/recipes.py, runners/losses.py and runners/ema.py (RunConfig fields).

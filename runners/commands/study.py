@@ -8,6 +8,7 @@ command that opens optuna-dashboard on the study.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from clusterprobe.tracker.store import add_store_arguments, store_from_args
@@ -101,7 +102,9 @@ def _main(args: argparse.Namespace) -> int:
 
     store = store_from_args(args)
     if args.worker is not None:  # a process spawned by --workers N: run trials, print nothing
-        spec = resolve_storage(args.storage, store)
+        from clusterprobe.runners.study.storage import ENV_STORAGE
+
+        spec = resolve_storage(args.storage or os.environ.get(ENV_STORAGE), store)
         run_worker(
             spec,
             args.resume,

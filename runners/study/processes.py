@@ -12,9 +12,10 @@ import sys
 from collections.abc import Mapping
 
 from clusterprobe.runners.study.options import StudyOptions
+from clusterprobe.runners.study.storage import ENV_STORAGE
 from clusterprobe.runners.study.worker import log_progress, run_worker
 from clusterprobe.tracker.killpoint import kill_point
-from clusterprobe.tracker.store import Store
+from clusterprobe.tracker.store import ENV_TRACKING_URI, Store
 
 
 def visible_gpus(env: Mapping[str, str]) -> list[str]:
@@ -62,10 +63,6 @@ def run_workers(opts: StudyOptions, spec: str, name: str, store: Store) -> None:
             str(i),
             "--resume",
             name,
-            "--storage",
-            spec,
-            "--tracking-uri",
-            store.tracking_uri,
             "--heartbeat",
             str(opts.heartbeat),
         ]
@@ -73,6 +70,10 @@ def run_workers(opts: StudyOptions, spec: str, name: str, store: Store) -> None:
             cmd += ["--artifact-root", store.artifact_root]
         if opts.quiet:
             cmd.append("--quiet")
+        # The URLs travel in the environment, not on the command line `ps` shows to every
+        # user: either may hold a database password.
+        env[ENV_TRACKING_URI] = store.tracking_uri
+        env[ENV_STORAGE] = spec
         procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env))
     kill_point("study-workers")
     try:

@@ -15,6 +15,10 @@ from pathlib import Path
 from clusterprobe.tracker.errors import UsageError
 from clusterprobe.tracker.store import Store, postgres_driver
 
+# How a study hands its storage to the worker processes it starts (a URL may hold a
+# password, which their command lines would show to every user through `ps`).
+ENV_STORAGE = "CLUSTERPROBE_STUDY_STORAGE"
+
 
 def storage_kind(spec: str) -> str:
     """ "sqlite" | "postgresql" | "journal" for a resolved storage spec."""
