@@ -160,6 +160,23 @@ TINY_RUN = dict(
 )
 
 
+# The smallest run that trains and records: 2 x 2 subclasses, 8 train / 4 eval images
+# each, 16 px, batch 8 (4 optimiser steps an epoch), factor 1, no heavy artifacts. Tests of one
+# training option take it and change what they test.
+ONE_EPOCH_RUN = dict(
+    classes=2,
+    subclasses=2,
+    train_per_subclass=8,
+    eval_per_subclass=4,
+    image_size=16,
+    epochs=1,
+    batch_size=8,
+    factors=(1,),
+    save=(),
+    device="cpu",
+)
+
+
 @pytest.fixture(scope="session")
 def tiny_config():
     """The tiny RunConfig; ``.replace(...)`` it for variants."""

@@ -9,6 +9,7 @@ import pytest
 import torch
 from clusterprobe.runners.config import RunConfig
 from clusterprobe.runners.data.preprocess import image_transforms
+from conftest import ONE_EPOCH_RUN
 from PIL import Image
 from torchvision import transforms as T
 
@@ -96,19 +97,7 @@ def test_each_augmentation_trains_one_epoch(store, augment):
     from clusterprobe.runners import pipeline
     from clusterprobe.tracker.tracking import Tracker
 
-    config = RunConfig(
-        augment=augment,
-        classes=2,
-        subclasses=2,
-        train_per_subclass=8,
-        eval_per_subclass=4,
-        image_size=16,
-        epochs=1,
-        batch_size=8,
-        factors=(1,),
-        save=(),
-        device="cpu",
-    )
+    config = RunConfig(augment=augment, **ONE_EPOCH_RUN)
     result = pipeline.run(config, store, quiet=True)
     run = Tracker(store).get_run(result.train_run_id)
     assert run.info.status == "FINISHED" and run.data.params["augment"] == augment

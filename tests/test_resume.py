@@ -16,23 +16,12 @@ from clusterprobe.runners.config import RunConfig
 from clusterprobe.tracker.killpoint import ENV_KILL_AT
 from clusterprobe.tracker.store import local_store
 from clusterprobe.tracker.tracking import Tracker
+from conftest import ONE_EPOCH_RUN
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # 2 x 2 subclasses x 8 train images, batch 8: 4 optimiser steps an epoch, 12 in all.
-TINY = dict(
-    classes=2,
-    subclasses=2,
-    train_per_subclass=8,
-    eval_per_subclass=4,
-    image_size=16,
-    epochs=3,
-    batch_size=8,
-    save_every=1,
-    factors=(1,),
-    save=("checkpoint",),
-    device="cpu",
-)
+TINY = dict(ONE_EPOCH_RUN, epochs=3, save_every=1, save=("checkpoint",))
 FLAGS = [
     "--classes", "2", "--subclasses", "2", "--train-per-subclass", "8",
     "--eval-per-subclass", "4", "--image-size", "16", "--epochs", "3", "--batch-size", "8",

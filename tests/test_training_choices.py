@@ -9,22 +9,11 @@ import pytest
 from clusterprobe.runners import pipeline
 from clusterprobe.runners.commands import run as run_command
 from clusterprobe.tracker.tracking import Tracker
+from conftest import ONE_EPOCH_RUN
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TINY = dict(
-    classes=2,
-    subclasses=2,
-    train_per_subclass=8,
-    eval_per_subclass=4,
-    image_size=16,
-    epochs=1,
-    batch_size=8,
-    probe_per_subclass=4,
-    factors=(1,),
-    save=(),
-    device="cpu",
-)
+TINY = dict(ONE_EPOCH_RUN, probe_per_subclass=4)
 FLAGS = {
     "squared-adamw-ema-projected": (
         "--loss squared --squared-k 4 --squared-m 10 --optimizer adamw --warmup-epochs 0 "
