@@ -153,22 +153,7 @@ def fit_logistic(
     pen4 = pen.transpose(1, 2).unsqueeze(-1)  # [L, D+1, c, 1]
 
     def objective(theta, za, scale, pen4):
-        nl, c = theta.shape[0], theta.shape[2]
-        idx = y.view(1, n, 1, 1).expand(nl, n, c, 1)
-        w = theta * scale
-        logits = torch.bmm(za, w.reshape(nl, d + 1, c * k)).view(nl, n, c, k)
-        lse = torch.logsumexp(logits, dim=3, keepdim=True)  # [L, n, c, 1]
-        f = (lse - logits.gather(3, idx)).mean(dim=(1, 3))
-        f = f + 0.5 * (pen4 * w * w).sum(dim=(1, 3))  # [L, c]
-        # softmax; log-probabilities floored at -80 (exp > float32's smallest normal): the
-        # subnormal results of confident rows made a CPU iteration 10x slower (measured)
-        g = (logits - lse).clamp_min_(-80.0).exp_()
-        g.scatter_add_(3, idx, torch.full_like(lse, -1.0))
-        gw = torch.bmm(za.transpose(1, 2), g.view(nl, n, c * k)).view(nl, d + 1, c, k)
-        return f, (gw / n + pen4 * w) * scale
-
-    def dot(a, b):  # one inner product per problem: [L, c]
-        return (a * b).sum(dim=(1, 3))
+        return _objective(theta, za, y, scale, pen4, k)
 
     theta = z.new_zeros(nl, d + 1, c, k) if init is None else init / scale
     out = theta * scale  # every problem's result, written as it leaves the batch
@@ -195,26 +180,12 @@ def fit_logistic(
             f, done = f[kl][:, kc], done[kl][:, kc]
             s_hist, y_hist = [sub(t) for t in s_hist], [sub(t) for t in y_hist]
             rho_hist = [t[kl][:, kc] for t in rho_hist]
-        # two-loop recursion, every problem at once
-        q = g.clone()
-        alphas = []
-        for s, yv, rho in zip(reversed(s_hist), reversed(y_hist), reversed(rho_hist), strict=True):
-            a = rho * dot(s, q)
-            alphas.append(a)
-            q -= a[:, None, :, None] * yv
-        if s_hist:
-            s, yv = s_hist[-1], y_hist[-1]
-            gamma = dot(s, yv) / dot(yv, yv).clamp_min(torch.finfo(z.dtype).tiny)
-            q *= gamma[:, None, :, None]
-        for s, yv, rho, a in zip(s_hist, y_hist, rho_hist, reversed(alphas), strict=True):
-            b = rho * dot(yv, q)
-            q += (a - b)[:, None, :, None] * s
-        direction = -q
-        slope = dot(g, direction)
+        direction = _lbfgs_direction(g, s_hist, y_hist, rho_hist)
+        slope = _dot(g, direction)
         bad = ~(slope < 0)  # not a descent direction (lost curvature): restart on -g
         if bool(bad.any()):
             direction = torch.where(bad[:, None, :, None], -g, direction)
-            slope = dot(g, direction)
+            slope = _dot(g, direction)
         direction = direction * (~done)[:, None, :, None]
         step = torch.ones_like(f)
         if not s_hist:  # first step: unit length, as scipy's L-BFGS-B
@@ -234,8 +205,8 @@ def fit_logistic(
         new_f, new_g = torch.where(stuck, f, new_f), torch.where(stuck[:, None, :, None], g, new_g)
         small = (f - new_f) <= ftol * torch.maximum(f.abs(), torch.ones_like(f))
         s_new, y_new = new_theta - theta, new_g - g
-        sy = dot(s_new, y_new)
-        good = sy > 1e-10 * dot(y_new, y_new).sqrt() * dot(s_new, s_new).sqrt()
+        sy = _dot(s_new, y_new)
+        good = sy > 1e-10 * _dot(y_new, y_new).sqrt() * _dot(s_new, s_new).sqrt()
         theta, f, g = new_theta, new_f, new_g
         if bool(good.any()):  # pairs without positive curvature leave that problem's memory
             s_hist.append(s_new * good[:, None, :, None])
@@ -246,6 +217,47 @@ def fit_logistic(
         done = done | stuck | small | (g.abs().amax(dim=(1, 3)) <= tol)
     out[rows[:, None], :, cols[None, :]] = (theta * scale).permute(0, 2, 1, 3)
     return out, it
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """One inner product per problem: [L, D+1, c, K] x 2 -> [L, c]."""
+    return (a * b).sum(dim=(1, 3))
+
+
+def _objective(theta, za, y, scale, pen4, k: int):
+    """Mean cross-entropy + L2 of every problem, and its gradient in theta = W / scale."""
+    nl, d1, c = theta.shape[0], theta.shape[1], theta.shape[2]
+    n = za.shape[1]
+    idx = y.view(1, n, 1, 1).expand(nl, n, c, 1)
+    w = theta * scale
+    logits = torch.bmm(za, w.reshape(nl, d1, c * k)).view(nl, n, c, k)
+    lse = torch.logsumexp(logits, dim=3, keepdim=True)  # [L, n, c, 1]
+    f = (lse - logits.gather(3, idx)).mean(dim=(1, 3))
+    f = f + 0.5 * (pen4 * w * w).sum(dim=(1, 3))  # [L, c]
+    # softmax; log-probabilities floored at -80 (exp > float32's smallest normal): the
+    # subnormal results of confident rows made a CPU iteration 10x slower (measured)
+    g = (logits - lse).clamp_min_(-80.0).exp_()
+    g.scatter_add_(3, idx, torch.full_like(lse, -1.0))
+    gw = torch.bmm(za.transpose(1, 2), g.view(nl, n, c * k)).view(nl, d1, c, k)
+    return f, (gw / n + pen4 * w) * scale
+
+
+def _lbfgs_direction(g, s_hist, y_hist, rho_hist) -> torch.Tensor:
+    """L-BFGS's two-loop recursion, every problem at once: -H g from the stored pairs."""
+    q = g.clone()
+    alphas = []
+    for s, yv, rho in zip(reversed(s_hist), reversed(y_hist), reversed(rho_hist), strict=True):
+        a = rho * _dot(s, q)
+        alphas.append(a)
+        q -= a[:, None, :, None] * yv
+    if s_hist:
+        s, yv = s_hist[-1], y_hist[-1]
+        gamma = _dot(s, yv) / _dot(yv, yv).clamp_min(torch.finfo(g.dtype).tiny)
+        q *= gamma[:, None, :, None]
+    for s, yv, rho, a in zip(s_hist, y_hist, rho_hist, reversed(alphas), strict=True):
+        b = rho * _dot(yv, q)
+        q += (a - b)[:, None, :, None] * s
+    return -q
 
 
 def _predict(w: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
