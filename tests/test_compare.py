@@ -9,6 +9,7 @@ Grams kept). References: linear CKA written here from the stored Grams, and skle
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -149,11 +150,27 @@ def _tamper(case: str, tracker, run_b: str) -> str:
             reverse = dict(zip(ids, ids[::-1], strict=True))
             frame.loc[rows, "eval_index"] = frame.loc[rows, "eval_index"].map(reverse)
             frame.to_parquet(path, index=False)
+        _rehash(
+            tracker, run_b, [dist / cv.DIST_INDEX, tracker.artifact_path(run_b, cv.ART_ASSIGNMENTS)]
+        )
         return "different eval images in superclass 0"
     if case == "no assignments":
         tracker.artifact_path(run_b, cv.ART_ASSIGNMENTS).unlink()
         return "no 'assignments.parquet'"
     return "is a train run"  # "train run": RUN_B names the train run
+
+
+def _rehash(tracker, run_id, paths):
+    """Record the edited files' sha256 in the run's checksums.json, so the run reads as one
+    that measured other images rather than as a damaged one."""
+    from clusterprobe.tracker.checksums import sha256_file
+
+    manifest_path = tracker.artifact_path(run_id, cv.ART_CHECKSUMS)
+    root = manifest_path.parent
+    manifest = json.loads(manifest_path.read_text())
+    for path in paths:
+        manifest[path.relative_to(root).as_posix()] = sha256_file(path)
+    manifest_path.write_text(json.dumps(manifest))
 
 
 @pytest.mark.parametrize("case", ["missing gram", "other images", "no assignments", "train run"])

@@ -186,7 +186,15 @@ def _check_probes(tracker, ev, pooled, labels, seed: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "case", ["unknown run", "missing folder", "no checkpoint", "corrupt", "one image class"]
+    "case",
+    [
+        "unknown run",
+        "missing folder",
+        "no checkpoint",
+        "corrupt",
+        "corrupt unverified",
+        "one image class",
+    ],
 )
 def test_bad_input_is_one_line_exit_2_and_stores_nothing(store_copy, transfer_folder, capsys, case):
     store, tracker, train_id = store_copy
@@ -196,7 +204,8 @@ def test_bad_input_is_one_line_exit_2_and_stores_nothing(store_copy, transfer_fo
         "unknown run": "no such run",
         "missing folder": "neither a folder nor a torchvision dataset",
         "no checkpoint": "no stored checkpoint",
-        "corrupt": "checkpoint does not load",
+        "corrupt": "the file was changed or damaged",  # its sha256 no longer matches
+        "corrupt unverified": "checkpoint does not load",  # a run from before checksums
         "one image class": "a stratified split needs at least 2 per class",
     }[case]
     if case == "unknown run":
@@ -205,8 +214,10 @@ def test_bad_input_is_one_line_exit_2_and_stores_nothing(store_copy, transfer_fo
         source = str(transfer_folder.parent / "absent")
     elif case == "no checkpoint":
         shutil.rmtree(folder)
-    elif case == "corrupt":
+    elif case.startswith("corrupt"):
         (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+        if case == "corrupt unverified":
+            tracker.artifact_path(train_id, cv.ART_CHECKSUMS).unlink()
     else:  # the transfer probes cannot split a class of one image
         source = str(transfer_folder.parent / "lonely")
         shutil.copytree(transfer_folder, source, dirs_exist_ok=True)
