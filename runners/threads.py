@@ -4,14 +4,19 @@ Torch's default is one intra-op thread per core. When other busy processes share
 cores (two runs side by side, a study's workers, other users), those threads spin-wait
 for each other and for the cores: two ``clusterprobe run --quick`` started together
 took 99 s where one alone took 29 s on 2 cores. So unless told (``--threads N``, or
-``OMP_NUM_THREADS`` as a study gives its workers), a run takes the cores not already
-busy by the 1-minute load average, at least one. The count used is recorded on every
-run (tag ``clusterprobe.torch_threads``).
+``OMP_NUM_THREADS`` as a study gives its workers), a run takes the cores that other
+processes do not keep busy right now (Linux's run queue, sampled a few times at start;
+the 1-minute load average elsewhere), at least one. Not the load average on Linux: it
+decays over minutes, so a run started just after another finished took one core of
+two on an idle machine (measured: the default run trained in 102 s on 1 thread). The
+count used is recorded on every run (tag ``clusterprobe.torch_threads``).
 """
 
 from __future__ import annotations
 
 import os
+import statistics
+import time
 
 
 def free_cores(cores: int, load: float) -> int:
@@ -31,11 +36,27 @@ def pick_threads(requested: int | None, cores: int, load: float, env=os.environ)
     return free_cores(cores, load)
 
 
+def busy_now(samples: int = 5, interval_s: float = 0.02) -> float:
+    """Runnable processes other than this one, the median of a few reads of Linux's run
+    queue (``/proc/loadavg``'s running count); the 1-minute load average where there is
+    no such file."""
+    try:
+        counts = []
+        for i in range(samples):
+            with open("/proc/loadavg") as fh:
+                counts.append(int(fh.read().split()[3].split("/")[0]) - 1)  # less ourselves
+            if i + 1 < samples:
+                time.sleep(interval_s)
+        return float(statistics.median(counts))
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+
+
 def apply_threads(requested: int | None) -> int:
     """Set torch's intra-op threads by :func:`pick_threads` on this machine; the count used."""
     import torch
 
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    load = busy_now() if requested is None else 0.0
     n = pick_threads(requested, os.cpu_count() or 1, load)
     if n is not None:
         torch.set_num_threads(n)

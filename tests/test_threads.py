@@ -32,3 +32,16 @@ def test_apply_threads_sets_torch_in_a_fresh_process():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["1", "1"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's run queue")
+def test_a_spinning_process_counts_as_busy_now():
+    """The run queue, not the load average: a process spinning now is seen at once."""
+    from clusterprobe.runners.threads import busy_now
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        assert busy_now() >= 1
+    finally:
+        spinner.kill()
+        spinner.wait()

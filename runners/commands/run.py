@@ -112,7 +112,7 @@ def _add_model_arguments(m) -> None:
         "--threads",
         type=int,
         default=None,
-        help="CPU threads for torch (default: the cores the 1-minute load average leaves "
+        help="CPU threads for torch (default: the cores other running processes leave "
         "free, at least 1; OMP_NUM_THREADS, where set, decides instead). Busy processes "
         "sharing the cores make torch's threads spin-wait: one per free core avoids that",
     )
