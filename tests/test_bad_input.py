@@ -120,6 +120,9 @@ CASES = [
     (["export", "{eval_id}", "--layer", "99", "--out", f"{F}/x.npz", "--store", S], "99"),
     (["eval", "--from", "feedbeef", "--store", S], "feedbeef"),
     (["doctor", "--storage", f"{F}/no.journal", "--store", S], "no.journal"),
+    (["report", "--study", "x", "--store", f"{F}/nostore"], "nostore"),  # reading makes none
+    (["report", "--study", "x", "--store", S], "optuna.db"),
+    (["dashboard", "--store", S], "optuna.db"),
     # --- SQL writes and queries ---
     (["sql", "DELETE FROM runs", "--store", S], "DELETE"),
     (["sql", "CREATE TABLE t (a INT)", "--store", S], "CREATE"),

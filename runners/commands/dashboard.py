@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from clusterprobe.tracker.errors import UsageError
 from clusterprobe.tracker.store import add_store_arguments, store_from_args
@@ -30,13 +29,7 @@ def main(args: argparse.Namespace) -> int:
     from clusterprobe.runners.study import storage as study_storage
 
     store = store_from_args(args)
-    spec = study_storage.resolve_storage(args.storage, store)
-    kind = study_storage.storage_kind(spec)
-    path = spec.split(":///", 1)[1] if kind == "sqlite" else spec if kind == "journal" else None
-    if path is not None and not Path(path).is_file():
-        raise UsageError(
-            f"no Optuna storage at {path}; run `clusterprobe study` first or give --storage"
-        )
+    spec = study_storage.existing_storage(args.storage, store)
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port}: must be 1..65535")
     from optuna_dashboard import run_server

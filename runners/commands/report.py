@@ -58,8 +58,11 @@ def main(args: argparse.Namespace) -> int:
     if not out.parent.is_dir():
         raise UsageError(f"--out {str(out)!r}: folder {str(out.parent)!r} does not exist")
     store = store_from_args(args)
+    from clusterprobe.tracker.store import DB_NAME
     from clusterprobe.tracker.tracking import Tracker
 
+    if store.is_local and not (store.root / DB_NAME).is_file():  # reading makes no store
+        raise UsageError(f"no store at {store.root} (no {DB_NAME}); give --store DIR")
     tracker = Tracker(store)
     if args.study is not None:
         html, what = _study(tracker, store, args), f"study {args.study}"
@@ -79,13 +82,7 @@ def _study(tracker, store, args) -> str:
     from clusterprobe.runners.report import study_report as sr
     from clusterprobe.runners.study import storage as study_storage
 
-    spec = study_storage.resolve_storage(args.storage, store)
-    kind = study_storage.storage_kind(spec)
-    path = spec.split(":///", 1)[1] if kind == "sqlite" else spec if kind == "journal" else None
-    if path is not None and not Path(path).is_file():
-        raise UsageError(
-            f"no Optuna storage at {path}; run `clusterprobe study` first or give --storage"
-        )
+    spec = study_storage.existing_storage(args.storage, store)
     if not args.ui_url.startswith(("http://", "https://")):
         raise UsageError(f"--ui-url {args.ui_url!r}: give the UI's address, http://HOST:PORT")
     study = sr.load_study(args.study, study_storage.open_storage(spec))

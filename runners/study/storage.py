@@ -60,6 +60,19 @@ def resolve_storage(storage: str | None, store: Store) -> str:
     return str(path)
 
 
+def existing_storage(storage: str | None, store: Store) -> str:
+    """:func:`resolve_storage`, for readers: a local SQLite or journal storage must exist
+    (opening it would create an empty one)."""
+    spec = resolve_storage(storage, store)
+    kind = storage_kind(spec)
+    path = spec.split(":///", 1)[1] if kind == "sqlite" else spec if kind == "journal" else None
+    if path is not None and not Path(path).is_file():
+        raise UsageError(
+            f"no Optuna storage at {path}; run `clusterprobe study` first or give --storage"
+        )
+    return spec
+
+
 def redact(url: str) -> str:
     """Hide a password in a URL before it is printed or logged."""
     if "://" not in url or "@" not in url:
