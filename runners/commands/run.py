@@ -315,7 +315,12 @@ def main(args: argparse.Namespace) -> int:
     from clusterprobe.runners.evalrun import format_layers
     from clusterprobe.runners.threads import apply_threads
 
-    apply_threads(args.threads)
+    threads = args.threads
+    if args.resume is not None and threads is None:
+        # The thread count sets the order of float sums: a resumed run keeps its own, so it
+        # ends with the weights an uninterrupted run would have.
+        threads = _recorded_threads(store, args.resume)
+    apply_threads(threads)
 
     if args.resume is not None and config != RunConfig():
         changed = [k for k, v in config.to_params().items() if RunConfig().to_params().get(k) != v]
@@ -372,6 +377,18 @@ def main(args: argparse.Namespace) -> int:
     print(f"bytes stored: {format_bytes(result.bytes_stored)}")
     print(f"open the MLflow UI: {ui_command(store)}")
     return 0
+
+
+def _recorded_threads(store, run_id: str) -> int | None:
+    """The torch thread count a stored run recorded; None where it cannot be read (the
+    resume itself then says what is wrong with the run id)."""
+    from clusterprobe.tracker.conventions import TAG_THREADS
+    from clusterprobe.tracker.tracking import Tracker
+
+    try:
+        return int(Tracker(store).get_run(run_id).data.tags[TAG_THREADS])
+    except Exception:
+        return None
 
 
 def _sigterm_guard():
