@@ -177,6 +177,22 @@ ONE_EPOCH_RUN = dict(
 )
 
 
+# The same at 32 px, for the models that need it (ViT patches, ConvNeXt's stem): 2 x 2
+# subclasses, 6 train / 6 eval images each, batch 12, no heavy artifacts.
+ONE_EPOCH_32PX_RUN = dict(
+    classes=2,
+    subclasses=2,
+    train_per_subclass=6,
+    eval_per_subclass=6,
+    probe_per_subclass=2,
+    image_size=32,
+    epochs=1,
+    batch_size=12,
+    save=(),
+    device="cpu",
+)
+
+
 @pytest.fixture(scope="session")
 def tiny_config():
     """The tiny RunConfig; ``.replace(...)`` it for variants."""

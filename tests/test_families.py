@@ -15,6 +15,7 @@ import torch
 from clusterprobe.runners.cli import main as cli_main
 from clusterprobe.tracker import conventions as cv
 from clusterprobe.tracker.tracking import Tracker
+from conftest import ONE_EPOCH_32PX_RUN
 from safetensors.torch import save_file
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -67,19 +68,7 @@ def test_run_trains_a_model_outside_the_papers_families(store):
     from clusterprobe.runners import pipeline
     from clusterprobe.runners.config import RunConfig
 
-    config = RunConfig(
-        arch="convnext_atto",
-        classes=2,
-        subclasses=2,
-        train_per_subclass=6,
-        eval_per_subclass=6,
-        probe_per_subclass=2,
-        image_size=32,
-        epochs=1,
-        batch_size=12,
-        save=(),
-        device="cpu",
-    )
+    config = RunConfig(arch="convnext_atto", **ONE_EPOCH_32PX_RUN)
     result = pipeline.run(config, store, quiet=True)
     assert [row["name"] for row in result.layers] == [f"stages.{i}" for i in range(4)]
     assert "test_acc" in result.summary  # trained on the superclasses: its head predicts them

@@ -10,6 +10,7 @@ from clusterprobe.runners.config import RunConfig
 from clusterprobe.runners.engine.embed import embed_eval, pooled_features
 from clusterprobe.runners.models import create_model, layer_taps, model_config
 from clusterprobe.tracker.errors import UsageError
+from conftest import ONE_EPOCH_32PX_RUN
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -140,18 +141,7 @@ def test_vgg_default_norm_keeps_timms_model():
     assert model_config(RunConfig(arch="vgg11", norm="ln"), 4)["fc_norm"] is True
 
 
-TINY = dict(
-    classes=2,
-    subclasses=2,
-    train_per_subclass=6,
-    eval_per_subclass=6,
-    probe_per_subclass=2,
-    image_size=32,
-    epochs=1,
-    batch_size=12,
-    save=(),
-    device="cpu",
-)
+TINY = ONE_EPOCH_32PX_RUN
 
 
 @pytest.mark.parametrize(
