@@ -223,6 +223,24 @@ def test_dead_owner_trial_is_failed(tmp_path):
     assert states == {orphan.number: TrialState.FAIL, live.number: TrialState.RUNNING}
 
 
+def test_dead_owner_killed_before_the_link_is_linked_to_its_run(store):
+    """A worker killed between starting its train run and naming it on the trial: the
+    orphan sweep finds the run by its tags and links it before failing the trial."""
+    tracker = Tracker(store)
+    study = optuna.create_study(study_name="g", storage=store.optuna_url)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    trial = study.ask()
+    trial.set_user_attr(ATTR_HOST, socket.gethostname())
+    trial.set_user_attr(ATTR_PID, dead.pid)
+    tags = {TAG_STUDY: "g", TAG_TRIAL: str(trial.number)}
+    run = tracker.start_run("train", tags=tags)
+    assert fail_orphan_trials(study, tracker) == [trial.number]
+    frozen = study.trials[trial.number]
+    assert frozen.state == TrialState.FAIL
+    assert frozen.user_attrs[ATTR_RUN_ID] == run.run_id
+
+
 def test_stale_heartbeat_fails_the_runs_of_another_host(store):
     """The heartbeat callback fails a dead trial's RUNNING train and eval runs by their tags
     (the reaper cannot: their owner pid lived on another host)."""
@@ -399,6 +417,13 @@ def test_four_workers_on_a_journal_file(store, space_file):
     assert sorted(int(r.data.tags[TAG_TRIAL]) for r in train_runs) == list(range(8))
 
 
+def _linked(store, run) -> bool:
+    """Whether the run's trial already names it (its user attr is set)."""
+    study = optuna.load_study(study_name="k", storage=store.optuna_url)
+    trial = study.trials[int(run.data.tags[TAG_TRIAL])]
+    return trial.user_attrs.get(ATTR_RUN_ID) == run.info.run_id
+
+
 def test_sigkill_mid_trial_then_resume(store, space_file):
     """SIGKILL a worker mid-trial: heartbeat FAILs the trial, the reaper FAILs its runs,
     and --resume completes the study with no orphans and no duplicates."""
@@ -417,6 +442,9 @@ def test_sigkill_mid_trial_then_resume(store, space_file):
         while time.time() < deadline and proc.poll() is None and not running:
             time.sleep(0.5)
             running = tracker.search_runs(kind="train", status="RUNNING", tags={TAG_STUDY: "k"})
+            # mid-trial means after the trial names its run: a kill in the instant between
+            # the run's start and the link is the orphan sweep's case (fail_orphan_trials)
+            running = [r for r in running if _linked(store, r)]
         assert running, f"no trial started: {proc.stderr.read().decode() if proc.poll() else ''}"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
