@@ -31,6 +31,7 @@ PARAM_TYPES: dict[str, str] = {
     "breeds_info": "VARCHAR",
     "download": "BOOLEAN",
     "skip_corrupt": "BOOLEAN",
+    "image_cache": "VARCHAR",
     "arch": "VARCHAR",
     "stem": "VARCHAR",
     "taps": "VARCHAR",

@@ -75,6 +75,9 @@ class RunConfig:
     breeds_info: str | None = None  # folder of the BREEDS hierarchy files (else cache/download)
     download: bool = False  # allow downloading a dataset (CIFAR-100) into data_dir
     skip_corrupt: bool = False  # leave out image files that do not decode (else: refuse)
+    # Decoded-image cache of image-file datasets (runners/data/cache.py): "default" (the
+    # user cache folder), a folder, or "none" (decode every file on every pass).
+    image_cache: str = "default"
     # --- preprocessing (runners/data/preprocess.py): a recipe, then single overrides ---
     # "dataset": the dataset's own recipe (what `run` trains with); "model": timm's data
     # config of the arch (input size, mean/std, interpolation, crop), for weights made
@@ -151,6 +154,8 @@ class RunConfig:
                 raise UsageError(
                     f"--{name.replace('_', '-')} {value!r}: choose one of {', '.join(legal)}"
                 )
+        if not self.image_cache.strip():
+            raise UsageError("--cache '': give a folder, 'default' or 'none'")
         if self.preprocess not in choices.PREPROCESS:
             raise UsageError(
                 f"--preprocess {self.preprocess!r}: choose one of {', '.join(choices.PREPROCESS)}"

@@ -79,7 +79,14 @@ def prepare(config: RunConfig):
         config = recipes.resolve(config, models.arch_family(config.arch))
     except ValueError as err:
         raise UsageError(f"--{err}") from None
-    data = check_dataset(registry.load_dataset(config), skip_corrupt=config.skip_corrupt)
+    from clusterprobe.runners.data.cache import resolve_root
+
+    data = check_dataset(
+        registry.load_dataset(config),
+        skip_corrupt=config.skip_corrupt,
+        cache_root=resolve_root(config.image_cache),
+        progress=sys.stderr.isatty(),
+    )
     from clusterprobe.runners.data.splitcheck import split_warnings
 
     skipped = data.record.get("skipped_corrupt") or []

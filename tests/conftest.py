@@ -16,14 +16,21 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 from clusterprobe.tracker.store import Store, resolve_store
+
+# Caches the code fills by default (decoded images, BREEDS files) go to a folder of this
+# session, inherited by the CLI subprocesses, never to the user's own.
+os.environ["CLUSTERPROBE_CACHE"] = tempfile.mkdtemp(prefix="clusterprobe-test-cache-")
+atexit.register(shutil.rmtree, os.environ["CLUSTERPROBE_CACHE"], ignore_errors=True)
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "CLUSTERPROBE_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -98,6 +98,11 @@ CASES = [
     (["run", "--dataset", "folder", "--data-dir", f"{F}/nosub", "--store", S], "b"),
     (["run", "--dataset", "folder", "--data-dir", f"{F}/single", "--store", S], "b/w"),
     (["run", "--dataset", "folder", "--data-dir", f"{F}/corrupt", "--store", S], "b/w/1.png"),
+    (
+        ["run", "--dataset", "folder", "--data-dir", f"{F}/corrupt", "--skip-corrupt"]
+        + ["--cache", f"{F}/afile", "--store", S],
+        "afile: cannot hold the image cache",
+    ),
     # --- CLI values (run) ---
     (["run", *TINY, "--epochs", "0", "--store", S], "--epochs 0"),
     (["run", *TINY, "--lr", "-1", "--store", S], "--lr -1"),

@@ -1,13 +1,26 @@
-"""The decoded-image cache: one decode per file, then memory-mapped pixels."""
+"""The decoded-image cache: one decode per file, then memory-mapped pixels for every pass,
+run and trial; evaluation pixels as the decode path gives them."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from clusterprobe.runners.config import RunConfig
 from clusterprobe.runners.data import cache
+from clusterprobe.runners.data.imagecheck import check_dataset
+from clusterprobe.runners.data.registry import load_dataset
+from clusterprobe.runners.evalrun.stored import dataset_record
+from clusterprobe.tracker.errors import UsageError
+from clusterprobe.tracker.tracking import Tracker
 from PIL import Image
 from torchvision import transforms
+
+from tests.conftest import ONE_EPOCH_RUN
+from tests.test_imagecheck import truncate_jpeg
 
 
 @pytest.fixture
@@ -25,7 +38,29 @@ def image_folder(tmp_path):
     return [*paths, str(bad)], [0, 1, 0, 1, 0, 1]
 
 
-def test_second_run_decodes_nothing_and_pixels_are_the_eval_transform(image_folder, tmp_path):
+def scramble_keeping_size_and_mtime(paths) -> None:
+    """Garbage of the same length, mtime put back: the cache key cannot tell, so any
+    file read after this would fail to decode or give other pixels."""
+    for p in paths:
+        st = os.stat(p)
+        Path(p).write_bytes(b"\xff" * st.st_size)
+        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def noise_tree(root: Path, n: int = 5) -> None:
+    """root/<super>/<sub>/i.jpg: textured JPEGs of several shapes (2 x 2 subclasses)."""
+    rng = np.random.default_rng(1)
+    for sup in ("animal", "plant"):
+        for sub in ("a", "b"):
+            folder = root / sup / f"{sup}-{sub}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                h, w = 90 + 7 * i, 130 - 9 * i
+                pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
+
+
+def test_one_decode_per_file_then_pixels_from_the_map(image_folder, tmp_path):
     paths, labels = image_folder
     root = tmp_path / "cache"
     pixels, bad = cache.open_or_build(paths, labels, "train", 24, root=root)
@@ -37,17 +72,26 @@ def test_second_run_decodes_nothing_and_pixels_are_the_eval_transform(image_fold
             np.testing.assert_array_equal(pixels[i], np.asarray(want(im.convert("RGB"))))
     assert not pixels[-1].any()  # the corrupt file's row stays black
     first = np.array(pixels)
-    for p in paths:  # a second run must not read any image file: remove them all
-        open(p, "wb").close()
-    again, bad = cache.open_or_build(paths, labels, "train", 24, root=root)
-    assert bad == [] and isinstance(again, np.memmap)
+    scramble_keeping_size_and_mtime(paths)
+    again, bad_again = cache.open_or_build(paths, labels, "train", 24, root=root)
+    assert isinstance(again, np.memmap)
     np.testing.assert_array_equal(again, first)
-    assert [f.name for f in root.iterdir()] == [
-        cache.cache_file(root, cache.dataset_digest(paths, labels), "train", 24).name
+    assert bad_again == bad  # from the list written beside the pixels, not a new decode
+    target = cache.cache_file(root, cache.dataset_digest(paths, labels), "train", 24, "bilinear")
+    assert sorted(f.name for f in root.iterdir()) == [
+        target.with_suffix(".corrupt.json").name,
+        target.name,
     ]
-    ds = cache.CachedImages(again, [0] * 6, labels)
-    image, sup, sub = ds[1]
-    assert image.dtype == torch.uint8 and image.shape == (3, 24, 24) and (sup, sub) == (0, 1)
+
+
+def test_a_replaced_file_rebuilds_the_cache(image_folder, tmp_path):
+    paths, labels = image_folder
+    root = tmp_path / "cache"
+    cache.open_or_build(paths[:-1], labels[:-1], "eval", 16, root=root)
+    Image.new("RGB", (30, 30), (200, 10, 10)).save(paths[2], "JPEG")  # a fixed file
+    pixels, _ = cache.open_or_build(paths[:-1], labels[:-1], "eval", 16, root=root)
+    assert len(list(root.glob("*.npy"))) == 2
+    np.testing.assert_allclose(pixels[2].reshape(-1, 3).mean(0), (200, 10, 10), atol=3)
 
 
 def test_size_cap_is_one_clear_error_and_writes_nothing(image_folder, tmp_path):
@@ -57,28 +101,69 @@ def test_size_cap_is_one_clear_error_and_writes_nothing(image_folder, tmp_path):
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
 
 
-def test_augment_batch_is_seeded_and_in_range():
-    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    a = cache.augment_batch(images, 16, torch.Generator().manual_seed(0))
-    b = cache.augment_batch(images, 16, torch.Generator().manual_seed(0))
-    assert a.shape == (4, 3, 16, 16) and torch.equal(a, b)
-    assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
-    flat = torch.full((2, 3, 32, 32), 200, dtype=torch.uint8)  # a flat image stays flat
-    out = cache.augment_batch(flat, 8, torch.Generator().manual_seed(1))
-    torch.testing.assert_close(out, torch.full_like(out, 200 / 255))
-    # the whole image, no flip: a plain bilinear resize of it
-    whole = cache.augment_batch(
-        images, 32, torch.Generator(), scale=(1, 1), ratio=(1, 1), flip=False
+@pytest.mark.parametrize("preprocess", ["dataset", "model"])
+def test_eval_pixels_are_the_decode_paths(tmp_path, preprocess):
+    """The cached splits give the decode path's evaluation tensors (resize, centre crop,
+    normalise: the dataset recipe at 96 px, or timm's bicubic recipe of the arch); the
+    training split draws its random crops from the stored square."""
+    noise_tree(tmp_path / "data")
+    config = RunConfig(
+        dataset="folder", data_dir=str(tmp_path / "data"), image_size=96, preprocess=preprocess
     )
-    torch.testing.assert_close(whole, images.float() / 255, atol=1e-5, rtol=0)
+    decoded = check_dataset(load_dataset(config))
+    data = check_dataset(load_dataset(config), cache_root=tmp_path / "cache")
+    assert isinstance(data.eval, cache.CachedFiles) and isinstance(decoded.eval, type(decoded.eval))
+    stored = data.eval.pixels.shape[1]
+    assert stored == data.preprocess.resize_size() and stored > 96
+    for split in ("eval", "train_plain"):
+        a, b = getattr(decoded, split), getattr(data, split)
+        assert a.paths == b.paths
+        for i in range(len(a)):
+            x, y = a[i], b[i]
+            assert y[1:] == x[1:]
+            torch.testing.assert_close(y[0], x[0], atol=1e-6, rtol=0)
+    torch.manual_seed(0)
+    crops = torch.stack([data.train[i][0] for i in range(len(data.train))])
+    assert crops.shape == (len(data.train), 3, 96, 96) and crops.std() > 0.1
+    assert "centre" in data.record["image_cache"]
 
 
-def test_augment_batch_flips_are_mirrors():
-    images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
-    out = cache.augment_batch(
-        images, 8, torch.Generator().manual_seed(2), scale=(1, 1), ratio=(1, 1)
+def test_second_run_reads_only_the_cache_and_trains_the_same(tmp_path, store):
+    """Two runs on one folder: the first decodes each file once into the cache, the second
+    reads no image file (they are scrambled between the runs) and, reading the same
+    pixels, trains to the same numbers. A corrupt file is skipped in both."""
+    from clusterprobe.runners import pipeline
+
+    noise_tree(tmp_path / "data", n=6)
+    cut = tmp_path / "data" / "plant" / "plant-b" / "3.jpg"
+    truncate_jpeg(cut)
+    config = RunConfig(
+        **{**ONE_EPOCH_RUN, "image_size": 72, "train_per_subclass": None},
+        dataset="folder",
+        data_dir=str(tmp_path / "data"),
+        image_cache=str(tmp_path / "cache"),
+        skip_corrupt=True,
     )
-    x = images.float() / 255
-    same = (out - x).abs().amax(dim=(1, 2, 3)) < 1e-5
-    mirrored = (out - x.flip(3)).abs().amax(dim=(1, 2, 3)) < 1e-5
-    assert bool((same | mirrored).all()) and 0 < int(mirrored.sum()) < 16
+    first = pipeline.run(config, store, quiet=True)
+    scramble_keeping_size_and_mtime((tmp_path / "data").rglob("*.jpg"))
+    with pytest.raises(UsageError, match="does not decode"):
+        check_dataset(load_dataset(config.replace(image_cache="none")))  # truly scrambled
+    second = pipeline.run(config, store, quiet=True)
+    assert second.train_run_id != first.train_run_id
+    assert second.evaluations[1] == first.evaluations[1]
+    tracker = Tracker(store)
+    for result in (first, second):
+        record = dataset_record(tracker, result.eval_run_ids[-1])
+        assert record["options"]["skipped_corrupt"] == [str(cut)]
+        assert record["options"]["image_cache"].startswith("centre")
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2  # train and eval, built once
+
+
+def test_cache_off_decodes(tmp_path):
+    noise_tree(tmp_path / "data", n=3)
+    config = RunConfig(dataset="folder", data_dir=str(tmp_path / "data"), image_cache="none")
+    from clusterprobe.runners.data.images import ImageFiles
+    from clusterprobe.runners.pipeline import prepare
+
+    _, data = prepare(config)
+    assert isinstance(data.eval, ImageFiles) and "image_cache" not in data.record

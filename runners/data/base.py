@@ -10,10 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch.utils.data
+
+
+def user_cache(name: str) -> Path:
+    """``name`` in clusterprobe's cache folder: ``$CLUSTERPROBE_CACHE``, else
+    ``$XDG_CACHE_HOME/clusterprobe``, else ``~/.cache/clusterprobe``."""
+    base = os.environ.get("CLUSTERPROBE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "clusterprobe"
+    )
+    return Path(base) / name
 
 
 @dataclass(frozen=True)

@@ -205,10 +205,9 @@ def _longest_path_levels(children: dict[str, tuple[str, ...]], root: str) -> dic
 
 def cache_dir() -> Path:
     """Where downloaded hierarchy files live: $CLUSTERPROBE_CACHE/breeds or ~/.cache/..."""
-    base = os.environ.get("CLUSTERPROBE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "clusterprobe"
-    )
-    return Path(base) / "breeds"
+    from clusterprobe.runners.data.base import user_cache
+
+    return user_cache("breeds")
 
 
 def find_info_dir(breeds_info: str | os.PathLike | None = None, *, download: bool = True) -> Path:

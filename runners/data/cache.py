@@ -3,56 +3,101 @@
 JPEG decoding dominates loading real images on a CPU (ImageNet at 224 px: ~70 images/s
 on 2 cores), far below what a GPU trains on. The first pass decodes each file once
 (through ``imagecheck.find_corrupt``, so the corrupt-image check and the cache read
-each file once), resizes its shorter side to ``size`` and keeps the centre
-``size x size``, and writes the pixels into one uint8 array file ``[N, size, size, 3]``
-(``numpy.lib.format``, so ``np.load(mmap_mode="r")`` reads it). Later epochs, runs and
-study trials map that file; training augmentation runs on the batch tensor
-(:func:`augment_batch`: random-resized crop and flip, on the batch's device).
+each file once), resizes its shorter side to the recipe's resize size (256 for a
+224 px input) with the recipe's interpolation, keeps the centre square, and writes the
+pixels into one uint8 array file ``[N, S, S, 3]`` (``numpy.lib.format``, so
+``np.load(mmap_mode="r")`` reads it), with the files that did not decode in a JSON file
+beside it. Later epochs, runs and study trials map that file and apply the run's own
+transforms to each stored square (:class:`CachedFiles`).
 
-A cache file is keyed by the dataset digest (the class lists and file names), the split
-and the size, under ``default_root()`` (``$XDG_CACHE_HOME/clusterprobe/images``, else
-``~/.cache/clusterprobe/images``) or ``--cache DIR``. It is written under a temporary
+What changes: evaluation images are the same pixels the decode path gives (its resize,
+then the centre crop). Training crops are drawn from the stored centre square rather
+than the whole image: the run records ``image_cache`` so the two stay apart in queries.
+
+A cache file is keyed by the files (folder and name, byte size and modification time,
+so a replaced file rebuilds it), their labels, the split, the size and the
+interpolation, under ``default_root()`` (``images`` in the user cache folder:
+``$CLUSTERPROBE_CACHE``, else ``$XDG_CACHE_HOME/clusterprobe`` or ``~/.cache/clusterprobe``)
+or ``--cache DIR``. It is written under a temporary
 name and renamed when complete, so a killed first pass leaves no half file behind.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
+import torch.utils.data
 from PIL import Image
 
 DEFAULT_CAP = 64 * 2**30  # bytes a cache file may take unless told otherwise
+OFF = "none"  # RunConfig.image_cache: decode every file on every pass
+DEFAULT = "default"  # RunConfig.image_cache: the user cache folder
 
 
 def default_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "clusterprobe" / "images"
+    from clusterprobe.runners.data.base import user_cache
+
+    return user_cache("images")
+
+
+def resolve_root(setting: str) -> Path | None:
+    """The folder ``RunConfig.image_cache`` names; None when the cache is off."""
+    if setting == OFF:
+        return None
+    return default_root() if setting == DEFAULT else Path(setting).expanduser()
 
 
 def dataset_digest(paths: Sequence[str], labels: Sequence[int]) -> str:
-    """Digest of which files (by name, not by location) carry which labels."""
+    """Digest of which files (by folder and name, size and mtime, not by location) carry
+    which labels."""
     h = hashlib.sha256()
     for p, y in zip(paths, labels, strict=True):
-        h.update(f"{Path(p).parent.name}/{Path(p).name}\t{int(y)}\n".encode())
+        st = os.stat(p)
+        name = f"{Path(p).parent.name}/{Path(p).name}"
+        h.update(f"{name}\t{st.st_size}\t{st.st_mtime_ns}\t{int(y)}\n".encode())
     return h.hexdigest()[:16]
 
 
-def cache_file(root: str | os.PathLike, digest: str, split: str, size: int) -> Path:
-    return Path(root) / f"{digest}-{split}-{size}px.npy"
+def cache_file(
+    root: str | os.PathLike,
+    digest: str,
+    split: str,
+    size: int,
+    interpolation: str = "bilinear",
+    crop: int | None = None,
+) -> Path:
+    return Path(root) / f"{digest}-{split}-{size}px-c{crop or size}-{interpolation}.npy"
 
 
-def resize_crop(image: Image.Image, size: int) -> np.ndarray:
-    """Shorter side to ``size``, centre ``size x size`` (torchvision's ``Resize`` +
-    ``CenterCrop`` on the PIL image, bilinear): uint8 [size, size, 3]."""
+def _corrupt_file(target: Path) -> Path:
+    return target.with_suffix(".corrupt.json")
+
+
+def resize_crop(
+    image: Image.Image, size: int, interpolation: str = "bilinear", crop: int | None = None
+) -> np.ndarray:
+    """Shorter side to ``size`` (torchvision's ``Resize`` on the PIL image), then the
+    ``size x size`` square placed so that a centre crop of ``crop`` px from it is the
+    centre crop of ``crop`` px from the whole resized image (the two roundings of
+    ``CenterCrop`` differ by a pixel otherwise): uint8 [size, size, 3]."""
     from torchvision.transforms import functional as tf
 
-    image = tf.center_crop(tf.resize(image, size, tf.InterpolationMode.BILINEAR), size)
+    crop = size if crop is None else crop
+    image = tf.resize(image, size, tf.InterpolationMode(interpolation), antialias=True)
+
+    def start(full: int) -> int:  # CenterCrop's own rounding, for both crops
+        want = int(round((full - crop) / 2.0)) - int(round((size - crop) / 2.0))
+        return max(0, min(full - size, want))
+
+    width, height = image.size
+    image = tf.crop(image, start(height), start(width), size, size)
     return np.asarray(image, dtype=np.uint8)
 
 
@@ -61,6 +106,9 @@ def build(
     target: Path,
     size: int,
     *,
+    interpolation: str = "bilinear",
+    crop: int | None = None,
+    draft: int | None = None,
     cap: int = DEFAULT_CAP,
     progress: bool = False,
 ) -> list:
@@ -77,12 +125,18 @@ def build(
             f"{size} px exceeds the cap of {cap / 2**30:.1f} GiB; raise the cap or use a "
             "smaller size"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(
+            f"--cache {target.parent}: cannot hold the image cache ({err.strerror}); give a "
+            "folder, or --cache none"
+        ) from None
     free = shutil.disk_usage(target.parent).free
     if need > free:
         raise ValueError(
             f"image cache {target.name}: {need / 2**30:.1f} GiB needed, {free / 2**30:.1f} GiB "
-            f"free in {target.parent}; point --cache at a disk with room"
+            f"free in {target.parent}; point --cache at a disk with room, or --cache none"
         )
     tmp = target.with_suffix(f".{os.getpid()}.part")
     out = np.lib.format.open_memmap(
@@ -91,13 +145,15 @@ def build(
     bar = progress_bar(len(paths), show=progress, desc=f"caching {size} px images", unit="img")
 
     def keep(i: int, image: Image.Image) -> None:
-        out[i] = resize_crop(image, size)
+        out[i] = resize_crop(image, size, interpolation, crop)
         bar.update()
 
     try:
-        bad = find_corrupt(paths, keep=keep, draft=size)
+        bad = find_corrupt(paths, keep=keep, draft=draft or size)
         out.flush()
-        os.replace(tmp, target)
+        corrupt = [dataclasses.asdict(c) for c in bad]
+        _corrupt_file(target).write_text(json.dumps(corrupt, indent=1))
+        os.replace(tmp, target)  # last: a cache file without its corrupt list never exists
     finally:
         bar.close()
         tmp.unlink(missing_ok=True)
@@ -110,71 +166,124 @@ def open_or_build(
     split: str,
     size: int,
     *,
+    interpolation: str = "bilinear",
+    crop: int | None = None,
+    draft: int | None = None,
     root: str | os.PathLike | None = None,
     cap: int = DEFAULT_CAP,
     progress: bool = False,
 ) -> tuple[np.ndarray, list]:
-    """The read-only memory map ``[N, size, size, 3]`` of these images, built on first use;
-    with the corrupt files found while building (empty when the file already existed)."""
-    target = cache_file(root or default_root(), dataset_digest(paths, labels), split, size)
-    bad = [] if target.exists() else build(paths, target, size, cap=cap, progress=progress)
+    """The read-only memory map ``[N, size, size, 3]`` of these images, built on first use,
+    with the files that do not decode (found when it was built). ``crop``: the centre
+    crop the squares will be cut to (see :func:`resize_crop`); ``draft``: the smallest
+    side JPEGs may be decoded at (``ImageFiles``'), ``size`` by default."""
+    from clusterprobe.runners.data.imagecheck import CorruptImage
+
+    digest = dataset_digest(paths, labels)
+    target = cache_file(root or default_root(), digest, split, size, interpolation, crop)
+    if not (target.exists() and _corrupt_file(target).exists()):
+        build(
+            paths,
+            target,
+            size,
+            interpolation=interpolation,
+            crop=crop,
+            draft=draft,
+            cap=cap,
+            progress=progress,
+        )
     pixels = np.load(target, mmap_mode="r")
     if pixels.shape != (len(paths), size, size, 3):
         raise ValueError(f"image cache {target}: shape {pixels.shape}, delete it to rebuild")
+    bad = [CorruptImage(**c) for c in json.loads(_corrupt_file(target).read_text())]
     return pixels, bad
 
 
-class CachedImages(torch.utils.data.Dataset):
-    """Rows of a cache file as uint8 tensors [3, size, size] with their two labels."""
+class CachedFiles(torch.utils.data.Dataset):
+    """Image files read from a cache file: ``transform`` of the stored square of
+    ``paths[i]`` (row ``rows[i]``), with its two labels; :class:`images.ImageFiles`'s
+    interface, so the corrupt-file check and the loaders treat both alike."""
 
-    def __init__(self, pixels: np.ndarray, superclass, subclass):
+    draft = None  # nothing is decoded here
+
+    def __init__(
+        self,
+        pixels: np.ndarray,
+        rows: np.ndarray,
+        paths: Sequence[str],
+        superclass: np.ndarray,
+        subclass: np.ndarray,
+        transform: Callable,
+    ):
+        if not (len(rows) == len(paths) == len(superclass) == len(subclass)):
+            raise ValueError("rows, paths and labels must have the same length")
         self.pixels = pixels
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.paths = list(paths)
         self.superclass = np.asarray(superclass, dtype=np.int64)
         self.subclass = np.asarray(subclass, dtype=np.int64)
+        self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.pixels)
+        return len(self.rows)
 
     def __getitem__(self, i: int):
-        image = torch.from_numpy(np.array(self.pixels[i])).permute(2, 0, 1)
-        return image, int(self.superclass[i]), int(self.subclass[i])
+        image = Image.fromarray(np.asarray(self.pixels[self.rows[i]]))
+        return self.transform(image), int(self.superclass[i]), int(self.subclass[i])
 
-
-def augment_batch(
-    images: torch.Tensor,
-    out_size: int,
-    generator: torch.Generator,
-    *,
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    flip: bool = True,
-) -> torch.Tensor:
-    """Random-resized crop (torchvision's area and aspect ranges) and horizontal flip of a
-    uint8 batch [B, 3, S, S], as float [B, 3, out_size, out_size] in [0, 1], on its device.
-
-    Each crop is resized by ``interpolate`` (bilinear, antialiased as torchvision's
-    tensor transforms): on the CPU straight from uint8 channels-last pixels, torch's
-    vectorised path (4x faster than one ``grid_sample`` over the float batch, and 40x
-    faster than ``roi_align``, measured); the random numbers come from ``generator``
-    (CPU), so a seed gives the same crops on any device.
-    """
-    b, _, h, w = images.shape
-    area = h * w * torch.empty(b).uniform_(*scale, generator=generator)
-    log_r = torch.empty(b).uniform_(np.log(ratio[0]), np.log(ratio[1]), generator=generator)
-    aspect = log_r.exp()
-    cw = (area * aspect).sqrt().round().clamp(1, w).long()
-    ch = (area / aspect).sqrt().round().clamp(1, h).long()
-    x0 = (torch.rand(b, generator=generator) * (w - cw + 1)).long().clamp(max=w - cw)
-    y0 = (torch.rand(b, generator=generator) * (h - ch + 1)).long().clamp(max=h - ch)
-    mirror = (torch.rand(b, generator=generator) < 0.5) & flip
-    src = images if images.device.type == "cpu" else images.float()
-    src = src.contiguous(memory_format=torch.channels_last)
-    out = []
-    for i in range(b):
-        crop = src[i : i + 1, :, y0[i] : y0[i] + ch[i], x0[i] : x0[i] + cw[i]]
-        crop = torch.nn.functional.interpolate(
-            crop, size=(out_size, out_size), mode="bilinear", antialias=True, align_corners=False
+    def with_transform(self, transform: Callable, draft: int | None = None) -> CachedFiles:
+        return CachedFiles(
+            self.pixels, self.rows, self.paths, self.superclass, self.subclass, transform
         )
-        out.append(crop.flip(3) if mirror[i] else crop)
-    x = torch.cat(out).float()
-    return x.div_(255.0).contiguous()
+
+    def subset(self, keep: np.ndarray) -> CachedFiles:
+        """The files where ``keep`` (bool [N]) is true."""
+        return CachedFiles(
+            self.pixels,
+            self.rows[keep],
+            [p for p, k in zip(self.paths, keep, strict=True) if k],
+            self.superclass[keep],
+            self.subclass[keep],
+            self.transform,
+        )
+
+
+def cached(data, root: Path, *, progress: bool = False):
+    """``data`` (a HierarchicalData of image files) read through the cache under ``root``,
+    and the files that do not decode per split: ``(data, bad_train, bad_eval)``. ``None``
+    when its recipe keeps more than a centre square (timm's squash and border crops), so
+    the cache cannot give the same evaluation pixels. Raises ValueError (cap, disk)."""
+    pre = data.preprocess
+    if pre is None or pre.crop_mode != "center":
+        return None
+    size, interpolation = pre.resize_size(), pre.interpolation
+    out, bad = {}, {}
+    for split, files in (("train", data.train_plain), ("eval", data.eval)):
+        pixels, bad[split] = open_or_build(
+            files.paths,
+            files.subclass,
+            split,
+            size,
+            interpolation=interpolation,
+            crop=pre.input_size,
+            draft=files.draft,
+            root=root,
+            progress=progress,
+        )
+        out[split] = CachedFiles(
+            pixels,
+            np.arange(len(files)),
+            files.paths,
+            files.superclass,
+            files.subclass,
+            files.transform,
+        )
+    record = {**data.record, "image_cache": f"centre {size} px squares ({interpolation})"}
+    data = dataclasses.replace(
+        data,
+        train=out["train"].with_transform(data.train.transform),
+        train_plain=out["train"],
+        eval=out["eval"],
+        record=record,
+    )
+    return data, bad["train"], bad["eval"]

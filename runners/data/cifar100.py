@@ -10,7 +10,6 @@ images, evaluate on the 10,000 test images (100 per fine class).
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
@@ -27,10 +26,9 @@ EVAL_PER_SUBCLASS = 100
 
 
 def default_dir() -> Path:
-    base = os.environ.get("CLUSTERPROBE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "clusterprobe"
-    )
-    return Path(base) / "cifar100"
+    from clusterprobe.runners.data.base import user_cache
+
+    return user_cache("cifar100")
 
 
 def find_folder(data_dir: str | None, download: bool) -> Path:

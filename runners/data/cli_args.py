@@ -33,6 +33,7 @@ FIELDS = (
     "breeds_info",
     "download",
     "skip_corrupt",
+    "image_cache",
     "train_per_subclass",
     "eval_per_subclass",
     "image_size",
@@ -94,6 +95,14 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="leave out image files that do not decode, counted in the run's dataset record "
         "(default: refuse the dataset, naming the first bad file)",
+    )
+    g.add_argument(
+        "--cache",
+        dest="image_cache",
+        default=None,
+        metavar="DIR",
+        help="decoded-image cache of image-file datasets: each file decoded once, later "
+        "passes, runs and trials read it (default: the user cache folder; 'none': off)",
     )
     g.add_argument("--train-per-subclass", type=int, default=None, metavar="N")
     g.add_argument("--eval-per-subclass", type=int, default=None, metavar="N")

@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 
@@ -68,25 +69,34 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         return im.size
 
 
-def check_dataset(data, *, skip_corrupt: bool = False):
+def check_dataset(data, *, skip_corrupt: bool = False, cache_root=None, progress: bool = False):
     """``data`` (a HierarchicalData) with every image file of both splits decoded once.
 
     A file that does not decode stops here, before any run exists: a UsageError naming
     it (and how many others), or with ``skip_corrupt`` the files are left out and
-    counted in ``data.record["skipped_corrupt"]``. Datasets not read from files (the
+    counted in ``data.record["skipped_corrupt"]``. With ``cache_root`` the decoding
+    fills the decoded-image cache there (``cache.py``), or reads it when it is already
+    built, and the splits read their pixels from it. Datasets not read from files (the
     synthetic generator, CIFAR-100's arrays) are returned unchanged.
     """
     import dataclasses
 
-    import numpy as np
+    from clusterprobe.runners.data import cache
     from clusterprobe.runners.data.base import Labels
     from clusterprobe.runners.data.images import ImageFiles
     from clusterprobe.tracker.errors import UsageError
 
     if not isinstance(data.train_plain, ImageFiles) or not isinstance(data.eval, ImageFiles):
         return data
-    bad_train = find_corrupt(data.train_plain.paths)
-    bad_eval = find_corrupt(data.eval.paths)
+    try:
+        got = cache.cached(data, cache_root, progress=progress) if cache_root else None
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if got is not None:
+        data, bad_train, bad_eval = got
+    else:
+        bad_train = find_corrupt(data.train_plain.paths)
+        bad_eval = find_corrupt(data.eval.paths)
     bad = bad_train + bad_eval
     if not bad:
         return data
@@ -98,16 +108,9 @@ def check_dataset(data, *, skip_corrupt: bool = False):
             "it, or pass --skip-corrupt to leave such files out"
         )
 
-    def without(files: ImageFiles, corrupt: list[CorruptImage]):
+    def without(files, corrupt: list[CorruptImage]):
         gone = {c.path for c in corrupt}
-        keep = np.array([p not in gone for p in files.paths], dtype=bool)
-        kept = ImageFiles(
-            [p for p, k in zip(files.paths, keep, strict=True) if k],
-            files.superclass[keep],
-            files.subclass[keep],
-            files.transform,
-            files.draft,
-        )
+        kept = files.subset(np.array([p not in gone for p in files.paths], dtype=bool))
         missing = sorted(set(files.subclass.tolist()) - set(kept.subclass.tolist()))
         if missing:
             names = ", ".join(data.subclass_names[k] for k in missing[:5])

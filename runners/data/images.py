@@ -85,6 +85,16 @@ class ImageFiles(torch.utils.data.Dataset):
     def with_transform(self, transform: Callable, draft: int | None = None) -> ImageFiles:
         return ImageFiles(self.paths, self.superclass, self.subclass, transform, draft)
 
+    def subset(self, keep: np.ndarray) -> ImageFiles:
+        """The files where ``keep`` (bool [N]) is true."""
+        return ImageFiles(
+            [p for p, k in zip(self.paths, keep, strict=True) if k],
+            self.superclass[keep],
+            self.subclass[keep],
+            self.transform,
+            self.draft,
+        )
+
 
 def gather(
     folders: Sequence[Path],
