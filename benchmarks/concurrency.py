@@ -8,6 +8,7 @@ each run's own choice (the free cores, ``runners/threads.py``) unless ``--thread
 
     .venv/bin/python benchmarks/concurrency.py                  # k = 1, 2, 4
     .venv/bin/python benchmarks/concurrency.py --k 2 --threads 2   # torch's old default on 2 cores
+    .venv/bin/python benchmarks/concurrency.py --k 2 --stagger 5   # the second arrives mid-run
 """
 
 from __future__ import annotations
@@ -33,11 +34,17 @@ def train_seconds(out: str) -> float:
     return float(m.group(1)) if m else float("nan")
 
 
-def launch(cmds: list[list[str]], together: bool) -> tuple[float, list[float]]:
+def launch(
+    cmds: list[list[str]], together: bool, stagger: float = 0.0
+) -> tuple[float, list[float]]:
     t0 = time.perf_counter()
     outs = []
     if together:
-        procs = [subprocess.Popen(c, stdout=subprocess.PIPE, text=True) for c in cmds]
+        procs = []
+        for i, c in enumerate(cmds):
+            if i and stagger:
+                time.sleep(stagger)  # the next run arrives while the first trains
+            procs.append(subprocess.Popen(c, stdout=subprocess.PIPE, text=True))
         outs = [p.communicate()[0] for p in procs]
         codes = [p.returncode for p in procs]
     else:
@@ -52,6 +59,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--k", default="1,2,4", help="comma-separated run counts (default 1,2,4)")
     p.add_argument("--threads", type=int, default=None, help="--threads for every run")
+    p.add_argument(
+        "--stagger", type=float, default=0.0, help="seconds between the 'together' starts"
+    )
     args = p.parse_args(argv)
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,7 +72,7 @@ def main(argv=None) -> None:
                 for i in range(k)
             ]
             seq, seq_train = launch(runs[:k], together=False)
-            tog, tog_train = launch(runs[k:], together=True)
+            tog, tog_train = launch(runs[k:], together=True, stagger=args.stagger)
             print(
                 f"k={k}: sequential {seq:.1f} s (train {', '.join(f'{s:.1f}' for s in seq_train)}),"
                 f" together {tog:.1f} s (train {', '.join(f'{s:.1f}' for s in tog_train)}):"

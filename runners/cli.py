@@ -83,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"clusterprobe {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        from clusterprobe.runners.threads import release
+
+        release()  # the cores this command claimed (runners/threads.py) are free again
 
 
 if __name__ == "__main__":

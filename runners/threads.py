@@ -8,15 +8,29 @@ took 99 s where one alone took 29 s on 2 cores. So unless told (``--threads N``,
 processes do not keep busy right now (Linux's run queue, sampled a few times at start;
 the 1-minute load average elsewhere), at least one. Not the load average on Linux: it
 decays over minutes, so a run started just after another finished took one core of
-two on an idle machine (measured: the default run trained in 102 s on 1 thread). The
-count used is recorded on every run (tag ``clusterprobe.torch_threads``).
+two on an idle machine (measured: the default run trained in 102 s on 1 thread).
+
+The run queue misses a process that is still importing (reading files, not running),
+so two runs started together each saw the machine free and took every core (k = 2:
+1.54x slower together than one after the other). Each process therefore also leaves a
+claim (a file named by its pid, in a folder of the temp dir) for as long as it lives,
+and takes at most its share of the cores among the live claimants. The count is fixed
+for the whole run (it sets the order of float sums) and recorded on every run (tag
+``clusterprobe.torch_threads``).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
+
+SETTLE_S = (
+    0.1  # between leaving a claim and counting the others: runs started together see each other
+)
 
 
 def free_cores(cores: int, load: float) -> int:
@@ -24,16 +38,61 @@ def free_cores(cores: int, load: float) -> int:
     return max(1, min(cores, cores - int(load + 0.5)))
 
 
-def pick_threads(requested: int | None, cores: int, load: float, env=os.environ) -> int | None:
+def pick_threads(
+    requested: int | None, cores: int, load: float, env=os.environ, others: int = 0
+) -> int | None:
     """The thread count to set: ``requested`` when given; None (keep torch's own choice)
-    where ``OMP_NUM_THREADS`` already fixes it; else the free cores."""
+    where ``OMP_NUM_THREADS`` already fixes it; else the free cores, at most this
+    process's share of the cores among ``others`` live clusterprobe processes, >= 1."""
     if requested is not None:
         if requested < 1:
             raise ValueError(f"threads {requested}: give a number of threads >= 1")
         return requested
     if env.get("OMP_NUM_THREADS"):
         return None
-    return free_cores(cores, load)
+    return max(1, min(free_cores(cores, load), cores // (1 + others)))
+
+
+def claims_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"clusterprobe-threads-{os.getuid()}"
+
+
+_claimed: Path | None = None  # this process's claim while a command runs
+
+
+def release() -> None:
+    """Withdraw this process's claim (a command ended; the process may live on)."""
+    global _claimed
+    if _claimed is not None:
+        _claimed.unlink(missing_ok=True)
+        _claimed = None
+
+
+def claim(folder: Path | None = None) -> int:
+    """Leave this process's claim (removed at exit); the number of other live claimants."""
+    from clusterprobe.tracker.provenance import pid_alive
+
+    global _claimed
+    folder = folder or claims_dir()
+    mine = folder / str(os.getpid())
+    try:
+        folder.mkdir(exist_ok=True)
+        mine.touch()
+        if _claimed is None:
+            atexit.register(release)
+        _claimed = mine
+        time.sleep(SETTLE_S)
+        others = 0
+        for entry in folder.iterdir():
+            if entry.name == mine.name or not entry.name.isdigit():
+                continue
+            if pid_alive(int(entry.name)):
+                others += 1
+            else:
+                entry.unlink(missing_ok=True)  # a killed run's claim
+        return others
+    except OSError:  # an unwritable temp dir: no coordination, the run queue alone
+        return 0
 
 
 def busy_now(samples: int = 5, interval_s: float = 0.02) -> float:
@@ -56,8 +115,9 @@ def apply_threads(requested: int | None) -> int:
     """Set torch's intra-op threads by :func:`pick_threads` on this machine; the count used."""
     import torch
 
+    others = claim()
     load = busy_now() if requested is None else 0.0
-    n = pick_threads(requested, os.cpu_count() or 1, load)
+    n = pick_threads(requested, os.cpu_count() or 1, load, others=others)
     if n is not None:
         torch.set_num_threads(n)
     return torch.get_num_threads()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -45,3 +46,31 @@ def test_a_spinning_process_counts_as_busy_now():
     finally:
         spinner.kill()
         spinner.wait()
+
+
+def test_live_claimants_share_the_cores():
+    assert pick_threads(None, 2, 0.0, env={}, others=1) == 1  # two runs started together
+    assert pick_threads(None, 16, 0.0, env={}, others=3) == 4
+    assert pick_threads(None, 16, 14.0, env={}, others=1) == 2  # the run queue still counts
+    assert pick_threads(None, 2, 0.0, env={}, others=5) == 1  # never below one
+    assert pick_threads(2, 2, 0.0, env={}, others=5) == 2  # --threads wins
+
+
+def test_claims_count_live_processes_and_clear_dead_ones(tmp_path):
+    from clusterprobe.runners import threads
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        (tmp_path / str(live.pid)).touch()
+        (tmp_path / str(dead.pid)).touch()
+        assert threads.claim(tmp_path) == 1
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            [str(live.pid), str(os.getpid())]
+        )
+        threads.release()
+        assert sorted(p.name for p in tmp_path.iterdir()) == [str(live.pid)]
+    finally:
+        live.kill()
+        live.wait()
