@@ -48,6 +48,24 @@ def test_flattens_spatial_features():
     assert acc == [1.0]
 
 
+def test_held_out_rows_are_per_class_seeded_and_never_empty():
+    from clusterprobe.runners.engine.probe import held_out_rows, stratified_split
+
+    y = np.array([3] * 10 + [1] * 5 + [7] * 2 + [9])
+    kept, held = held_out_rows(y, 0.2, seed=0)
+    assert sorted(np.concatenate([kept, held]).tolist()) == list(range(len(y)))
+    # per class: round-half-up of 20 %, at least one, never all; a lone row is kept
+    assert {int(c): int((y[held] == c).sum()) for c in (3, 1, 7, 9)} == {3: 2, 1: 1, 7: 1, 9: 0}
+    again = held_out_rows(y, 0.2, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(again, (kept, held), strict=True))
+    others = {tuple(held_out_rows(y, 0.2, seed=s)[1]) for s in range(8)}
+    assert len(others) > 1  # the seed moves the rows
+    train, test = stratified_split(y[:17], 0.5, seed=1)
+    assert {int(c): int((y[test] == c).sum()) for c in (3, 1, 7)} == {3: 5, 1: 3, 7: 1}
+    with pytest.raises(ValueError, match="class 9 has 1 image"):
+        stratified_split(y, 0.5, seed=0)
+
+
 def test_probe_with_too_few_images_for_a_stratified_hold_out():
     # regression: 2 images x 8 classes left a 4-image hold-out, fewer than the classes,
     # and sklearn's stratified split raised instead of the probe degrading.
@@ -119,14 +137,11 @@ def test_fit_logistic_is_sklearns_objective():
 def test_batched_probe_within_001_of_converged_sklearn():
     """Every layer's accuracy within 0.01 of sklearn fitted to convergence at the chosen C;
     where the held-out choice of C differs from converged sklearn's, it is a near tie."""
-    from clusterprobe.runners.engine.probe import fit_probes
-    from sklearn.model_selection import train_test_split
+    from clusterprobe.runners.engine.probe import fit_probes, held_out_rows
 
     train, ytr, test, yte = _layers(1)
     fit = fit_probes([x.astype(np.float32) for x in train], ytr, test, yte, seed=0)
-    fit_idx, val_idx = train_test_split(
-        np.arange(len(ytr)), test_size=0.2, random_state=0, stratify=ytr
-    )
+    fit_idx, val_idx = held_out_rows(ytr, 0.2, 0)  # the rows the probe held out
     differ = []
     for i, (xtr, xte) in enumerate(zip(train, test, strict=True)):
         scaler, clf = _converged(xtr, ytr, fit.chosen_c[i])

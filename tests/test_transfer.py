@@ -13,12 +13,12 @@ import shutil
 import numpy as np
 import pytest
 from clusterprobe.runners.cli import main as cli_main
+from clusterprobe.runners.engine.probe import held_out_rows, stratified_split
 from clusterprobe.tracker import conventions as cv
 from PIL import Image
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import adjusted_mutual_info_score
-from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler, normalize
@@ -145,11 +145,11 @@ def test_transfer_run_is_recorded_and_equals_sklearn(store_copy, transfer_folder
 
 def _sklearn_probe(x, y, train, test, seed: int) -> float:
     """sklearn's LogisticRegression on standardised features, its L2 strength picked as
-    engine.probe documents: the best of C_GRID on a stratified 20 % of the training part."""
+    engine.probe documents: the best of C_GRID on its held-out 20 % of each class."""
     from clusterprobe.runners.engine.probe import C_GRID
 
     xtr, ytr = x[train], y[train]
-    fit, val = train_test_split(np.arange(len(ytr)), test_size=0.2, random_state=seed, stratify=ytr)
+    fit, val = held_out_rows(ytr, 0.2, seed)  # the rows engine.probe holds out
 
     def model(c):
         return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
@@ -161,11 +161,9 @@ def _sklearn_probe(x, y, train, test, seed: int) -> float:
 
 def _check_probes(tracker, ev, pooled, labels, seed: int) -> None:
     """The recorded transfer probes equal sklearn's on the documented split (half of
-    every class tested, sklearn's stratified train_test_split with the run's seed)."""
+    every class tested, engine.probe.stratified_split with the run's seed)."""
     params = ev.data.params
-    train, test = train_test_split(
-        np.arange(len(labels)), test_size=0.5, random_state=seed, stratify=labels
-    )
+    train, test = stratified_split(labels, 0.5, seed)
     assert params["probe_train_images"] == str(len(train))
     assert params["transfer.probe_test_images"] == str(len(test))
     history = {
