@@ -71,7 +71,7 @@ def prepare(config: RunConfig):
     UsageError before anything is stored."""
     from clusterprobe.runners import models, recipes
     from clusterprobe.runners.data import registry
-    from clusterprobe.runners.data.imagecheck import check_dataset
+    from clusterprobe.runners.data.dataset_check import check_dataset
 
     config = registry.canonical(config.validate())
     models.model_config(config, num_classes=2)  # arch, stem, taps and norm: UsageError if bad

@@ -11,7 +11,7 @@ import pytest
 import torch
 from clusterprobe.runners.config import RunConfig
 from clusterprobe.runners.data import cache
-from clusterprobe.runners.data.imagecheck import check_dataset
+from clusterprobe.runners.data.dataset_check import check_dataset
 from clusterprobe.runners.data.registry import load_dataset
 from clusterprobe.runners.evalrun.stored import dataset_record
 from clusterprobe.tracker.errors import UsageError

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 from clusterprobe.runners.config import RunConfig
-from clusterprobe.runners.data.imagecheck import check_dataset, find_corrupt
+from clusterprobe.runners.data.dataset_check import check_dataset
+from clusterprobe.runners.data.imagecheck import find_corrupt
 from clusterprobe.runners.data.registry import load_dataset
 from clusterprobe.tracker.errors import UsageError
 from PIL import Image

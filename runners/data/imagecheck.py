@@ -7,7 +7,8 @@ and leaves FAILED runs behind. ``find_corrupt`` decodes each file fully (PIL's l
 returns the ones that fail, with the reason.
 
 The decoded-image cache decodes through here too: ``keep(index, image)`` receives each
-good image, already decoded to RGB, so the check and the cache read every file once.
+good image, already decoded to RGB, so the check and the cache read every file once
+(``dataset_check.check_dataset`` takes one path or the other for a whole dataset).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image
 
 
@@ -67,66 +67,3 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(width, height) from the file's header (no decoding)."""
     with Image.open(path) as im:
         return im.size
-
-
-def check_dataset(data, *, skip_corrupt: bool = False, cache_root=None, progress: bool = False):
-    """``data`` (a HierarchicalData) with every image file of both splits decoded once.
-
-    A file that does not decode stops here, before any run exists: a UsageError naming
-    it (and how many others), or with ``skip_corrupt`` the files are left out and
-    counted in ``data.record["skipped_corrupt"]``. With ``cache_root`` the decoding
-    fills the decoded-image cache there (``cache.py``), or reads it when it is already
-    built, and the splits read their pixels from it. Datasets not read from files (the
-    synthetic generator, CIFAR-100's arrays) are returned unchanged.
-    """
-    import dataclasses
-
-    from clusterprobe.runners.data import cache
-    from clusterprobe.runners.data.base import Labels
-    from clusterprobe.runners.data.images import ImageFiles
-    from clusterprobe.tracker.errors import UsageError
-
-    if not isinstance(data.train_plain, ImageFiles) or not isinstance(data.eval, ImageFiles):
-        return data
-    try:
-        got = cache.cached(data, cache_root, progress=progress) if cache_root else None
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    if got is not None:
-        data, bad_train, bad_eval = got
-    else:
-        bad_train = find_corrupt(data.train_plain.paths)
-        bad_eval = find_corrupt(data.eval.paths)
-    bad = bad_train + bad_eval
-    if not bad:
-        return data
-    if not skip_corrupt:
-        first = bad[0]
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise UsageError(
-            f"{first.path}: image does not decode ({first.reason}){more}; replace or remove "
-            "it, or pass --skip-corrupt to leave such files out"
-        )
-
-    def without(files, corrupt: list[CorruptImage]):
-        gone = {c.path for c in corrupt}
-        kept = files.subset(np.array([p not in gone for p in files.paths], dtype=bool))
-        missing = sorted(set(files.subclass.tolist()) - set(kept.subclass.tolist()))
-        if missing:
-            names = ", ".join(data.subclass_names[k] for k in missing[:5])
-            raise UsageError(
-                f"--skip-corrupt leaves no images of subclass {names}; replace its bad files"
-            )
-        return kept
-
-    train_plain = without(data.train_plain, bad_train)
-    evals = without(data.eval, bad_eval)
-    return dataclasses.replace(
-        data,
-        train=train_plain.with_transform(data.train.transform, data.train.draft),
-        train_plain=train_plain,
-        eval=evals,
-        train_labels=Labels(train_plain.superclass, train_plain.subclass),
-        eval_labels=Labels(evals.superclass, evals.subclass),
-        record={**data.record, "skipped_corrupt": [c.path for c in bad]},
-    )
