@@ -36,31 +36,14 @@ from clusterprobe.tracker.errors import UsageError
 from clusterprobe.tracker.killpoint import ENV_KILL_AT
 from clusterprobe.tracker.store import local_store
 from clusterprobe.tracker.tracking import Tracker
+from conftest import TINY_STUDY_SPACE
 from optuna.trial import FixedTrial, TrialState
 
-TINY_SPACE = """
-[fixed]
-arch = "resnet10t"
-classes = 4
-subclasses = 2
-train_per_subclass = 10
-eval_per_subclass = 8
-image_size = 16
-epochs = 1
-batch_size = 40
-probe_per_subclass = 6
-device = "cpu"
-save = []
-
-[params.lr]
-type = "float"
-low = 0.01
-high = 0.3
-log = true
-
-[params.taps]
-choices = ["blocks", "stages"]
-
+# The session's tiny study space (conftest), keeping no heavy artifacts, plus a
+# conditional parameter.
+TINY_SPACE = (
+    TINY_STUDY_SPACE.replace('save = ["plots"]', "save = []")
+    + """
 [params.weight_decay]  # conditional: only searched for block taps
 type = "float"
 low = 1e-5
@@ -68,6 +51,8 @@ high = 1e-3
 log = true
 when = { taps = "blocks" }
 """
+)
+assert "save = []" in TINY_SPACE
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 ENV.pop("MLFLOW_TRACKING_URI", None)
