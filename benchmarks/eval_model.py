@@ -28,27 +28,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
-import types
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def install_shim() -> None:
-    """Make ``clusterprobe.runners.*`` / ``clusterprobe.tracker.*`` import from this checkout
-    (package objects whose ``__path__`` is the repo folder), installed or not."""
-    pkg = types.ModuleType("clusterprobe")
-    pkg.__path__ = []
-    sys.modules["clusterprobe"] = pkg
-    for sub in ("tracker", "runners"):
-        mod = types.ModuleType(f"clusterprobe.{sub}")
-        mod.__path__ = [str(REPO / sub)]
-        mod.__package__ = f"clusterprobe.{sub}"
-        sys.modules[f"clusterprobe.{sub}"] = mod
-        setattr(pkg, sub, mod)
-
+from checkout import install_shim  # this folder: the repo without a pip install
 
 install_shim()
 

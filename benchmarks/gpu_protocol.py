@@ -27,28 +27,9 @@ import argparse
 import json
 import sys
 import time
-import types
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def install_shim() -> None:
-    """Make ``clusterprobe.runners.*`` / ``clusterprobe.tracker.*`` import from this checkout.
-
-    Package objects with ``__path__`` set to the repo folders; their (empty)
-    ``__init__`` files are not needed. Works with or without a pip install.
-    """
-    pkg = types.ModuleType("clusterprobe")
-    pkg.__path__ = []
-    sys.modules["clusterprobe"] = pkg
-    for sub in ("tracker", "runners"):
-        mod = types.ModuleType(f"clusterprobe.{sub}")
-        mod.__path__ = [str(REPO / sub)]
-        mod.__package__ = f"clusterprobe.{sub}"
-        sys.modules[f"clusterprobe.{sub}"] = mod
-        setattr(pkg, sub, mod)
-
+from checkout import install_shim  # this folder: the repo without a pip install
 
 install_shim()
 

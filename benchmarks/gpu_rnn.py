@@ -2,7 +2,7 @@
 
 For a GPU machine that has torch, numpy and scipy but not mlflow/optuna/duckdb/faiss
 (the checkout is mapped onto the ``clusterprobe`` namespace by the shim in
-``gpu_protocol.py``; only ``clusterprobe.runners.engine`` is imported). Data as
+``checkout.py``; only ``clusterprobe.runners.engine`` is imported). Data as
 ``benchmarks/whole.py`` (hierarchical Gaussian blobs, L2-normalised, float32).
 Prints one line per N (time, peak GPU memory, rounds, work, the merged fraction
 per round; ``rnn_scaling.py``'s columns, with the peak GPU memory added) and, at
@@ -26,7 +26,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import gpu_protocol  # noqa: E402,F401  (installs the clusterprobe namespace shim)
+from checkout import install_shim  # noqa: E402
+
+install_shim()  # the repo without a pip install
 import numpy as np  # noqa: E402
 import rnn_scaling  # noqa: E402
 import torch  # noqa: E402

@@ -330,6 +330,7 @@ def test_gpu_benchmark_shim_imports_engine_without_heavy_packages():
         "        if name.split('.')[0] in ('mlflow', 'optuna', 'duckdb', 'faiss'):\n"
         "            raise ModuleNotFoundError(name)\n"
         "sys.meta_path.insert(0, Absent())\n"
+        f"sys.path.insert(0, {str(script.parent)!r})\n"  # as `python benchmarks/...` has it
         f"sys.argv = [{str(script)!r}, '--check-imports']\n"
         f"runpy.run_path({str(script)!r}, run_name='__main__')\n"
     )
