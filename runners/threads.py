@@ -28,10 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-SETTLE_S = (
-    0.1  # between leaving a claim and counting the others: runs started together see each other
-)
-
 
 def free_cores(cores: int, load: float) -> int:
     """Cores not busy at ``load`` (runnable processes, the 1-minute load average), >= 1."""
@@ -68,31 +64,40 @@ def release() -> None:
         _claimed = None
 
 
-def claim(folder: Path | None = None) -> int:
-    """Leave this process's claim (removed at exit); the number of other live claimants."""
-    from clusterprobe.tracker.provenance import pid_alive
-
+def claim(folder: Path | None = None) -> None:
+    """Leave this process's claim in ``folder`` (withdrawn by :func:`release`, at the
+    latest at exit); an unwritable temp dir leaves none (the run queue alone decides)."""
     global _claimed
     folder = folder or claims_dir()
     mine = folder / str(os.getpid())
     try:
         folder.mkdir(exist_ok=True)
         mine.touch()
-        if _claimed is None:
-            atexit.register(release)
-        _claimed = mine
-        time.sleep(SETTLE_S)
-        others = 0
+    except OSError:
+        return
+    if _claimed is None:
+        atexit.register(release)
+    _claimed = mine
+
+
+def other_claimants(folder: Path | None = None) -> int:
+    """Live processes other than this one with a claim in ``folder``; a dead one's claim
+    (a killed run) is cleared."""
+    from clusterprobe.tracker.provenance import pid_alive
+
+    folder = folder or claims_dir()
+    others = 0
+    try:
         for entry in folder.iterdir():
-            if entry.name == mine.name or not entry.name.isdigit():
+            if entry.name == str(os.getpid()) or not entry.name.isdigit():
                 continue
             if pid_alive(int(entry.name)):
                 others += 1
             else:
-                entry.unlink(missing_ok=True)  # a killed run's claim
-        return others
-    except OSError:  # an unwritable temp dir: no coordination, the run queue alone
+                entry.unlink(missing_ok=True)
+    except OSError:
         return 0
+    return others
 
 
 def busy_now(samples: int = 5, interval_s: float = 0.02) -> float:
@@ -115,8 +120,13 @@ def apply_threads(requested: int | None) -> int:
     """Set torch's intra-op threads by :func:`pick_threads` on this machine; the count used."""
     import torch
 
-    others = claim()
-    load = busy_now() if requested is None else 0.0
+    claim()
+    load, others = 0.0, 0
+    if requested is None:
+        # Sampling the run queue takes ~80 ms: long enough for runs started together to
+        # have left their claims before they are counted.
+        load = busy_now()
+        others = other_claimants()
     n = pick_threads(requested, os.cpu_count() or 1, load, others=others)
     if n is not None:
         torch.set_num_threads(n)
