@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 from clusterprobe.runners.data import cache
 from clusterprobe.runners.data.base import Labels
-from clusterprobe.runners.data.imagecheck import CorruptImage, find_corrupt
+from clusterprobe.runners.data.imagecheck import CorruptImage, find_corrupt, refuse
 from clusterprobe.runners.data.images import ImageFiles
 from clusterprobe.tracker.errors import UsageError
 
@@ -41,12 +41,7 @@ def check_dataset(data, *, skip_corrupt: bool = False, cache_root=None, progress
     if not bad:
         return data
     if not skip_corrupt:
-        first = bad[0]
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise UsageError(
-            f"{first.path}: image does not decode ({first.reason}){more}; replace or remove "
-            "it, or pass --skip-corrupt to leave such files out"
-        )
+        raise refuse(bad, "replace or remove it, or pass --skip-corrupt to leave such files out")
 
     def without(files, corrupt: list[CorruptImage]):
         gone = {c.path for c in corrupt}

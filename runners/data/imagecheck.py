@@ -63,6 +63,15 @@ def find_corrupt(
     return bad
 
 
+def refuse(bad: Sequence[CorruptImage], advice: str):
+    """The one-line error for files that do not decode: the first, how many others, and
+    ``advice`` (what the user can do). A UsageError to raise."""
+    from clusterprobe.tracker.errors import UsageError
+
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    return UsageError(f"{bad[0].path}: image does not decode ({bad[0].reason}){more}; {advice}")
+
+
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(width, height) from the file's header (no decoding)."""
     with Image.open(path) as im:

@@ -105,15 +105,11 @@ def _from_folder(root: Path, tf, draft: int, per_class, seed, record) -> Transfe
             f"transfer folder {root}: found {len(class_names)} class folders and {len(paths)} "
             f"images; expected {root}/<class>/<images> with 2+ classes"
         )
-    from clusterprobe.runners.data.imagecheck import find_corrupt
+    from clusterprobe.runners.data.imagecheck import find_corrupt, refuse
 
     bad = find_corrupt(paths)  # every file decoded once, before the eval run exists
     if bad:
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise UsageError(
-            f"{bad[0].path}: image does not decode ({bad[0].reason}){more}; replace or "
-            "remove it from the transfer folder"
-        )
+        raise refuse(bad, "replace or remove it from the transfer folder")
     y = np.asarray(labels, dtype=np.int64)
     return TransferData(root.name, ImageFiles(paths, y, y, tf, draft), y, class_names, record)
 
