@@ -298,6 +298,17 @@ def store_from_args(args: argparse.Namespace) -> Store:
     )
 
 
+def require_existing(store: Store) -> Store:
+    """``store`` for a command that only reads it: a SQLite store must exist already
+    (opening one creates it). UsageError naming the folder otherwise."""
+    if store.db_path is not None and not store.db_path.is_file():
+        where = store.root if store.root is not None else store.db_path.parent
+        raise UsageError(
+            f"--store {where}: no store there (no {store.db_path.name}); give --store DIR"
+        )
+    return store
+
+
 @contextlib.contextmanager
 def store_lock(store: Store) -> Iterator[None]:
     """Exclusive lock on a local store folder (``DIR/.lock``); no-op for remote stores.

@@ -15,7 +15,7 @@ import argparse
 import os
 
 from clusterprobe.tracker.errors import UsageError
-from clusterprobe.tracker.store import add_store_arguments, store_from_args
+from clusterprobe.tracker.store import add_store_arguments, require_existing, store_from_args
 
 EXIT_FOUND = 1
 
@@ -74,9 +74,7 @@ def _fix(tracker, spec: str | None, findings) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    store = store_from_args(args)
-    if store.db_path is not None and not store.db_path.is_file():
-        raise UsageError(f"--store {store.root}: no store there (no {store.db_path.name})")
+    store = require_existing(store_from_args(args))
     spec = _study_storage(args, store)
     from clusterprobe.tracker.tracking import Tracker
 

@@ -15,7 +15,12 @@ from pathlib import Path
 
 from clusterprobe.runners.report import DEFAULT_UI_URL
 from clusterprobe.tracker.errors import UsageError
-from clusterprobe.tracker.store import add_store_arguments, redact_uri, store_from_args
+from clusterprobe.tracker.store import (
+    add_store_arguments,
+    redact_uri,
+    require_existing,
+    store_from_args,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,12 +62,9 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {str(out)!r}: give a file name ending in .html")
     if not out.parent.is_dir():
         raise UsageError(f"--out {str(out)!r}: folder {str(out.parent)!r} does not exist")
-    store = store_from_args(args)
-    from clusterprobe.tracker.store import DB_NAME
+    store = require_existing(store_from_args(args))
     from clusterprobe.tracker.tracking import Tracker
 
-    if store.is_local and not (store.root / DB_NAME).is_file():  # reading makes no store
-        raise UsageError(f"no store at {store.root} (no {DB_NAME}); give --store DIR")
     tracker = Tracker(store)
     if args.study is not None:
         html, what = _study(tracker, store, args), f"study {args.study}"
