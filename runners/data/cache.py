@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import torch.utils.data
+from clusterprobe.runners.data.imagecheck import CorruptImage, find_corrupt
+from clusterprobe.runners.engine.progress import progress_bar
 from PIL import Image
 
 DEFAULT_CAP = 64 * 2**30  # bytes a cache file may take unless told otherwise
@@ -115,9 +117,6 @@ def build(
     """Decode ``paths`` into ``target``; the corrupt files (``imagecheck.CorruptImage``),
     whose rows stay black. Raises ValueError, before decoding anything, when the file would
     exceed ``cap`` bytes or the free space of its folder."""
-    from clusterprobe.runners.data.imagecheck import find_corrupt
-    from clusterprobe.runners.engine.progress import progress_bar
-
     need = len(paths) * size * size * 3 + 128
     if need > cap:
         raise ValueError(
@@ -177,8 +176,6 @@ def open_or_build(
     with the files that do not decode (found when it was built). ``crop``: the centre
     crop the squares will be cut to (see :func:`resize_crop`); ``draft``: the smallest
     side JPEGs may be decoded at (``ImageFiles``'), ``size`` by default."""
-    from clusterprobe.runners.data.imagecheck import CorruptImage
-
     digest = dataset_digest(paths, labels)
     target = cache_file(root or default_root(), digest, split, size, interpolation, crop)
     if not (target.exists() and _corrupt_file(target).exists()):
