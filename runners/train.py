@@ -39,15 +39,23 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     return 0.5 * peak * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _batches(dataset, batch_size: int, generator: torch.Generator, workers: int, views: int = 1):
+def _batches(
+    dataset,
+    batch_size: int,
+    generator: torch.Generator,
+    workers: int,
+    views: int = 1,
+    device: torch.device | None = None,
+):
     """Yield (images, superclass, subclass) for one epoch in a seeded random order; with
-    ``views`` > 1 the images hold that many augmented views of the batch, concatenated."""
+    ``views`` > 1 the images hold that many augmented views of the batch, concatenated.
+    A split that batches itself (``.batch``) may augment on ``device``."""
     if hasattr(dataset, "batch"):
         order = torch.randperm(len(dataset), generator=generator)
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            first = dataset.batch(index, generator)
-            more = [dataset.batch(index, generator)[0] for _ in range(views - 1)]
+            first = dataset.batch(index, generator, device)
+            more = [dataset.batch(index, generator, device)[0] for _ in range(views - 1)]
             yield (torch.cat([first[0], *more]), *first[1:]) if more else first
         return
     loader = torch.utils.data.DataLoader(
@@ -231,7 +239,12 @@ def train(
     try:
         for epoch in range(first, config.epochs + 1):
             batches = _batches(
-                data.train, config.batch_size, generator, config.workers, loop.objective.views
+                data.train,
+                config.batch_size,
+                generator,
+                config.workers,
+                loop.objective.views,
+                device,
             )
             stats = loop.run_epoch(epoch, batches, label_index, bar)
             history.append(stats)

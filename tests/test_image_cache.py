@@ -125,7 +125,13 @@ def test_eval_pixels_are_the_decode_paths(tmp_path, preprocess):
     torch.manual_seed(0)
     crops = torch.stack([data.train[i][0] for i in range(len(data.train))])
     assert crops.shape == (len(data.train), 3, 96, 96) and crops.std() > 0.1
-    assert "centre" in data.record["image_cache"]
+    # Training reads a batch of squares and augments it at once (the paper's recipe).
+    assert isinstance(data.train, cache.CachedBatches)
+    index = torch.tensor([3, 0, 2])
+    images, sup, sub = data.train.batch(index, torch.Generator().manual_seed(0))
+    assert images.shape == (3, 3, 96, 96) and abs(images.mean() - crops.mean()) < 0.2
+    assert sub.tolist() == [data.train[i][2] for i in (3, 0, 2)]
+    assert data.record["image_cache"].endswith("training augmentation on the batch")
 
 
 def test_second_run_reads_only_the_cache_and_trains_the_same(tmp_path, store):
@@ -155,7 +161,9 @@ def test_second_run_reads_only_the_cache_and_trains_the_same(tmp_path, store):
     for result in (first, second):
         record = dataset_record(tracker, result.eval_run_ids[-1])
         assert record["options"]["skipped_corrupt"] == [str(cut)]
-        assert record["options"]["image_cache"].startswith("centre")
+        assert record["options"]["image_cache"] == (
+            "centre 82 px squares (bilinear); training augmentation on the batch"
+        )
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 2  # train and eval, built once
 
 

@@ -229,19 +229,40 @@ class CachedFiles(torch.utils.data.Dataset):
         return self.transform(image), int(self.superclass[i]), int(self.subclass[i])
 
     def with_transform(self, transform: Callable, draft: int | None = None) -> CachedFiles:
-        return CachedFiles(
-            self.pixels, self.rows, self.paths, self.superclass, self.subclass, transform
-        )
+        """The same files through ``transform``: a :class:`CachedBatches` when it has a
+        batch form (``transforms.PaperAugment``)."""
+        kind = CachedBatches if hasattr(transform, "batch") else CachedFiles
+        return kind(self.pixels, self.rows, self.paths, self.superclass, self.subclass, transform)
 
     def subset(self, keep: np.ndarray) -> CachedFiles:
         """The files where ``keep`` (bool [N]) is true."""
-        return CachedFiles(
+        return type(self)(
             self.pixels,
             self.rows[keep],
             [p for p, k in zip(self.paths, keep, strict=True) if k],
             self.superclass[keep],
             self.subclass[keep],
             self.transform,
+        )
+
+
+class CachedBatches(CachedFiles):
+    """Cached files whose transform augments a whole batch at once (``transform.batch``):
+    training reads a batch of squares from the memory map and augments them together
+    (:meth:`batch`, the interface ``train`` uses), on the training device."""
+
+    def batch(self, index: torch.Tensor, generator=None, device=None):
+        """(images, superclass, subclass) of the files at ``index``, augmented on ``device``."""
+        index = np.asarray(index, dtype=np.int64)
+        rows = self.rows[index]
+        order = np.argsort(rows)  # the memory map read in file order, then put back
+        pixels = np.empty((len(rows), *self.pixels.shape[1:]), dtype=np.uint8)
+        pixels[order] = self.pixels[rows[order]]
+        images = self.transform.batch(torch.from_numpy(pixels).to(device or "cpu"), generator)
+        return (
+            images,
+            torch.from_numpy(self.superclass[index]),
+            torch.from_numpy(self.subclass[index]),
         )
 
 
@@ -275,7 +296,13 @@ def cached(data, root: Path, *, progress: bool = False):
             files.subclass,
             files.transform,
         )
-    record = {**data.record, "image_cache": f"centre {size} px squares ({interpolation})"}
+    augmented = (
+        "; training augmentation on the batch" if hasattr(data.train.transform, "batch") else ""
+    )
+    record = {
+        **data.record,
+        "image_cache": f"centre {size} px squares ({interpolation}){augmented}",
+    }
     data = dataclasses.replace(
         data,
         train=out["train"].with_transform(data.train.transform),

@@ -66,8 +66,9 @@ class InMemoryImages(torch.utils.data.Dataset):
         """The same tensors with a per-image ``augment`` (and ``transform``), no shift."""
         return InMemoryImages(self.images, self.superclass, self.subclass, 0, transform, augment)
 
-    def batch(self, index: torch.Tensor, generator: torch.Generator | None = None):
-        """(images, superclass, subclass) for ``index``, augmented if ``shift``."""
+    def batch(self, index: torch.Tensor, generator: torch.Generator | None = None, device=None):
+        """(images, superclass, subclass) for ``index``, augmented if ``shift``. On the CPU
+        whatever ``device`` is: a per-image ``augment`` may go through PIL."""
         img = self.images[index]
         if self.shift:
             img = _translate(img, self.shift, generator)

@@ -58,29 +58,50 @@ def standard_augment(size: int, mean, std):
     return create_transform(size, is_training=True, mean=tuple(mean), std=tuple(std))
 
 
+class PaperAugment(T.Compose):
+    """The paper's training augmentation: torchvision's transforms on one PIL image, or
+    the same recipe on a batch of stored uint8 squares (:meth:`batch`, ``batch_augment``),
+    the decoded-image cache's path. ``pad`` > 0: the small-image recipe (resize, random
+    crop with ``pad`` px of zeros, flip); 0: random-resized crop of area ``TRAIN_SCALE``
+    + flip."""
+
+    def __init__(self, size: int, mean, std, pad: int = 0):
+        if pad:
+            steps = [T.Resize(size, antialias=True), T.RandomCrop(size, padding=pad)]
+        else:
+            steps = [T.RandomResizedCrop(size, scale=TRAIN_SCALE, antialias=True)]
+        super().__init__([*steps, T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+        self.size, self.mean, self.std, self.pad = size, tuple(mean), tuple(std), pad
+
+    def batch(self, pixels, generator=None):
+        """uint8 [B, S, S, 3] squares -> augmented, normalised float [B, 3, size, size], on
+        the pixels' device (drawn from ``generator``)."""
+        from clusterprobe.runners.data import batch_augment as ba
+
+        if pixels.device.type != "cpu":  # the uint8 resize kernel is the CPU's
+            pixels = pixels.float()
+        if self.pad:
+            x = ba.padded_crops(pixels, self.size, self.pad, generator)
+        else:
+            boxes = ba.sample_boxes(
+                len(pixels), *pixels.shape[1:3], TRAIN_SCALE, generator=generator
+            )
+            x = ba.resized_crops(pixels, boxes, self.size)
+        return ba.normalise(ba.flip_half(x, generator), self.mean, self.std)
+
+
 def train_transform(
     size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, augment: str = "default"
 ) -> T.Compose:
     """PIL image -> augmented float tensor [3, size, size] (normalised by mean/std), by
     ``augment`` (see the module docstring)."""
     if augment == "paper":
-        return T.Compose([paper_augment(size), T.ToTensor(), T.Normalize(mean, std)])
+        return PaperAugment(size, mean, std)
     if augment == "standard":
         return standard_augment(size, mean, std)
     if augment == "none":
         return eval_transform(size, mean, std)
-    if size <= SMALL_MAX:
-        steps = [
-            T.Resize(size, antialias=True),
-            T.RandomCrop(size, padding=max(1, size // 8)),
-            T.RandomHorizontalFlip(),
-        ]
-    else:
-        steps = [
-            T.RandomResizedCrop(size, scale=TRAIN_SCALE, antialias=True),
-            T.RandomHorizontalFlip(),
-        ]
-    return T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])
+    return PaperAugment(size, mean, std, pad=max(1, size // 8) if size <= SMALL_MAX else 0)
 
 
 def eval_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> T.Compose:
