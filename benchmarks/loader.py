@@ -12,9 +12,12 @@ the same work; at <= 64 px ours lets libjpeg decode at a reduced scale.
     .venv/bin/python benchmarks/loader.py --cache-only --sizes 224   # the decoded-image cache
 
 ``--cache``/``--cache-only`` add the decoded-image cache (``runners/data/cache.py``): its
-first pass (decode + resize once into a uint8 file), then an epoch read from the memory
-map through the same train transform (random-resized crop + flip, normalise) and loader,
-against the first-epoch decode path (ours, 0 workers) on the same tree.
+first pass (decode + resize once into a uint8 file), then epochs read from the memory
+map with the same train recipe (random-resized crop + flip, normalise): per image
+through the loader, and per batch as ``train`` reads it (``batch_augment``), against the
+first-epoch decode path (ours, 0 workers) on the same tree; and the uint8 read alone,
+what the CPU does when a GPU augments. ``--threads`` sets torch's threads (1 by default:
+the decode path's one decoding thread).
 """
 
 from __future__ import annotations
@@ -64,8 +67,9 @@ def one_pass(loader) -> tuple[int, float]:
 
 
 def cache_vs_decode(paths, sup, sub, size: int, batch_size: int, cache_root: Path) -> None:
-    """images/s: first-epoch decode (ours, 0 workers) vs an epoch from the cache, both
-    through the run's train transform and ``make_loader``."""
+    """images/s: the first-epoch decode path (ours, 0 workers) vs an epoch from the cache,
+    per image (``CachedFiles`` through ``make_loader``) and per batch (``CachedBatches``:
+    what ``train`` reads), all through the run's train transform."""
     from clusterprobe.runners.data import cache
 
     tf = transforms.train_transform(size)
@@ -77,22 +81,51 @@ def cache_vs_decode(paths, sup, sub, size: int, batch_size: int, cache_root: Pat
     t0 = time.perf_counter()
     pixels, _ = cache.open_or_build(paths, sub, "train", stored, root=cache_root)
     build_rate = len(paths) / (time.perf_counter() - t0)
-    cached = cache.CachedFiles(pixels, np.arange(len(paths)), paths, sup, sub, tf)
-    n, dt = one_pass(make_loader(cached, batch_size=batch_size, shuffle=True, workers=0))
-    cached_rate = n / dt
-    # What no loader of per-image transforms gets under: the transform alone, in place.
-    square = Image.fromarray(np.asarray(pixels[0]))
+    files = cache.CachedFiles(pixels, np.arange(len(paths)), paths, sup, sub, tf)
+    n, dt = one_pass(make_loader(files, batch_size=batch_size, shuffle=True, workers=0))
+    per_image_rate = n / dt
+    batches = files.with_transform(tf)
+    generator = torch.Generator().manual_seed(0)
+
+    def epoch(read) -> float:
+        order = torch.randperm(len(paths), generator=generator)
+        t0 = time.perf_counter()
+        for start in range(0, len(order), batch_size):
+            read(order[start : start + batch_size])
+        return len(order) / (time.perf_counter() - t0)
+
+    epoch(lambda index: batches.batch(index, generator))  # warm
+    batch_rate = max(epoch(lambda index: batches.batch(index, generator)) for _ in range(3))
+    # What a GPU trainer's CPU does: the uint8 squares read for the device, no augmentation.
+    raw = cache.CachedBatches(pixels, np.arange(len(paths)), paths, sup, sub, _Raw())
+    read_rate = max(epoch(lambda index: raw.batch(index)) for _ in range(3))
+    # The float32 batch alone: what any loader that hands the model 224 px floats writes.
+    some = torch.from_numpy(np.array(pixels[:batch_size])).permute(0, 3, 1, 2)
+    some = some[..., :size, :size]
     t0 = time.perf_counter()
-    for _ in range(200):
-        tf(square)
-    transform_rate = 200 / (time.perf_counter() - t0)
+    for _ in range(10):
+        some.float()
+    float_rate = 10 * len(some) / (time.perf_counter() - t0)
     print(
-        f"\ncache at {size} px ({len(paths)} images, stored at {stored} px): first-epoch "
-        f"decode {decode_rate:.0f} img/s; cache first pass {build_rate:.0f} img/s; epoch from "
-        f"the cache {cached_rate:.0f} img/s: {cached_rate / decode_rate:.1f}x the decode path "
-        f"(the train transform alone on a stored square: {transform_rate:.0f} img/s, "
-        f"{transform_rate / decode_rate:.1f}x)"
+        f"\ncache at {size} px ({len(paths)} images, stored at {stored} px, "
+        f"{torch.get_num_threads()} thread(s)): first-epoch decode {decode_rate:.0f} img/s; "
+        f"cache first pass {build_rate:.0f} img/s\n"
+        f"  epoch from the cache, per image: {per_image_rate:.0f} img/s, "
+        f"{per_image_rate / decode_rate:.1f}x the decode path\n"
+        f"  epoch from the cache, per batch (train's path): {batch_rate:.0f} img/s, "
+        f"{batch_rate / decode_rate:.1f}x\n"
+        f"  the squares read for a GPU to augment (uint8, no augmentation): {read_rate:.0f} "
+        f"img/s, {read_rate / decode_rate:.1f}x\n"
+        f"  (uint8 -> float32 of a {size} px batch alone: {float_rate:.0f} img/s, "
+        f"{float_rate / decode_rate:.1f}x)"
     )
+
+
+class _Raw:
+    """A batch transform that keeps the squares as read."""
+
+    def batch(self, pixels, generator=None):
+        return pixels
 
 
 def main() -> None:
@@ -104,8 +137,9 @@ def main() -> None:
     p.add_argument("--sizes", default="224,64", help="image sizes (train transform)")
     p.add_argument("--cache", action="store_true", help="also time the decoded-image cache")
     p.add_argument("--cache-only", action="store_true", help="only the cache comparison")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = p.parse_args()
-    torch.set_num_threads(1)  # the transforms are per image; keep the main process lean
+    torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
