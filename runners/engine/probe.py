@@ -10,9 +10,12 @@ intercept): ``mean cross-entropy + ||W||^2 / (2 C n)`` on standardised features.
 paper's probe does the same on flattened features after a sparse random projection;
 pooled features keep it fast here.
 
-Every layer and every strength is one problem of a single batched torch solve
-(:func:`fit_logistic`): a full-batch L-BFGS whose vector operations run over all
-problems at once, each problem with its own line search and stopping test. Features
+Every layer is one problem of a batched torch solve (:func:`fit_logistic`): a full-batch
+L-BFGS whose vector operations run over all problems at once, each problem with its own
+line search and stopping test. The strengths are solved one after another, strong to
+weak, each from the previous one's solution: on the CPU, where the solve is bound by
+its matrix products, that continuation did 0.78x the work of solving all strengths at
+once from zero (the default run's features). Features
 are whitened first (PCA basis of the standardised features, scaled to unit variance):
 the data term's curvature is then close to isotropic and L-BFGS converges in tens of
 iterations, not hundreds; the L2 penalty, rewritten in that basis, stays exact (a
@@ -55,7 +58,7 @@ class ProbeFit:
 
     accuracy: list[float]  # test accuracy of the refit at the chosen strength
     chosen_c: list[float]  # the strength chosen on the held-out 20 % (nan: one class)
-    iterations: int  # L-BFGS iterations of the slowest problem (selection + refit)
+    iterations: int  # L-BFGS iterations of the longest path (the strengths in turn + refit)
 
 
 def held_out_rows(labels, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -342,8 +345,15 @@ def _solve(xs, y, num_classes: int, cs: list[tuple], evals: list, init=None):
                 w0 = _whitened(whiteners[i], *init[i])
                 r = w0.shape[0] - 1
                 start[j, :r], start[j, width] = w0[:r], w0[r]
-        w, it = fit_logistic(z, y, num_classes, pen, init=start)
-        iters = max(iters, it)
+        # The strengths one after another, strong to weak, each started from the previous
+        # one's solution (a continuation path): the weak penalties, which take the most
+        # iterations from zero, start near their optimum.
+        parts, prev, path = [], start, 0
+        for j in range(pen.shape[1]):
+            w, it = fit_logistic(z, y, num_classes, pen[:, j : j + 1], init=prev)
+            parts.append(w)
+            prev, path = w, path + it
+        w, iters = torch.cat(parts, dim=2), max(iters, path)
         codes = _predict(w, ze)
         for j, i in enumerate(rows):
             r = whiteners[i].basis.shape[1]
@@ -375,8 +385,8 @@ def fit_probes(
     cs: tuple[float, ...] = C_GRID,
 ) -> ProbeFit:
     """Linear probes of every layer (features [n, ...] per layer, same rows), in two
-    batched solves: every (layer, C) on the 80 % split, then every layer's refit at its
-    chosen C, started from the split's solution at that C."""
+    batched solves: every layer at every C on the 80 % split (C in turn, strong to weak),
+    then every layer's refit at its chosen C, started from the split's solution at that C."""
     if len(train_pooled) != len(test_pooled):
         raise ValueError("train_pooled and test_pooled must list the same layers")
     train_y, test_y = np.asarray(train_y), np.asarray(test_y)
