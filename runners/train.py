@@ -5,8 +5,9 @@ images and scaled linearly with the batch, linear warm-up then cosine decay
 updated every step, weight decay on weights but not on biases/norm parameters.
 The loss comes from ``losses``, the optimiser and the values left unset from the
 family's recipe (``recipes``), the weights' EMA from ``ema``.
-Splits that hold their images in memory (``InMemoryImages``) are batched by
-indexing one tensor, far faster on a small CPU than a DataLoader.
+Splits that batch themselves (``.batch``: images held in memory, ``InMemoryImages``;
+squares from the decoded-image cache, ``cache.CachedBatches``) are read and augmented
+a batch at a time, far faster on a small CPU than a DataLoader of single images.
 """
 
 from __future__ import annotations
