@@ -79,7 +79,7 @@ def cache_vs_decode(paths, sup, sub, size: int, batch_size: int, cache_root: Pat
     decode_rate = n / dt
     stored = dataset_recipe(size, (0,), (1,)).resize_size()  # the eval resize: 256 for 224
     t0 = time.perf_counter()
-    pixels, _ = cache.open_or_build(paths, sub, "train", stored, root=cache_root)
+    pixels, _ = cache.open_or_build(paths, sub, "train", cache.Squares(stored), root=cache_root)
     build_rate = len(paths) / (time.perf_counter() - t0)
     files = cache.CachedFiles(pixels, np.arange(len(paths)), paths, sup, sub, tf)
     n, dt = one_pass(make_loader(files, batch_size=batch_size, shuffle=True, workers=0))

@@ -63,7 +63,7 @@ def noise_tree(root: Path, n: int = 5) -> None:
 def test_one_decode_per_file_then_pixels_from_the_map(image_folder, tmp_path):
     paths, labels = image_folder
     root = tmp_path / "cache"
-    pixels, bad = cache.open_or_build(paths, labels, "train", 24, root=root)
+    pixels, bad = cache.open_or_build(paths, labels, "train", cache.Squares(24), root=root)
     assert [b.path for b in bad] == [paths[-1]] and "Error" in bad[0].reason
     want = transforms.Compose([transforms.Resize(24), transforms.CenterCrop(24)])
     for i, p in enumerate(paths[:-1]):
@@ -73,11 +73,11 @@ def test_one_decode_per_file_then_pixels_from_the_map(image_folder, tmp_path):
     assert not pixels[-1].any()  # the corrupt file's row stays black
     first = np.array(pixels)
     scramble_keeping_size_and_mtime(paths)
-    again, bad_again = cache.open_or_build(paths, labels, "train", 24, root=root)
+    again, bad_again = cache.open_or_build(paths, labels, "train", cache.Squares(24), root=root)
     assert isinstance(again, np.memmap)
     np.testing.assert_array_equal(again, first)
     assert bad_again == bad  # from the list written beside the pixels, not a new decode
-    target = cache.cache_file(root, cache.dataset_digest(paths, labels), "train", 24, "bilinear")
+    target = cache.Squares(24).file(root, cache.dataset_digest(paths, labels), "train")
     assert sorted(f.name for f in root.iterdir()) == [
         target.with_suffix(".corrupt.json").name,
         target.name,
@@ -87,9 +87,9 @@ def test_one_decode_per_file_then_pixels_from_the_map(image_folder, tmp_path):
 def test_a_replaced_file_rebuilds_the_cache(image_folder, tmp_path):
     paths, labels = image_folder
     root = tmp_path / "cache"
-    cache.open_or_build(paths[:-1], labels[:-1], "eval", 16, root=root)
+    cache.open_or_build(paths[:-1], labels[:-1], "eval", cache.Squares(16), root=root)
     Image.new("RGB", (30, 30), (200, 10, 10)).save(paths[2], "JPEG")  # a fixed file
-    pixels, _ = cache.open_or_build(paths[:-1], labels[:-1], "eval", 16, root=root)
+    pixels, _ = cache.open_or_build(paths[:-1], labels[:-1], "eval", cache.Squares(16), root=root)
     assert len(list(root.glob("*.npy"))) == 2
     np.testing.assert_allclose(pixels[2].reshape(-1, 3).mean(0), (200, 10, 10), atol=3)
 
@@ -97,7 +97,9 @@ def test_a_replaced_file_rebuilds_the_cache(image_folder, tmp_path):
 def test_size_cap_is_one_clear_error_and_writes_nothing(image_folder, tmp_path):
     paths, labels = image_folder
     with pytest.raises(ValueError, match=r"6 images at 224 px exceeds the cap of"):
-        cache.open_or_build(paths, labels, "train", 224, root=tmp_path / "c", cap=1000)
+        cache.open_or_build(
+            paths, labels, "train", cache.Squares(224), root=tmp_path / "c", cap=1000
+        )
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
 
 

@@ -67,49 +67,46 @@ def dataset_digest(paths: Sequence[str], labels: Sequence[int]) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_file(
-    root: str | os.PathLike,
-    digest: str,
-    split: str,
-    size: int,
-    interpolation: str = "bilinear",
-    crop: int | None = None,
-) -> Path:
-    return Path(root) / f"{digest}-{split}-{size}px-c{crop or size}-{interpolation}.npy"
+@dataclasses.dataclass(frozen=True)
+class Squares:
+    """How the stored squares are made: shorter side resized to ``size`` px with
+    ``interpolation``, then the ``size x size`` square placed so that a centre crop of
+    ``crop`` px from it is the centre crop of ``crop`` px from the whole resized image (the
+    two roundings of ``CenterCrop`` differ by a pixel otherwise)."""
+
+    size: int
+    interpolation: str = "bilinear"
+    crop: int | None = None
+
+    def file(self, root: str | os.PathLike, digest: str, split: str) -> Path:
+        name = f"{digest}-{split}-{self.size}px-c{self.crop or self.size}-{self.interpolation}"
+        return Path(root) / f"{name}.npy"
+
+    def of(self, image: Image.Image) -> np.ndarray:
+        """``image``'s square: uint8 [size, size, 3]."""
+        from torchvision.transforms import functional as tf
+
+        size, crop = self.size, self.crop or self.size
+        image = tf.resize(image, size, tf.InterpolationMode(self.interpolation), antialias=True)
+
+        def start(full: int) -> int:  # CenterCrop's own rounding, for both crops
+            want = int(round((full - crop) / 2.0)) - int(round((size - crop) / 2.0))
+            return max(0, min(full - size, want))
+
+        width, height = image.size
+        image = tf.crop(image, start(height), start(width), size, size)
+        return np.asarray(image, dtype=np.uint8)
 
 
 def _corrupt_file(target: Path) -> Path:
     return target.with_suffix(".corrupt.json")
 
 
-def resize_crop(
-    image: Image.Image, size: int, interpolation: str = "bilinear", crop: int | None = None
-) -> np.ndarray:
-    """Shorter side to ``size`` (torchvision's ``Resize`` on the PIL image), then the
-    ``size x size`` square placed so that a centre crop of ``crop`` px from it is the
-    centre crop of ``crop`` px from the whole resized image (the two roundings of
-    ``CenterCrop`` differ by a pixel otherwise): uint8 [size, size, 3]."""
-    from torchvision.transforms import functional as tf
-
-    crop = size if crop is None else crop
-    image = tf.resize(image, size, tf.InterpolationMode(interpolation), antialias=True)
-
-    def start(full: int) -> int:  # CenterCrop's own rounding, for both crops
-        want = int(round((full - crop) / 2.0)) - int(round((size - crop) / 2.0))
-        return max(0, min(full - size, want))
-
-    width, height = image.size
-    image = tf.crop(image, start(height), start(width), size, size)
-    return np.asarray(image, dtype=np.uint8)
-
-
 def build(
     paths: Sequence[str],
     target: Path,
-    size: int,
+    squares: Squares,
     *,
-    interpolation: str = "bilinear",
-    crop: int | None = None,
     draft: int | None = None,
     cap: int = DEFAULT_CAP,
     progress: bool = False,
@@ -117,6 +114,7 @@ def build(
     """Decode ``paths`` into ``target``; the corrupt files (``imagecheck.CorruptImage``),
     whose rows stay black. Raises ValueError, before decoding anything, when the file would
     exceed ``cap`` bytes or the free space of its folder."""
+    size = squares.size
     need = len(paths) * size * size * 3 + 128
     if need > cap:
         raise ValueError(
@@ -144,7 +142,7 @@ def build(
     bar = progress_bar(len(paths), show=progress, desc=f"caching {size} px images", unit="img")
 
     def keep(i: int, image: Image.Image) -> None:
-        out[i] = resize_crop(image, size, interpolation, crop)
+        out[i] = squares.of(image)
         bar.update()
 
     try:
@@ -163,33 +161,22 @@ def open_or_build(
     paths: Sequence[str],
     labels: Sequence[int],
     split: str,
-    size: int,
+    squares: Squares,
     *,
-    interpolation: str = "bilinear",
-    crop: int | None = None,
     draft: int | None = None,
     root: str | os.PathLike | None = None,
     cap: int = DEFAULT_CAP,
     progress: bool = False,
 ) -> tuple[np.ndarray, list]:
-    """The read-only memory map ``[N, size, size, 3]`` of these images, built on first use,
-    with the files that do not decode (found when it was built). ``crop``: the centre
-    crop the squares will be cut to (see :func:`resize_crop`); ``draft``: the smallest
-    side JPEGs may be decoded at (``ImageFiles``'), ``size`` by default."""
-    digest = dataset_digest(paths, labels)
-    target = cache_file(root or default_root(), digest, split, size, interpolation, crop)
+    """The read-only memory map ``[N, size, size, 3]`` of these images' ``squares``, built
+    on first use, with the files that do not decode (found when it was built). ``draft``:
+    the smallest side JPEGs may be decoded at (``ImageFiles``'), the squares' size by
+    default."""
+    target = squares.file(root or default_root(), dataset_digest(paths, labels), split)
     if not (target.exists() and _corrupt_file(target).exists()):
-        build(
-            paths,
-            target,
-            size,
-            interpolation=interpolation,
-            crop=crop,
-            draft=draft,
-            cap=cap,
-            progress=progress,
-        )
+        build(paths, target, squares, draft=draft, cap=cap, progress=progress)
     pixels = np.load(target, mmap_mode="r")
+    size = squares.size
     if pixels.shape != (len(paths), size, size, 3):
         raise ValueError(f"image cache {target}: shape {pixels.shape}, delete it to rebuild")
     bad = [CorruptImage(**c) for c in json.loads(_corrupt_file(target).read_text())]
@@ -274,16 +261,14 @@ def cached(data, root: Path, *, progress: bool = False):
     pre = data.preprocess
     if pre is None or pre.crop_mode != "center":
         return None
-    size, interpolation = pre.resize_size(), pre.interpolation
+    squares = Squares(pre.resize_size(), pre.interpolation, pre.input_size)
     out, bad = {}, {}
     for split, files in (("train", data.train_plain), ("eval", data.eval)):
         pixels, bad[split] = open_or_build(
             files.paths,
             files.subclass,
             split,
-            size,
-            interpolation=interpolation,
-            crop=pre.input_size,
+            squares,
             draft=files.draft,
             root=root,
             progress=progress,
@@ -301,7 +286,7 @@ def cached(data, root: Path, *, progress: bool = False):
     )
     record = {
         **data.record,
-        "image_cache": f"centre {size} px squares ({interpolation}){augmented}",
+        "image_cache": f"centre {squares.size} px squares ({squares.interpolation}){augmented}",
     }
     data = dataclasses.replace(
         data,

@@ -43,10 +43,12 @@ import torch
 C_GRID = (0.01, 0.1, 1.0, 10.0)  # inverse L2 strength, strong to weak
 K_NEIGHBOURS = 20  # the common choice for k-NN evaluation of learned features
 MAX_ITER = 500  # L-BFGS iterations; whitened problems stop at TOL long before
-TOL = 1e-3  # max |gradient| of the mean objective: test accuracy within 0.005 of
-# sklearn fitted to convergence on the default run's features (benchmarks/probe.py)
-HISTORY = 10  # L-BFGS memory (scipy's default)
+TOL = 1e-3  # converged: max |gradient| of the mean objective below this ...
+GAP = 1e-4  # ... and the estimated distance to the minimum below this share of it: test
+# accuracy within 0.0025 of the minimum's on the default run's features (0.0081 with the
+# gradient test alone), within 0.005 on 2,048 anisotropic features (0.019 without)
 FTOL = 1e-5  # ... or a relative decrease of the objective below this (scipy's ftol)
+HISTORY = 10  # L-BFGS memory (scipy's default)
 MAX_HALVINGS = 20
 HELD_OUT = 0.2
 RANK_RTOL = 1e-6  # principal directions below this share of the largest variance: dropped
@@ -145,6 +147,7 @@ def fit_logistic(
     max_iter: int = MAX_ITER,
     tol: float = TOL,
     ftol: float = FTOL,
+    gap: float = GAP,
     init: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Multinomial logistic regressions, many at once, by a batched full-batch L-BFGS.
@@ -177,7 +180,7 @@ def fit_logistic(
     rows, cols = torch.arange(nl, device=z.device), torch.arange(c, device=z.device)
     f, g = objective(theta, za, scale, pen4)
     s_hist, y_hist, rho_hist = [], [], []
-    done = g.abs().amax(dim=(1, 3)) <= tol
+    done = torch.zeros_like(f, dtype=torch.bool)  # even a warm start is tested on its decrement
     it = 0
     while it < max_iter and not bool(done.all()):
         it += 1
@@ -203,6 +206,13 @@ def fit_logistic(
         if bool(bad.any()):
             direction = torch.where(bad[:, None, :, None], -g, direction)
             slope = _dot(g, direction)
+        if s_hist:  # converged: small gradient, and little left to gain by the model's own
+            # estimate (-g.d / 2, the quasi-Newton decrement): on wide, anisotropic features
+            # every gradient entry is small long before the objective is near its minimum
+            near = (-slope / 2 <= gap * f.abs()) & (g.abs().amax(dim=(1, 3)) <= tol)
+            done = done | near
+            if bool(done.all()):
+                break
         direction = direction * (~done)[:, None, :, None]
         step = torch.ones_like(f)
         if not s_hist:  # first step: unit length, as scipy's L-BFGS-B
@@ -231,7 +241,7 @@ def fit_logistic(
             rho_hist.append(torch.where(good, 1.0 / sy.where(good, torch.ones_like(sy)), 0.0))
             if len(s_hist) > HISTORY:
                 s_hist.pop(0), y_hist.pop(0), rho_hist.pop(0)
-        done = done | stuck | small | (g.abs().amax(dim=(1, 3)) <= tol)
+        done = done | stuck | small
     out[rows[:, None], :, cols[None, :]] = (theta * scale).permute(0, 2, 1, 3)
     return out, it
 
