@@ -9,7 +9,9 @@ each and a JSON summary (``--out``):
   loss falls, accuracy rises, img/s;
 - embed_eval on CUDA (fp32 and bf16) against the CPU's fp32 Grams, and the
   per-superclass AMI each gives;
-- exact k-NN through torch on CUDA against the CPU path, and torch k-means on CUDA.
+- exact k-NN through torch on CUDA against the CPU path, and torch k-means on CUDA;
+- the decoded-image cache's batch augmentation on CUDA against the CPU's uint8 kernel
+  (same crop boxes), and the img/s of each.
 
     python benchmarks/gpu_paths.py --out gpu_paths.json
 """
@@ -122,6 +124,52 @@ def check_neighbors(device, report) -> None:
     )
 
 
+def check_batch_augment(device, report, n: int = 256) -> None:
+    """The decoded-image cache's training path on ``device``: the uint8 squares moved there
+    and augmented as a batch (float pixels off the CPU) against the CPU's uint8 kernel on
+    the same crop boxes, and the img/s of both."""
+    from clusterprobe.runners.data import batch_augment as ba
+    from clusterprobe.runners.data.transforms import PaperAugment
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:256, 0:256]
+    base = 127 + 100 * np.sin(0.05 * xx[..., None] + 0.03 * yy[..., None] * np.arange(1, 4))
+    squares = np.clip(base + rng.normal(0, 12, (n, 256, 256, 3)), 0, 255).astype(np.uint8)
+    pixels = torch.from_numpy(squares)
+    boxes = ba.sample_boxes(n, 256, 256, (0.05, 1.0), generator=torch.Generator().manual_seed(0))
+    cpu = ba.resized_crops(pixels, boxes, 224).float()
+    there = ba.resized_crops(pixels.to(device).float(), boxes, 224).cpu()
+    diff = (there - cpu).abs()
+    augment = PaperAugment(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+    def rate(on) -> float:
+        g = torch.Generator().manual_seed(0)
+        augment.batch(pixels[:64].to(on), g)  # warm up
+        if on.type == "cuda":
+            torch.cuda.synchronize(on)
+        t0 = time.perf_counter()
+        for start in range(0, n, 64):
+            augment.batch(pixels[start : start + 64].to(on), g)
+        if on.type == "cuda":
+            torch.cuda.synchronize(on)
+        return n / (time.perf_counter() - t0)
+
+    report["batch_augment"] = dict(
+        max_grey_level_diff=float(diff.max()),
+        mean_grey_level_diff=float(diff.mean()),
+        img_per_s_device=rate(device),
+        img_per_s_cpu=rate(torch.device("cpu")),
+        cpu_threads=torch.get_num_threads(),
+    )
+    r = report["batch_augment"]
+    log(
+        f"batch augmentation at 224 px on {device.type} vs the CPU's uint8 kernel: max "
+        f"{r['max_grey_level_diff']:.2f} grey levels apart; {r['img_per_s_device']:.0f} img/s "
+        f"there (uint8 moved + augmented), {r['img_per_s_cpu']:.0f} img/s on the CPU "
+        f"({r['cpu_threads']} threads)"
+    )
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=None)
@@ -147,6 +195,7 @@ def main() -> int:
     model, config, data = check_train(device, report, config)
     check_embed(model, config, data, device, report)
     check_neighbors(device, report)
+    check_batch_augment(device, report, n=64 if args.smoke else 1024)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
     return 0
