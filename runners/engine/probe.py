@@ -14,8 +14,8 @@ Every layer is one problem of a batched torch solve (:func:`fit_logistic`): a fu
 L-BFGS whose vector operations run over all problems at once, each problem with its own
 line search and stopping test. The strengths are solved one after another, strong to
 weak, each from the previous one's solution: on the CPU, where the solve is bound by
-its matrix products, that continuation did 0.78x the work of solving all strengths at
-once from zero (the default run's features). Features
+its matrix products, that continuation took 0.78x the time of solving all strengths at
+once from zero (1.90 s vs 2.43 s on the default run's features). Features
 are whitened first (PCA basis of the standardised features, scaled to unit variance):
 the data term's curvature is then close to isotropic and L-BFGS converges in tens of
 iterations, not hundreds; the L2 penalty, rewritten in that basis, stays exact (a
