@@ -13,9 +13,10 @@ pooled features keep it fast here.
 Every layer is one problem of a batched torch solve (:func:`fit_logistic`): a full-batch
 L-BFGS whose vector operations run over all problems at once, each problem with its own
 line search and stopping test. The strengths are solved one after another, strong to
-weak, each from the previous one's solution: on the CPU, where the solve is bound by
-its matrix products, that continuation took 0.78x the time of solving all strengths at
-once from zero (1.90 s vs 2.43 s on the default run's features). Features
+weak, each from a prediction of its solution (the previous one, then the secant through
+the last two): on the CPU, where the solve is bound by its matrix products, that path
+took 0.65x the time of solving all strengths at once from zero (1.58 s vs 2.43 s on the
+default run's features). Features
 are whitened first (PCA basis of the standardised features, scaled to unit variance):
 the data term's curvature is then close to isotropic and L-BFGS converges in tens of
 iterations, not hundreds; the L2 penalty, rewritten in that basis, stays exact (a
@@ -355,11 +356,16 @@ def _solve(xs, y, num_classes: int, cs: list[tuple], evals: list, init=None):
                 w0 = _whitened(whiteners[i], *init[i])
                 r = w0.shape[0] - 1
                 start[j, :r], start[j, width] = w0[:r], w0[r]
-        # The strengths one after another, strong to weak, each started from the previous
-        # one's solution (a continuation path): the weak penalties, which take the most
-        # iterations from zero, start near their optimum.
+        # The strengths one after another, strong to weak, each started near its optimum:
+        # from the previous solution, then from the secant through the last two (the
+        # solution is a smooth curve in log C), which took 0.7x the iterations.
+        log_c = torch.tensor([cs[i] for i in rows], dtype=z.dtype, device=z.device).log()
         parts, prev, path = [], start, 0
         for j in range(pen.shape[1]):
+            if j >= 2:
+                last, before = log_c[:, j - 1] - log_c[:, j - 2], log_c[:, j] - log_c[:, j - 1]
+                ratio = torch.where(last != 0, before / last.where(last != 0, 1.0), 0.0)
+                prev = parts[-1] + ratio[:, None, None, None] * (parts[-1] - parts[-2])
             w, it = fit_logistic(z, y, num_classes, pen[:, j : j + 1], init=prev)
             parts.append(w)
             prev, path = w, path + it
