@@ -2,7 +2,7 @@
 
 For a GPU machine that has torch, timm, numpy, scipy and scikit-learn but not
 mlflow/optuna/duckdb/faiss (the repo is mapped onto the ``clusterprobe``
-namespace by the same shim as ``gpu_protocol.py``). Checks, printing one line
+namespace by the shim in ``checkout.py``). Checks, printing one line
 each and a JSON summary (``--out``):
 
 - training on CUDA (bf16 autocast, channels_last) on the built-in synthetic data:
@@ -25,7 +25,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import gpu_protocol  # noqa: E402,F401  (installs the clusterprobe namespace shim)
+from checkout import install_shim  # noqa: E402
+
+install_shim()  # the repo without a pip install
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from clusterprobe.runners.config import RunConfig  # noqa: E402
