@@ -67,10 +67,14 @@ class PaperAugment(T.Compose):
 
     def __init__(self, size: int, mean, std, pad: int = 0):
         if pad:
-            steps = [T.Resize(size, antialias=True), T.RandomCrop(size, padding=pad)]
+            steps = [
+                T.Resize(size, antialias=True),
+                T.RandomCrop(size, padding=pad),
+                T.RandomHorizontalFlip(),
+            ]
         else:
-            steps = [T.RandomResizedCrop(size, scale=TRAIN_SCALE, antialias=True)]
-        super().__init__([*steps, T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+            steps = paper_augment(size).transforms
+        super().__init__([*steps, T.ToTensor(), T.Normalize(mean, std)])
         self.size, self.mean, self.std, self.pad = size, tuple(mean), tuple(std), pad
 
     def batch(self, pixels, generator=None):
