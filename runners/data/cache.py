@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch.utils.data
+from clusterprobe.runners.data.base import user_cache
 from clusterprobe.runners.data.imagecheck import CorruptImage, find_corrupt
 from clusterprobe.runners.engine.progress import progress_bar
 from PIL import Image
@@ -44,8 +45,6 @@ DEFAULT = "default"  # RunConfig.image_cache: the user cache folder
 
 
 def default_root() -> Path:
-    from clusterprobe.runners.data.base import user_cache
-
     return user_cache("images")
 
 
@@ -281,18 +280,13 @@ def cached(data, root: Path, *, progress: bool = False):
             files.subclass,
             files.transform,
         )
-    augmented = (
-        "; training augmentation on the batch" if hasattr(data.train.transform, "batch") else ""
-    )
+    train = out["train"].with_transform(data.train.transform)
+    augmented = "; training augmentation on the batch" if isinstance(train, CachedBatches) else ""
     record = {
         **data.record,
         "image_cache": f"centre {squares.size} px squares ({squares.interpolation}){augmented}",
     }
     data = dataclasses.replace(
-        data,
-        train=out["train"].with_transform(data.train.transform),
-        train_plain=out["train"],
-        eval=out["eval"],
-        record=record,
+        data, train=train, train_plain=out["train"], eval=out["eval"], record=record
     )
     return data, bad["train"], bad["eval"]
