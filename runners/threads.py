@@ -75,8 +75,8 @@ def claim(folder: Path | None = None) -> None:
         mine.touch()
     except OSError:
         return
-    if _claimed is None:
-        atexit.register(release)
+    atexit.unregister(release)  # once, however many commands this process runs
+    atexit.register(release)
     _claimed = mine
 
 
