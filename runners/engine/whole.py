@@ -80,10 +80,10 @@ DEFAULT_MEMORY_BUDGET_GB = 2.0
 # auto: exact-rnn up to this many points (two-stage above), about where its time
 # passes 10 minutes. "cpu": measured on 2 idle cores, d = 512 (benchmarks/rnn_scaling.py):
 # 100,000 points in 168 s (3.5 GB), 180,000 in 640 s (9.2 GB, 79 rounds), 200,000 in
-# 850 s (10.8 GB); time grows as ~N^2.3 from 100k to 180k, which puts 600 s near 175,000. "cuda": not measured (no GPU lent yet);
-# ~2 N^2 (d + 2) multiply-adds at 1M are ~1e15, under a minute at an H100/H200's ~50
-# TFLOP/s, so 1M stays well inside 10 minutes even if the passes over each block cost
-# several times the products.
+# 850 s (10.8 GB); time grows as ~N^2.3 from 100k to 180k, which puts 600 s near
+# 175,000. "cuda": not measured (no GPU lent yet); ~2 N^2 (d + 2) multiply-adds at 1M
+# are ~1e15, under a minute at an H100/H200's ~50 TFLOP/s, so 1M stays well inside
+# 10 minutes even if the passes over each block cost several times the products.
 RNN_MAX_POINTS = {"cpu": 170_000, "cuda": 1_000_000}
 
 
