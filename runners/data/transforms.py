@@ -17,6 +17,7 @@ to the size + random crop with size/8 zero padding + flip; eval = resize + centr
 
 from __future__ import annotations
 
+from clusterprobe.runners.data import batch_augment as ba
 from torchvision import transforms as T
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -80,8 +81,6 @@ class PaperAugment(T.Compose):
     def batch(self, pixels, generator=None):
         """uint8 [B, S, S, 3] squares -> augmented, normalised float [B, 3, size, size], on
         the pixels' device (drawn from ``generator``)."""
-        from clusterprobe.runners.data import batch_augment as ba
-
         if pixels.device.type != "cpu":  # the uint8 resize kernel is the CPU's
             pixels = pixels.float()
         if self.pad:
