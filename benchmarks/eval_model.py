@@ -37,6 +37,7 @@ install_shim()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from clusterprobe.runners.allocator import keep_large_blocks  # noqa: E402
 from clusterprobe.runners.engine.cluster import cluster_protocol  # noqa: E402
 from clusterprobe.runners.engine.embed import embed_eval, pooled_features  # noqa: E402
 
@@ -187,6 +188,7 @@ def make_data(args, device) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    keep_large_blocks()  # as the CLI does: the floor and the measurement alike
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -17,7 +17,8 @@ map with the same train recipe (random-resized crop + flip, normalise): per imag
 through the loader, and per batch as ``train`` reads it (``batch_augment``), against the
 first-epoch decode path (ours, 0 workers) on the same tree; and the uint8 read alone,
 what the CPU does when a GPU augments. ``--threads`` sets torch's threads (1 by default:
-the decode path's one decoding thread).
+the decode path's one decoding thread). Like the CLI, the process keeps large freed
+blocks for reuse (``runners/allocator.py``) for every path timed.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
+from clusterprobe.runners.allocator import keep_large_blocks
 from clusterprobe.runners.data import transforms
 from clusterprobe.runners.data.images import ImageFiles, gather
 from clusterprobe.runners.data.loading import make_loader
@@ -140,6 +142,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    kept = keep_large_blocks()  # as the CLI does, for every path timed here
+    print(f"large freed blocks kept for reuse (runners/allocator.py): {kept}")
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

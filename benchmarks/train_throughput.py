@@ -23,6 +23,7 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from clusterprobe.runners.allocator import keep_large_blocks
 from clusterprobe.runners.config import RunConfig
 from clusterprobe.runners.ema import for_config as ema_for_config
 from clusterprobe.runners.models import create_model, family_of
@@ -96,6 +97,7 @@ def main() -> int:
     parser.add_argument("--optimizer", default=None)
     parser.add_argument("--ema", type=float, default=0.0)
     args = parser.parse_args()
+    keep_large_blocks()  # as the CLI does, for both loops
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 
+from clusterprobe.runners.allocator import keep_large_blocks
 from clusterprobe.tracker.errors import UsageError
 
 # name -> (module, one-line help). The module is imported for its own subcommand only.
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if module is None:
         parser.print_help()
         return 0 if not argv or argv[0] in ("-h", "--help") else EXIT_BAD_INPUT
+    keep_large_blocks()  # runners/allocator.py: 224 px tensors without fresh pages each time
     try:
         return int(module.main(args) or 0)
     except UsageError as err:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from clusterprobe.runners.data import batch_augment as ba
 from clusterprobe.runners.data import transforms
 from PIL import Image
@@ -119,6 +120,21 @@ def test_normalise_is_to_tensor_then_normalize():
     floats = x.float()
     ba.normalise(floats, mean, std)
     assert torch.equal(floats, x.float())  # the caller's tensor is left alone
+
+
+def test_normalised_crops_are_torchvisions_crop_flip_and_normalize():
+    squares = torch.from_numpy(photos(8))
+    boxes = ba.sample_boxes(8, 96, 96, (0.08, 1.0), generator=torch.Generator().manual_seed(3))
+    flips = torch.tensor([True, False] * 4)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    got = ba.normalised_crops(squares, boxes, flips, 40, mean, std)
+    for b, (top, left, h, w) in enumerate(boxes.tolist()):
+        crop = squares[b, top : top + h, left : left + w].permute(2, 0, 1).contiguous()
+        crop = F.interpolate(crop[None], size=(40, 40), mode="bilinear", antialias=True)[0]
+        crop = tf.hflip(crop) if flips[b] else crop
+        want = tf.normalize(tf.convert_image_dtype(crop, torch.float32), mean, std)
+        torch.testing.assert_close(got[b], want, atol=1e-5, rtol=0)
+    assert not torch.equal(got[0], got[0].flip(-1))  # a mirror is visible in these images
 
 
 @pytest.mark.parametrize("size, pad", [(80, 0), (32, 4)])

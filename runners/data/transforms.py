@@ -85,12 +85,10 @@ class PaperAugment(T.Compose):
             pixels = pixels.float()
         if self.pad:
             x = ba.padded_crops(pixels, self.size, self.pad, generator)
-        else:
-            boxes = ba.sample_boxes(
-                len(pixels), *pixels.shape[1:3], TRAIN_SCALE, generator=generator
-            )
-            x = ba.resized_crops(pixels, boxes, self.size)
-        return ba.normalise(ba.flip_half(x, generator), self.mean, self.std)
+            return ba.normalise(ba.flip_half(x, generator), self.mean, self.std)
+        boxes = ba.sample_boxes(len(pixels), *pixels.shape[1:3], TRAIN_SCALE, generator=generator)
+        flips = ba.sample_flips(len(pixels), generator)
+        return ba.normalised_crops(pixels, boxes, flips, self.size, self.mean, self.std)
 
 
 def train_transform(
