@@ -83,12 +83,17 @@ def measure(
     from clusterprobe.runners.engine.cka import cka_by_superclass
     from clusterprobe.runners.engine.cluster import cluster_protocol
     from clusterprobe.runners.engine.embed import embed_eval
+    from clusterprobe.runners.engine.projection import Projector
     from clusterprobe.runners.models import layer_taps
 
     factors = tuple(sorted(set(config.factors) | {1}))  # f1 always: best_ami is defined on it
     model.eval()
     taps = layer_taps(model, config)
     seconds: dict[str, float] = {}
+    # The projected probe input of the eval images comes from the embed's own passes.
+    projector = None
+    if config.probe_features == "projected" and len(probe_index):
+        projector = Projector(config.probe_dim, config.seed)  # the same matrices for both sets
 
     t0 = time.perf_counter()
     emb = embed_eval(
@@ -101,6 +106,7 @@ def measure(
         batch_size=config.batch_size,
         quiet=quiet,
         outputs=head_labels is not None,
+        reduce=projector,
     )
     seconds["embed"] = time.perf_counter() - t0
     test_acc = None
@@ -119,7 +125,7 @@ def measure(
     seconds["cka"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    probe_acc, knn_acc = _probes(model, taps, config, data, device, probe_index, emb.pooled)
+    probe_acc, knn_acc = _probes(model, taps, config, data, device, probe_index, emb, projector)
     seconds["probe"] = time.perf_counter() - t0
 
     scores = LayerScores(
@@ -137,34 +143,35 @@ def measure(
     )
 
 
-def _probes(model, taps, config, data, device, probe_index, eval_pooled):
+def _probes(model, taps, config, data, device, probe_index, emb, projector):
     """Linear- and k-NN-probe accuracy per layer on subclass labels: trained on the
-    features of ``probe_index`` train images, tested on the eval split ([] if no images).
-    The k-NN probe reads pooled features; the linear probe reads ``config.probe_features``:
-    pooled, or the flattened features through a seeded sparse random projection
-    (``engine.projection``, the paper's probe input), streamed per batch."""
-    from clusterprobe.runners.engine.embed import pooled_features
+    features of ``probe_index`` train images, tested on the eval split's (``emb``; [] if
+    no images). The k-NN probe reads pooled features; the linear probe reads
+    ``config.probe_features``: pooled, or the flattened features through ``projector`` (a
+    seeded sparse random projection, ``engine.projection``, the paper's probe input),
+    streamed per batch. Each probe image goes through the model once."""
+    from clusterprobe.runners.engine.embed import layer_features
     from clusterprobe.runners.engine.probe import knn_layers, probe_layers
-    from clusterprobe.runners.engine.projection import Projector
 
     if not len(probe_index):
         return [], []
     features = functools.partial(
-        pooled_features,
+        layer_features,
         model,
         taps,
         device=device,
         precision=config.precision,
         batch_size=config.batch_size,
     )
-    train_pooled = features(data.train_plain, probe_index)
     train_y = data.train_labels.subclass[probe_index]
     eval_y = data.eval_labels.subclass
-    train_x, eval_x = train_pooled, eval_pooled
-    if config.probe_features == "projected":
-        projector = Projector(config.probe_dim, config.seed)  # the same matrices for both sets
-        train_x = features(data.train_plain, probe_index, reduce=projector)
-        eval_x = features(data.eval, reduce=projector)
+    eval_pooled = emb.pooled
+    if projector is not None:
+        train_pooled, train_x = features(data.train_plain, probe_index, reducers=(None, projector))
+        eval_x = emb.reduced
+    else:
+        (train_pooled,) = features(data.train_plain, probe_index, reducers=(None,))
+        train_x, eval_x = train_pooled, eval_pooled
     fit = probe_layers(train_x, train_y, eval_x, eval_y, seed=config.seed, device=device)
     probe_acc = [float(a) for a in fit]
     return probe_acc, knn_layers(train_pooled, train_y, eval_pooled, eval_y, device=device)

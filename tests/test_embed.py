@@ -12,6 +12,7 @@ from clusterprobe.runners.data.base import Labels
 from clusterprobe.runners.engine.cluster import DeadLayerWarning as ClusterDeadWarning
 from clusterprobe.runners.engine.cluster import cluster_protocol
 from clusterprobe.runners.engine.embed import DeadLayerWarning, embed_eval, pooled_features
+from clusterprobe.runners.engine.projection import Projector
 from clusterprobe.runners.models import Tap
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_mutual_info_score
@@ -156,6 +157,27 @@ def test_grams_pooled_and_pixels_match_direct(budget, kind):
     np.testing.assert_allclose(emb.pooled[2], acts[2].numpy(), atol=1e-6)
     if budget is not None:
         assert int(emb.params["forward_passes"]) > 3  # extra passes: memory-bounded
+
+
+@pytest.mark.parametrize("budget", [None, 100_000, 10_000])  # one pass, grouped, row blocks
+def test_reduced_rows_come_from_the_embeds_own_passes(budget):
+    """reduce=...: every eval image's reduced rows (a projection's), the same as a separate
+    pass would give, whether the layers were embedded together, in groups or in row blocks."""
+    model = tiny_model()
+    taps = tiny_taps(model)
+    x, sup, sub = structured_images(n_sup=3, n_sub=2, per=6)
+    order = np.random.default_rng(0).permutation(len(x))  # superclasses interleaved
+    x, sup, sub = x[order], sup[order], sub[order]
+    emb = embed_eval(model, taps, x, Labels(sup, sub), device="cpu", batch_size=5, quiet=True,
+                     memory_budget=budget, reduce=Projector(6, 2))  # fmt: skip
+    alone = pooled_features(model, taps, x, device="cpu", batch_size=5, reduce=Projector(6, 2))
+    acts = reference_activations(model, taps, x)
+    assert len(emb.reduced) == len(taps)
+    for li, got in enumerate(emb.reduced):
+        width = acts[li].flatten(1).shape[1]
+        assert got.shape == (len(x), min(6, width))
+        np.testing.assert_allclose(got, alone[li], rtol=1e-5, atol=1e-5)
+    assert embed_eval(model, taps, x, Labels(sup, sub), device="cpu", quiet=True).reduced is None
 
 
 @pytest.mark.parametrize("budget", [None, 100_000, 10_000])  # one pass, grouped, row blocks

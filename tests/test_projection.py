@@ -9,7 +9,7 @@ import pytest
 import torch
 from clusterprobe.runners.config import RunConfig
 from clusterprobe.runners.data import synthetic
-from clusterprobe.runners.engine.embed import pooled_features
+from clusterprobe.runners.engine.embed import layer_features, pooled_features
 from clusterprobe.runners.engine.projection import Projector, sparse_projection
 from clusterprobe.runners.models import create_model, layer_taps
 
@@ -65,6 +65,32 @@ def test_streamed_projection_equals_the_dense_reference():
             want = (x @ dense.T).numpy()
         assert got[layer].shape == (len(data.eval), want.shape[1])
         np.testing.assert_allclose(got[layer], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_pooled_and_projected_features_come_from_one_forward_pass():
+    cfg = RunConfig(classes=2, subclasses=2, train_per_subclass=2, eval_per_subclass=5,
+                    image_size=16, batch_size=4)  # fmt: skip
+    data = synthetic.load(cfg)
+    model = create_model(cfg, 2, data.image_size).eval()
+    taps = layer_taps(model, cfg)
+    calls = []
+    handle = model.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    rows = [0, 3, 4, 7, 9, 12, 15, 18, 19]
+    pooled, projected = layer_features(
+        model, taps, data.eval, rows, reducers=(None, Projector(50, 1)), device="cpu",
+        batch_size=4,
+    )  # fmt: skip
+    assert calls == [4, 4, 1]  # each image through the model once, for both
+    handle.remove()
+    alone = pooled_features(model, taps, data.eval, rows, device="cpu", batch_size=4)
+    proj_alone = pooled_features(
+        model, taps, data.eval, rows, device="cpu", batch_size=4, reduce=Projector(50, 1)
+    )
+    assert len(pooled) == len(projected) == len(taps)
+    for a, b in zip(pooled + projected, alone + proj_alone, strict=True):
+        assert a.shape[0] == len(rows)
+        np.testing.assert_array_equal(a, b)
+    assert pooled[0].shape[1] == 64 and projected[0].shape[1] == 50
 
 
 def test_a_layer_no_wider_than_the_dimension_is_kept_flat():

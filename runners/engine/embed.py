@@ -56,6 +56,7 @@ class Embedding:
     pooled: list[np.ndarray]  # per layer float32 [N_eval, C_l] (GAP / token mean), eval order
     dead: dict[int, list[int]] = field(default_factory=dict)  # layer -> superclasses with zero rows
     outputs: np.ndarray | None = None  # float64 [N_eval, C]: the model's output (outputs=True)
+    reduced: list[np.ndarray] | None = None  # per layer float32 [N_eval, k]: ``reduce``'s rows
     params: dict[str, str] = field(
         default_factory=dict
     )  # precision, budget, passes: how it was made
@@ -362,6 +363,12 @@ class _Forward:
     batch_size: int
     workers: int
     keep_outputs: bool = False  # also return the model's output where a pass reaches the end
+    reduce: object = None  # reduce(layer, flat activation) -> [B, k], kept beside the pooled
+
+    def vectors(self, pos: int, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Tap ``pos``'s pooled rows of activation ``t``, and its reduced rows (or None)."""
+        tap = self.taps[pos]
+        return pool_tap(t, tap), (None if self.reduce is None else self.reduce(pos, flatten(t)))
 
     def batches(self, rows: np.ndarray, batch_size: int | None = None):
         """Image batches of ``dataset[rows]`` on the device, in order."""
@@ -400,14 +407,14 @@ class _Superclass:
         feats = dict(
             zip(positions, self.arena.views(self.n, [widths[p] for p in positions]), strict=True)
         )
-        pooled: dict[int, list[torch.Tensor]] = {p: [] for p in positions if p >= 0}
+        pooled: dict[int, list[tuple]] = {p: [] for p in positions if p >= 0}
         cursor = [0]
 
         def consume(pos, t):
             b = t.shape[0]
             feats[pos][cursor[0] : cursor[0] + b].copy_(flatten(t))
             if pos >= 0:
-                pooled[pos].append(pool_tap(t, fwd.taps[pos]))
+                pooled[pos].append(fwd.vectors(pos, t))
 
         tap_positions = [p for p in positions if p >= 0]
         keep = fwd.outputs_with(tap_positions)
@@ -422,18 +429,21 @@ class _Superclass:
                     outputs.append(_tensor_of(out).to(torch.float64))
             cursor[0] += x.shape[0]
         grams = {p: unit_gram(f) for p, f in feats.items()}
-        pooled_all = {p: torch.cat(v) for p, v in pooled.items()}
-        return grams, pooled_all, (torch.cat(outputs) if keep else None)
+        return (
+            grams,
+            {p: _joined(v) for p, v in pooled.items()},
+            (torch.cat(outputs) if keep else None),
+        )
 
     def blocked_pass(self, fwd: _Forward, pos, rows, width, budget):
         """One layer too wide for n rows: row blocks X_p held in turn, G[p, q] = X_p X_q^T.
-        Returns (Gram, pooled, outputs); the outputs come from the held blocks, which see
-        every row once."""
+        Returns (Gram, (pooled, reduced) or None, outputs); the outputs come from the held
+        blocks, which see every row once."""
         itemsize = torch.empty((), dtype=self.store_dtype).element_size()
         bs = max(1, min(fwd.batch_size, budget // (2 * width * itemsize)))
         m = max(1, budget // (width * itemsize) - bs)  # rows held, leaving room for one batch
         gram = torch.zeros((self.n, self.n), dtype=torch.float32, device=self.device)
-        pooled: list[torch.Tensor] = []
+        pooled: list[tuple] = []
         outputs: list[torch.Tensor] | None = [] if fwd.outputs_with([pos]) else None
         starts = list(range(0, self.n, m))
         for bi, p0 in enumerate(starts):
@@ -443,7 +453,8 @@ class _Superclass:
 
             def keep(r0, f, t, _held=held):
                 _held[r0 : r0 + f.shape[0]] = f
-                pooled.append(pool_tap(t, fwd.taps[pos]) if pos >= 0 else pool(t))
+                if pos >= 0:
+                    pooled.append(fwd.vectors(pos, t))
 
             self._stream(fwd, pos, rows[p0:p1], bs, keep, outputs)
             gram[p0:p1, p0:p1] = gram_block(held, held)
@@ -457,8 +468,8 @@ class _Superclass:
 
                 self._stream(fwd, pos, rows[q0:q1], bs, cross)
             del held
-        pooled_all = torch.cat(pooled) if pooled and pos >= 0 else None
-        return scale_to_unit(gram), pooled_all, (torch.cat(outputs) if outputs else None)
+        vectors = _joined(pooled) if pooled else None
+        return scale_to_unit(gram), vectors, (torch.cat(outputs) if outputs else None)
 
     def _stream(self, fwd: _Forward, pos, rows, bs, sink, outputs=None):
         """Forward ``rows`` in batches; ``sink(row offset, unit features, activation)`` per batch.
@@ -483,6 +494,12 @@ class _Superclass:
                 t = box.pop("t")
             sink(offset[0], flatten(t).to(self.store_dtype), t)
             offset[0] += x.shape[0]
+
+
+def _joined(parts: list[tuple]) -> tuple:
+    """Per-batch (pooled, reduced) pairs -> (all pooled rows, all reduced rows or None)."""
+    pooled, reduced = zip(*parts, strict=True)
+    return torch.cat(pooled), (None if reduced[0] is None else torch.cat(reduced))
 
 
 def _host(t: torch.Tensor) -> np.ndarray:
@@ -518,6 +535,7 @@ def embed_eval(
     workers: int = 0,
     pixels: bool = True,
     outputs: bool = False,
+    reduce=None,
 ) -> Embedding:
     """Per superclass: forward its eval images, Gram of every tap (and raw pixels) on ``device``.
 
@@ -528,6 +546,8 @@ def embed_eval(
     :class:`Embedding`; constant layers are listed in ``.dead`` with a warning.
     ``outputs=True``: ``.outputs`` holds the model's output for every eval image (the
     pass with the last tap runs to the end of the model; see the module docstring).
+    ``reduce(layer, flat activation) -> [B, k]`` (e.g. ``projection.Projector``):
+    ``.reduced`` holds its rows for every eval image, made in the same passes.
     Bad arguments raise ValueError (TypeError for a tap that yields no tensor).
     """
     check_choice("precision", precision, PRECISIONS)
@@ -538,7 +558,9 @@ def embed_eval(
     if sup.shape[0] == 0:
         raise ValueError("the evaluation set is empty")
     budget = int(memory_budget) if memory_budget is not None else default_budget(device)
-    fwd = _Forward(model, list(taps), dataset, device, precision, batch_size, workers, outputs)
+    fwd = _Forward(
+        model, list(taps), dataset, device, precision, batch_size, workers, outputs, reduce
+    )
     with _eval_mode(model, precision, device):
         run = _Evaluation(fwd, budget, n_eval=sup.shape[0], pixels=pixels)
         sups = sorted(int(s) for s in np.unique(sup))
@@ -589,6 +611,7 @@ class _Evaluation:
         self.eval_index: dict[int, np.ndarray] = {}
         self.dead: dict[int, list[int]] = {}
         self.outputs: np.ndarray | None = None  # [n_eval, C], allocated at the first output
+        self.reduced: list[np.ndarray | None] = [None] * len(fwd.taps)  # at the first rows
         self.n_eval = n_eval
         self.passes = 0
 
@@ -620,21 +643,29 @@ class _Evaluation:
         for group in _plan([self.widths[p] for p in self.order], n, self.itemsize, self.budget):
             positions = [self.order[i] for i in group]
             if n * sum(self.widths[p] for p in positions) * self.itemsize <= self.budget:
-                grams, pooled, outputs = acc.full_pass(self.fwd, positions, rows, self.widths)
+                grams, vectors, outputs = acc.full_pass(self.fwd, positions, rows, self.widths)
                 out.update(grams)
-                for p, v in pooled.items():
-                    self.pooled[p][rows] = _host(v)
+                for p, v in vectors.items():
+                    self._keep_vectors(p, rows, v)
             else:  # a single layer wider than the budget allows for n rows
                 (pos,) = positions
-                out[pos], pooled, outputs = acc.blocked_pass(
+                out[pos], vectors, outputs = acc.blocked_pass(
                     self.fwd, pos, rows, self.widths[pos], self.budget
                 )
-                if pooled is not None and pos >= 0:
-                    self.pooled[pos][rows] = _host(pooled)
+                if vectors is not None:
+                    self._keep_vectors(pos, rows, vectors)
             if outputs is not None:
                 self._keep_outputs(rows, outputs)
             self.passes += 1
         return out
+
+    def _keep_vectors(self, pos: int, rows: np.ndarray, vectors: tuple) -> None:
+        pooled, reduced = vectors
+        self.pooled[pos][rows] = _host(pooled)
+        if reduced is not None:
+            if self.reduced[pos] is None:
+                self.reduced[pos] = np.zeros((self.n_eval, reduced.shape[1]), dtype=np.float32)
+            self.reduced[pos][rows] = _host(reduced)
 
     def _keep_outputs(self, rows: np.ndarray, outputs: torch.Tensor) -> None:
         values = _host(outputs.reshape(outputs.shape[0], -1))
@@ -662,6 +693,7 @@ class _Evaluation:
             pooled=self.pooled,
             dead=self.dead,
             outputs=self.outputs,
+            reduced=None if fwd.reduce is None else self.reduced,
             params=params,
         )
 
@@ -683,17 +715,48 @@ def pooled_features(
     a ViT's tokens as the model pools them, :func:`pool_tap`); or, with ``reduce(layer,
     activation) -> [B, k]`` (e.g. ``projection.Projector``), what it makes of each batch's
     flattened activation, so only the reduced rows are ever kept."""
+    (features,) = layer_features(
+        model,
+        taps,
+        dataset,
+        indices,
+        reducers=(reduce,),
+        device=device,
+        precision=precision,
+        batch_size=batch_size,
+        workers=workers,
+        quiet=quiet,
+    )
+    return features
+
+
+def layer_features(
+    model,
+    taps,
+    dataset,
+    indices=None,
+    *,
+    reducers,
+    device,
+    precision: str = "fp32",
+    batch_size: int = 256,
+    workers: int = 0,
+    quiet: bool = True,
+) -> list[list[np.ndarray]]:
+    """:func:`pooled_features` for each of ``reducers`` (None: pooled) from one forward
+    pass: per reducer, per layer float32 [n, k]."""
     check_choice("precision", precision, PRECISIONS)
     device = torch.device(device)
     rows = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
-    chunks: list[list[torch.Tensor]] = [[] for _ in taps]
+    chunks = [[[] for _ in taps] for _ in reducers]
 
     def consume(pos, t):
-        reduced = pool_tap(t, taps[pos]) if reduce is None else reduce(pos, flatten(t))
-        chunks[pos].append(reduced.cpu())
+        for out, reduce in zip(chunks, reducers, strict=True):
+            reduced = pool_tap(t, taps[pos]) if reduce is None else reduce(pos, flatten(t))
+            out[pos].append(reduced.cpu())
 
     hooks = _Taps(taps, range(len(taps)), consume)
-    desc = "pooled" if reduce is None else "projected"
+    desc = "pooled" if reducers == (None,) else "features"
     progress = progress_bar(len(rows), show=not quiet, desc=desc, unit="image")
     with _eval_mode(model, precision, device):
         for x in _batches(dataset, rows, batch_size, device, workers):
@@ -702,5 +765,5 @@ def pooled_features(
             progress.update(x.shape[0])
     progress.close()
     if len(rows) == 0:
-        return [np.zeros((0, 0), dtype=np.float32) for _ in taps]
-    return [torch.cat(c).numpy().astype(np.float32, copy=False) for c in chunks]
+        return [[np.zeros((0, 0), dtype=np.float32) for _ in taps] for _ in reducers]
+    return [[torch.cat(c).numpy().astype(np.float32, copy=False) for c in out] for out in chunks]
