@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import time
 from pathlib import Path
 
@@ -65,6 +66,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="default: 64 CPU, 256 GPU")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--small", action="store_true", help=f"smoke-test size: {SMALL}")
+    p.add_argument(
+        "--plain-allocator",
+        action="store_true",
+        help="glibc's defaults instead of keeping large freed blocks (the CLI keeps them)",
+    )
     p.add_argument("--out", default=None, help="write the numbers as JSON here")
     args = p.parse_args(argv)
     if args.small:
@@ -188,7 +194,7 @@ def make_data(args, device) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    keep_large_blocks()  # as the CLI does: the floor and the measurement alike
+    kept = False if args.plain_allocator else keep_large_blocks()  # as the CLI does
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -199,7 +205,7 @@ def main(argv=None) -> dict:
         f"{args.arch} {args.size} px, {len(taps)} taps; {args.superclasses} x "
         f"{args.subclasses * args.per_subclass} eval + {n_probe} probe images; "
         f"{device} {args.precision}, batch {args.batch_size}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
+        f"{torch.get_num_threads()} threads, large freed blocks kept: {kept}"
     )
     forward_only(model, [data["eval"][: args.batch_size]], args, device)  # warm-up
     floor = forward_only(model, [data["eval"], data["probe"]], args, device)
@@ -214,6 +220,12 @@ def main(argv=None) -> dict:
         f"overhead over the forward pass: {total / floor - 1:.2f}x (measurement / floor {total / floor:.2f})"
     )
     log(f"probes: {summary['probe']}; embed: {summary['embed']}")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = {"user": usage.ru_utime, "system": usage.ru_stime, "minor_faults": usage.ru_minflt}
+    log(
+        f"process CPU: user {cpu['user']:.0f} s, system {cpu['system']:.0f} s, "
+        f"{cpu['minor_faults']:,} minor page faults"
+    )
     report = {
         "args": vars(args),
         "machine": platform.platform(),
@@ -224,6 +236,8 @@ def main(argv=None) -> dict:
         "taps": len(taps),
         "seconds": {"forward_only": floor, "measurement": total, **seconds},
         "overhead": total / floor - 1,
+        "large_blocks_kept": kept,
+        "cpu": cpu,
         "summary": summary,
     }
     if args.out:
