@@ -4,12 +4,12 @@ glibc serves a block above its mmap threshold (at most 32 MB by default) with fr
 from the kernel and unmaps it on free, so every such tensor is paid again in page faults
 (a fault and a zeroed 4 kB page per 4 kB touched). At 224 px nearly everything a CPU
 run allocates is above it: a batch of 64 images is 38.5 MB of float32, a ResNet-50
-activation 200 MB. Measured on 2 cores: a ResNet-50 training step at 224 px (batch 32)
-4.9 s -> 3.4 s, its forward pass 1.43 s -> 0.98 s, and a batch's uint8 -> float32
-conversion 3x faster. Raising the thresholds lets freed blocks be reused from the heap
-(at most ``KEEP`` of free memory held at the top of the heap). Pixels and numbers are
-unchanged: only where the memory comes from. A no-op where the C library has no
-``mallopt`` (macOS, musl).
+activation 200 MB. Raising the thresholds lets freed blocks be reused from the heap (at
+most ``KEEP`` of free memory held at the top of the heap): on 2 cores a ResNet-50
+training step at 224 px (batch 32) ran 1.25x faster and its forward pass at batch 64
+1.8x (``benchmarks/allocator.py``, ``benchmarks/eval_model.py --plain-allocator``), for
+~16% more peak memory. Pixels and numbers are unchanged: only where the memory comes
+from. A no-op where the C library has no ``mallopt`` (macOS, musl).
 """
 
 from __future__ import annotations

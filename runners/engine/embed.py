@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -363,7 +364,7 @@ class _Forward:
     batch_size: int
     workers: int
     keep_outputs: bool = False  # also return the model's output where a pass reaches the end
-    reduce: object = None  # reduce(layer, flat activation) -> [B, k], kept beside the pooled
+    reduce: Callable[[int, torch.Tensor], torch.Tensor] | None = None  # kept beside the pooled
 
     def vectors(self, pos: int, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Tap ``pos``'s pooled rows of activation ``t``, and its reduced rows (or None)."""
