@@ -34,12 +34,17 @@ def test_the_matrix_is_li_hastie_churchs_very_sparse_projection_and_seeded():
     assert ratio.mean() == pytest.approx(1.0, abs=0.05)
 
 
-def test_streamed_projection_equals_the_dense_reference():
+def tiny_model_and_data():
+    """A resnet18 at 16 px (eval mode), its 8 taps and the built-in data's 20 eval images."""
     cfg = RunConfig(classes=2, subclasses=2, train_per_subclass=2, eval_per_subclass=5,
-                    image_size=16, batch_size=3)  # fmt: skip
+                    image_size=16)  # fmt: skip
     data = synthetic.load(cfg)
     model = create_model(cfg, 2, data.image_size).eval()
-    taps = layer_taps(model, cfg)
+    return model, layer_taps(model, cfg), data
+
+
+def test_streamed_projection_equals_the_dense_reference():
+    model, taps, data = tiny_model_and_data()
     dim, seed = 100, 4
     got = pooled_features(
         model, taps, data.eval, device="cpu", batch_size=3, reduce=Projector(dim, seed)
@@ -68,11 +73,7 @@ def test_streamed_projection_equals_the_dense_reference():
 
 
 def test_pooled_and_projected_features_come_from_one_forward_pass():
-    cfg = RunConfig(classes=2, subclasses=2, train_per_subclass=2, eval_per_subclass=5,
-                    image_size=16, batch_size=4)  # fmt: skip
-    data = synthetic.load(cfg)
-    model = create_model(cfg, 2, data.image_size).eval()
-    taps = layer_taps(model, cfg)
+    model, taps, data = tiny_model_and_data()
     calls = []
     handle = model.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
     rows = [0, 3, 4, 7, 9, 12, 15, 18, 19]
