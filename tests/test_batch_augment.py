@@ -150,6 +150,11 @@ def test_paper_augment_batches_as_it_augments_one_image(size, pad):
     assert abs(batch.min() - single.min()) < 0.2 and abs(batch.max() - single.max()) < 0.2
     again = augment.batch(torch.from_numpy(squares), torch.Generator().manual_seed(0))
     assert torch.equal(batch, again)  # drawn from the generator alone
+    # rows: the batch read straight from the stored squares, as from a gathered copy
+    rows = torch.tensor([9, 2, 2, 14, 0, 7])
+    direct = augment.batch(torch.from_numpy(squares), torch.Generator().manual_seed(1), rows)
+    copied = augment.batch(torch.from_numpy(squares[rows]), torch.Generator().manual_seed(1))
+    assert direct.shape == (6, 3, size, size) and torch.equal(direct, copied)
 
 
 def test_timms_augmentation_has_no_batch_form():

@@ -132,6 +132,10 @@ def test_eval_pixels_are_the_decode_paths(tmp_path, preprocess):
     index = torch.tensor([3, 0, 2])
     images, sup, sub = data.train.batch(index, torch.Generator().manual_seed(0))
     assert images.shape == (3, 3, 96, 96) and abs(images.mean() - crops.mean()) < 0.2
+    # read straight from the memory map: the same as augmenting a copy of those squares
+    squares = np.asarray(data.train.pixels[data.train.rows[index.numpy()]])
+    want = data.train.transform.batch(torch.from_numpy(squares), torch.Generator().manual_seed(0))
+    assert torch.equal(images, want)
     assert sub.tolist() == [data.train[i][2] for i in (3, 0, 2)]
     assert data.record["image_cache"].endswith("training augmentation on the batch")
 

@@ -56,14 +56,15 @@ def sample_flips(n: int, generator: torch.Generator | None = None) -> torch.Tens
     return torch.rand(n, generator=generator) < 0.5
 
 
-def _crops(pixels: torch.Tensor, boxes: torch.Tensor, size: int):
-    """Each box of ``pixels`` [B, H, W, 3] resized to ``size x size`` (bilinear,
-    antialiased: torchvision's ``resized_crop`` of a tensor), one [1, 3, size, size] at a
-    time."""
+def _crops(pixels: torch.Tensor, boxes: torch.Tensor, size: int, rows=None):
+    """Box b of image ``rows[b]`` of ``pixels`` [N, H, W, 3] (of image b without ``rows``)
+    resized to ``size x size`` (bilinear, antialiased: torchvision's ``resized_crop`` of a
+    tensor), one [1, 3, size, size] at a time."""
     x = pixels.permute(0, 3, 1, 2)  # a channels-last view: the uint8 kernel's fast layout
-    for b, (top, left, h, w) in enumerate(boxes.tolist()):
+    rows = range(len(boxes)) if rows is None else rows.tolist()
+    for i, (top, left, h, w) in zip(rows, boxes.tolist(), strict=True):
         yield F.interpolate(
-            x[b : b + 1, :, top : top + h, left : left + w],
+            x[i : i + 1, :, top : top + h, left : left + w],
             size=(size, size),
             mode="bilinear",
             antialias=True,
@@ -81,17 +82,26 @@ def resized_crops(pixels: torch.Tensor, boxes: torch.Tensor, size: int) -> torch
 
 
 def normalised_crops(
-    pixels: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int, mean, std
+    pixels: torch.Tensor,
+    boxes: torch.Tensor,
+    flips: torch.Tensor,
+    size: int,
+    mean,
+    std,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``pixels`` [B, H, W, 3] -> each box resized to ``size x size``, mirrored where
-    ``flips``, and normalised as :func:`normalise` does: float32 [B, 3, size, size].
+    """``pixels`` [N, H, W, 3] -> box b of image ``rows[b]`` (of image b without ``rows``)
+    resized to ``size x size``, mirrored where ``flips``, and normalised as
+    :func:`normalise` does: float32 [B, 3, size, size].
 
     One image at a time, while its crop is still in the CPU's cache: resizing the whole
     batch, then mirroring it, then normalising it costs twice as long at 224 px, each pass
-    reading and writing the whole batch from memory again."""
+    reading and writing the whole batch from memory again. With ``rows`` the crops are
+    read straight from ``pixels`` (a memory-mapped file's), not from a gathered copy."""
     scale, shift = _affine(mean, std, pixels.device)
-    out = torch.empty((len(pixels), 3, size, size), dtype=torch.float32, device=pixels.device)
-    for b, (crop, flip) in enumerate(zip(_crops(pixels, boxes, size), flips.tolist(), strict=True)):
+    out = torch.empty((len(boxes), 3, size, size), dtype=torch.float32, device=pixels.device)
+    crops = _crops(pixels, boxes, size, rows)
+    for b, (crop, flip) in enumerate(zip(crops, flips.tolist(), strict=True)):
         torch.addcmul(shift, crop[0].flip(-1) if flip else crop[0], scale, out=out[b])
     return out
 

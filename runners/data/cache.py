@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -237,19 +238,36 @@ class CachedBatches(CachedFiles):
     training reads a batch of squares from the memory map and augments them together
     (:meth:`batch`, the interface ``train`` uses), on the training device."""
 
-    def batch(self, index: torch.Tensor, generator=None, device=None):
-        """(images, superclass, subclass) of the files at ``index``, augmented on ``device``."""
-        index = np.asarray(index, dtype=np.int64)
-        rows = self.rows[index]
+    def squares(self, index) -> torch.Tensor:
+        """uint8 [B, S, S, 3]: a copy of the stored squares of the files at ``index``."""
+        rows = self.rows[np.asarray(index, dtype=np.int64)]
         order = np.argsort(rows)  # the memory map read in file order, then put back
         pixels = np.empty((len(rows), *self.pixels.shape[1:]), dtype=np.uint8)
         pixels[order] = self.pixels[rows[order]]
-        images = self.transform.batch(torch.from_numpy(pixels).to(device or "cpu"), generator)
+        return torch.from_numpy(pixels)
+
+    def batch(self, index: torch.Tensor, generator=None, device=None):
+        """(images, superclass, subclass) of the files at ``index``, augmented on ``device``.
+        On the CPU the crops are read straight from the memory map (a gathered copy of the
+        batch's squares cost ~12% of the batch at 224 px); an accelerator gets the squares."""
+        index = np.asarray(index, dtype=np.int64)
+        if torch.device(device or "cpu").type == "cpu":
+            rows = torch.from_numpy(self.rows[index])
+            images = self.transform.batch(_as_tensor(self.pixels), generator, rows)
+        else:
+            images = self.transform.batch(self.squares(index).to(device), generator)
         return (
             images,
             torch.from_numpy(self.superclass[index]),
             torch.from_numpy(self.subclass[index]),
         )
+
+
+def _as_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """The stored squares as a tensor over the same memory (read only: nothing writes to it)."""
+    with warnings.catch_warnings():  # torch warns that the read-only map stays read-only
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(pixels)
 
 
 def cached(data, root: Path, *, progress: bool = False):

@@ -78,17 +78,20 @@ class PaperAugment(T.Compose):
         super().__init__([*steps, T.ToTensor(), T.Normalize(mean, std)])
         self.size, self.mean, self.std, self.pad = size, tuple(mean), tuple(std), pad
 
-    def batch(self, pixels, generator=None):
-        """uint8 [B, S, S, 3] squares -> augmented, normalised float [B, 3, size, size], on
-        the pixels' device (drawn from ``generator``)."""
+    def batch(self, pixels, generator=None, rows=None):
+        """uint8 [N, S, S, 3] squares -> augmented, normalised float [B, 3, size, size], on
+        the pixels' device (drawn from ``generator``): the squares at ``rows`` (int64 [B]),
+        or all N in order."""
         if pixels.device.type != "cpu":  # the uint8 resize kernel is the CPU's
             pixels = pixels.float()
+        n = len(pixels) if rows is None else len(rows)
         if self.pad:
-            x = ba.padded_crops(pixels, self.size, self.pad, generator)
+            x = pixels if rows is None else pixels.index_select(0, rows)  # 15x `pixels[rows]`
+            x = ba.padded_crops(x, self.size, self.pad, generator)
             return ba.normalise(ba.flip_half(x, generator), self.mean, self.std)
-        boxes = ba.sample_boxes(len(pixels), *pixels.shape[1:3], TRAIN_SCALE, generator=generator)
-        flips = ba.sample_flips(len(pixels), generator)
-        return ba.normalised_crops(pixels, boxes, flips, self.size, self.mean, self.std)
+        boxes = ba.sample_boxes(n, *pixels.shape[1:3], TRAIN_SCALE, generator=generator)
+        flips = ba.sample_flips(n, generator)
+        return ba.normalised_crops(pixels, boxes, flips, self.size, self.mean, self.std, rows)
 
 
 def train_transform(
