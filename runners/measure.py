@@ -14,7 +14,6 @@ no second forward pass over the eval set is needed.
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass
 
@@ -155,23 +154,22 @@ def _probes(model, taps, config, data, device, probe_index, emb, projector):
 
     if not len(probe_index):
         return [], []
-    features = functools.partial(
-        layer_features,
+    # The k-NN probe's pooled train features, and the projected ones beside them, from one pass.
+    reducers = (None,) if projector is None else (None, projector)
+    train = layer_features(
         model,
         taps,
+        data.train_plain,
+        probe_index,
+        reducers=reducers,
         device=device,
         precision=config.precision,
         batch_size=config.batch_size,
     )
+    train_pooled, train_x = train[0], train[-1]
+    eval_x = emb.pooled if projector is None else emb.reduced
     train_y = data.train_labels.subclass[probe_index]
     eval_y = data.eval_labels.subclass
-    eval_pooled = emb.pooled
-    if projector is not None:
-        train_pooled, train_x = features(data.train_plain, probe_index, reducers=(None, projector))
-        eval_x = emb.reduced
-    else:
-        (train_pooled,) = features(data.train_plain, probe_index, reducers=(None,))
-        train_x, eval_x = train_pooled, eval_pooled
     fit = probe_layers(train_x, train_y, eval_x, eval_y, seed=config.seed, device=device)
     probe_acc = [float(a) for a in fit]
-    return probe_acc, knn_layers(train_pooled, train_y, eval_pooled, eval_y, device=device)
+    return probe_acc, knn_layers(train_pooled, train_y, emb.pooled, eval_y, device=device)
