@@ -404,18 +404,19 @@ class _Superclass:
 
     def full_pass(self, fwd: _Forward, positions, rows, widths):
         """One forward over all n rows holding the features of ``positions``: exact Grams,
-        pooled vectors, and the model's outputs where ``fwd.outputs_with(positions)``."""
+        (pooled, reduced) rows per tap, and the model's outputs where
+        ``fwd.outputs_with(positions)``."""
         feats = dict(
             zip(positions, self.arena.views(self.n, [widths[p] for p in positions]), strict=True)
         )
-        pooled: dict[int, list[tuple]] = {p: [] for p in positions if p >= 0}
+        vectors: dict[int, list[tuple]] = {p: [] for p in positions if p >= 0}
         cursor = [0]
 
         def consume(pos, t):
             b = t.shape[0]
             feats[pos][cursor[0] : cursor[0] + b].copy_(flatten(t))
             if pos >= 0:
-                pooled[pos].append(fwd.vectors(pos, t))
+                vectors[pos].append(fwd.vectors(pos, t))
 
         tap_positions = [p for p in positions if p >= 0]
         keep = fwd.outputs_with(tap_positions)
@@ -432,7 +433,7 @@ class _Superclass:
         grams = {p: unit_gram(f) for p, f in feats.items()}
         return (
             grams,
-            {p: _joined(v) for p, v in pooled.items()},
+            {p: _joined(v) for p, v in vectors.items()},
             (torch.cat(outputs) if keep else None),
         )
 
@@ -444,7 +445,7 @@ class _Superclass:
         bs = max(1, min(fwd.batch_size, budget // (2 * width * itemsize)))
         m = max(1, budget // (width * itemsize) - bs)  # rows held, leaving room for one batch
         gram = torch.zeros((self.n, self.n), dtype=torch.float32, device=self.device)
-        pooled: list[tuple] = []
+        vectors: list[tuple] = []
         outputs: list[torch.Tensor] | None = [] if fwd.outputs_with([pos]) else None
         starts = list(range(0, self.n, m))
         for bi, p0 in enumerate(starts):
@@ -455,7 +456,7 @@ class _Superclass:
             def keep(r0, f, t, _held=held):
                 _held[r0 : r0 + f.shape[0]] = f
                 if pos >= 0:
-                    pooled.append(fwd.vectors(pos, t))
+                    vectors.append(fwd.vectors(pos, t))
 
             self._stream(fwd, pos, rows[p0:p1], bs, keep, outputs)
             gram[p0:p1, p0:p1] = gram_block(held, held)
@@ -469,8 +470,8 @@ class _Superclass:
 
                 self._stream(fwd, pos, rows[q0:q1], bs, cross)
             del held
-        vectors = _joined(pooled) if pooled else None
-        return scale_to_unit(gram), vectors, (torch.cat(outputs) if outputs else None)
+        joined = _joined(vectors) if vectors else None
+        return scale_to_unit(gram), joined, (torch.cat(outputs) if outputs else None)
 
     def _stream(self, fwd: _Forward, pos, rows, bs, sink, outputs=None):
         """Forward ``rows`` in batches; ``sink(row offset, unit features, activation)`` per batch.
