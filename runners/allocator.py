@@ -15,7 +15,6 @@ from. A no-op where the C library has no ``mallopt`` (macOS, musl).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 KEEP = 1 << 30  # bytes: blocks up to this size come from (and return to) the heap
 
@@ -27,10 +26,9 @@ _M_MMAP_THRESHOLD = -3
 def keep_large_blocks(limit: int = KEEP) -> bool:
     """Ask the C allocator to reuse freed blocks up to ``limit`` bytes rather than unmap
     them; True when it agreed (glibc), False where it cannot (no ``mallopt``)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    try:  # the process's own symbols: find_library("c") would run ldconfig (~10 ms a command)
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, limit) and mallopt(_M_TRIM_THRESHOLD, limit))
