@@ -84,11 +84,11 @@ class PaperAugment(T.Compose):
         or all N in order."""
         if pixels.device.type != "cpu":  # the uint8 resize kernel is the CPU's
             pixels = pixels.float()
-        n = len(pixels) if rows is None else len(rows)
         if self.pad:
             x = pixels if rows is None else pixels.index_select(0, rows)  # 15x `pixels[rows]`
             x = ba.padded_crops(x, self.size, self.pad, generator)
             return ba.normalise(ba.flip_half(x, generator), self.mean, self.std)
+        n = len(pixels) if rows is None else len(rows)
         boxes = ba.sample_boxes(n, *pixels.shape[1:3], TRAIN_SCALE, generator=generator)
         flips = ba.sample_flips(n, generator)
         return ba.normalised_crops(pixels, boxes, flips, self.size, self.mean, self.std, rows)
