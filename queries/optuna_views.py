@@ -8,7 +8,8 @@ directions, decoded params and the linked MLflow run (user attribute
 from __future__ import annotations
 
 import duckdb
-from clusterprobe.queries.sql_text import execute
+from clusterprobe.queries.sql_text import execute, quote
+from clusterprobe.tracker.conventions import ATTR_RUN_ID
 
 
 def define_optuna_views(con: duckdb.DuckDBPyConnection, setup: list[str]) -> None:
@@ -34,7 +35,7 @@ JOIN snap.optuna_trials t USING (trial_id) JOIN snap.optuna_studies s USING (stu
     execute(
         con,
         setup,
-        """CREATE VIEW trials AS
+        f"""CREATE VIEW trials AS
 WITH v AS (
   SELECT trial_id,
          list(CASE value_type WHEN 'INF_POS' THEN 'inf'::DOUBLE
@@ -49,7 +50,7 @@ WITH v AS (
   FROM trial_params GROUP BY trial_id
 ), a AS (
   SELECT trial_id, json_extract_string(value_json, '$') AS run_id
-  FROM snap.optuna_trial_user_attributes WHERE key = 'mlflow_run_id'
+  FROM snap.optuna_trial_user_attributes WHERE key = {quote(ATTR_RUN_ID)}
 )
 SELECT s.study_name AS study, t.study_id, t.trial_id, CAST(t.number AS INTEGER) AS number,
        t.state, v.vals[1] AS value, v.vals AS "values", d.directions,

@@ -25,8 +25,8 @@ from clusterprobe.runners.report.run_report import (
     layer_table,
     resolve_eval_run,
 )
-from clusterprobe.runners.study.objective import ATTR_EVAL_RUN_IDS, ATTR_RUN_ID
 from clusterprobe.tracker import conventions as cv
+from clusterprobe.tracker.conventions import ATTR_EVAL_RUN_IDS, ATTR_RUN_ID
 from clusterprobe.tracker.tracking import Tracker
 from sklearn.metrics import adjusted_rand_score
 

@@ -211,9 +211,9 @@ def test_study_resume_continues_an_interrupted_trials_training(tmp_path, store, 
     """A worker SIGKILLed mid-epoch: --resume retries its trial by resuming the same run."""
     import optuna
     from clusterprobe.runners import train
-    from clusterprobe.runners.study.objective import ATTR_RESUME_RUN, ATTR_RUN_ID
+    from clusterprobe.runners.study.objective import ATTR_RESUME_RUN
     from clusterprobe.runners.study.retry import ATTR_RETRY_OF
-    from clusterprobe.tracker.conventions import TAG_TRIAL
+    from clusterprobe.tracker.conventions import ATTR_RUN_ID, TAG_TRIAL
     from optuna.trial import TrialState
 
     space = tmp_path / "space.toml"

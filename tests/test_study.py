@@ -26,12 +26,19 @@ from clusterprobe.runners.cli import main as cli_main
 from clusterprobe.runners.config import PRESETS
 from clusterprobe.runners.space import build_config, load_space, parse_space
 from clusterprobe.runners.study import run_study
-from clusterprobe.runners.study.objective import ATTR_EVAL_RUN_IDS, ATTR_HOST, ATTR_PID, ATTR_RUN_ID
+from clusterprobe.runners.study.objective import ATTR_HOST, ATTR_PID
 from clusterprobe.runners.study.options import StudyOptions
 from clusterprobe.runners.study.orphans import STALE_ERROR, fail_orphan_trials, on_stale
 from clusterprobe.runners.study.settings import ATTR_SETTINGS, StudySettings, parse_objectives
 from clusterprobe.runners.study.storage import open_storage, resolve_storage
-from clusterprobe.tracker.conventions import TAG_KIND, TAG_PARENT, TAG_STUDY, TAG_TRIAL
+from clusterprobe.tracker.conventions import (
+    ATTR_EVAL_RUN_IDS,
+    ATTR_RUN_ID,
+    TAG_KIND,
+    TAG_PARENT,
+    TAG_STUDY,
+    TAG_TRIAL,
+)
 from clusterprobe.tracker.errors import UsageError
 from clusterprobe.tracker.killpoint import ENV_KILL_AT
 from clusterprobe.tracker.store import local_store

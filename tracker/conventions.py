@@ -63,6 +63,10 @@ TAG_MODEL_ID = "clusterprobe.model_id"  # train run: the logged model of its fin
 
 KINDS = ("train", "eval", "study", "model", "compare")
 
+# --- Optuna trial user attributes: the way back from a trial to its runs ------
+ATTR_RUN_ID = "mlflow_run_id"  # the trial's train run
+ATTR_EVAL_RUN_IDS = "mlflow_eval_run_ids"  # its eval runs, in order
+
 # --- params (besides the RunConfig fields) -----------------------------------
 PARAM_DATASET = "dataset"
 PARAM_SHUFFLED = "shuffled"

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from clusterprobe.runners.report import DEFAULT_UI_URL, figures, page
-from clusterprobe.runners.study.objective import ATTR_EVAL_RUN_IDS, ATTR_RUN_ID
 from clusterprobe.tracker import conventions as cv
+from clusterprobe.tracker.conventions import ATTR_EVAL_RUN_IDS, ATTR_RUN_ID
 from clusterprobe.tracker.errors import UsageError
 
 IMPORTANCE_SEED = 0  # fANOVA fits a random forest: a fixed seed gives the same page twice

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import contextlib
 
-from clusterprobe.runners.study.objective import ATTR_RUN_ID
 from clusterprobe.runners.study.settings import read_settings
 from clusterprobe.runners.study.storage import list_study_names, open_storage
-from clusterprobe.tracker.conventions import TAG_STUDY, TAG_TRIAL
+from clusterprobe.tracker.conventions import ATTR_RUN_ID, TAG_STUDY, TAG_TRIAL
 from clusterprobe.tracker.doctor import (
     RUN_WITHOUT_TRIAL,
     STUDY_STATUS,

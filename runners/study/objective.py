@@ -15,12 +15,10 @@ from dataclasses import dataclass
 from clusterprobe.runners.space import Space, build_config
 from clusterprobe.runners.study.lock import SlotLock
 from clusterprobe.runners.study.settings import StudySettings
-from clusterprobe.tracker.conventions import TAG_STUDY, TAG_TRIAL
+from clusterprobe.tracker.conventions import ATTR_EVAL_RUN_IDS, ATTR_RUN_ID, TAG_STUDY, TAG_TRIAL
 from clusterprobe.tracker.errors import UsageError
 from clusterprobe.tracker.store import Store
 
-ATTR_RUN_ID = "mlflow_run_id"  # trial user attr: its train run
-ATTR_EVAL_RUN_IDS = "mlflow_eval_run_ids"
 ATTR_HOST = "clusterprobe.host"  # trial user attrs: the worker that owns a RUNNING trial
 ATTR_PID = "clusterprobe.pid"
 ATTR_FAILED_BY = "clusterprobe.failed_by"

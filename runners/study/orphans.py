@@ -18,11 +18,10 @@ from clusterprobe.runners.study.objective import (
     ATTR_FAILED_BY,
     ATTR_HOST,
     ATTR_PID,
-    ATTR_RUN_ID,
     trial_runs,
 )
 from clusterprobe.runners.study.settings import read_settings
-from clusterprobe.tracker.conventions import TAG_ERROR
+from clusterprobe.tracker.conventions import ATTR_RUN_ID, TAG_ERROR
 from clusterprobe.tracker.provenance import pid_alive
 
 STALE_ERROR = "trial heartbeat stopped: its worker died"

@@ -7,9 +7,9 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from clusterprobe.runners.study.objective import ATTR_RUN_ID
 from clusterprobe.runners.study.settings import read_settings
 from clusterprobe.runners.study.storage import redact
+from clusterprobe.tracker.conventions import ATTR_RUN_ID
 from clusterprobe.tracker.store import Store
 
 

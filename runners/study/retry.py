@@ -11,9 +11,9 @@ continues from its last saved epoch and is relinked to the new trial.
 
 from __future__ import annotations
 
-from clusterprobe.runners.study.objective import ATTR_RESUME_RUN, ATTR_RUN_ID
+from clusterprobe.runners.study.objective import ATTR_RESUME_RUN
 from clusterprobe.runners.study.orphans import STALE_ERROR, fail_orphan_trials
-from clusterprobe.tracker.conventions import TAG_ERROR
+from clusterprobe.tracker.conventions import ATTR_RUN_ID, TAG_ERROR
 
 ATTR_RETRY_OF = "clusterprobe.retry_of"  # trial user attr: the interrupted trial's number
 

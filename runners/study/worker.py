@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from clusterprobe.runners.study.lock import SlotLock
-from clusterprobe.runners.study.objective import ATTR_RUN_ID, Objective
+from clusterprobe.runners.study.objective import Objective
 from clusterprobe.runners.study.orphans import fail_orphan_trials, on_stale
 from clusterprobe.runners.study.settings import StudySettings, read_settings
 from clusterprobe.runners.study.storage import open_storage
+from clusterprobe.tracker.conventions import ATTR_RUN_ID
 from clusterprobe.tracker.store import Store
 
 MAX_CONSECUTIVE_FAILURES = 5  # a worker gives up after this many failed trials in a row
