@@ -74,11 +74,13 @@ def measure(
     *,
     probe_index: np.ndarray,
     head_labels: str | None = None,
+    batch_size: int | None = None,
     quiet: bool = False,
 ) -> Measurement:
     """Embed the eval split, cluster every layer per superclass, CKA between every pair
     of layers, probe every layer; with ``head_labels`` ("superclass" | "subclass", see
-    :func:`head_labels`) also the model's own accuracy on those labels of the eval split."""
+    :func:`head_labels`) also the model's own accuracy on those labels of the eval split.
+    ``batch_size``: images per forward pass (default ``config.batch_size``)."""
     from clusterprobe.runners.engine.cka import cka_by_superclass
     from clusterprobe.runners.engine.cluster import cluster_protocol
     from clusterprobe.runners.engine.embed import embed_eval
@@ -86,6 +88,7 @@ def measure(
     from clusterprobe.runners.models import layer_taps
 
     factors = tuple(sorted(set(config.factors) | {1}))  # f1 always: best_ami is defined on it
+    batch_size = batch_size or config.batch_size
     model.eval()
     taps = layer_taps(model, config)
     seconds: dict[str, float] = {}
@@ -102,7 +105,7 @@ def measure(
         data.eval_labels,
         device=device,
         precision=config.precision,
-        batch_size=config.batch_size,
+        batch_size=batch_size,
         quiet=quiet,
         outputs=head_labels is not None,
         reduce=projector,
@@ -124,7 +127,9 @@ def measure(
     seconds["cka"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    probe_acc, knn_acc = _probes(model, taps, config, data, device, probe_index, emb, projector)
+    probe_acc, knn_acc = _probes(
+        model, taps, config, data, device, probe_index, emb, projector, batch_size
+    )
     seconds["probe"] = time.perf_counter() - t0
 
     scores = LayerScores(
@@ -142,7 +147,7 @@ def measure(
     )
 
 
-def _probes(model, taps, config, data, device, probe_index, emb, projector):
+def _probes(model, taps, config, data, device, probe_index, emb, projector, batch_size):
     """Linear- and k-NN-probe accuracy per layer on subclass labels: trained on the
     features of ``probe_index`` train images, tested on the eval split's (``emb``; [] if
     no images). The k-NN probe reads pooled features; the linear probe reads
@@ -164,7 +169,7 @@ def _probes(model, taps, config, data, device, probe_index, emb, projector):
         reducers=reducers,
         device=device,
         precision=config.precision,
-        batch_size=config.batch_size,
+        batch_size=batch_size,
     )
     train_pooled, train_x = train[0], train[-1]
     eval_x = emb.pooled if projector is None else emb.reduced

@@ -97,6 +97,8 @@ def test_eval_from_reproduces_the_runs_own_metrics(stored, capsys, epoch):
     for key in ("arch", "seed", "classes", "eval_per_subclass", "dataset_digest", "eval_set"):
         assert params[key] == reference[key], key
     assert params[cv.PARAM_TEST_ACC_LABELS] == "superclass"
+    # the run measured at 4x its batch (one forward batch of 64 eval images), eval at the
+    # batch itself (two): the same numbers, exactly
     _assert_same_measurement(tracker, run_id, own[epoch])
     report = tracker.artifact_path(run_id, cv.ART_REPORT).read_text()  # eval logs one too
     assert f"eval run {run_id}; model {params['arch']}" in report
