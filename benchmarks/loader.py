@@ -10,6 +10,7 @@ the same work; at <= 64 px ours lets libjpeg decode at a reduced scale.
 
     .venv/bin/python benchmarks/loader.py --images 384 --workers 0,1,2 --sizes 224,64
     .venv/bin/python benchmarks/loader.py --cache-only --sizes 224   # the decoded-image cache
+    python benchmarks/loader.py --cache-only --sizes 224 --device cuda  # + augmented on a GPU
 
 ``--cache``/``--cache-only`` add the decoded-image cache (``runners/data/cache.py``): its
 first pass (decode + resize once into a uint8 file), then epochs read from the memory
@@ -24,19 +25,25 @@ blocks for reuse (``runners/allocator.py``) for every path timed.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-import torchvision
-from clusterprobe.runners.allocator import keep_large_blocks
-from clusterprobe.runners.data import transforms
-from clusterprobe.runners.data.images import ImageFiles, gather
-from clusterprobe.runners.data.loading import make_loader
-from clusterprobe.runners.data.preprocess import dataset_recipe
-from PIL import Image
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkout import install_shim  # noqa: E402  this folder: the repo without a pip install
+
+install_shim()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from clusterprobe.runners.allocator import keep_large_blocks  # noqa: E402
+from clusterprobe.runners.data import transforms  # noqa: E402
+from clusterprobe.runners.data.images import ImageFiles, gather  # noqa: E402
+from clusterprobe.runners.data.loading import make_loader  # noqa: E402
+from clusterprobe.runners.data.preprocess import dataset_recipe  # noqa: E402
+from PIL import Image  # noqa: E402
 
 
 def make_tree(root: Path, classes: int, per_class: int, seed: int = 0) -> list[Path]:
@@ -68,10 +75,13 @@ def one_pass(loader) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
-def cache_vs_decode(paths, sup, sub, size: int, batch_size: int, cache_root: Path) -> None:
+def cache_vs_decode(
+    paths, sup, sub, size: int, batch_size: int, cache_root: Path, device: torch.device
+) -> None:
     """images/s: the first-epoch decode path (ours, 0 workers) vs an epoch from the cache,
     per image (``CachedFiles`` through ``make_loader``) and per batch (``CachedBatches``:
-    what ``train`` reads), all through the run's train transform."""
+    what ``train`` reads), all through the run's train transform; with a CUDA ``device``
+    also the batch as ``train`` reads it there (the squares copied over, augmented on it)."""
     from clusterprobe.runners.data import cache
 
     tf = transforms.train_transform(size)
@@ -94,6 +104,8 @@ def cache_vs_decode(paths, sup, sub, size: int, batch_size: int, cache_root: Pat
         t0 = time.perf_counter()
         for start in range(0, len(order), batch_size):
             read(order[start : start + batch_size])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         return len(order) / (time.perf_counter() - t0)
 
     epoch(lambda index: batches.batch(index, generator))  # warm
@@ -107,6 +119,14 @@ def cache_vs_decode(paths, sup, sub, size: int, batch_size: int, cache_root: Pat
     for _ in range(10):
         some.float()
     float_rate = 10 * len(some) / (time.perf_counter() - t0)
+    on_device = ""
+    if device.type == "cuda":
+        epoch(lambda index: batches.batch(index, generator, device))  # warm: kernels, pinned
+        rate = max(epoch(lambda index: batches.batch(index, generator, device)) for _ in range(3))
+        on_device = (
+            f"\n  epoch from the cache, per batch augmented on {device} "
+            f"({torch.cuda.get_device_name(device)}): {rate:.0f} img/s, {rate / decode_rate:.1f}x"
+        )
     print(
         f"\ncache at {size} px ({len(paths)} images, stored at {stored} px, "
         f"{torch.get_num_threads()} thread(s)): first-epoch decode {decode_rate:.0f} img/s; "
@@ -118,7 +138,7 @@ def cache_vs_decode(paths, sup, sub, size: int, batch_size: int, cache_root: Pat
         f"  the squares read for a GPU to augment (uint8, no augmentation): {read_rate:.0f} "
         f"img/s, {read_rate / decode_rate:.1f}x\n"
         f"  (uint8 -> float32 of a {size} px batch alone: {float_rate:.0f} img/s, "
-        f"{float_rate / decode_rate:.1f}x)"
+        f"{float_rate / decode_rate:.1f}x)" + on_device
     )
 
 
@@ -132,6 +152,7 @@ def main() -> None:
     p.add_argument("--cache", action="store_true", help="also time the decoded-image cache")
     p.add_argument("--cache-only", action="store_true", help="only the cache comparison")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--device", default="cpu", help="cuda: also the cache's batch augmented there")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     kept = keep_large_blocks()  # as the CLI does, for every path timed here
@@ -146,7 +167,15 @@ def main() -> None:
         paths, sup, sub = gather(folders, sup_of, None, 0)
         if args.cache or args.cache_only:
             for size in (int(x) for x in args.sizes.split(",")):
-                cache_vs_decode(paths, sup, sub, size, args.batch_size, root / "cache")
+                cache_vs_decode(
+                    paths,
+                    sup,
+                    sub,
+                    size,
+                    args.batch_size,
+                    root / "cache",
+                    torch.device(args.device),
+                )
             if args.cache_only:
                 return
         for size in (int(x) for x in args.sizes.split(",")):

@@ -19,24 +19,37 @@ thread), numpy k-NN. ``--converged`` also fits sklearn to convergence at our cho
 choice of C differs from ours (converged: ``tol=1e-6``; sklearn's default 1e-4 stops short
 on wide anisotropic features).
 
+``--device cuda`` trains, embeds and fits ours on the GPU (the sklearn baseline stays on
+the CPU, as it ran); the script runs from the checkout without a pip install and without
+mlflow, as the lent GPU machine has it. ``--out FILE`` writes the figures as JSON.
+
     .venv/bin/python benchmarks/probe.py --epochs 1 --converged
     .venv/bin/python benchmarks/probe.py --no-default --big
+    python benchmarks/probe.py --device cuda --epochs 1 --big --out probe_gpu.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
 import warnings
+from pathlib import Path
 
-import numpy as np
-import torch
-from clusterprobe.runners.engine import probe
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkout import install_shim  # noqa: E402  this folder: the repo without a pip install
+
+install_shim()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from clusterprobe.runners.engine import probe  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.model_selection import train_test_split  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 CONVERGED_TOL = 1e-6  # the converged reference's tolerance
 
@@ -113,7 +126,7 @@ def numpy_knn(train_x, train_y, test_x, test_y, k=probe.K_NEIGHBOURS):
 # --- the feature sets ---------------------------------------------------------------------
 
 
-def default_run_features(epochs: int):
+def default_run_features(epochs: int, device: torch.device):
     """(forward seconds, train features, train y, eval features, eval y, layer names)."""
     from clusterprobe.runners import models
     from clusterprobe.runners.config import RunConfig
@@ -122,18 +135,21 @@ def default_run_features(epochs: int):
     from clusterprobe.runners.pipeline import prepare
     from clusterprobe.runners.train import train
 
-    config, data = prepare(RunConfig(epochs=max(epochs, 1)))
-    cpu = torch.device("cpu")
+    config, data = prepare(RunConfig(epochs=max(epochs, 1), device=device.type))
     torch.manual_seed(config.seed)
-    model = models.create_model(config, data.num_superclasses, data.image_size)
+    model = models.create_model(config, data.num_superclasses, data.image_size).to(device)
     if epochs:
-        train(model, data, config, cpu, quiet=True)
+        train(model, data, config, device, quiet=True)
     model.eval()
     taps = models.layer_taps(model, config)
     index = probe_indices(data.train_labels, config.probe_per_subclass, config.seed)
-    common = dict(device=cpu, precision=config.precision, batch_size=config.batch_size)
+    # as a run measures its checkpoints (pipeline.MEASURE_BATCH_SCALE)
+    common = dict(device=device, precision=config.precision, batch_size=4 * config.batch_size)
+    pooled_features(model, taps, data.train_plain, index[:8], **common)  # lazy inits
+    _sync(device)
     t0 = time.perf_counter()
     train_x = pooled_features(model, taps, data.train_plain, index, **common)
+    _sync(device)
     forward = time.perf_counter() - t0
     eval_rows = np.arange(len(data.eval_labels.subclass))
     test_x = pooled_features(model, taps, data.eval, eval_rows, **common)
@@ -170,10 +186,28 @@ def big_features(n=10_000, d=2_048, classes=32, seed=0, signal=1.0, decay=0.0):
     return [tx], ty, [ex], ey
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 # --- the comparison -------------------------------------------------------------------------
 
 
-def compare(name, train_x, train_y, test_x, test_y, *, forward=0.0, knn=True, converged=False):
+def compare(
+    name,
+    train_x,
+    train_y,
+    test_x,
+    test_y,
+    *,
+    forward=0.0,
+    knn=True,
+    converged=False,
+    device=None,
+):
+    """Prints the comparison; returns its figures (seconds, ratio, accuracies) as a dict."""
+    device = torch.device(device or "cpu")
     t0 = time.perf_counter()
     with threadpool_limits(limits=1):  # as the baseline ran: one thread
         base = [sklearn_probe(a, train_y, b, test_y) for a, b in zip(train_x, test_x, strict=True)]
@@ -183,12 +217,19 @@ def compare(name, train_x, train_y, test_x, test_y, *, forward=0.0, knn=True, co
             else []
         )
     t_base = time.perf_counter() - t0
+    if device.type == "cuda":  # CUDA context, kernels and cuBLAS handles, outside the timing
+        probe.fit_probes([a[:64] for a in train_x], train_y[:64], test_x, test_y, device=device)
+    _sync(device)
     t0 = time.perf_counter()
-    ours = probe.fit_probes(train_x, train_y, test_x, test_y, seed=0)
-    ours_knn = probe.knn_layers(train_x, train_y, test_x, test_y) if knn else []
+    ours = probe.fit_probes(train_x, train_y, test_x, test_y, seed=0, device=device)
+    ours_knn = probe.knn_layers(train_x, train_y, test_x, test_y, device=device) if knn else []
+    _sync(device)
     t_ours = time.perf_counter() - t0
     stage_base, stage_ours = forward + t_base, forward + t_ours
-    print(f"\n{name}: {len(train_y)} train x {[np.asarray(a).shape[1] for a in train_x]} features")
+    print(
+        f"\n{name}: {len(train_y)} train x {[np.asarray(a).shape[1] for a in train_x]} features"
+        f", ours on {device}"
+    )
     print(f"  forward pass over the probe images: {forward:.2f} s (both)")
     print(
         f"  sklearn path: {t_base:.2f} s   batched torch: {t_ours:.2f} s   ({ours.iterations} it)"
@@ -201,22 +242,38 @@ def compare(name, train_x, train_y, test_x, test_y, *, forward=0.0, knn=True, co
         "  layer  ours(C)         sklearn max_iter=200 (C)"
         + ("   converged at our C" if converged else "")
     )
-    differ = []
+    differ, refs = [], []
     for i, ((acc, c, _), a2, c2) in enumerate(zip(base, ours.accuracy, ours.chosen_c, strict=True)):
         line = f"  {i:5d}  {a2:.4f} ({c2:g})  {acc:.4f} ({c:g})"
         if converged:
             ref = sklearn_at(train_x[i], train_y, test_x[i], test_y, c2)
+            refs.append(ref)
             conv_c = sklearn_probe(train_x[i], train_y, test_x[i], test_y, max_iter=10000)[1]
             line += f"   {ref:.4f}  |diff| {abs(ref - a2):.4f}"
             if conv_c != c2:
                 differ.append(f"{i} (ours {c2:g}, converged sklearn {conv_c:g})")
         print(line)
+    gap = None
     if knn:
         gap = max(abs(a - b) for a, b in zip(base_knn, ours_knn, strict=True))
         print(f"  k-NN accuracy, largest |ours - numpy path| over layers: {gap:.4f}")
     if converged:
         print(f"  layers whose chosen C differs from converged sklearn's: {differ or 'none'}")
-    return stage_base / stage_ours
+    return {
+        "name": name,
+        "device": str(device),
+        "forward_s": forward,
+        "sklearn_s": t_base,
+        "ours_s": t_ours,
+        "stage_ratio": stage_base / stage_ours,
+        "iterations": ours.iterations,
+        "accuracy": ours.accuracy,
+        "chosen_c": ours.chosen_c,
+        "sklearn_accuracy": [b[0] for b in base],
+        "converged_accuracy": refs or None,
+        "c_differs": differ if converged else None,
+        "knn_gap": gap,
+    }
 
 
 def main(argv=None) -> None:
@@ -226,21 +283,35 @@ def main(argv=None) -> None:
     p.add_argument("--big", action="store_true", help="also the 10,000 x 2,048 set (minutes)")
     p.add_argument("--no-default", action="store_true", help="skip the default run's features")
     p.add_argument("--converged", action="store_true", help="compare with converged sklearn")
+    p.add_argument("--device", default="cpu", help="where ours runs: cpu (default), cuda")
+    p.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads for the batched probe")
+    if device.type == "cuda":
+        print(f"ours on {torch.cuda.get_device_name(device)}")
+    found = []
+    common = dict(converged=args.converged, device=device)
     if not args.no_default:
-        forward, tx, ty, ex, ey, _ = default_run_features(args.epochs)
-        compare("default run", tx, ty, ex, ey, forward=forward, converged=args.converged)
+        forward, tx, ty, ex, ey, _ = default_run_features(args.epochs, device)
+        found.append(compare("default run", tx, ty, ex, ey, forward=forward, **common))
     if args.big:
-        compare("10,000 x 2,048, isotropic", *big_features(), knn=False, converged=args.converged)
-        compare(
-            "10,000 x 2,048, eigenvalues ~ 1/j, weak classes",
-            *big_features(signal=0.07, decay=1.0),
-            knn=False,
-            converged=args.converged,
+        found.append(compare("10,000 x 2,048, isotropic", *big_features(), knn=False, **common))
+        found.append(
+            compare(
+                "10,000 x 2,048, eigenvalues ~ 1/j, weak classes",
+                *big_features(signal=0.07, decay=1.0),
+                knn=False,
+                **common,
+            )
         )
+    if args.out:
+        report = {"torch": torch.__version__, "threads": torch.get_num_threads(), "sets": found}
+        if device.type == "cuda":
+            report["gpu"] = torch.cuda.get_device_name(device)
+        args.out.write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
