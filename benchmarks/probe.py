@@ -44,7 +44,13 @@ install_shim()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from clusterprobe.runners import models  # noqa: E402
+from clusterprobe.runners.config import RunConfig  # noqa: E402
 from clusterprobe.runners.engine import probe  # noqa: E402
+from clusterprobe.runners.engine.embed import pooled_features  # noqa: E402
+from clusterprobe.runners.measure import probe_indices  # noqa: E402
+from clusterprobe.runners.pipeline import prepare  # noqa: E402
+from clusterprobe.runners.train import train  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
@@ -128,13 +134,6 @@ def numpy_knn(train_x, train_y, test_x, test_y, k=probe.K_NEIGHBOURS):
 
 def default_run_features(epochs: int, device: torch.device):
     """(forward seconds, train features, train y, eval features, eval y, layer names)."""
-    from clusterprobe.runners import models
-    from clusterprobe.runners.config import RunConfig
-    from clusterprobe.runners.engine.embed import pooled_features
-    from clusterprobe.runners.measure import probe_indices
-    from clusterprobe.runners.pipeline import prepare
-    from clusterprobe.runners.train import train
-
     config, data = prepare(RunConfig(epochs=max(epochs, 1), device=device.type))
     torch.manual_seed(config.seed)
     model = models.create_model(config, data.num_superclasses, data.image_size).to(device)
