@@ -49,7 +49,7 @@ from clusterprobe.runners.config import RunConfig  # noqa: E402
 from clusterprobe.runners.engine import probe  # noqa: E402
 from clusterprobe.runners.engine.embed import pooled_features  # noqa: E402
 from clusterprobe.runners.measure import probe_indices  # noqa: E402
-from clusterprobe.runners.pipeline import prepare  # noqa: E402
+from clusterprobe.runners.pipeline import measure_batch, prepare  # noqa: E402
 from clusterprobe.runners.train import train  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
@@ -142,8 +142,8 @@ def default_run_features(epochs: int, device: torch.device):
     model.eval()
     taps = models.layer_taps(model, config)
     index = probe_indices(data.train_labels, config.probe_per_subclass, config.seed)
-    # as a run measures its checkpoints (pipeline.MEASURE_BATCH_SCALE)
-    common = dict(device=device, precision=config.precision, batch_size=4 * config.batch_size)
+    batch = measure_batch(config.batch_size, device)  # as a run measures its checkpoints
+    common = dict(device=device, precision=config.precision, batch_size=batch)
     pooled_features(model, taps, data.train_plain, index[:8], **common)  # lazy inits
     _sync(device)
     t0 = time.perf_counter()

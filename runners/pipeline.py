@@ -44,11 +44,19 @@ from clusterprobe.tracker.errors import UsageError
 from clusterprobe.tracker.killpoint import kill_point
 
 EVAL_SPLIT = "eval"
-# A run's checkpoints are measured at 4x the training batch: training held every
-# activation of a batch for its backward pass, a forward pass holds a few at a time, so
-# this fits where training did, and fewer, larger batches cost less per image (the
-# default run's probe forward pass 1.39 -> 1.13 s; its pooled features equal to the bit).
+# On the CPU a run's checkpoints are measured at 4x the training batch: training held
+# every activation of a batch for its backward pass, a forward pass holds a few at a
+# time, so this fits where training did, and fewer, larger batches cost less per image
+# (the default run's probe forward pass 1.39 -> 1.13 s; its pooled features equal to the
+# bit). Not on an accelerator: there training ran in bf16 and the embedding runs in fp32
+# by default, which leaves too little margin to risk an out-of-memory after the training.
 MEASURE_BATCH_SCALE = 4
+
+
+def measure_batch(train_batch: int, device) -> int:
+    """Images per forward pass when a run measures a checkpoint on ``device``."""
+    on_cpu = str(device).split(":")[0] == "cpu"  # a torch.device or its name
+    return train_batch * (MEASURE_BATCH_SCALE if on_cpu else 1)
 
 
 @dataclass
@@ -370,7 +378,7 @@ class _Job:
                 head=head_labels(self.num_classes, data, config.labels),
                 title=f"{config.arch} on {data.name} ({variant(data)}), seed {config.seed}",
                 quiet=self.quiet,
-                batch_size=MEASURE_BATCH_SCALE * config.batch_size,
+                batch_size=measure_batch(config.batch_size, self.device),
             )
             self._record_stability(ctx, spec, meas, final=epoch == config.epochs)
             if "plots" in config.save:

@@ -297,3 +297,13 @@ def test_dead_layer_is_warned_about_and_recorded(store, tiny_config):
     assert dead[0] == "0" and len(dead) == len(meas.layer_names)
     assert json.loads(run.data.tags[TAG_DEAD_LAYERS])["0"] == [0, 1]
     assert np.isfinite(summary["best_ami"])
+
+
+def test_a_run_measures_at_4x_its_batch_on_the_cpu_only():
+    # the batch changes no number (test_eval: `eval --from` at 1x reproduces the run's 4x)
+    from clusterprobe.runners.pipeline import measure_batch
+
+    assert measure_batch(32, torch.device("cpu")) == 128
+    assert measure_batch(32, "cpu") == 128
+    assert measure_batch(32, torch.device("cuda", 1)) == 32  # bf16 training, fp32 embedding
+    assert measure_batch(32, "mps") == 32
