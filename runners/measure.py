@@ -128,7 +128,7 @@ def measure(
 
     t0 = time.perf_counter()
     probe_acc, knn_acc = _probes(
-        model, taps, config, data, device, probe_index, emb, projector, batch_size
+        model, taps, config, data, device, probe_index, emb, projector, batch_size, quiet
     )
     seconds["probe"] = time.perf_counter() - t0
 
@@ -147,7 +147,7 @@ def measure(
     )
 
 
-def _probes(model, taps, config, data, device, probe_index, emb, projector, batch_size):
+def _probes(model, taps, config, data, device, probe_index, emb, projector, batch_size, quiet):
     """Linear- and k-NN-probe accuracy per layer on subclass labels: trained on the
     features of ``probe_index`` train images, tested on the eval split's (``emb``; [] if
     no images). The k-NN probe reads pooled features; the linear probe reads
@@ -170,6 +170,8 @@ def _probes(model, taps, config, data, device, probe_index, emb, projector, batc
         device=device,
         precision=config.precision,
         batch_size=batch_size,
+        quiet=quiet,
+        desc="probe images",  # at 224 px, minutes of forward passes
     )
     train_pooled, train_x = train[0], train[-1]
     eval_x = emb.pooled if projector is None else emb.reduced

@@ -83,6 +83,17 @@ def _assert_same_measurement(tracker, run_id, reference) -> None:
     pd.testing.assert_frame_equal(*tables)
 
 
+def test_long_stages_show_progress_unless_quiet(stored, capsys):
+    # at 224 px the probe images' forward passes alone take minutes
+    store, _, train_id, _, _ = stored
+    capsys.readouterr()
+    assert cli_main(["eval", "--from", train_id, "--store", str(store.root)]) == 0
+    err = capsys.readouterr().err
+    assert "embed" in err and "probe images" in err and "image/s" in err
+    _eval(store, capsys, "--from", train_id)  # --quiet
+    assert "probe images" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("epoch", [None, 1])
 def test_eval_from_reproduces_the_runs_own_metrics(stored, capsys, epoch):
     store, tracker, train_id, own, config = stored

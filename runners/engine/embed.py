@@ -744,9 +744,10 @@ def layer_features(
     batch_size: int = 256,
     workers: int = 0,
     quiet: bool = True,
+    desc: str | None = None,
 ) -> list[list[np.ndarray]]:
     """:func:`pooled_features` for each of ``reducers`` (None: pooled) from one forward
-    pass: per reducer, per layer float32 [n, k]."""
+    pass: per reducer, per layer float32 [n, k]. ``desc`` names the progress bar."""
     check_choice("precision", precision, PRECISIONS)
     device = torch.device(device)
     rows = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
@@ -758,7 +759,7 @@ def layer_features(
             out[pos].append(reduced.cpu())
 
     hooks = _Taps(taps, range(len(taps)), consume)
-    desc = "pooled" if reducers == (None,) else "features"
+    desc = desc or ("pooled" if reducers == (None,) else "features")
     progress = progress_bar(len(rows), show=not quiet, desc=desc, unit="image")
     with _eval_mode(model, precision, device):
         for x in _batches(dataset, rows, batch_size, device, workers):
