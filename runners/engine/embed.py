@@ -118,6 +118,12 @@ def pool_tap(t: torch.Tensor, tap) -> torch.Tensor:
     return pool(t, getattr(tap, "pool", "avg"), getattr(tap, "prefix_tokens", 0))
 
 
+def _tap_rows(t: torch.Tensor, pos: int, tap, reduce=None) -> torch.Tensor:
+    """Tap ``pos``'s rows of activation ``t``: pooled (``reduce`` None), or what
+    ``reduce(pos, flattened rows)`` makes of them (e.g. ``projection.Projector``)."""
+    return pool_tap(t, tap) if reduce is None else reduce(pos, flatten(t))
+
+
 def gram_block(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b.T`` in fp32 (bf16 inputs accumulate and return in fp32; fp64 stays fp64)."""
     if a.dtype == torch.float64:
@@ -369,7 +375,8 @@ class _Forward:
     def vectors(self, pos: int, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Tap ``pos``'s pooled rows of activation ``t``, and its reduced rows (or None)."""
         tap = self.taps[pos]
-        return pool_tap(t, tap), (None if self.reduce is None else self.reduce(pos, flatten(t)))
+        reduced = None if self.reduce is None else _tap_rows(t, pos, tap, self.reduce)
+        return _tap_rows(t, pos, tap), reduced
 
     def batches(self, rows: np.ndarray, batch_size: int | None = None):
         """Image batches of ``dataset[rows]`` on the device, in order."""
@@ -755,8 +762,7 @@ def layer_features(
 
     def consume(pos, t):
         for out, reduce in zip(chunks, reducers, strict=True):
-            reduced = pool_tap(t, taps[pos]) if reduce is None else reduce(pos, flatten(t))
-            out[pos].append(reduced.cpu())
+            out[pos].append(_tap_rows(t, pos, taps[pos], reduce).cpu())
 
     hooks = _Taps(taps, range(len(taps)), consume)
     desc = desc or ("pooled" if reducers == (None,) else "features")

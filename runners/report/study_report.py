@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 from clusterprobe.runners.report import DEFAULT_UI_URL, figures, page
 from clusterprobe.tracker import conventions as cv
-from clusterprobe.tracker.conventions import ATTR_EVAL_RUN_IDS, ATTR_RUN_ID
 from clusterprobe.tracker.errors import UsageError
 
 IMPORTANCE_SEED = 0  # fANOVA fits a random forest: a fixed seed gives the same page twice
@@ -117,8 +116,8 @@ def _trial_table(trials, objs, links: RunLinks) -> str:
     for t in trials:
         values = list(t.values) if t.values is not None else [""] * len(objs)
         seconds = t.duration.total_seconds() if t.duration is not None else ""
-        run_id = t.user_attrs.get(ATTR_RUN_ID)
-        evals = t.user_attrs.get(ATTR_EVAL_RUN_IDS) or []
+        run_id = t.user_attrs.get(cv.ATTR_RUN_ID)
+        evals = t.user_attrs.get(cv.ATTR_EVAL_RUN_IDS) or []
         final = evals[-1] if evals else None
         report = (
             page.link(links.url(final, cv.ART_REPORT), final[:8])
