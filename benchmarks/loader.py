@@ -87,14 +87,12 @@ def cache_vs_decode(
     tf = transforms.train_transform(size)
     decode_ds = ImageFiles(paths, sup, sub, tf, transforms.decode_size(size, train=True))
     one_pass(make_loader(decode_ds, batch_size=batch_size))  # warm the page cache
-    # the best of three epochs, as for the cache's paths below
-    decode_rate = max(
-        n / dt
-        for n, dt in (
-            one_pass(make_loader(decode_ds, batch_size=batch_size, shuffle=True, workers=0))
-            for _ in range(3)
-        )
-    )
+
+    def decode_epoch() -> float:
+        n, dt = one_pass(make_loader(decode_ds, batch_size=batch_size, shuffle=True, workers=0))
+        return n / dt
+
+    decode_rate = max(decode_epoch() for _ in range(3))  # best of three, as the cache's paths
     stored = dataset_recipe(size, (0,), (1,)).resize_size()  # the eval resize: 256 for 224
     t0 = time.perf_counter()
     pixels, _ = cache.open_or_build(paths, sub, "train", cache.Squares(stored), root=cache_root)
@@ -114,10 +112,13 @@ def cache_vs_decode(
             torch.cuda.synchronize(device)
         return len(order) / (time.perf_counter() - t0)
 
-    epoch(lambda index: batches.batch(index, generator))  # warm
-    batch_rate = max(epoch(lambda index: batches.batch(index, generator)) for _ in range(3))
+    def best(read) -> float:
+        epoch(read)  # warm: the map's pages, kernels, a device's lazy inits
+        return max(epoch(read) for _ in range(3))
+
+    batch_rate = best(lambda index: batches.batch(index, generator))
     # What a GPU trainer's CPU does: a copy of the uint8 squares for the device to augment.
-    read_rate = max(epoch(batches.squares) for _ in range(3))
+    read_rate = best(batches.squares)
     # The float32 batch alone: what any loader that hands the model 224 px floats writes.
     some = torch.from_numpy(np.array(pixels[:batch_size])).permute(0, 3, 1, 2)
     some = some[..., :size, :size]
@@ -127,8 +128,7 @@ def cache_vs_decode(
     float_rate = 10 * len(some) / (time.perf_counter() - t0)
     on_device = ""
     if device.type == "cuda":
-        epoch(lambda index: batches.batch(index, generator, device))  # warm: kernels, pinned
-        rate = max(epoch(lambda index: batches.batch(index, generator, device)) for _ in range(3))
+        rate = best(lambda index: batches.batch(index, generator, device))
         on_device = (
             f"\n  epoch from the cache, per batch augmented on {device} "
             f"({torch.cuda.get_device_name(device)}): {rate:.0f} img/s, {rate / decode_rate:.1f}x"
