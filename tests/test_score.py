@@ -161,7 +161,7 @@ BAD_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CASES))
-def test_cli_bad_files_exit_2_with_one_line(tmp_path, capsys, case):
+def test_cli_bad_files_exit_2_with_one_line(tmp_path, capsys, recwarn, case):
     content, message = BAD_CASES[case]
     if isinstance(content, str):
         path = tmp_path / "emb.npz"
@@ -177,6 +177,8 @@ def test_cli_bad_files_exit_2_with_one_line(tmp_path, capsys, case):
     errors = [line for line in captured.err.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0], captured.err
     assert captured.err.strip().splitlines()[-1] == errors[0]
+    # and no numpy warning about the bad values before it
+    assert not [str(w.message) for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
 def test_cli_whole_needs_two_rows_exit_2(tmp_path, capsys):

@@ -108,13 +108,16 @@ def unit_gram(features: np.ndarray) -> np.ndarray:
     n, d = features.shape
     gram = np.zeros((n, n))
     step = max(1, CHUNK_BYTES // (8 * n))
-    for c0 in range(0, d, step):
-        block = features[:, c0 : c0 + step].astype(np.float64)
-        gram += block @ block.T
-    norms = np.sqrt(np.diagonal(gram))
-    inv = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0)
-    gram *= inv[:, None]
-    gram *= inv[None, :]
+    # A row with NaN or Inf (or a norm past float64) leaves NaN on the diagonal, which
+    # the caller turns into one error naming the row; numpy's warnings would come first.
+    with np.errstate(invalid="ignore", over="ignore"):
+        for c0 in range(0, d, step):
+            block = features[:, c0 : c0 + step].astype(np.float64)
+            gram += block @ block.T
+        norms = np.sqrt(np.diagonal(gram))
+        inv = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0)
+        gram *= inv[:, None]
+        gram *= inv[None, :]
     return gram
 
 
