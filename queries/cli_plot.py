@@ -49,9 +49,13 @@ def main(args: argparse.Namespace) -> int:
         for line in analysis.sources.notes:
             print(f"clusterprobe plot: note: {line}", file=sys.stderr)
         df = analysis.sql(sql, params).df()
+    import matplotlib.pyplot as plt
     from clusterprobe.queries.plots import figure
 
     fig = figure(args.name, df)
-    fig.savefig(args.out, dpi=args.dpi)
+    try:
+        fig.savefig(args.out, dpi=args.dpi)
+    finally:
+        plt.close(fig)  # pyplot keeps every figure alive: main() may run many times in one process
     print(f"clusterprobe plot: wrote {args.out} ({len(df)} rows)", file=sys.stderr)
     return 0

@@ -277,7 +277,10 @@ def test_bad_param_is_a_usage_error(capsys):
 
 
 def test_plots_write_png_and_svg(real, capsys, tmp_path):
+    import matplotlib.pyplot as plt
+
     root, _, _ = real
+    plt.close("all")
     png = tmp_path / "profile.png"
     code, _, err = _cli(capsys, "plot", "layer_profile", "--store", root, "--out", png)
     assert code == 0, err
@@ -291,6 +294,7 @@ def test_plots_write_png_and_svg(real, capsys, tmp_path):
         capsys, "plot", "layer_profile", "--store", root, "--out", tmp_path / "x.txt"
     )
     assert code == 2 and ".png" in err
+    assert plt.get_fignums() == []  # every figure drawn was closed after saving
 
 
 def test_queries_import_neither_torch_nor_mlflow(tmp_path):
