@@ -160,7 +160,7 @@ def measurement(model, taps, data: dict, args, device) -> tuple[dict, dict]:
     seconds["probe_embed"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    fitted = _probes(probe_pooled, data["probe_y"], emb.pooled, data["labels"].subclass)
+    fitted = _probes(probe_pooled, data["probe_y"], emb.pooled, data["labels"].subclass, device)
     seconds["probe_fit"] = time.perf_counter() - t0
     summary = {
         "ami_f1_by_layer": [round(float(v), 4) for v in np.asarray(result.mean_ami())[:, 0]],
@@ -170,13 +170,14 @@ def measurement(model, taps, data: dict, args, device) -> tuple[dict, dict]:
     return seconds, summary
 
 
-def _probes(train, train_y, test, test_y) -> str:
+def _probes(train, train_y, test, test_y, device) -> str:
+    # On the run's device, as runners/measure.py fits them
     try:
         from clusterprobe.runners.engine.probe import knn_layers, probe_layers
     except ImportError as err:  # a GPU box without scikit-learn
         return f"skipped ({err})"
-    probe_layers(train, train_y, test, test_y, seed=0)
-    knn_layers(train, train_y, test, test_y)
+    probe_layers(train, train_y, test, test_y, seed=0, device=device)
+    knn_layers(train, train_y, test, test_y, device=device)
     return "linear + k-NN"
 
 

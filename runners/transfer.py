@@ -88,7 +88,9 @@ def transfer_scores(
     probe_acc, knn_acc = [], []
     if probe_split is not None:
         t0 = time.perf_counter()
-        probe_acc, knn_acc = transfer_probes(pooled, data.labels, probe_split, seed=seed)
+        probe_acc, knn_acc = transfer_probes(
+            pooled, data.labels, probe_split, seed=seed, device=device
+        )
         seconds["probe"] = time.perf_counter() - t0
     scores = evalrun.LayerScores(
         layer_names=[t.name for t in taps],
@@ -109,17 +111,20 @@ def transfer_scores(
     )
 
 
-def transfer_probes(pooled, labels, split, *, seed: int = 0) -> tuple[list[float], list[float]]:
+def transfer_probes(
+    pooled, labels, split, *, seed: int = 0, device="cpu"
+) -> tuple[list[float], list[float]]:
     """Linear-probe and k-NN accuracy per layer: fitted on the pooled features of the
-    ``split[0]`` rows, scored on the ``split[1]`` rows (class labels)."""
+    ``split[0]`` rows, scored on the ``split[1]`` rows (class labels), on ``device`` (the
+    run's, as `measure` fits them)."""
     from clusterprobe.runners.engine.probe import knn_layers, probe_layers
 
     labels = np.asarray(labels)
     train, test = split
     train_x = [np.asarray(x)[train] for x in pooled]
     test_x = [np.asarray(x)[test] for x in pooled]
-    probe = probe_layers(train_x, labels[train], test_x, labels[test], seed=seed)
-    knn = knn_layers(train_x, labels[train], test_x, labels[test])
+    probe = probe_layers(train_x, labels[train], test_x, labels[test], seed=seed, device=device)
+    knn = knn_layers(train_x, labels[train], test_x, labels[test], device=device)
     return [float(a) for a in probe], [float(a) for a in knn]
 
 
