@@ -40,12 +40,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output_arguments(parser)
 
 
+def error_line(err: duckdb.Error) -> str:
+    """DuckDB's message on one line: its first line and its hint ("Did you mean ...",
+    "Candidate bindings: ..."), which names what would be valid; a parse error's caret
+    drawing is left out (its first line names the token). A missing table also gets the
+    list of views, since DuckDB's guess may be one of its own catalog tables."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    hints = [line for line in lines[1:] if line.startswith(("Did you mean", "Candidate"))]
+    text = " ".join(lines[:1] + hints)
+    if isinstance(err, duckdb.CatalogException) and "Table with name" in text:
+        text += f" (the views: {', '.join(VIEW_COLUMNS)})"
+    return text
+
+
 def check_read_only(text: str) -> None:
     """Raise UsageError naming the first statement that would write."""
     try:
         statements = duckdb.extract_statements(text)
     except duckdb.Error as err:
-        raise UsageError(f"SQL does not parse: {str(err).splitlines()[0]}") from err
+        raise UsageError(f"SQL does not parse: {error_line(err)}") from err
     if not statements:
         raise UsageError("no SQL statement given")
     for statement in statements:
@@ -76,10 +89,10 @@ def main(args: argparse.Namespace) -> int:
         except duckdb.PermissionException as err:
             where = ", ".join(allowed) or "the store's databases"
             raise UsageError(
-                f"{str(err).splitlines()[0]} (clusterprobe sql reads only the store: {where})"
+                f"{error_line(err)} (clusterprobe sql reads only the store: {where})"
             ) from err
         except duckdb.Error as err:
-            raise UsageError(str(err).splitlines()[0]) from err
+            raise UsageError(error_line(err)) from err
         if relation is None:
             return 0  # e.g. SET VARIABLE alone
         output.write(relation, args.format, args.out)

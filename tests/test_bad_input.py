@@ -134,6 +134,16 @@ CASES = [
     (["sql", "DROP VIEW runs", "--store", S], "DROP"),
     (["sql", "UPDATE runs SET status = 'X'", "--store", S], "UPDATE"),
     (["sql", "INSERT INTO runs VALUES (1)", "--store", S], "INSERT"),
+    # a misspelt table or column: DuckDB's hint (what would be valid) kept on the line
+    (
+        ["sql", "SELECT * FROM eval_runs", "--store", S],
+        'eval_runs does not exist! Did you mean "evals"',
+    ),
+    (
+        ["sql", "SELECT runid FROM runs", "--store", S],
+        '"runid" not found in FROM clause! Candidate bindings: "run_id"',
+    ),
+    (["sql", "SELEC 1", "--store", S], 'near "SELEC"'),
     (["query", "no_such_query", "--store", S], "no_such_query"),
     (["query", "layer_profile", "--param", "nonsense", "--store", S], "nonsense"),
 ]
