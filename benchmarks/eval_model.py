@@ -41,6 +41,7 @@ import torch  # noqa: E402
 from clusterprobe.runners.allocator import keep_large_blocks  # noqa: E402
 from clusterprobe.runners.engine.cluster import cluster_protocol  # noqa: E402
 from clusterprobe.runners.engine.embed import embed_eval, pooled_features  # noqa: E402
+from timing import sync  # noqa: E402
 
 FACTORS = (1, 2, 3, 4, 5)
 SMALL = dict(size=64, superclasses=4, subclasses=4, per_subclass=10, probe_per_subclass=10)
@@ -107,11 +108,6 @@ def make_images(n: int, size: int, device, seed: int) -> torch.Tensor:
         stop = min(n, start + 512)
         out[start:stop] = torch.randn((stop - start, 3, size, size), generator=g).to(device)
     return out
-
-
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def forward_only(model, images: list[torch.Tensor], args, device) -> float:

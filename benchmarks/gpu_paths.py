@@ -36,6 +36,7 @@ from clusterprobe.runners.engine.cluster import cluster_protocol  # noqa: E402
 from clusterprobe.runners.engine.embed import embed_eval  # noqa: E402
 from clusterprobe.runners.models import create_model, layer_taps  # noqa: E402
 from clusterprobe.runners.train import train  # noqa: E402
+from timing import sync  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -47,8 +48,7 @@ def check_train(device, report, config: RunConfig) -> torch.nn.Module:
     model = create_model(config, data.num_superclasses)
     t0 = time.perf_counter()
     history = train(model, data, config, device, quiet=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     dt = time.perf_counter() - t0
     imgs = len(data.train) * config.epochs
     report["train"] = dict(
@@ -147,13 +147,11 @@ def check_batch_augment(device, report, n: int = 256) -> None:
     def rate(on) -> float:
         g = torch.Generator().manual_seed(0)
         augment.batch(pixels[:64].to(on), g)  # warm up
-        if on.type == "cuda":
-            torch.cuda.synchronize(on)
+        sync(on)
         t0 = time.perf_counter()
         for start in range(0, n, 64):
             augment.batch(pixels[start : start + 64].to(on), g)
-        if on.type == "cuda":
-            torch.cuda.synchronize(on)
+        sync(on)
         return n / (time.perf_counter() - t0)
 
     report["batch_augment"] = dict(

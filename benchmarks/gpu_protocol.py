@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from clusterprobe.runners.engine.cluster import cluster_protocol  # noqa: E402
 from clusterprobe.runners.engine.embed import embed_eval  # noqa: E402
+from timing import sync  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -91,11 +92,6 @@ def gratings(n_sup, n_sub, per, size, device, seed=0):
             sups += [s] * per
             subs += [s * n_sub + c] * per
     return torch.cat(chunks), np.array(sups), np.array(subs)
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def forward_floor(model, images, device, batch, repeats=3):

@@ -44,6 +44,7 @@ from clusterprobe.runners.data.images import ImageFiles, gather  # noqa: E402
 from clusterprobe.runners.data.loading import make_loader  # noqa: E402
 from clusterprobe.runners.data.preprocess import dataset_recipe  # noqa: E402
 from PIL import Image  # noqa: E402
+from timing import sync  # noqa: E402
 
 
 def make_tree(root: Path, classes: int, per_class: int, seed: int = 0) -> list[Path]:
@@ -108,8 +109,7 @@ def cache_vs_decode(
         t0 = time.perf_counter()
         for start in range(0, len(order), batch_size):
             read(order[start : start + batch_size])
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         return len(order) / (time.perf_counter() - t0)
 
     def best(read) -> float:

@@ -56,6 +56,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
+from timing import sync  # noqa: E402
 
 CONVERGED_TOL = 1e-6  # the converged reference's tolerance
 
@@ -145,10 +146,10 @@ def default_run_features(epochs: int, device: torch.device):
     batch = measure_batch(config.batch_size, device)  # as a run measures its checkpoints
     common = dict(device=device, precision=config.precision, batch_size=batch)
     pooled_features(model, taps, data.train_plain, index[:8], **common)  # lazy inits
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     train_x = pooled_features(model, taps, data.train_plain, index, **common)
-    _sync(device)
+    sync(device)
     forward = time.perf_counter() - t0
     eval_rows = np.arange(len(data.eval_labels.subclass))
     test_x = pooled_features(model, taps, data.eval, eval_rows, **common)
@@ -185,11 +186,6 @@ def big_features(n=10_000, d=2_048, classes=32, seed=0, signal=1.0, decay=0.0):
     return [tx], ty, [ex], ey
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # --- the comparison -------------------------------------------------------------------------
 
 
@@ -218,11 +214,11 @@ def compare(
     t_base = time.perf_counter() - t0
     if device.type == "cuda":  # CUDA context, kernels and cuBLAS handles, outside the timing
         probe.fit_probes([a[:64] for a in train_x], train_y[:64], test_x, test_y, device=device)
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     ours = probe.fit_probes(train_x, train_y, test_x, test_y, seed=0, device=device)
     ours_knn = probe.knn_layers(train_x, train_y, test_x, test_y, device=device) if knn else []
-    _sync(device)
+    sync(device)
     t_ours = time.perf_counter() - t0
     stage_base, stage_ours = forward + t_base, forward + t_ours
     print(

@@ -29,6 +29,7 @@ from clusterprobe.runners.ema import for_config as ema_for_config
 from clusterprobe.runners.models import create_model, family_of
 from clusterprobe.runners.recipes import resolve
 from clusterprobe.runners.train import train
+from timing import sync
 
 
 class FixedBatches(torch.utils.data.Dataset):
@@ -76,11 +77,6 @@ def ours(model, config, data, device) -> float:
     train(model, data, config, device, quiet=True, ema=ema)
     sync(device)
     return time.perf_counter() - t0
-
-
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> int:
