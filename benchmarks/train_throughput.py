@@ -41,7 +41,8 @@ class FixedBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.steps * len(self.images)
 
-    def batch(self, index, generator=None):
+    def batch(self, index, generator=None, device=None):
+        # the CPU tensors whatever ``device``: train moves them there, as the bare loop does
         n = len(index)
         return self.images[:n], self.labels[:n], self.labels[:n]
 
