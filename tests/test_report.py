@@ -26,7 +26,6 @@ from clusterprobe.runners.report.run_report import (
     resolve_eval_run,
 )
 from clusterprobe.tracker import conventions as cv
-from clusterprobe.tracker.conventions import ATTR_EVAL_RUN_IDS, ATTR_RUN_ID
 from clusterprobe.tracker.tracking import Tracker
 from sklearn.metrics import adjusted_rand_score
 
@@ -286,12 +285,12 @@ def test_study_report_links_the_best_trials_to_their_mlflow_runs(study_page):
     assert shown["trial"].astype(int).tolist() == best
     for number in best:
         trial = study.trials[number]
-        run = tracker.get_run(trial.user_attrs[ATTR_RUN_ID])
+        run = tracker.get_run(trial.user_attrs[cv.ATTR_RUN_ID])
         url = (
             f"http://ui.example:5001/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
         )
         assert url in page.links
-        eval_id = trial.user_attrs[ATTR_EVAL_RUN_IDS][-1]
+        eval_id = trial.user_attrs[cv.ATTR_EVAL_RUN_IDS][-1]
         assert f"/runs/{eval_id}/artifacts/{cv.ART_REPORT}" in " ".join(page.links)
         tracker.artifact_path(eval_id, cv.ART_REPORT)  # the linked report exists
 

@@ -434,7 +434,8 @@ def fit_probes(
     chosen = [cs[b] for b in best]
     init = [(a[:, b : b + 1], a0[b : b + 1]) for (a, a0), b in zip(raws, best, strict=True)]
     # the refit on every training row rotates by the split's principal axes (where it kept
-    # every direction): 16 of the projected probe's 1,024-wide eigendecompositions were 8
+    # every direction): one eigendecomposition per layer, not two (the costly part of the
+    # projected probe's 1,024-wide layers)
     preds, _, it2, _ = _solve(train_x, y, len(classes), [(c,) for c in chosen], test_x, init, split)
     acc = [
         float(np.mean(classes[p[:, 0].cpu().numpy()] == test_y)) if len(test_y) else float("nan")
